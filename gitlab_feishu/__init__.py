@@ -1,0 +1,1 @@
+"""GitLab push webhooks to Feishu (Lark) cards, sent by bot DM to each project's owners."""

@@ -1,0 +1,186 @@
+"""Settings: read from the environment (and `.env`) in exactly one place.
+
+Everything else receives a frozen `Settings`; tests build one directly, so no
+test ever reads a developer's environment or `.env`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+EVENT_KINDS = ("push", "tag_push", "merge_request", "pipeline")
+CARD_LANGS = ("zh", "en")
+
+
+class ConfigError(Exception):
+    """A setting or configuration file a person has to fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    feishu_app_id: str = ""
+    feishu_app_secret: str = field(default="", repr=False)
+    feishu_base_url: str = "https://open.feishu.cn"
+    gitlab_webhook_secret: str = field(default="", repr=False)
+    gitlab_signing_token: str = field(default="", repr=False)
+    owners_file: Path = PROJECT_DIR / "config" / "owners.json"
+    users_file: Path = PROJECT_DIR / "config" / "users.json"
+    data_dir: Path = PROJECT_DIR / "data"
+    log_dir: Path = PROJECT_DIR / "logs"
+    log_level: str = "INFO"
+    host: str = "0.0.0.0"
+    port: int = 5000
+    delivery_deadline_seconds: float = 5.0
+    retry_base_seconds: float = 5.0
+    feishu_pacing: bool = True
+    notify_events: frozenset[str] = frozenset(EVENT_KINDS)
+    ignore_pushers: frozenset[str] = frozenset()
+    notify_self: bool = True
+    card_lang: str = "zh"
+    allowed_sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    admin_emails: tuple[str, ...] = ()
+    alert_queue_threshold: int = 100
+    gitlab_url: str = ""
+    gitlab_api_token: str = field(default="", repr=False)
+    public_url: str = ""
+
+    @property
+    def dry_run(self) -> bool:
+        """Without a Feishu app nothing is sent: cards go to the log instead."""
+        return not self.feishu_app_id
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 env_file: Path | None = PROJECT_DIR / ".env") -> "Settings":
+        """Build settings from `environ` (default os.environ) over the `.env` file; the environment wins."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            from dotenv import dotenv_values
+            values.update({k: v for k, v in dotenv_values(env_file, encoding="utf-8-sig").items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return cls(**_parse(values))
+
+
+def _parse(env: Mapping[str, str]) -> dict:
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    parsed: dict = {}
+    for name, attr, convert in _FIELDS:
+        raw = get(name)
+        if raw is not None:
+            try:
+                parsed[attr] = convert(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+    return parsed
+
+
+def _path(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else PROJECT_DIR / path
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use true or false")
+
+
+def _seconds(low: float, high: float):
+    def convert(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g} seconds")
+        return value
+    return convert
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError("must be a TCP port number")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return raw.rstrip("/")
+
+
+def _words(raw: str) -> list[str]:
+    return [word.strip() for word in raw.replace(";", ",").split(",") if word.strip()]
+
+
+def _event_kinds(raw: str) -> frozenset[str]:
+    kinds = frozenset(word.lower() for word in _words(raw))
+    unknown = sorted(kinds - set(EVENT_KINDS))
+    if unknown:
+        raise ValueError(f"unknown event kind {', '.join(unknown)}; choose from {', '.join(EVENT_KINDS)}")
+    return kinds
+
+
+def _card_lang(raw: str) -> str:
+    if raw.lower() not in CARD_LANGS:
+        raise ValueError(f"choose one of {', '.join(CARD_LANGS)}")
+    return raw.lower()
+
+
+def _networks(raw: str) -> tuple:
+    return tuple(ipaddress.ip_network(word, strict=False) for word in _words(raw))
+
+
+def _emails(raw: str) -> tuple[str, ...]:
+    emails = tuple(_words(raw))
+    for email in emails:
+        if "@" not in email:
+            raise ValueError(f"{email!r} is not an email address")
+    return emails
+
+
+_FIELDS = (
+    ("FEISHU_APP_ID", "feishu_app_id", str),
+    ("FEISHU_APP_SECRET", "feishu_app_secret", str),
+    ("FEISHU_BASE_URL", "feishu_base_url", _url),
+    ("GITLAB_WEBHOOK_SECRET", "gitlab_webhook_secret", str),
+    ("GITLAB_SIGNING_TOKEN", "gitlab_signing_token", str),
+    ("OWNERS_FILE", "owners_file", _path),
+    ("USERS_FILE", "users_file", _path),
+    ("DATA_DIR", "data_dir", _path),
+    ("LOG_DIR", "log_dir", _path),
+    ("LOG_LEVEL", "log_level", str.upper),
+    ("HOST", "host", str),
+    ("PORT", "port", _port),
+    ("DELIVERY_DEADLINE_SECONDS", "delivery_deadline_seconds", _seconds(0.5, 8)),
+    ("RETRY_BASE_SECONDS", "retry_base_seconds", _seconds(0.01, 600)),
+    ("FEISHU_PACING", "feishu_pacing", _bool),
+    ("NOTIFY_EVENTS", "notify_events", _event_kinds),
+    ("IGNORE_PUSHERS", "ignore_pushers", lambda raw: frozenset(w.lower() for w in _words(raw))),
+    ("NOTIFY_SELF", "notify_self", _bool),
+    ("CARD_LANG", "card_lang", _card_lang),
+    ("ALLOWED_SOURCES", "allowed_sources", _networks),
+    ("TRUSTED_PROXIES", "trusted_proxies", _networks),
+    ("ADMIN_EMAILS", "admin_emails", _emails),
+    ("ALERT_QUEUE_THRESHOLD", "alert_queue_threshold", _positive_int),
+    ("GITLAB_URL", "gitlab_url", _url),
+    ("GITLAB_API_TOKEN", "gitlab_api_token", str),
+    ("PUBLIC_URL", "public_url", _url),
+)
