@@ -1,0 +1,101 @@
+"""The Flask application: HTTP checks in front of the notification pipeline.
+
+GitLab counts every non-2xx answer and every timeout toward disabling the
+hook, so only a too-large body (413), a wrong token (401) and a body that is
+not JSON (400) get an error status; everything else is a 200 with a status.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .delivery import Deliverer
+from .feishu import FeishuClient
+from .gitlab import MAX_BODY_BYTES, token_matches
+from .outbox import Outbox
+from .owners import OwnersFile
+from .service import Notifier
+from .settings import Settings
+from .worker import RetryWorker, process_owner
+
+log = logging.getLogger(__name__)
+
+DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
+
+
+def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None = None,
+               clock: Callable[[], float] = time.time, start_worker: bool = True) -> Flask:
+    """Build the service. Without arguments, settings come from the environment and `.env`."""
+    settings = settings or Settings.from_env()
+    owners = OwnersFile(settings.owners_file)
+    lease_owner = process_owner()
+    outbox = deliverer = worker = None
+    if settings.dry_run:
+        log.warning("FEISHU_APP_ID is not set: dry run, cards are written to the log and not sent")
+    else:
+        outbox = Outbox(settings.data_dir / "outbox.sqlite3", clock=clock)
+        feishu = feishu or FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret)
+        pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, clock=clock)
+        worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
+                             owner=lease_owner)
+        if start_worker:
+            worker.start()
+    if not settings.gitlab_webhook_secret:
+        log.warning("GITLAB_WEBHOOK_SECRET is not set: anyone who can reach this service can make it send cards")
+    notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.ensure_ascii = False      # Chinese stays readable on GitLab's Recent events page
+    app.json.sort_keys = False
+    app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "outbox": outbox,
+                                       "worker": worker, "notifier": notifier}
+
+    @app.post("/gitlab-webhook")
+    def gitlab_webhook():
+        started = clock()
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _error(413, "body larger than GitLab's 25 MB limit")
+        if settings.gitlab_webhook_secret and not token_matches(request.headers.get("X-Gitlab-Token"),
+                                                                settings.gitlab_webhook_secret):
+            log.warning("refused a delivery from %s: missing or wrong X-Gitlab-Token", request.remote_addr)
+            return _error(401, "missing or wrong X-Gitlab-Token: set the hook's Secret token to GITLAB_WEBHOOK_SECRET")
+        try:
+            payload = json.loads(request.get_data(cache=False))
+        except (ValueError, RecursionError):
+            return _error(400, "body is not JSON")
+        return jsonify(notifier.notify(payload, request.headers, started))
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({
+            "status": "ok",
+            "mode": "dry-run" if settings.dry_run else "live",
+            "owners": owners.state(),
+            "outbox": outbox.counts() if outbox else {"queued": 0, "failed": 0},
+        })
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        if request.path == "/gitlab-webhook":
+            # A 5xx would count toward GitLab disabling the hook; the log has the traceback.
+            return jsonify({"status": "failed", "reason": "internal error; see the service log", "deliveries": []})
+        return _error(500, "internal error; see the service log")
+
+    return app
+
+
+def _error(status: int, reason: str):
+    return jsonify({"status": "error", "reason": reason}), status

@@ -1,0 +1,110 @@
+"""`python webhook_server.py [--outbox | --retry-failed | --match PATH]`: serve, or look at the state."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+
+from .settings import ConfigError, Settings
+
+log = logging.getLogger("gitlab_feishu.cli")
+
+WAITRESS_THREADS = 32          # webhooks served at once; each may wait on Feishu for a round trip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="webhook_server.py",
+                                     description="GitLab webhooks to Feishu cards for each project's owners.")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--outbox", action="store_true", help="list queued and failed deliveries, and why")
+    action.add_argument("--retry-failed", action="store_true", help="put failed deliveries back in the queue")
+    action.add_argument("--match", metavar="PROJECT_PATH", help="show who a push to this project would notify")
+    parser.add_argument("--name", help="with --match: the project's display name (default: its last path segment)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.outbox:
+            return show_outbox(settings)
+        if args.retry_failed:
+            return retry_failed(settings)
+        if args.match:
+            return show_match(settings, args.match, args.name)
+        return serve(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def serve(settings: Settings) -> int:
+    """Serve with waitress, which runs on Windows and Linux alike."""
+    import waitress
+
+    from .app import create_app
+    from .logs import configure_logging
+
+    configure_logging(settings, to_file=True)
+    app = create_app(settings)
+    owners = app.extensions["gitlab_feishu"]["owners"]
+    url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    banner = [
+        "GitLab -> Feishu notifier",
+        f"  mode:    {'dry run (FEISHU_APP_ID not set: cards are logged, not sent)' if settings.dry_run else 'live'}",
+        f"  owners:  {settings.owners_file} ({len(owners.current())} entries)",
+        f"  webhook: http://{url_host}:{settings.port}/gitlab-webhook  (GitLab: Settings > Webhooks > URL;"
+        " use this machine's address as GitLab sees it)",
+        f"  secret:  {'set' if settings.gitlab_webhook_secret else 'NOT SET - anyone who can reach this port can send'}",
+        f"  logs:    {settings.log_dir / 'webhook_server.log'}",
+    ]
+    print("\n".join(banner), flush=True)
+    waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
+                   ident="gitlab-feishu", channel_timeout=60)
+    return 0
+
+
+def show_outbox(settings: Settings) -> int:
+    outbox = _outbox(settings)
+    rows = outbox.pending()
+    counts = outbox.counts()
+    print(f"{outbox.path}: {counts['queued']} queued, {counts['failed']} failed")
+    for row in rows:
+        when = "" if row.status == "failed" else f" next try {_time(row.next_attempt_at)}"
+        print(f"#{row.id} {row.status:<6} to {row.recipient} ({row.rule}) since {_time(row.created_at)},"
+              f" {row.attempts} attempts{when}")
+        if row.last_error:
+            print(f"    {row.last_error}")
+    return 0
+
+
+def retry_failed(settings: Settings) -> int:
+    from .service import RETRY_WINDOW
+
+    count = _outbox(settings).retry_failed(retry_window=RETRY_WINDOW)
+    print(f"{count} failed deliveries queued again; the running service sends them within seconds")
+    return 0
+
+
+def show_match(settings: Settings, path: str, name: str | None) -> int:
+    from .events import Project
+    from .owners import load_owners
+
+    owners = load_owners(settings.owners_file)
+    project = Project(path=path.strip("/"), name=name or path.strip("/").rsplit("/", 1)[-1])
+    matches = owners.match(project)
+    if not matches:
+        print(f"{project.path}: nobody is notified (no entry in {settings.owners_file} matches)")
+        return 0
+    print(f"{project.path}: a push notifies")
+    for match in matches:
+        print(f"  {match.recipient}  ({match.rule})")
+    return 0
+
+
+def _outbox(settings: Settings):
+    from .outbox import Outbox
+
+    return Outbox(settings.data_dir / "outbox.sqlite3")
+
+
+def _time(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,145 @@
+"""Delivering recorded cards: resolve owners, send, retry within a deadline, record the outcome.
+
+The same code serves the webhook request (a short deadline, inside GitLab's
+10 s) and the retry worker (a longer one). Every outcome is written to the
+outbox by the task that produced it, so a send that finishes after GitLab was
+answered still lands in the right state.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable
+
+from .feishu import FeishuClient, FeishuError
+from .outbox import FAILED, QUEUED, SENT, Delivery, Outbox
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 600.0            # retries settle at one every 10 minutes
+INLINE_BACKOFF = 0.2           # first pause between inline retries
+UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str                # sent | queued | failed
+    error: str | None = None
+
+
+def is_open_id(recipient: str) -> bool:
+    return recipient.startswith("ou_")
+
+
+def backoff(attempts: int, base: float) -> float:
+    """Seconds before the next retry after `attempts` failed attempts: base, 2*base, 4*base ... capped."""
+    return min(base * 2 ** max(attempts - 1, 0), MAX_BACKOFF)
+
+
+class Deliverer:
+    """Sends recorded deliveries to Feishu and records what happened."""
+
+    def __init__(self, outbox: Outbox, feishu: FeishuClient, *, pool: ThreadPoolExecutor, retry_base: float,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+        self.outbox = outbox
+        self.feishu = feishu
+        self.pool = pool
+        self.retry_base = retry_base
+        self.clock = clock
+        self.sleep = sleep
+
+    def deliver(self, rows: list[Delivery], deadline: float) -> dict[int, Outcome]:
+        """Attempt each row until `deadline`; rows still in flight then are reported queued."""
+        open_ids, lookup_failures = self._resolve(rows, deadline)
+        outcomes: dict[int, Outcome] = {}
+        ready = []
+        for row in rows:
+            failure = lookup_failures.get(row.id)
+            if failure is not None:
+                outcomes[row.id] = self._record_failure(row, failure, attempts=1)
+            else:
+                ready.append(row)
+        if len(ready) == 1:                      # the common case: no thread hop
+            row = ready[0]
+            outcomes[row.id] = self._attempt(row, open_ids.get(row.id, row.recipient), deadline)
+            return outcomes
+        futures = {self.pool.submit(self._attempt, row, open_ids.get(row.id, row.recipient), deadline): row
+                   for row in ready}
+        done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
+        for future, row in futures.items():
+            if future in done:
+                outcomes[row.id] = future.result()
+            else:
+                outcomes[row.id] = Outcome(QUEUED, "still sending when the deadline came; retrying in the background")
+        return outcomes
+
+    def _resolve(self, rows: list[Delivery], deadline: float) -> tuple[dict[int, str], dict[int, FeishuError | str]]:
+        """Map each DM row to an open_id with one lookup call for all uncached emails."""
+        emails = sorted({row.recipient for row in rows if row.channel == "dm" and not is_open_id(row.recipient)})
+        if not emails:
+            return {}, {}
+        try:
+            found = self.feishu.resolve_open_ids(emails, budget=deadline - self.clock())
+        except FeishuError as exc:
+            return {}, {row.id: exc for row in rows if row.recipient in emails}
+        open_ids: dict[int, str] = {}
+        failures: dict[int, FeishuError | str] = {}
+        for row in rows:
+            if row.recipient in emails:
+                if found.get(row.recipient):
+                    open_ids[row.id] = found[row.recipient]
+                else:
+                    failures[row.id] = UNKNOWN_EMAIL
+        return open_ids, failures
+
+    def _attempt(self, row: Delivery, open_id: str, deadline: float) -> Outcome:
+        """Send one card, retrying transient errors while the deadline allows."""
+        attempts = 0
+        error: FeishuError | None = None
+        while True:
+            budget = deadline - self.clock()
+            if budget <= 0:
+                break
+            attempts += 1
+            try:
+                message_id = self.feishu.send_card(open_id, row.content, row.uuid, budget=budget)
+            except FeishuError as exc:
+                error = exc
+                if not exc.retryable:
+                    break
+                pause = exc.retry_after if exc.retry_after is not None else INLINE_BACKOFF * 2 ** (attempts - 1)
+                if self.clock() + pause >= deadline:
+                    break
+                self.sleep(pause)
+                continue
+            except Exception as exc:    # a bug must not leave the row leased forever
+                log.exception("unexpected error sending delivery %s", row.id)
+                error = FeishuError(f"unexpected error: {exc}", retryable=True)
+                break
+            self.outbox.finish(row.id, SENT, attempts=attempts, message_id=message_id)
+            return Outcome(SENT)
+        if error is None:
+            error = FeishuError("no time left before the deadline", retryable=True)
+        return self._record_failure(row, error, attempts=attempts)
+
+    def _record_failure(self, row: Delivery, error: FeishuError | str, *, attempts: int) -> Outcome:
+        """Mark a row failed for good, or queue it for the retry worker."""
+        message = str(error)
+        if isinstance(error, str) or not error.retryable:
+            self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
+            log.error("delivery to %s failed for good: %s", row.recipient, message)
+            return Outcome(FAILED, message)
+        now = self.clock()
+        next_at = now + backoff(row.attempts + attempts, self.retry_base) if attempts else now
+        if error.retry_after is not None:
+            next_at = max(next_at, now + error.retry_after)
+        if next_at > row.give_up_at:
+            message = f"gave up after retrying until the retry window closed; last error: {message}"
+            self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
+            log.error("delivery to %s failed for good: %s", row.recipient, message)
+            return Outcome(FAILED, message)
+        self.outbox.finish(row.id, QUEUED, attempts=attempts, error=message, next_attempt_at=next_at)
+        log.warning("delivery to %s queued for retry in %.0f s: %s", row.recipient, next_at - now, message)
+        return Outcome(QUEUED, message)

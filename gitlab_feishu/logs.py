@@ -1,0 +1,37 @@
+"""Logging: UTF-8 everywhere, to the console and (under waitress) a rotating file."""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from .settings import Settings
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
+
+
+def configure_logging(settings: Settings, *, to_file: bool) -> None:
+    """Set up the `gitlab_feishu` loggers once, before the app is built.
+
+    A rotating file is only safe with one writing process, so it is used by
+    `python webhook_server.py` (waitress); under gunicorn logs go to the
+    console, where systemd's journal collects them.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        # A Windows console in GBK must not turn a Chinese name into a crash.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if to_file:
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(
+            settings.log_dir / "webhook_server.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"))
+    formatter = logging.Formatter(FORMAT)
+    package = logging.getLogger("gitlab_feishu")
+    for handler in list(package.handlers):
+        package.removeHandler(handler)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        package.addHandler(handler)
+    package.setLevel(getattr(logging, settings.log_level, logging.INFO))
+    package.propagate = False

@@ -1,0 +1,254 @@
+"""The durable outbox: every accepted event and every delivery, in SQLite.
+
+One file under DATA_DIR, shared by every process (gunicorn workers, the CLI).
+A delivery is written before it is attempted and leased to one process while
+it is in flight; a lease that runs out (the process died) makes the row due
+again, and the Feishu `uuid` stored with it keeps a repeat from making a
+second card. Events are remembered by idempotency key so GitLab's Resend
+makes nothing new.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+SCHEMA_VERSION = 1
+
+# Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE events (
+               key TEXT PRIMARY KEY,
+               kind TEXT NOT NULL,
+               project TEXT NOT NULL,
+               created_at REAL NOT NULL)""",
+        """CREATE TABLE deliveries (
+               id INTEGER PRIMARY KEY,
+               event_key TEXT NOT NULL REFERENCES events(key),
+               channel TEXT NOT NULL,
+               recipient TEXT NOT NULL,
+               rule TEXT NOT NULL,
+               content TEXT NOT NULL,
+               uuid TEXT NOT NULL,
+               status TEXT NOT NULL,
+               attempts INTEGER NOT NULL DEFAULT 0,
+               next_attempt_at REAL NOT NULL,
+               lease_owner TEXT,
+               lease_until REAL,
+               last_error TEXT,
+               message_id TEXT,
+               created_at REAL NOT NULL,
+               give_up_at REAL NOT NULL,
+               updated_at REAL NOT NULL,
+               UNIQUE (event_key, channel, recipient))""",
+        "CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at)",
+        "CREATE INDEX events_created ON events (created_at)",
+    ),
+}
+
+QUEUED, SENT, FAILED = "queued", "sent", "failed"
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    channel: str          # "dm" (email or open_id) or "chat" (a group bot webhook)
+    recipient: str
+    rule: str
+    content: str          # the card as the JSON string Feishu receives
+    uuid: str             # Feishu's dedupe key: the same on every attempt
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    event_key: str
+    channel: str
+    recipient: str
+    rule: str
+    content: str
+    uuid: str
+    status: str
+    attempts: int
+    next_attempt_at: float
+    lease_until: float | None
+    last_error: str | None
+    created_at: float
+    give_up_at: float
+
+
+class Outbox:
+    """SQLite-backed store of events and deliveries, safe across threads and processes."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.clock = clock
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    # -- connection and schema -------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so a
+            # writer takes the lock up front instead of failing on upgrade.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def _write(self):
+        return _Transaction(self._connect())
+
+    def _migrate(self) -> None:
+        # Processes starting together all get here; BEGIN IMMEDIATE lets one
+        # create or upgrade the schema while the others wait, then find it done.
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer release (schema {version}); "
+                                   f"upgrade this service or move the file aside")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+
+    @property
+    def schema_version(self) -> int:
+        return self._connect().execute("PRAGMA user_version").fetchone()[0]
+
+    # -- events ----------------------------------------------------------------
+
+    def begin_event(self, key: str, kind: str, project: str, deliveries: Iterable[NewDelivery], *,
+                    lease_owner: str, lease_seconds: float, retry_window: float) -> tuple[bool, list[Delivery]]:
+        """Record a new event and its deliveries, leased to the caller for an inline attempt.
+
+        Returns (True, rows) for a new event, (False, its existing rows) for a repeat.
+        """
+        now = self.clock()
+        with self._write() as conn:
+            cursor = conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
+                                  (key, kind, project, now))
+            if cursor.rowcount == 0:
+                return False, self._event_rows(conn, key)
+            conn.executemany(
+                "INSERT INTO deliveries (event_key, channel, recipient, rule, content, uuid, status,"
+                " next_attempt_at, lease_owner, lease_until, created_at, give_up_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                [(key, d.channel, d.recipient, d.rule, d.content, d.uuid, now, lease_owner, now + lease_seconds,
+                  now, now + retry_window, now) for d in deliveries])
+            return True, self._event_rows(conn, key)
+
+    def event_summary(self, key: str) -> tuple[str, str] | None:
+        """(kind, project) of a remembered event, or None."""
+        row = self._connect().execute("SELECT kind, project FROM events WHERE key = ?", (key,)).fetchone()
+        return (row["kind"], row["project"]) if row else None
+
+    def event_rows(self, key: str) -> list[Delivery]:
+        return self._event_rows(self._connect(), key)
+
+    @staticmethod
+    def _event_rows(conn: sqlite3.Connection, key: str) -> list[Delivery]:
+        rows = conn.execute("SELECT * FROM deliveries WHERE event_key = ? ORDER BY id", (key,)).fetchall()
+        return [_delivery(row) for row in rows]
+
+    # -- outcomes --------------------------------------------------------------
+
+    def finish(self, delivery_id: int, status: str, *, attempts: int, error: str | None = None,
+               message_id: str | None = None, next_attempt_at: float | None = None) -> None:
+        """Record the outcome of an attempt and release the lease; a sent row never changes again."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + ?, last_error = ?,"
+                " message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'",
+                (status, attempts, error, message_id, next_attempt_at, self.clock(), delivery_id))
+
+    # -- the retry worker ------------------------------------------------------
+
+    def claim_due(self, *, owner: str, lease_seconds: float, limit: int = 50) -> list[Delivery]:
+        """Lease up to `limit` due deliveries to `owner`; another process never gets the same row."""
+        now = self.clock()
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT * FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ?"
+                " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?",
+                (now, now, limit)).fetchall()
+            conn.executemany("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                             [(owner, now + lease_seconds, row["id"]) for row in rows])
+        return [_delivery(row) for row in rows]
+
+    def next_due_at(self) -> float | None:
+        """When the earliest queued delivery becomes due (its lease included), or None."""
+        row = self._connect().execute(
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'queued'"
+        ).fetchone()
+        return row[0]
+
+    # -- operators -------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        rows = self._connect().execute(
+            "SELECT status, COUNT(*) FROM deliveries WHERE status IN ('queued', 'failed') GROUP BY status").fetchall()
+        counts = {QUEUED: 0, FAILED: 0}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    def pending(self) -> list[Delivery]:
+        """Everything queued or failed, oldest first (for `--outbox`)."""
+        rows = self._connect().execute(
+            "SELECT * FROM deliveries WHERE status IN ('queued', 'failed') ORDER BY created_at, id").fetchall()
+        return [_delivery(row) for row in rows]
+
+    def retry_failed(self, *, retry_window: float) -> int:
+        """Put failed deliveries back in the queue, due now and with a fresh retry window."""
+        now = self.clock()
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, give_up_at = ?, updated_at = ?"
+                " WHERE status = 'failed'", (now, now + retry_window, now)).rowcount
+
+    def prune(self, *, keep_seconds: float) -> int:
+        """Forget finished events (and their sent deliveries) older than keep_seconds."""
+        cutoff = self.clock() - keep_seconds
+        with self._write() as conn:
+            old = "SELECT key FROM events WHERE created_at < ?"
+            busy = "SELECT event_key FROM deliveries WHERE status != 'sent'"
+            conn.execute(f"DELETE FROM deliveries WHERE event_key IN ({old}) AND event_key NOT IN ({busy})", (cutoff,))
+            return conn.execute(f"DELETE FROM events WHERE created_at < ? AND key NOT IN ({busy})", (cutoff,)).rowcount
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class _Transaction:
+    """`with` block around BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(id=row["id"], event_key=row["event_key"], channel=row["channel"], recipient=row["recipient"],
+                    rule=row["rule"], content=row["content"], uuid=row["uuid"], status=row["status"],
+                    attempts=row["attempts"], next_attempt_at=row["next_attempt_at"], lease_until=row["lease_until"],
+                    last_error=row["last_error"], created_at=row["created_at"],
+                    give_up_at=row["give_up_at"])

@@ -1,0 +1,139 @@
+"""The pipeline behind POST /gitlab-webhook: parse, match owners, render, deliver, answer.
+
+`Notifier.notify` takes a verified, decoded payload and returns the JSON body
+GitLab shows on its Recent events page. HTTP concerns (size, token, JSON)
+stay in app.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any, Callable, Mapping
+
+from .cards import card_content, render_card
+from .delivery import Deliverer, Outcome
+from .events import Event
+from .gitlab import Ignored, parse_event
+from .outbox import FAILED, QUEUED, SENT, Delivery, NewDelivery, Outbox
+from .owners import Match, OwnersFile
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_WINDOW = 24 * 3600.0     # how long a queued delivery is retried before it is marked failed
+LEASE_SLACK = 10.0             # an inline attempt's lease outlives the deadline by this much
+DEADLINE_MARGIN = 0.3          # answer GitLab this long before the deadline, for the reply itself
+
+
+def idempotency_key(headers: Mapping[str, str], event: Event) -> str:
+    """GitLab's Idempotency-Key (17.4+, kept on Resend), else the event UUID, else one built from the payload."""
+    if headers.get("Idempotency-Key"):
+        return "idem:" + headers["Idempotency-Key"].strip()[:200]
+    if headers.get("X-Gitlab-Event-UUID"):
+        return "uuid:" + headers["X-Gitlab-Event-UUID"].strip()[:200]
+    return "payload:" + event.idempotency_key
+
+
+def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
+    """Feishu's dedupe key for one card to one recipient: the same on every retry, at most 50 chars."""
+    digest = hashlib.sha256(f"{event_key}\n{channel}\n{recipient}".encode("utf-8")).hexdigest()
+    return "gf-" + digest[:40]
+
+
+def overall_status(results: list[str]) -> str:
+    """The response's status from its deliveries' results (see the README's response contract)."""
+    counted = [r for r in results if r != "skipped"]
+    if not counted:
+        return "ignored"
+    if all(r == SENT for r in counted):
+        return "sent"
+    if any(r == SENT for r in counted):
+        return "partial"
+    return "queued" if any(r == QUEUED for r in counted) else "failed"
+
+
+class Notifier:
+    """Turns one webhook payload into cards for the matched owners."""
+
+    def __init__(self, settings: Settings, owners: OwnersFile, outbox: Outbox | None, deliverer: Deliverer | None,
+                 *, lease_owner: str, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.owners = owners
+        self.outbox = outbox
+        self.deliverer = deliverer
+        self.lease_owner = lease_owner
+        self.clock = clock
+
+    def notify(self, payload: Any, headers: Mapping[str, str], started: float) -> dict:
+        """Handle one delivery whose token and JSON have been checked; returns the response body."""
+        event = parse_event(payload, headers.get("X-Gitlab-Event"))
+        if isinstance(event, Ignored):
+            return self._ignored(event.reason, headers)
+        base = {"event": event.kind, "project": event.project.path}
+        if event.kind not in self.settings.notify_events:
+            return self._ignored(f"{event.kind} events are turned off (NOTIFY_EVENTS)", headers, base)
+        matches = self.owners.current().match(event.project)
+        if not matches:
+            return self._ignored(f"no entry in owners.json matches {event.project.path} ({event.project.name})",
+                                 headers, base)
+        key = idempotency_key(headers, event)
+        content = card_content(render_card(event, self.settings.card_lang))
+        if self.settings.dry_run:
+            return self._dry_run(event, key, matches, content, base)
+
+        planned = [NewDelivery("dm", m.recipient, m.rule, content, feishu_uuid(key, "dm", m.recipient))
+                   for m in matches]
+        deadline = started + self.settings.delivery_deadline_seconds - DEADLINE_MARGIN
+        created, rows = self.outbox.begin_event(
+            key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
+            lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK, retry_window=RETRY_WINDOW)
+        if not created:
+            return self._repeat(key, rows, base)
+        outcomes = self.deliverer.deliver(rows, deadline)
+        deliveries = [_delivery_json(row, outcomes[row.id]) for row in rows]
+        response = {"status": overall_status([d["result"] for d in deliveries]), **base, "deliveries": deliveries}
+        self._log(event, key, rows, outcomes, started)
+        return response
+
+    def _ignored(self, reason: str, headers: Mapping[str, str], base: dict | None = None) -> dict:
+        log.info("ignored %s (%s): %s", headers.get("X-Gitlab-Event", "?"), _key_for_log(headers), reason)
+        return {"status": "ignored", "reason": reason, **(base or {}), "deliveries": []}
+
+    def _dry_run(self, event: Event, key: str, matches: list[Match], content: str, base: dict) -> dict:
+        for match in matches:
+            log.info("dry run: would send to %s (%s) for %s: %s", match.recipient, match.rule, key, content)
+        return {"status": "dry_run", "reason": "FEISHU_APP_ID is not set: cards were logged, not sent", **base,
+                "deliveries": [{"to": m.recipient, "rule": m.rule, "result": "dry_run"} for m in matches]}
+
+    def _repeat(self, key: str, rows: list[Delivery], base: dict) -> dict:
+        now = self.clock()
+        in_flight = any(row.status == QUEUED and row.lease_until and row.lease_until > now for row in rows)
+        deliveries = [_delivery_json(row, Outcome(row.status, row.last_error)) for row in rows]
+        reason = ("repeat of a delivery still in progress: no new card" if in_flight
+                  else "repeat of an earlier delivery: no new card; results are from the first one")
+        log.info("repeat %s for %s: %s", key, base["project"], reason)
+        return {"status": overall_status([d["result"] for d in deliveries]), "reason": reason, **base,
+                "deliveries": deliveries}
+
+    def _log(self, event: Event, key: str, rows: list[Delivery], outcomes: dict[int, Outcome],
+             started: float) -> None:
+        parts = []
+        for row in rows:
+            outcome = outcomes[row.id]
+            part = f"{row.recipient} ({row.rule}) {outcome.status}"
+            parts.append(part + (f": {outcome.error}" if outcome.error and outcome.status != SENT else ""))
+        log.info("%s %s %s by %s key=%s in %.0f ms -> %s", event.kind, event.project.path,
+                 getattr(event, "ref", ""), event.actor.label or "?", key,
+                 (self.clock() - started) * 1000, "; ".join(parts))
+
+
+def _delivery_json(row: Delivery, outcome: Outcome) -> dict:
+    result = {"to": row.recipient, "rule": row.rule, "result": outcome.status}
+    if outcome.error and outcome.status != SENT:
+        result["error"] = outcome.error
+    return result
+
+
+def _key_for_log(headers: Mapping[str, str]) -> str:
+    return headers.get("Idempotency-Key") or headers.get("X-Gitlab-Event-UUID") or "no key"

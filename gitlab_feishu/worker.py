@@ -1,0 +1,88 @@
+"""The retry worker: a thread in each service process that drains the outbox.
+
+Rows are leased through the outbox, so any number of processes can run one;
+whatever was queued before a crash or restart is picked up when it is due.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Callable
+
+from .delivery import Deliverer
+from .outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+BATCH_BUDGET = 20.0          # seconds one round of retries may take
+LEASE_SECONDS = 60.0         # longer than a round, so a live worker never loses its rows
+KEEP_EVENTS_SECONDS = 2 * 24 * 3600   # idempotency keys outlive GitLab's 24 h of resends
+STATUS_LOG_INTERVAL = 300.0
+PRUNE_INTERVAL = 3600.0
+
+
+def process_owner() -> str:
+    """A name for this process's leases, unique across hosts, processes and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RetryWorker:
+    """Claims due deliveries and attempts them again, with backoff decided by the Deliverer."""
+
+    def __init__(self, outbox: Outbox, deliverer: Deliverer, *, retry_base: float,
+                 clock: Callable[[], float] = time.time, owner: str | None = None):
+        self.outbox = outbox
+        self.deliverer = deliverer
+        self.clock = clock
+        self.owner = owner or process_owner()
+        # Poll often enough to honour short backoffs (tests use RETRY_BASE_SECONDS well under a second).
+        self.poll_interval = min(1.0, max(retry_base / 2, 0.05))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_status_log = 0.0
+        self._next_prune = 0.0
+
+    def run_once(self) -> int:
+        """Attempt every delivery that is due now; returns how many were attempted."""
+        rows = self.outbox.claim_due(owner=self.owner, lease_seconds=LEASE_SECONDS)
+        if rows:
+            outcomes = self.deliverer.deliver(rows, deadline=self.clock() + BATCH_BUDGET)
+            sent = sum(1 for outcome in outcomes.values() if outcome.status == "sent")
+            log.info("retried %d queued deliveries: %d sent", len(rows), sent)
+        return len(rows)
+
+    def housekeeping(self) -> None:
+        """Log what is waiting now and then, and forget old finished events."""
+        now = self.clock()
+        if now >= self._next_status_log:
+            self._next_status_log = now + STATUS_LOG_INTERVAL
+            counts = self.outbox.counts()
+            if counts["queued"] or counts["failed"]:
+                log.warning("outbox: %d queued, %d failed (python webhook_server.py --outbox lists them)",
+                            counts["queued"], counts["failed"])
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            self.outbox.prune(keep_seconds=KEEP_EVENTS_SECONDS)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="retry-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=BATCH_BUDGET + 5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.housekeeping()
+                while self.run_once() and not self._stop.is_set():
+                    pass
+            except Exception:          # keep retrying; a bad round must not end the thread
+                log.exception("retry worker round failed")
+            self._stop.wait(self.poll_interval)

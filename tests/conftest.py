@@ -1,0 +1,77 @@
+"""Shared fixtures: settings built explicitly (never from the developer's environment), fake clocks, payloads."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gitlab_feishu.settings import Settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SECRET = "s3cret-token"
+OWNERS = {
+    "Y_野水发财": "zhangsan@example.com",
+    "N_奶奶的小农院": ["lisi@example.com", "wangwu@example.com"],
+    "测试项目": "test@example.com",
+    "mike/diaspora": ["mike@example.com", "ou_0123456789abcdef0123456789abcdef"],
+}
+
+
+def load_payload(name: str) -> dict:
+    """A GitLab payload from tests/fixtures/gitlab (the API-doc capture is unwrapped to its request body)."""
+    data = json.loads((FIXTURES / "gitlab" / name).read_text(encoding="utf-8"))
+    return data.get("request_data", data)
+
+
+def gitlab_headers(event: str = "Push Hook", *, token: str | None = SECRET, key: str | None = None) -> dict:
+    """The headers GitLab sends with a project hook delivery (a fresh Idempotency-Key unless given)."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "GitLab/18.6.0",
+        "X-Gitlab-Event": event,
+        "X-Gitlab-Instance": "https://git.example.cn",
+        "X-Gitlab-Webhook-UUID": str(uuid.uuid4()),
+        "X-Gitlab-Event-UUID": str(uuid.uuid4()),
+        "Idempotency-Key": key or str(uuid.uuid4()),
+    }
+    if token is not None:
+        headers["X-Gitlab-Token"] = token
+    return headers
+
+
+class FakeClock:
+    """A wall clock that only moves when told to; `sleep` advances it instead of waiting."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    advance = sleep
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def owners_file(tmp_path: Path) -> Path:
+    path = tmp_path / "owners.json"
+    path.write_text(json.dumps(OWNERS, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, owners_file: Path) -> Settings:
+    """Live-mode settings pointing at an unroutable Feishu; tests that send replace the URL."""
+    return Settings(feishu_app_id="cli_test_app", feishu_app_secret="test-secret",
+                    feishu_base_url="http://127.0.0.1:9", gitlab_webhook_secret=SECRET,
+                    owners_file=owners_file, users_file=tmp_path / "users.json",
+                    data_dir=tmp_path / "data", log_dir=tmp_path / "logs", retry_base_seconds=5.0)

@@ -1,0 +1,203 @@
+"""Delivering recorded cards: inline retries within the deadline, queueing, permanent failures, the worker."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from gitlab_feishu.delivery import UNKNOWN_EMAIL, Deliverer, backoff
+from gitlab_feishu.feishu import FeishuError
+from gitlab_feishu.outbox import NewDelivery, Outbox
+from gitlab_feishu.worker import RetryWorker
+
+DAY = 24 * 3600.0
+OPEN_IDS = {"a@example.com": "ou_a", "b@example.com": "ou_b", "c@example.com": "ou_c"}
+
+
+class StubFeishu:
+    """Feishu as the Deliverer sees it: scripted answers per open_id, every call recorded."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.directory = dict(OPEN_IDS)
+        self.answers: dict[str, list] = {}
+        self.lookup_error: FeishuError | None = None
+        self.lookups: list[list[str]] = []
+        self.sends: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def resolve_open_ids(self, emails, budget=None):
+        self.lookups.append(list(emails))
+        if self.lookup_error:
+            raise self.lookup_error
+        return {email: self.directory.get(email) for email in emails}
+
+    def send_card(self, open_id, content, uuid, budget=None):
+        with self.lock:
+            self.sends.append((open_id, uuid))
+            answer = self.answers.get(open_id, []).pop(0) if self.answers.get(open_id) else "om_ok"
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer):
+            return answer(budget)
+        return answer
+
+
+def transient(message="HTTP 503", retry_after=None):
+    return FeishuError(message, http_status=503, retryable=True, retry_after=retry_after)
+
+
+def permanent(code=230013):
+    return FeishuError("Bot has NO availability to this user", code=code, http_status=400,
+                       hint="add the user to the app's availability range")
+
+
+@pytest.fixture
+def outbox(tmp_path, clock):
+    return Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+
+
+@pytest.fixture
+def feishu(clock):
+    return StubFeishu(clock)
+
+
+@pytest.fixture
+def deliverer(outbox, feishu, clock):
+    pool = ThreadPoolExecutor(max_workers=8)
+    yield Deliverer(outbox, feishu, pool=pool, retry_base=5.0, clock=clock, sleep=clock.sleep)
+    pool.shutdown()
+
+
+def record(outbox, *recipients, key="idem:1"):
+    planned = [NewDelivery("dm", r, "exact: demo", '{"schema":"2.0"}', f"uuid-{key}-{r}") for r in recipients]
+    return outbox.begin_event(key, "push", "group/project", planned, lease_owner="me", lease_seconds=15,
+                              retry_window=DAY)[1]
+
+
+def status(outbox, key="idem:1"):
+    return [(row.recipient, row.status) for row in outbox.event_rows(key)]
+
+
+def test_card_is_sent_and_recorded(outbox, deliverer, feishu, clock):
+    rows = record(outbox, "a@example.com")
+    outcomes = deliverer.deliver(rows, deadline=clock() + 5)
+    assert [o.status for o in outcomes.values()] == ["sent"]
+    assert feishu.sends == [("ou_a", "uuid-idem:1-a@example.com")]
+    assert status(outbox) == [("a@example.com", "sent")]
+
+
+def test_open_id_recipients_need_no_lookup(outbox, deliverer, feishu, clock):
+    deliverer.deliver(record(outbox, "ou_direct"), deadline=clock() + 5)
+    assert feishu.lookups == [] and feishu.sends[0][0] == "ou_direct"
+
+
+def test_all_emails_of_an_event_are_looked_up_in_one_call(outbox, deliverer, feishu, clock):
+    deliverer.deliver(record(outbox, "a@example.com", "b@example.com", "c@example.com"), deadline=clock() + 5)
+    assert feishu.lookups == [["a@example.com", "b@example.com", "c@example.com"]]
+    assert sorted(open_id for open_id, _ in feishu.sends) == ["ou_a", "ou_b", "ou_c"]
+
+
+@pytest.mark.parametrize("answers", [
+    [transient()],
+    [transient("HTTP 429", retry_after=1), transient("HTTP 429", retry_after=1)],
+    [transient("read timeout")],
+])
+def test_transient_errors_are_retried_inline_with_the_same_uuid(outbox, deliverer, feishu, clock, answers):
+    feishu.answers["ou_a"] = list(answers)
+    outcomes = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5)
+    assert [o.status for o in outcomes.values()] == ["sent"]
+    assert len({uuid for _, uuid in feishu.sends}) == 1 and len(feishu.sends) == len(answers) + 1
+
+
+def test_rate_limit_reset_beyond_the_deadline_queues_until_the_reset(outbox, deliverer, feishu, clock):
+    feishu.answers["ou_a"] = [transient("HTTP 429", retry_after=52)]
+    start = clock()
+    [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=start + 5).values()
+    [row] = outbox.event_rows("idem:1")
+    assert outcome.status == "queued" and "429" in outcome.error
+    assert row.next_attempt_at == pytest.approx(start + 52)
+    assert len(feishu.sends) == 1
+
+
+def test_permanent_error_fails_without_retry(outbox, deliverer, feishu, clock):
+    feishu.answers["ou_a"] = [permanent()]
+    [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
+    assert outcome.status == "failed" and "availability range" in outcome.error
+    assert len(feishu.sends) == 1
+    assert status(outbox) == [("a@example.com", "failed")]
+
+
+def test_unknown_email_fails_and_sends_nothing(outbox, deliverer, feishu, clock):
+    [outcome] = deliverer.deliver(record(outbox, "nobody@example.com"), deadline=clock() + 5).values()
+    assert outcome == type(outcome)("failed", UNKNOWN_EMAIL)
+    assert feishu.sends == []
+
+
+def test_lookup_outage_queues_the_deliveries(outbox, deliverer, feishu, clock):
+    feishu.lookup_error = transient("connection refused")
+    [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
+    assert outcome.status == "queued" and feishu.sends == []
+
+
+def test_outage_longer_than_the_deadline_queues_with_backoff(outbox, deliverer, feishu, clock):
+    feishu.answers["ou_a"] = [transient()] * 100
+    start = clock()
+    [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=start + 5).values()
+    [row] = outbox.event_rows("idem:1")
+    assert outcome.status == "queued"
+    assert clock() <= start + 5
+    assert row.attempts == len(feishu.sends) and row.next_attempt_at > clock()
+
+
+def test_several_owners_are_sent_concurrently(outbox, feishu, clock):
+    """Three sends that each wait for the others can only finish if they run at the same time."""
+    barrier = threading.Barrier(3, timeout=5)
+    for open_id in ("ou_a", "ou_b", "ou_c"):
+        feishu.answers[open_id] = [lambda budget: (barrier.wait(), "om_x")[1]]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=5.0)   # real clock: the barrier waits for real
+        outcomes = deliverer.deliver(record(outbox, "a@example.com", "b@example.com", "c@example.com"),
+                                     deadline=clock.now + 10 ** 9)
+    assert [o.status for o in outcomes.values()] == ["sent"] * 3
+
+
+@pytest.mark.parametrize(("attempts", "seconds"), [(1, 5), (2, 10), (3, 20), (7, 320), (8, 600), (30, 600)])
+def test_backoff_doubles_from_the_base_up_to_ten_minutes(attempts, seconds):
+    assert backoff(attempts, 5.0) == seconds
+
+
+def test_worker_delivers_when_feishu_comes_back(outbox, deliverer, feishu, clock):
+    feishu.answers["ou_a"] = [transient()] * 3
+    deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 0.5)
+    worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock, owner="w")
+    assert worker.run_once() == 0              # not due yet
+    clock.advance(outbox.next_due_at() - clock())
+    worker.run_once()
+    clock.advance(outbox.next_due_at() - clock())
+    worker.run_once()
+    assert status(outbox) == [("a@example.com", "sent")]
+    assert len({uuid for _, uuid in feishu.sends}) == 1
+
+
+def test_worker_picks_up_what_a_crashed_process_left(tmp_path, outbox, feishu, clock):
+    record(outbox, "a@example.com")            # recorded, leased, never attempted: the process died
+    clock.advance(16)
+    restarted = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        deliverer = Deliverer(restarted, feishu, pool=pool, retry_base=5.0, clock=clock, sleep=clock.sleep)
+        assert RetryWorker(restarted, deliverer, retry_base=5.0, clock=clock).run_once() == 1
+    assert status(restarted) == [("a@example.com", "sent")]
+
+
+def test_worker_gives_up_after_the_retry_window(outbox, deliverer, feishu, clock):
+    feishu.answers["ou_a"] = [transient()] * 1000
+    deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 1)
+    worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock, owner="w")
+    while outbox.counts()["queued"]:
+        clock.advance(max(outbox.next_due_at() - clock(), 0))
+        worker.run_once()
+    [row] = outbox.event_rows("idem:1")
+    assert row.status == "failed" and "gave up" in row.last_error
+    assert clock() - row.created_at >= DAY - 600

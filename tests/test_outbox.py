@@ -1,0 +1,137 @@
+"""The durable outbox: schema, idempotent events, leases across processes, operator commands."""
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from gitlab_feishu.outbox import SCHEMA_VERSION, NewDelivery, Outbox
+
+DAY = 24 * 3600.0
+
+
+def planned(*recipients: str) -> list[NewDelivery]:
+    return [NewDelivery("dm", r, "exact: demo", '{"schema":"2.0"}', f"uuid-{r}") for r in recipients]
+
+
+@pytest.fixture
+def outbox(tmp_path, clock) -> Outbox:
+    return Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+
+
+def begin(outbox: Outbox, key: str = "idem:1", *recipients: str, lease: float = 10.0):
+    return outbox.begin_event(key, "push", "group/project", planned(*(recipients or ("a@example.com",))),
+                              lease_owner="me", lease_seconds=lease, retry_window=DAY)
+
+
+def test_new_database_has_current_schema_version(outbox):
+    assert outbox.schema_version == SCHEMA_VERSION
+
+
+def test_database_from_a_newer_release_is_refused(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}").connection.close()
+    with pytest.raises(RuntimeError, match="newer release"):
+        Outbox(path)
+
+
+def test_older_schema_is_upgraded_on_open(tmp_path, monkeypatch):
+    """A database at version 1 gains a later migration when a newer release opens it."""
+    from gitlab_feishu import outbox as module
+
+    path = tmp_path / "outbox.sqlite3"
+    begin(Outbox(path), "idem:old")
+    monkeypatch.setitem(module.MIGRATIONS, SCHEMA_VERSION + 1, ("ALTER TABLE deliveries ADD COLUMN note TEXT",))
+    monkeypatch.setattr(module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    upgraded = Outbox(path)
+    assert upgraded.schema_version == SCHEMA_VERSION + 1
+    assert [row.recipient for row in upgraded.event_rows("idem:old")] == ["a@example.com"]
+
+
+def _open_and_begin(path: str, index: int) -> None:
+    outbox = Outbox(path)
+    begin(outbox, f"idem:{index}")
+
+
+def test_processes_starting_together_share_one_database(tmp_path):
+    """Workers starting at the same moment neither trip over the creation nor lose a write."""
+    path = str(tmp_path / "outbox.sqlite3")
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_open_and_begin, args=(path, i)) for i in range(6)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [process.exitcode for process in processes] == [0] * 6
+    assert Outbox(path).counts()["queued"] == 6
+
+
+def test_event_is_recorded_once(outbox):
+    created, rows = begin(outbox, "idem:1", "a@example.com", "b@example.com")
+    again, same_rows = begin(outbox, "idem:1", "a@example.com", "b@example.com")
+    assert created and not again
+    assert [r.id for r in rows] == [r.id for r in same_rows]
+
+
+def test_inline_rows_are_leased_and_not_claimed_by_the_worker(outbox, clock):
+    begin(outbox, "idem:1", lease=10)
+    assert outbox.claim_due(owner="worker", lease_seconds=60) == []
+    clock.advance(11)      # the inline process died: its lease ran out
+    assert [r.recipient for r in outbox.claim_due(owner="worker", lease_seconds=60)] == ["a@example.com"]
+
+
+def test_a_claimed_row_is_not_claimed_twice(outbox, tmp_path, clock):
+    _, [row] = begin(outbox)
+    outbox.finish(row.id, "queued", attempts=1, error="503", next_attempt_at=clock())
+    other_process = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+    first = outbox.claim_due(owner="one", lease_seconds=60)
+    second = other_process.claim_due(owner="two", lease_seconds=60)
+    assert len(first) == 1 and second == []
+
+
+def test_queued_row_waits_for_its_next_attempt(outbox, clock):
+    _, [row] = begin(outbox)
+    outbox.finish(row.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 30)
+    assert outbox.claim_due(owner="w", lease_seconds=60) == []
+    assert outbox.next_due_at() == clock() + 30
+    clock.advance(30)
+    assert len(outbox.claim_due(owner="w", lease_seconds=60)) == 1
+
+
+def test_sent_row_never_changes_again(outbox):
+    _, [row] = begin(outbox)
+    outbox.finish(row.id, "sent", attempts=1, message_id="om_1")
+    outbox.finish(row.id, "queued", attempts=1, error="late timeout", next_attempt_at=0)
+    [after] = outbox.event_rows("idem:1")
+    assert (after.status, after.attempts, after.last_error) == ("sent", 1, None)
+
+
+def test_counts_and_pending_list_queued_and_failed(outbox, clock):
+    _, rows = begin(outbox, "idem:1", "a@example.com", "b@example.com", "c@example.com")
+    outbox.finish(rows[0].id, "sent", attempts=1, message_id="om_1")
+    outbox.finish(rows[1].id, "failed", attempts=1, error="Feishu 230013: outside the availability range")
+    outbox.finish(rows[2].id, "queued", attempts=1, error="HTTP 503", next_attempt_at=clock() + 5)
+    assert outbox.counts() == {"queued": 1, "failed": 1}
+    assert [(r.recipient, r.status) for r in outbox.pending()] == [("b@example.com", "failed"),
+                                                                   ("c@example.com", "queued")]
+
+
+def test_retry_failed_requeues_with_a_fresh_window(outbox, clock):
+    _, [row] = begin(outbox)
+    outbox.finish(row.id, "failed", attempts=3, error="Feishu 99991672: missing permission")
+    clock.advance(2 * DAY)
+    assert outbox.retry_failed(retry_window=DAY) == 1
+    [claimed] = outbox.claim_due(owner="w", lease_seconds=60)
+    assert claimed.give_up_at == clock() + DAY
+
+
+def test_prune_forgets_old_finished_events_only(outbox, clock):
+    _, [done] = begin(outbox, "idem:done")
+    outbox.finish(done.id, "sent", attempts=1, message_id="om_1")
+    _, [waiting] = begin(outbox, "idem:waiting")
+    outbox.finish(waiting.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 5)
+    clock.advance(3 * DAY)
+    assert outbox.prune(keep_seconds=2 * DAY) == 1
+    assert outbox.event_summary("idem:done") is None
+    assert outbox.event_summary("idem:waiting") == ("push", "group/project")
