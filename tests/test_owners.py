@@ -1,0 +1,319 @@
+"""owners.json: loading, validation, encodings, matching and hot reload."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import unicodedata
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gitlab_feishu.events import Project
+from gitlab_feishu.owners import Match, OwnersFile, load_owners
+from gitlab_feishu.settings import ConfigError
+
+SHIPPED = Path(__file__).resolve().parent.parent / "config" / "owners.json"
+LOGGER = "gitlab_feishu.owners"
+
+
+def write_owners(tmp_path: Path, content: dict | str | bytes, name: str = "owners.json") -> Path:
+    path = tmp_path / name
+    if isinstance(content, dict):
+        content = json.dumps(content, ensure_ascii=False, indent=2)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+def match(owners, path: str, name: str = "") -> list[Match]:
+    return owners.match(Project(path=path, name=name))
+
+
+# --- matching ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, path, name, tier", [
+    # the shipped example keys name projects through their Chinese display name
+    ("Y_野水发财", "games/yeshui", "Y_野水发财", "exact"),
+    ("y_野水发财", "games/yeshui", "Y_野水发财", "exact"),
+    ("Y_野水发财", "games/yeshui-client", "Y_野水发财（客户端）", "fuzzy"),
+    ("Y_野水发财", "games/yeshui", "野水发财", "fuzzy"),
+    ("Y_野水发财", "tools/yarn", "Yarn", None),              # the 1-character part "Y" never matches
+    ("N_奶奶的小农院", "farm/grandma", "N_奶奶的小农院", "exact"),
+    ("N_奶奶的小农院", "farm/grandma", "奶奶的小农院 第二版", "fuzzy"),
+    ("测试项目", "qa/test", "测试项目", "exact"),
+    ("测试项目", "qa/test", "测试项目-新版", "fuzzy"),
+    ("测试项目", "qa/test", "正式项目", None),
+    ("Ｙ＿野水发财", "games/yeshui", "Y_野水发财", "exact"),       # full-width input-method letters
+    ("野水 发财", "shop/tree", "发财树", "fuzzy"),                # parts split at spaces
+    # groups and runs of whole path segments
+    ("grouptwogame/sub/client", "grouptwogame/sub/client", "客户端", "exact"),
+    ("GroupTwoGame", "grouptwogame/sub/client", "客户端", "exact"),
+    ("grouptwogame/sub", "grouptwogame/sub/client", "", "exact"),
+    ("sub/client", "grouptwogame/sub/client", "", "exact"),
+    ("client", "grouptwogame/sub/client", "", "exact"),
+    ("grouptwogame/", "grouptwogame/sub/client", "", "exact"),
+    ("grouptwogame/client", "grouptwogame/sub/client", "", None),   # not a consecutive run
+    ("group", "grouptwogame/sub/client", "", "fuzzy"),              # part of a segment only
+    # near misses
+    ("infra-tools", "platform/infra-tools", "", "exact"),
+    ("infra-tools", "platform/infra-tools-v2", "", "fuzzy"),
+    ("platform/infra-tools", "platform/infra-tools-v2", "", "fuzzy"),
+    ("platform/infra-tools", "ops/tools", "", None),
+    ("tools", "platform/infra-tools", "", "fuzzy"),
+    ("game client", "mobile/client-app", "", "fuzzy"),
+    ("x_y", "x/y", "", None),
+    # one character: exact on a whole segment or the name, never fuzzy
+    ("a", "a/b", "", "exact"),
+    ("云", "cloud/app", "云", "exact"),
+    ("a", "abc/def", "", None),
+    ("云", "cloud/app", "云服务", None),
+])
+def test_match_table(tmp_path, key, path, name, tier):
+    owners = load_owners(write_owners(tmp_path, {key: "owner@example.com"}))
+    expected = [Match("owner@example.com", f"{tier}: {key}")] if tier else []
+    assert match(owners, path, name) == expected
+
+
+def test_every_exact_match_counts(tmp_path):
+    """A group owner and a project owner are both notified."""
+    owners = load_owners(write_owners(tmp_path, {"grouptwogame": "lead@example.com",
+                                                 "client": "dev@example.com"}))
+    assert match(owners, "grouptwogame/client") == [Match("lead@example.com", "exact: grouptwogame"),
+                                                    Match("dev@example.com", "exact: client")]
+
+
+def test_exact_tier_beats_fuzzy(tmp_path):
+    owners = load_owners(write_owners(tmp_path, {"Y_野水发财": "fuzzy@example.com",
+                                                 "野水发财": "exact@example.com"}))
+    assert match(owners, "games/yeshui", "野水发财") == [Match("exact@example.com", "exact: 野水发财")]
+
+
+def test_every_fuzzy_match_counts_in_file_order(tmp_path):
+    owners = load_owners(write_owners(tmp_path, {"infra": "a@example.com", "tools": "b@example.com"}))
+    assert match(owners, "platform/infra-tools-v2") == [Match("a@example.com", "fuzzy: infra"),
+                                                        Match("b@example.com", "fuzzy: tools")]
+
+
+def test_recipient_named_by_several_keys_is_notified_once_by_the_first_rule(tmp_path):
+    owners = load_owners(write_owners(tmp_path, {"grouptwogame": ["Lead@Example.com", "a@example.com"],
+                                                 "client": ["lead@example.com", "b@example.com"]}))
+    assert match(owners, "grouptwogame/client") == [Match("Lead@Example.com", "exact: grouptwogame"),
+                                                    Match("a@example.com", "exact: grouptwogame"),
+                                                    Match("b@example.com", "exact: client")]
+
+
+def test_open_id_values_are_used_as_written(tmp_path):
+    owners = load_owners(write_owners(tmp_path, {"client": ["ou_7d8a6e6df7621556ce0d21922b676706",
+                                                            "dev@example.com"]}))
+    assert [m.recipient for m in match(owners, "g/client")] == ["ou_7d8a6e6df7621556ce0d21922b676706",
+                                                                 "dev@example.com"]
+
+
+def _names_something(key: str) -> bool:
+    return bool(unicodedata.normalize("NFKC", key).casefold().strip().strip("/"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(keys=st.lists(st.text(min_size=1, max_size=12).filter(_names_something), min_size=1, max_size=5,
+                     unique=True),
+       path=st.text(max_size=30), name=st.text(max_size=20))
+def test_any_project_gets_each_recipient_at_most_once(tmp_path_factory, keys, path, name):
+    file = write_owners(tmp_path_factory.mktemp("o"), {k: ["a@example.com", "A@example.com"] for k in keys})
+    found = match(load_owners(file), path, name)
+    assert len(found) <= 1 and all(m.rule.split(": ", 1)[1] in keys for m in found)
+
+
+def test_project_nobody_owns_matches_nobody(tmp_path):
+    owners = load_owners(write_owners(tmp_path, {"grouptwogame": "lead@example.com"}))
+    assert match(owners, "other/project", "别的项目") == []
+
+
+def test_shipped_owners_file_loads_with_its_three_examples():
+    owners = load_owners(SHIPPED)
+    assert len(owners) == 3 and owners.warnings == ()
+    assert [m.recipient for m in match(owners, "farm/grandma", "N_奶奶的小农院")] == [
+        "lisi@example.com", "wangwu@example.com"]
+
+
+# --- validation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, line, words", [
+    ('{\n  "测试项目": "test@example"\n}', 2, ['"测试项目"', "test@example", "not an email"]),
+    ('{\n  "a": "x@y.zz",\n  "测试项目": "te st@example.com"\n}', 3, ['"测试项目"', "te st@example.com"]),
+    ('{\n  "测试项目": "ou_abc-123"\n}', 2, ['"测试项目"', "ou_abc-123"]),
+    ('{\n  "N_奶奶的小农院": []\n}', 2, ['"N_奶奶的小农院"', "empty"]),
+    ('{\n  "测试项目": "a@example.com",\n  "测试项目": "b@example.com"\n}', 3,
+     ['"测试项目"', "twice", "first on line 2"]),
+    ('{\n  "a": "x@example.com",\n}', 3, ["not valid JSON", "column"]),
+    ('{\n  “测试项目”: "a@example.com"\n}', 2, ["not valid JSON", "ASCII quotes"]),
+    ('["a@example.com"]', 1, ["top level must be a JSON object", "not a list"]),
+    ('{\n  "client": 5\n}', 2, ['"client"', "the number 5"]),
+    ('{\n  "client": ["a@example.com", null]\n}', 2, ['"client"', "null"]),
+    ('{\n  "client": {"owners": ["a@example.com"]}\n}', 2, ['"client"', "not an object"]),
+    ('{\n  "": "a@example.com"\n}', 2, ["key is empty"]),
+    ('{\n  "／": "a@example.com"\n}', 2, ["key is empty"]),
+    ('{\n  "x": "tools@example.com",\n  "tools": "nobody"\n}', 3, ['"tools"', "nobody"]),
+])
+def test_invalid_file_names_file_line_and_problem(tmp_path, text, line, words):
+    path = write_owners(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_owners(path)
+    message = str(raised.value)
+    assert str(path) in message and f"line {line}" in message
+    for word in words:
+        assert word in message
+
+
+def test_empty_file_is_refused(tmp_path):
+    path = write_owners(tmp_path, "  \n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_owners(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_owners(tmp_path / "owners.json")
+
+
+def test_keys_may_share_owners(tmp_path):
+    owners = load_owners(write_owners(tmp_path, {"a": "x@example.com", "b": ["x@example.com"]}))
+    assert len(owners) == 2
+
+
+# --- encodings --------------------------------------------------------------------------------
+
+CHINESE = '{\n  "测试项目": "test@example.com"\n}'
+
+
+def test_utf8_with_bom_is_normal(tmp_path, caplog):
+    owners = load_owners(write_owners(tmp_path, CHINESE.encode("utf-8-sig")))
+    assert owners.warnings == () and not caplog.records
+    assert match(owners, "qa/test", "测试项目")[0].rule == "exact: 测试项目"
+
+
+def test_utf16_with_bom_is_decoded_with_a_warning(tmp_path, caplog):
+    path = write_owners(tmp_path, CHINESE.encode("utf-16"))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        owners = load_owners(path)
+    assert "UTF-16" in owners.warnings[0] and str(path) in owners.warnings[0]
+    assert caplog.records[0].getMessage() == owners.warnings[0]
+    assert match(owners, "qa/test", "测试项目")[0].recipient == "test@example.com"
+
+
+def test_gbk_is_decoded_with_a_warning(tmp_path, caplog):
+    path = write_owners(tmp_path, CHINESE.encode("gbk"))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        owners = load_owners(path)
+    assert "GBK" in owners.warnings[0] and "UTF-8" in owners.warnings[0]
+    assert caplog.records[0].levelno == logging.WARNING
+    assert match(owners, "qa/test", "测试项目")[0].rule == "exact: 测试项目"
+
+
+def test_undecodable_file_is_refused_naming_the_encoding(tmp_path):
+    path = write_owners(tmp_path, '{\n  "café": "a@example.com"\n}'.encode("cp1252"))
+    with pytest.raises(ConfigError) as raised:
+        load_owners(path)
+    message = str(raised.value)
+    assert str(path) in message and "not UTF-8" in message and "line 2" in message
+    assert "Save As" in message
+
+
+def test_gbk_bytes_that_do_not_parse_are_refused_not_guessed(tmp_path):
+    path = write_owners(tmp_path, "测试项目 = test@example.com".encode("gbk"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_owners(path)
+
+
+# --- hot reload -------------------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def save(path: Path, content: dict | str, mtime_s: int) -> None:
+    """Write like an editor would, with a distinct mtime so the change is visible at any clock resolution."""
+    text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, ns=(mtime_s * 10**9, mtime_s * 10**9))
+
+
+@pytest.fixture
+def watched(tmp_path):
+    path = tmp_path / "owners.json"
+    save(path, {"client": "old@example.com"}, 1_700_000_000)
+    clock = FakeClock()
+    return path, clock, OwnersFile(path, clock=clock, check_interval=2.0)
+
+
+def recipients(owners_file: OwnersFile) -> list[str]:
+    return [m.recipient for m in owners_file.current().match(Project(path="g/client", name=""))]
+
+
+def test_good_edit_applies_after_check_interval_not_before(watched):
+    path, clock, owners_file = watched
+    save(path, {"client": "new@example.com"}, 1_700_000_100)
+    clock.now += 1.9
+    assert recipients(owners_file) == ["old@example.com"]
+    clock.now += 0.1
+    assert recipients(owners_file) == ["new@example.com"]
+
+
+def test_unchanged_file_is_not_reloaded(watched):
+    _, clock, owners_file = watched
+    before = owners_file.current()
+    clock.now += 10
+    assert owners_file.current() is before
+
+
+def test_broken_edit_keeps_last_good_routing_and_reports(watched, caplog):
+    path, clock, owners_file = watched
+    save(path, '{\n  "client": "new@example.com",\n', 1_700_000_100)
+    clock.now += 2
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert recipients(owners_file) == ["old@example.com"]
+    error = owners_file.state()["last_error"]
+    assert str(path) in error and "line 3" in error
+    assert caplog.records[-1].levelno == logging.ERROR and error in caplog.records[-1].getMessage()
+
+
+def test_next_good_save_clears_the_error(watched, caplog):
+    path, clock, owners_file = watched
+    save(path, {"client": "bad email"}, 1_700_000_100)
+    clock.now += 2
+    owners_file.current()
+    save(path, {"client": ["new@example.com", "ou_abc123"]}, 1_700_000_200)
+    clock.now += 2
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert recipients(owners_file) == ["new@example.com", "ou_abc123"]
+    assert owners_file.state()["last_error"] is None
+    assert caplog.records[-1].levelno == logging.INFO and "reloaded" in caplog.records[-1].getMessage()
+
+
+def test_deleted_file_keeps_last_good_routing_until_it_returns(watched):
+    path, clock, owners_file = watched
+    path.unlink()
+    clock.now += 2
+    assert recipients(owners_file) == ["old@example.com"]
+    assert "not found" in owners_file.state()["last_error"]
+    save(path, {"client": "back@example.com"}, 1_700_000_100)
+    clock.now += 2
+    assert recipients(owners_file) == ["back@example.com"]
+
+
+def test_state_reports_path_entries_and_load_time(watched):
+    path, _, owners_file = watched
+    state = owners_file.state()
+    assert state["path"] == str(path) and state["entries"] == 1 and state["last_error"] is None
+    assert datetime.fromisoformat(state["loaded_at"]).tzinfo is not None
+
+
+def test_invalid_file_at_start_raises(tmp_path):
+    path = write_owners(tmp_path, '{"client": []}')
+    with pytest.raises(ConfigError, match="empty"):
+        OwnersFile(path, clock=FakeClock())
