@@ -1,0 +1,201 @@
+"""POST /gitlab-webhook and GET /healthz through Flask's test client, against the fake Feishu."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+
+from gitlab_feishu.app import create_app
+from tests.conftest import OWNERS, SECRET, gitlab_headers, load_payload
+from tests.fake_feishu import FakeFeishu
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeFeishu() as server:
+        yield server
+
+
+@pytest.fixture
+def feishu(fake):
+    """The fake Feishu, emptied, knowing every owner in the test owners.json."""
+    fake.reset()
+    for value in OWNERS.values():
+        for email in [value] if isinstance(value, str) else value:
+            if "@" in email:
+                fake.add_user(email)
+    return fake
+
+
+@pytest.fixture
+def app(settings, feishu):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), start_worker=False)
+    yield app
+    app.extensions["gitlab_feishu"]["worker"].stop()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def post(client, payload, headers=None, **kwargs):
+    body = payload if isinstance(payload, (bytes, str)) else json.dumps(payload, ensure_ascii=False)
+    return client.post("/gitlab-webhook", data=body, headers=headers or gitlab_headers(), **kwargs)
+
+
+def test_push_sends_one_card_to_its_owner(client, feishu):
+    response = post(client, load_payload("chinese_push.json"))
+    assert response.status_code == 200
+    assert response.json == {
+        "status": "sent", "event": "push", "project": "grouptwogame/yeshui-client",
+        "deliveries": [{"to": "zhangsan@example.com", "rule": "fuzzy: Y_野水发财", "result": "sent"}]}
+    [message] = feishu.messages
+    assert message["to_email"] == "zhangsan@example.com"
+    assert message["card"]["schema"] == "2.0"
+
+
+def test_every_owner_of_the_project_gets_a_card(client, feishu):
+    response = post(client, load_payload("chinese_push_redacted.json"))
+    assert [(d["to"], d["rule"], d["result"]) for d in response.json["deliveries"]] == [
+        ("lisi@example.com", "exact: N_奶奶的小农院", "sent"), ("wangwu@example.com", "exact: N_奶奶的小农院", "sent")]
+    assert sorted(m["to_email"] for m in feishu.messages) == ["lisi@example.com", "wangwu@example.com"]
+
+
+def test_open_id_owner_is_sent_to_without_lookup(client, feishu):
+    feishu.add_user("nobody-by-email@example.com", "ou_0123456789abcdef0123456789abcdef")
+    response = post(client, load_payload("push.json"))
+    assert {d["to"]: d["result"] for d in response.json["deliveries"]} == {
+        "mike@example.com": "sent", "ou_0123456789abcdef0123456789abcdef": "sent"}
+
+
+def test_warm_caches_make_one_feishu_call_per_owner(client, feishu):
+    post(client, load_payload("chinese_push_redacted.json"))
+    before = {kind: feishu.calls(kind) for kind in ("token", "batch_get_id", "send")}
+    post(client, load_payload("chinese_push_redacted.json"))
+    assert feishu.calls("token") == before["token"]
+    assert feishu.calls("batch_get_id") == before["batch_get_id"]
+    assert feishu.calls("send") == before["send"] + 2
+
+
+def test_unknown_email_is_reported_and_nothing_is_sent_to_it(client, feishu, owners_file):
+    owners_file.write_text(json.dumps({"mike/diaspora": ["mike@example.com", "ghost@example.com"]}), "utf-8")
+    app = create_app(client.application.extensions["gitlab_feishu"]["settings"], start_worker=False)
+    response = post(app.test_client(), load_payload("push.json"))
+    assert response.json["status"] == "partial"
+    ghost = response.json["deliveries"][1]
+    assert ghost["result"] == "failed" and "not found in Feishu" in ghost["error"]
+    assert [m["to_email"] for m in feishu.messages] == ["mike@example.com"]
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong", SECRET + " ", SECRET.upper(), "tökén",
+                                   "令牌".encode("utf-8").decode("latin-1")])
+def test_missing_or_wrong_token_is_refused(client, feishu, token):
+    response = post(client, load_payload("push.json"), gitlab_headers(token=token))
+    assert response.status_code == 401
+    assert response.json["status"] == "error" and "X-Gitlab-Token" in response.json["reason"]
+    assert feishu.calls("send") == 0
+
+
+def test_without_a_secret_any_token_is_accepted(settings, feishu, caplog):
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, gitlab_webhook_secret=""),
+                         start_worker=False)
+    assert "GITLAB_WEBHOOK_SECRET is not set" in caplog.text
+    assert post(app.test_client(), load_payload("push.json"), gitlab_headers(token=None)).status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"{", b"\xff\xfe\xfa", b"[" * 100_000, b'{"a": 1e999999'])
+def test_body_that_is_not_json_is_refused(client, body):
+    response = post(client, body)
+    assert response.status_code == 400 and response.json["reason"] == "body is not JSON"
+
+
+def test_body_over_25_mb_is_refused_before_reading(client):
+    response = client.post("/gitlab-webhook", data=b"{}", headers=gitlab_headers(),
+                           environ_overrides={"CONTENT_LENGTH": str(25 * 1024 * 1024 + 1)})
+    assert response.status_code == 413
+
+
+def test_checks_run_in_order_size_token_json(client):
+    too_big = {"CONTENT_LENGTH": str(26 * 1024 * 1024)}
+    assert client.post("/gitlab-webhook", data=b"x", headers=gitlab_headers(token="bad"),
+                       environ_overrides=too_big).status_code == 413
+    assert post(client, b"not json", gitlab_headers(token="bad")).status_code == 401
+
+
+@pytest.mark.parametrize(("payload", "event", "reason"), [
+    ({"object_kind": "issue"}, "Issue Hook", "issue events are not handled"),
+    ({"object_kind": "note"}, "Note Hook", "note events are not handled"),
+    (load_payload("push.json"), "Issue Hook", "does not match"),
+    ([1, 2, 3], "Push Hook", "not a JSON object"),
+    ("push", "Push Hook", "not a JSON object"),
+    ({}, "Push Hook", "no object_kind"),
+    ({"object_kind": "push", "project": "nope"}, "Push Hook", "no project"),
+    ({"object_kind": "push", "project": {"path_with_namespace": "mike/diaspora"}}, "Push Hook", "no ref"),
+])
+def test_unhandled_or_odd_payloads_are_ignored_with_a_reason(client, feishu, payload, event, reason):
+    response = post(client, payload, gitlab_headers(event))
+    assert response.status_code == 200
+    assert response.json["status"] == "ignored" and reason in response.json["reason"]
+    assert feishu.calls("send") == 0
+
+
+def test_push_to_a_project_nobody_owns_is_ignored(client, feishu):
+    payload = load_payload("push.json")
+    payload["project"].update(path_with_namespace="other/thing", name="Thing")
+    response = post(client, payload)
+    assert response.json["status"] == "ignored" and "other/thing" in response.json["reason"]
+
+
+def test_system_hook_push_is_handled(client, feishu):
+    assert post(client, load_payload("push.json"), gitlab_headers("System Hook")).json["status"] == "sent"
+
+
+def test_event_kind_turned_off_is_ignored(settings, feishu):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, notify_events=frozenset({"pipeline"})),
+                     start_worker=False)
+    response = post(app.test_client(), load_payload("push.json"))
+    assert response.json["status"] == "ignored" and "NOTIFY_EVENTS" in response.json["reason"]
+
+
+def test_dry_run_logs_the_card_and_sends_nothing(settings, feishu, caplog):
+    app = create_app(dataclasses.replace(settings, feishu_app_id="", feishu_base_url=feishu.url))
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
+        response = post(app.test_client(), load_payload("chinese_push.json"))
+    assert response.json["status"] == "dry_run"
+    assert response.json["deliveries"] == [{"to": "zhangsan@example.com", "rule": "fuzzy: Y_野水发财",
+                                            "result": "dry_run"}]
+    assert "修复：登录界面在 1080p 下按钮错位" in caplog.text and '"schema":"2.0"' in caplog.text
+    assert feishu.requests == []
+
+
+@pytest.mark.parametrize("drop", [(), ("Idempotency-Key",), ("Idempotency-Key", "X-Gitlab-Event-UUID")])
+def test_a_delivery_repeated_three_times_makes_one_card(client, feishu, drop):
+    """GitLab's Resend keeps Idempotency-Key; without it the event UUID, then the payload, identify it."""
+    headers = gitlab_headers()
+    for name in drop:
+        del headers[name]
+    responses = [post(client, load_payload("push.json"), {**headers, "X-Gitlab-Webhook-UUID": str(i)})
+                 for i in range(3)]
+    assert [r.json["status"] for r in responses] == ["sent"] * 3
+    assert "repeat" in responses[2].json["reason"]
+    assert len(feishu.messages) == 2          # two owners, once each
+
+
+def test_healthz_reports_mode_owners_and_outbox_without_secrets(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json["mode"] == "live"
+    assert response.json["owners"]["entries"] == len(OWNERS)
+    assert response.json["outbox"] == {"queued": 0, "failed": 0}
+    assert SECRET not in response.text and "test-secret" not in response.text
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nope", 404), ("GET", "/gitlab-webhook", 405),
+                                                        ("PUT", "/gitlab-webhook", 405)])
+def test_http_errors_are_json(client, method, path, status):
+    response = client.open(path, method=method)
+    assert response.status_code == status and response.json["status"] == "error"
