@@ -1,0 +1,301 @@
+"""Feishu Open Platform client: tenant token, email -> open_id lookup, card DMs.
+
+HTTP only. Retrying, queueing and pacing belong to the callers; this module
+says, through `FeishuError.retryable`, whether a retry can help.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import re
+import threading
+import time
+from typing import Callable, Iterable, Literal
+
+import requests
+from requests.adapters import HTTPAdapter
+
+logger = logging.getLogger("gitlab_feishu.feishu")
+
+UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
+LOOKUP_CHUNK = 50                                   # batch_get_id takes at most 50 emails
+TOKEN_INVALID = frozenset({99991663, 99991664, 99991671})  # refresh the token and retry once
+
+_CREDENTIALS = ("check FEISHU_APP_ID and FEISHU_APP_SECRET against the app's 凭证与基础信息 "
+                "(Credentials & Basic Info) page in the Feishu developer console")
+_PUBLISH = "and publish a new version of the app"
+_BAD_ID = "the open_id is invalid for this app (open_ids differ per app): look the user up again by email"
+_TOKEN_REJECTED = ("Feishu rejected a freshly fetched tenant_access_token: retry later; if it persists, "
+                   "check that the app is enabled in the Feishu developer console")
+_BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): see the sub-code in the message"
+
+# code -> (retryable, hint). Codes not listed are permanent (see _UNKNOWN_CODE).
+ERRORS: dict[int, tuple[bool, str]] = {
+    99991400: (True, "the app hit Feishu's rate limit: retry after x-ogw-ratelimit-reset seconds"),
+    230020: (True, "too many messages to this user (Feishu allows 5 per second): retry in a moment"),
+    230049: (True, "Feishu is still sending this message: retry later with the same uuid"),
+    18121: (True, "Feishu is still processing the same request: retry later with the same uuid"),
+    99991663: (True, _TOKEN_REJECTED),
+    99991664: (True, _TOKEN_REJECTED),
+    99991671: (True, _TOKEN_REJECTED),
+    10003: (False, f"the app_id is wrong or the app does not exist: {_CREDENTIALS}"),
+    10014: (False, f"the app secret is wrong: {_CREDENTIALS}"),
+    10015: (False, f"the app secret is wrong: {_CREDENTIALS}"),
+    99991543: (False, f"the app_id or app secret is wrong: {_CREDENTIALS}"),
+    99991672: (False, "the app lacks a permission: add {scopes} under 权限管理 (Permissions & Scopes) in the "
+                      f"Feishu developer console {_PUBLISH}"),
+    230013: (False, "the user is outside the app's availability range (or has left the company): add them "
+                    f"under 可用范围 (Availability) in the Feishu developer console {_PUBLISH}"),
+    230006: (False, "the app's bot capability is off: enable 机器人 (Bot) under 应用能力 (Features) in the "
+                    f"Feishu developer console {_PUBLISH}"),
+    230001: (False, _BAD_ID),
+    230034: (False, _BAD_ID),
+    230099: (False, _BAD_CARD),
+    200621: (False, _BAD_CARD),
+    230025: (False, "the card is over Feishu's 30 KB limit: shorten it"),
+    230053: (False, "the user has stopped receiving messages from this bot"),
+    230029: (False, "the user has left the company"),
+    230035: (False, "the app may not message this user (muted, blocked or a tenant policy)"),
+    230027: (False, "the app lacks a permission or the user's authorization for this message"),
+    230038: (False, "the user belongs to another Feishu organisation, and cross-tenant DMs are not allowed"),
+}
+_UNKNOWN_CODE = ("look the code up in Feishu's error code docs: "
+                 "https://open.feishu.cn/document/server-docs/api-call-guide/generic-error-code")
+
+
+class FeishuError(Exception):
+    """A failed Feishu call: what failed, Feishu's code and log id, and what to do about it."""
+
+    def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None, log_id: str = "",
+                 retryable: bool = False, retry_after: float | None = None, hint: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.http_status = http_status
+        self.log_id = log_id
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.hint = hint
+
+    def __str__(self) -> str:
+        log_id = f" (log id {self.log_id})" if self.log_id else ""
+        hint = f": {self.hint}" if self.hint else ""
+        return f"{self.message}{log_id}{hint}"
+
+
+class NotCached(enum.Enum):
+    """Answer of `cached_open_id` when only a lookup can tell."""
+    NOT_CACHED = "not cached"
+
+
+NOT_CACHED = NotCached.NOT_CACHED
+
+
+class FeishuClient:
+    """Thread-safe client for one Feishu (or Lark) custom app."""
+
+    def __init__(self, base_url: str, app_id: str, app_secret: str, *, session: requests.Session | None = None,
+                 clock: Callable[[], float] = time.monotonic, connect_timeout: float = 3.05, read_timeout: float = 10.0,
+                 open_id_ttl: float = 6 * 3600, unknown_ttl: float = 300):
+        self._base_url = base_url.rstrip("/")
+        self._app_id = app_id
+        self._app_secret = app_secret
+        self._session = session or _pooled_session()
+        self._clock = clock
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._open_id_ttl = open_id_ttl
+        self._unknown_ttl = unknown_ttl
+        self._token: tuple[str, float] = ("", 0.0)  # (token, refresh at); replaced whole, so reads need no lock
+        self._token_lock = threading.Lock()
+        self._open_ids: dict[str, tuple[str | None, float]] = {}  # email.lower() -> (open_id or None, expires at)
+
+    def __repr__(self) -> str:
+        return f"FeishuClient({self._base_url!r}, app_id={self._app_id!r})"
+
+    def tenant_token(self, budget: float | None = None) -> str:
+        """The cached tenant_access_token, fetched once (for all threads) when missing or near expiry."""
+        return self._tenant_token(self._deadline(budget))
+
+    def cached_open_id(self, email: str) -> str | None | Literal[NotCached.NOT_CACHED]:
+        """The cached open_id, None if cached as unknown to Feishu, or NOT_CACHED; never calls Feishu."""
+        open_id, expires_at = self._open_ids.get(email.lower(), (None, 0.0))
+        return open_id if self._clock() < expires_at else NOT_CACHED
+
+    def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None) -> dict[str, str | None]:
+        """Map each email to its open_id, or None when Feishu does not know it (see UNKNOWN_EMAIL)."""
+        deadline = self._deadline(budget)
+        emails = list(emails)
+        missing = list({e.lower(): e for e in emails if self.cached_open_id(e) is NOT_CACHED}.values())
+        for start in range(0, len(missing), LOOKUP_CHUNK):
+            self._look_up(missing[start:start + LOOKUP_CHUNK], deadline)
+        return {e: self._open_ids[e.lower()][0] for e in emails}
+
+    def send_card(self, open_id: str, content: str, uuid: str, budget: float | None = None) -> str:
+        """DM an interactive card (`content` is the card JSON as a string); returns Feishu's message_id."""
+        body = {"receive_id": open_id, "msg_type": "interactive", "content": content, "uuid": uuid}
+        payload = self._authed_post("sending the card", "/open-apis/im/v1/messages", body,
+                                    self._deadline(budget), {"receive_id_type": "open_id"})
+        message_id = (payload.get("data") or {}).get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise self._unexpected("sending the card", "no message_id in Feishu's answer")
+        return message_id
+
+    def _look_up(self, emails: list[str], deadline: float | None) -> None:
+        body = {"emails": emails, "include_resigned": False}
+        payload = self._authed_post("looking up open_ids by email", "/open-apis/contact/v3/users/batch_get_id",
+                                    body, deadline, {"user_id_type": "open_id"})
+        found = {item["email"].lower(): item["user_id"]
+                 for item in (payload.get("data") or {}).get("user_list") or []
+                 if isinstance(item, dict) and item.get("email") and item.get("user_id")}
+        now = self._clock()
+        for email in emails:
+            open_id = found.get(email.lower())
+            ttl = self._open_id_ttl if open_id else self._unknown_ttl
+            self._open_ids[email.lower()] = (open_id, now + ttl)
+
+    def _tenant_token(self, deadline: float | None) -> str:
+        token, refresh_at = self._token
+        if token and self._clock() < refresh_at:
+            return token
+        # Holding the lock through the HTTP call makes concurrent cold callers share one token request.
+        what = "getting a tenant_access_token"
+        remaining = self._remaining(deadline, what)
+        if not self._token_lock.acquire(timeout=-1 if remaining is None else remaining):
+            raise FeishuError(f"{what}: no time left before the deadline", retryable=True)
+        try:
+            token, refresh_at = self._token
+            if token and self._clock() < refresh_at:
+                return token
+            payload = self._post(what, "/open-apis/auth/v3/tenant_access_token/internal",
+                                 {"app_id": self._app_id, "app_secret": self._app_secret}, deadline)
+            token, expire = payload.get("tenant_access_token"), payload.get("expire")
+            if not isinstance(token, str) or not token or not isinstance(expire, (int, float)):
+                raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
+            # `expire` is the token's remaining lifetime; refresh a little before it ends.
+            self._token = (token, self._clock() + expire - min(300.0, expire / 2))
+            return token
+        finally:
+            self._token_lock.release()
+
+    def _forget_token(self, stale: str) -> None:
+        with self._token_lock:
+            if self._token[0] == stale:   # another thread may already have fetched a fresh one
+                self._token = ("", 0.0)
+
+    def _authed_post(self, what: str, path: str, body: dict, deadline: float | None, params: dict) -> dict:
+        token = self._tenant_token(deadline)
+        try:
+            return self._post(what, path, body, deadline, params=params, token=token)
+        except FeishuError as exc:
+            if exc.code not in TOKEN_INVALID:
+                raise
+        self._forget_token(token)
+        return self._post(what, path, body, deadline, params=params, token=self._tenant_token(deadline))
+
+    def _post(self, what: str, path: str, body: dict, deadline: float | None, *,
+              params: dict | None = None, token: str = "") -> dict:
+        remaining = self._remaining(deadline, what)
+        timeout = (self._connect_timeout, self._read_timeout) if remaining is None else \
+            (min(self._connect_timeout, remaining), min(self._read_timeout, remaining))
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        # ensure_ascii=False: Chinese stays 3 bytes a character instead of a 6-byte \u escape.
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        try:
+            rsp = self._session.post(self._base_url + path, params=params, data=data, headers=headers, timeout=timeout)
+        except requests.Timeout as exc:
+            may_have = " (it may have gone through: retry with the same uuid)" \
+                if isinstance(exc, requests.ReadTimeout) else ""
+            raise _logged(FeishuError(f"{what}: {type(exc).__name__}{may_have}", retryable=True)) from None
+        except requests.RequestException as exc:
+            detail = " ".join(str(exc).split())
+            raise _logged(FeishuError(f"{what}: cannot reach Feishu ({type(exc).__name__}: {detail})",
+                                      retryable=True)) from None
+        try:
+            payload = rsp.json()
+        except ValueError:
+            payload = None
+        code = payload.get("code") if isinstance(payload, dict) else None
+        if code == 0 and rsp.ok:
+            return payload
+        if not isinstance(code, int) or code == 0:
+            raise _logged(_status_error(what, rsp))
+        raise _logged(_code_error(what, rsp, payload))
+
+    def _deadline(self, budget: float | None) -> float | None:
+        return None if budget is None else self._clock() + budget
+
+    def _remaining(self, deadline: float | None, what: str) -> float | None:
+        if deadline is None:
+            return None
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise FeishuError(f"{what}: no time left before the deadline", retryable=True)
+        return remaining
+
+    @staticmethod
+    def _unexpected(what: str, detail: str) -> FeishuError:
+        # A 2xx we cannot read may still mean success; a retry is safe because sends carry a uuid.
+        return _logged(FeishuError(f"{what}: {detail}", retryable=True,
+                                   hint="retry later; if it persists, check FEISHU_BASE_URL"))
+
+
+def _pooled_session() -> requests.Session:
+    session = requests.Session()
+    # Many delivery threads share the session; no urllib3 retries: a retried POST could post a card twice.
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _code_error(what: str, rsp: requests.Response, payload: dict) -> FeishuError:
+    code, msg = payload["code"], " ".join(str(payload.get("msg", "")).split())
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    log_id = str(error.get("log_id") or rsp.headers.get("X-Tt-Logid", ""))
+    if code in ERRORS:
+        retryable, hint = ERRORS[code]
+        hint = hint.replace("{scopes}", _missing_scopes(msg))
+    elif rsp.status_code == 429 or rsp.status_code >= 500:
+        retryable, hint = True, f"Feishu answered HTTP {rsp.status_code}: retry later"
+    else:
+        retryable, hint = False, _UNKNOWN_CODE
+    retry_after = _retry_after(rsp) if retryable else None
+    if code == 230020 and retry_after is None:
+        retry_after = 1.0
+    return FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=rsp.status_code, log_id=log_id,
+                       retryable=retryable, retry_after=retry_after, hint=hint)
+
+
+def _status_error(what: str, rsp: requests.Response) -> FeishuError:
+    status = rsp.status_code
+    retryable = rsp.ok or status == 429 or status >= 500
+    hint = "retry later" if retryable else \
+        "check FEISHU_BASE_URL (https://open.feishu.cn, or https://open.larksuite.com for Lark)"
+    return FeishuError(f"{what}: Feishu answered HTTP {status} without an error code", http_status=status,
+                       log_id=rsp.headers.get("X-Tt-Logid", ""), retryable=retryable,
+                       retry_after=_retry_after(rsp) if status == 429 else None, hint=hint)
+
+
+def _retry_after(rsp: requests.Response) -> float | None:
+    try:
+        return max(0.0, float(rsp.headers["x-ogw-ratelimit-reset"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _missing_scopes(msg: str) -> str:
+    # 99991672's msg reads "Access denied. One of the following scopes is required: [a, b]. ..."
+    listed = re.search(r"\[([^\]]+)\]", msg)
+    if listed:
+        return " or ".join(scope.strip() for scope in listed.group(1).split(","))
+    return "contact:user.id:readonly (email lookup) and im:message:send_as_bot (sending)"
+
+
+def _logged(error: FeishuError) -> FeishuError:
+    # str(error) carries code, msg, log id and hint; tokens and secrets never enter it.
+    logger.warning("%s", error)
+    return error

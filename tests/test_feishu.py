@@ -1,0 +1,408 @@
+"""Feishu client: token cache and refresh, batch email lookup, card sends, error classification."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+import requests
+import responses
+from responses import matchers, registries
+
+from gitlab_feishu.feishu import NOT_CACHED, FeishuClient, FeishuError
+
+BASE = "http://127.0.0.1:9"
+TOKEN_URL = f"{BASE}/open-apis/auth/v3/tenant_access_token/internal"
+LOOKUP_URL = f"{BASE}/open-apis/contact/v3/users/batch_get_id"
+SEND_URL = f"{BASE}/open-apis/im/v1/messages"
+SECRET = "s3cret-app-secret"
+CARD = json.dumps({"schema": "2.0", "body": {"elements": [{"tag": "markdown", "content": "野水发财 推送"}]}},
+                  ensure_ascii=False)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def client(clock: FakeClock) -> FeishuClient:
+    return FeishuClient(BASE, "cli_app", SECRET, clock=clock, open_id_ttl=3600, unknown_ttl=300)
+
+
+def token_ok(token: str = "t-1", expire: int = 7200, **kwargs) -> responses.BaseResponse:
+    return responses.post(TOKEN_URL, json={"code": 0, "msg": "ok", "tenant_access_token": token, "expire": expire},
+                          **kwargs)
+
+
+def send_ok(message_id: str = "om_1", **kwargs) -> responses.BaseResponse:
+    return responses.post(SEND_URL, json={"code": 0, "msg": "success", "data": {"message_id": message_id}}, **kwargs)
+
+
+def lookup_echo() -> responses.BaseResponse:
+    """Feishu's batch_get_id: emails at known.example resolve, others come back without user_id."""
+    def answer(request):
+        emails = json.loads(request.body)["emails"]
+        users = [{"email": e.lower(), "user_id": "ou_" + e.split("@")[0].lower()}
+                 if e.lower().endswith("@known.example") else {"email": e} for e in emails]
+        return 200, {}, json.dumps({"code": 0, "msg": "success", "data": {"user_list": users}})
+    return responses.add_callback(responses.POST, LOOKUP_URL, callback=answer)
+
+
+def feishu_error(code: int, msg: str = "failed", status: int = 400, headers: dict | None = None,
+                 log_id: str = "") -> dict:
+    body = {"code": code, "msg": msg}
+    if log_id:
+        body["error"] = {"log_id": log_id}
+    return {"status": status, "json": body, "headers": headers or {}}
+
+
+# --- tenant token ---------------------------------------------------------------------------------------------
+
+@responses.activate
+def test_token_is_fetched_with_app_credentials_and_reused(client):
+    rsp = token_ok(match=[matchers.json_params_matcher({"app_id": "cli_app", "app_secret": SECRET})])
+    assert client.tenant_token() == "t-1"
+    assert client.tenant_token() == "t-1"
+    assert rsp.call_count == 1
+
+
+@pytest.mark.parametrize("expire, still_cached_at, refreshed_at", [
+    (7200, 6899, 6901),   # refreshed 5 minutes before the end
+    (1000, 699, 701),     # expire is the remaining lifetime, not always 7200
+    (100, 49, 51),        # a nearly spent token: refreshed halfway
+])
+@responses.activate(registry=registries.OrderedRegistry)
+def test_token_is_refreshed_shortly_before_its_remaining_lifetime_ends(client, clock, expire, still_cached_at,
+                                                                       refreshed_at):
+    first, second = token_ok("t-1", expire), token_ok("t-2")
+    start = clock.now
+    client.tenant_token()
+    clock.now = start + still_cached_at
+    assert client.tenant_token() == "t-1"
+    clock.now = start + refreshed_at
+    assert client.tenant_token() == "t-2"
+    assert (first.call_count, second.call_count) == (1, 1)
+
+
+@pytest.mark.parametrize("code", [10003, 10014, 10015, 99991543])
+@responses.activate
+def test_bad_credentials_name_the_code_and_the_settings(client, code):
+    responses.post(TOKEN_URL, json={"code": code, "msg": "app secret invalid"})
+    with pytest.raises(FeishuError) as caught:
+        client.tenant_token()
+    error = caught.value
+    assert (error.code, error.retryable) == (code, False)
+    assert str(code) in str(error) and "FEISHU_APP_ID" in str(error) and "FEISHU_APP_SECRET" in str(error)
+    assert SECRET not in str(error)
+
+
+@responses.activate
+def test_token_server_error_is_retryable(client):
+    responses.post(TOKEN_URL, status=503, body="upstream unavailable")
+    with pytest.raises(FeishuError) as caught:
+        client.tenant_token()
+    assert caught.value.retryable and caught.value.http_status == 503
+
+
+@responses.activate
+def test_concurrent_cold_callers_share_one_token_request(client):
+    threads_in = threading.Barrier(8)
+
+    def slow_token(request):
+        threading.Event().wait(0.1)    # a slow answer, so the other threads pile up behind this request
+        return 200, {}, json.dumps({"code": 0, "tenant_access_token": "t-1", "expire": 7200})
+    rsp = responses.add_callback(responses.POST, TOKEN_URL, callback=slow_token)
+    tokens = []
+
+    def call():
+        threads_in.wait()
+        tokens.append(client.tenant_token())
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert tokens == ["t-1"] * 8
+    assert rsp.call_count == 1
+
+
+@pytest.mark.parametrize("code", [99991663, 99991664, 99991671])
+@responses.activate(registry=registries.OrderedRegistry)
+def test_rejected_token_is_refreshed_once_and_the_call_retried(client, code):
+    old = token_ok("t-old")
+    rejected = responses.post(SEND_URL, **feishu_error(code, "Invalid access token for authorization"),
+                              match=[matchers.header_matcher({"Authorization": "Bearer t-old"})])
+    new = token_ok("t-new")
+    sent = send_ok(match=[matchers.header_matcher({"Authorization": "Bearer t-new"})])
+    assert client.send_card("ou_a", CARD, "uuid-1") == "om_1"
+    assert [r.call_count for r in (old, rejected, new, sent)] == [1, 1, 1, 1]
+
+
+@responses.activate(registry=registries.OrderedRegistry)
+def test_token_rejected_twice_raises_without_a_third_try(client):
+    for token in ("t-old", "t-new"):
+        token_ok(token)
+        responses.post(SEND_URL, **feishu_error(99991663, "Invalid access token for authorization"))
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1")
+    assert caught.value.code == 99991663
+    assert "t-old" not in str(caught.value) and "t-new" not in str(caught.value)
+    assert len(responses.calls) == 4
+
+
+# --- email -> open_id -------------------------------------------------------------------------------------------
+
+@responses.activate
+def test_several_emails_are_resolved_in_one_call(client):
+    token_ok()
+    rsp = responses.post(LOOKUP_URL, json={"code": 0, "data": {"user_list": [
+        {"email": "a@known.example", "user_id": "ou_a"}, {"email": "b@known.example", "user_id": "ou_b"}]}},
+        match=[matchers.query_param_matcher({"user_id_type": "open_id"}),
+               matchers.header_matcher({"Authorization": "Bearer t-1"}),
+               matchers.json_params_matcher({"emails": ["a@known.example", "b@known.example"],
+                                             "include_resigned": False})])
+    assert client.resolve_open_ids(["a@known.example", "b@known.example"]) == {
+        "a@known.example": "ou_a", "b@known.example": "ou_b"}
+    assert rsp.call_count == 1
+
+
+@responses.activate
+def test_more_than_50_emails_are_looked_up_in_chunks_of_50(client):
+    token_ok()
+    rsp = lookup_echo()
+    emails = [f"user{i}@known.example" for i in range(120)]
+    result = client.resolve_open_ids(emails)
+    assert rsp.call_count == 3
+    assert [len(json.loads(call.request.body)["emails"]) for call in responses.calls[1:]] == [50, 50, 20]
+    assert result["user119@known.example"] == "ou_user119"
+
+
+@responses.activate
+def test_results_map_by_email_case_insensitively_and_keep_the_callers_spelling(client):
+    token_ok()
+    lookup_echo()
+    assert client.resolve_open_ids(["Zhang.San@Known.Example"]) == {"Zhang.San@Known.Example": "ou_zhang.san"}
+    assert client.cached_open_id("zhang.san@known.example") == "ou_zhang.san"
+
+
+@responses.activate
+def test_cached_emails_make_no_call_at_all(client):
+    token = token_ok()
+    lookup = lookup_echo()
+    client.resolve_open_ids(["a@known.example", "b@other.example"])
+    assert client.resolve_open_ids(["b@other.example", "A@known.example"]) == {
+        "b@other.example": None, "A@known.example": "ou_a"}
+    assert client.resolve_open_ids([]) == {}
+    assert (token.call_count, lookup.call_count) == (1, 1)
+
+
+@responses.activate
+def test_unknown_email_is_cached_briefly_then_looked_up_again(client, clock):
+    token_ok()
+    lookup = lookup_echo()
+    assert client.resolve_open_ids(["nobody@other.example", "a@known.example"]) == {
+        "nobody@other.example": None, "a@known.example": "ou_a"}
+    clock.now += 299
+    client.resolve_open_ids(["nobody@other.example", "a@known.example"])
+    assert lookup.call_count == 1
+    clock.now += 2
+    client.resolve_open_ids(["nobody@other.example", "a@known.example"])
+    assert lookup.call_count == 2
+    assert json.loads(responses.calls[-1].request.body)["emails"] == ["nobody@other.example"]
+
+
+@responses.activate
+def test_cached_open_id_tells_known_unknown_and_not_cached_apart(client, clock):
+    token_ok()
+    lookup_echo()
+    assert client.cached_open_id("a@known.example") is NOT_CACHED
+    client.resolve_open_ids(["a@known.example", "nobody@other.example"])
+    calls = len(responses.calls)
+    assert client.cached_open_id("a@known.example") == "ou_a"
+    assert client.cached_open_id("nobody@other.example") is None
+    clock.now += 3601
+    assert client.cached_open_id("a@known.example") is NOT_CACHED
+    assert len(responses.calls) == calls
+
+
+# --- sending --------------------------------------------------------------------------------------------------
+
+@responses.activate
+def test_send_posts_the_card_string_as_is_with_the_uuid_and_returns_message_id(client):
+    token_ok()
+    rsp = send_ok("om_42", match=[
+        matchers.query_param_matcher({"receive_id_type": "open_id"}),
+        matchers.header_matcher({"Authorization": "Bearer t-1", "Content-Type": "application/json; charset=utf-8"}),
+        matchers.json_params_matcher({"receive_id": "ou_a", "msg_type": "interactive", "content": CARD,
+                                      "uuid": "push-1-ou_a"})])
+    assert client.send_card("ou_a", CARD, "push-1-ou_a") == "om_42"
+    assert rsp.call_count == 1
+
+
+@responses.activate
+def test_chinese_travels_as_utf8_not_as_unicode_escapes(client):
+    token_ok()
+    send_ok()
+    client.send_card("ou_a", CARD, "uuid-1")
+    body = responses.calls[-1].request.body
+    assert "野水发财".encode() in body and b"\\u" not in body
+
+
+@responses.activate
+def test_warm_path_makes_only_the_send_call(client):
+    token_ok()
+    lookup_echo()
+    client.resolve_open_ids(["a@known.example"])
+    before = len(responses.calls)
+    send_ok()
+    open_id = client.resolve_open_ids(["a@known.example"])["a@known.example"]
+    client.send_card(open_id, CARD, "uuid-1")
+    assert [call.request.url.split("?")[0] for call in responses.calls[before:]] == [SEND_URL]
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+SCOPE_MSG = ("Access denied. One of the following scopes is required: [contact:user.id:readonly]."
+             "应用尚未开通所需的应用身份权限：[contact:user.id:readonly]")
+
+
+@pytest.mark.parametrize("status, body, headers, retryable, retry_after, hint", [
+    (400, {"code": 230013, "msg": "Bot has NO availability to this user."}, {}, False, None, "可用范围"),
+    (400, {"code": 99991672, "msg": SCOPE_MSG}, {}, False, None, "add contact:user.id:readonly under 权限管理"),
+    (400, {"code": 99991672, "msg": "Access denied. One of the following scopes is required: "
+                                    "[im:message, im:message:send_as_bot]."},
+     {}, False, None, "add im:message or im:message:send_as_bot under"),
+    (400, {"code": 230006, "msg": "Bot ability is not activated."}, {}, False, None, "机器人"),
+    (400, {"code": 230001, "msg": "ext=invalid receive_id"}, {}, False, None, "open_id"),
+    (400, {"code": 230034, "msg": "receive_id invalid"}, {}, False, None, "open_id"),
+    (400, {"code": 230099, "msg": "Failed to create card content, ext=ErrCode: 200621"}, {}, False, None, "card"),
+    (400, {"code": 230025, "msg": "message content too long"}, {}, False, None, "30 KB"),
+    (400, {"code": 230053, "msg": "user stopped bot messages"}, {}, False, None, "stopped receiving"),
+    (400, {"code": 230029, "msg": "user resigned"}, {}, False, None, "left the company"),
+    (400, {"code": 230035, "msg": "no permission"}, {}, False, None, "may not message"),
+    (400, {"code": 230027, "msg": "lack of necessary permissions"}, {}, False, None, "permission"),
+    (400, {"code": 230038, "msg": "cross tenant p2p"}, {}, False, None, "another Feishu organisation"),
+    (400, {"code": 1234567, "msg": "something new"}, {}, False, None, "error code docs"),
+    (429, {"code": 99991400, "msg": "request trigger frequency limit"}, {"x-ogw-ratelimit-reset": "7"},
+     True, 7.0, "rate limit"),
+    (400, {"code": 99991400, "msg": "request trigger frequency limit"}, {"x-ogw-ratelimit-reset": "3"},
+     True, 3.0, "rate limit"),
+    (400, {"code": 230020, "msg": "This operation triggers the frequency limit."}, {}, True, 1.0, "5 per second"),
+    (400, {"code": 230049, "msg": "message is being sent"}, {}, True, None, "same uuid"),
+    (400, {"code": 18121, "msg": "same create request is being processed"}, {}, True, None, "same uuid"),
+    (500, {"code": 1234567, "msg": "internal error"}, {}, True, None, "retry later"),
+    (502, "<html>Bad Gateway</html>", {}, True, None, "retry later"),
+    (429, "slow down", {"x-ogw-ratelimit-reset": "2"}, True, 2.0, "retry later"),
+    (404, "<html>Not Found</html>", {}, False, None, "FEISHU_BASE_URL"),
+    (200, "<html>captive portal</html>", {}, True, None, "retry later"),
+    (200, {"code": 0, "msg": "success", "data": {}}, {}, True, None, "retry later"),
+])
+@responses.activate
+def test_error_classification(client, status, body, headers, retryable, retry_after, hint):
+    token_ok()
+    kind = {"json": body} if isinstance(body, dict) else {"body": body}
+    responses.post(SEND_URL, status=status, headers=headers, **kind)
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1")
+    error = caught.value
+    assert (error.retryable, error.retry_after) == (retryable, retry_after)
+    assert hint in str(error)
+    if isinstance(body, dict) and body["code"]:
+        assert error.code == body["code"] and f"Feishu {body['code']}: {body['msg']}" in str(error)
+
+
+@responses.activate
+def test_error_names_code_msg_log_id_and_hint_in_one_line_and_logs_it(client, caplog):
+    token_ok()
+    responses.post(SEND_URL, **feishu_error(230013, "Bot has NO availability to this user.", log_id="2024ABC"))
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu.feishu"), pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1")
+    text = str(caught.value)
+    assert text.startswith("sending the card: Feishu 230013: Bot has NO availability to this user. (log id 2024ABC): ")
+    assert "\n" not in text
+    assert text in caplog.text
+    assert "t-1" not in caplog.text and SECRET not in caplog.text and "Bearer" not in caplog.text
+
+
+@responses.activate
+def test_log_id_falls_back_to_the_response_header(client):
+    token_ok()
+    responses.post(SEND_URL, **feishu_error(230013, headers={"X-Tt-Logid": "2024HDR"}))
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1")
+    assert caught.value.log_id == "2024HDR"
+
+
+@responses.activate
+def test_missing_scope_without_a_list_names_both_scopes_the_service_needs(client):
+    token_ok()
+    responses.post(SEND_URL, **feishu_error(99991672, "Access denied."))
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1")
+    assert "contact:user.id:readonly" in str(caught.value) and "im:message:send_as_bot" in str(caught.value)
+
+
+@pytest.mark.parametrize("failure, words", [
+    (requests.exceptions.ReadTimeout("read timed out"), "same uuid"),
+    (requests.exceptions.ConnectTimeout("connect timed out"), "ConnectTimeout"),
+    (requests.exceptions.ConnectionError("connection refused"), "cannot reach Feishu"),
+])
+@responses.activate
+def test_network_failures_are_retryable(client, failure, words):
+    token_ok()
+    responses.post(SEND_URL, body=failure)
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1")
+    assert caught.value.retryable and words in str(caught.value)
+
+
+# --- deadline budget and session --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("budget, timeout", [(None, (3.05, 10.0)), (5.0, (3.05, 5.0)), (2.0, (2.0, 2.0))])
+@responses.activate
+def test_timeouts_are_cut_to_the_budget(client, budget, timeout):
+    expected = [matchers.request_kwargs_matcher({"timeout": timeout})]
+    token, send = token_ok(match=expected), send_ok(match=expected)
+    client.send_card("ou_a", CARD, "uuid-1", budget=budget)
+    assert (token.call_count, send.call_count) == (1, 1)
+
+
+@pytest.mark.parametrize("budget", [0, -1.5])
+@responses.activate
+def test_no_budget_left_raises_without_a_call(client, budget):
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1", budget=budget)
+    assert caught.value.retryable and "deadline" in str(caught.value)
+    with pytest.raises(FeishuError):
+        client.resolve_open_ids(["a@known.example"], budget=budget)
+    assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_budget_spent_on_the_token_leaves_none_for_the_send(client, clock):
+    def token_then_time_passes(request):
+        clock.now += 5
+        return 200, {}, json.dumps({"code": 0, "tenant_access_token": "t-1", "expire": 7200})
+    responses.add_callback(responses.POST, TOKEN_URL, callback=token_then_time_passes)
+    send = send_ok()
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1", budget=4)
+    assert caught.value.retryable and send.call_count == 0
+
+
+def test_own_session_pools_64_connections_and_never_retries_by_itself():
+    client = FeishuClient(BASE, "cli_app", SECRET)
+    adapter = client._session.get_adapter(BASE)
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 64
+    assert adapter.max_retries.total == 0
+    assert SECRET not in repr(client)
