@@ -13,14 +13,13 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
-from .feishu import FeishuClient, FeishuError
+from .feishu import UNKNOWN_EMAIL, FeishuClient, FeishuError
 from .outbox import FAILED, QUEUED, SENT, Delivery, Outbox
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 600.0            # retries settle at one every 10 minutes
 INLINE_BACKOFF = 0.2           # first pause between inline retries
-UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
 
 
 @dataclass(frozen=True)

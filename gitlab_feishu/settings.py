@@ -184,3 +184,5 @@ _FIELDS = (
     ("GITLAB_API_TOKEN", "gitlab_api_token", str),
     ("PUBLIC_URL", "public_url", _url),
 )
+
+ENV_NAMES = tuple(name for name, _, _ in _FIELDS)

@@ -6,8 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gitlab_feishu.delivery import UNKNOWN_EMAIL, Deliverer, backoff
-from gitlab_feishu.feishu import FeishuError
+from gitlab_feishu.delivery import Deliverer, backoff
+from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
+
 from gitlab_feishu.outbox import NewDelivery, Outbox
 from gitlab_feishu.worker import RetryWorker
 
@@ -174,9 +175,7 @@ def test_worker_delivers_when_feishu_comes_back(outbox, deliverer, feishu, clock
     worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock, owner="w")
     assert worker.run_once() == 0              # not due yet
     clock.advance(outbox.next_due_at() - clock())
-    worker.run_once()
-    clock.advance(outbox.next_due_at() - clock())
-    worker.run_once()
+    assert worker.run_once() == 1
     assert status(outbox) == [("a@example.com", "sent")]
     assert len({uuid for _, uuid in feishu.sends}) == 1
 

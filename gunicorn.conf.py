@@ -1,0 +1,21 @@
+"""gunicorn settings for Linux production: `gunicorn -c gunicorn.conf.py webhook_server:app`.
+
+Sized for a 2-core server: the work is waiting on Feishu, not computing, so
+two processes with many threads each. HOST and PORT come from the service's
+own settings (environment or .env); command-line flags override this file.
+"""
+from gitlab_feishu.settings import Settings
+
+_settings = Settings.from_env()
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = 2                    # one per core
+worker_class = "gthread"
+threads = 32                   # webhooks in flight per process, each waiting about one Feishu round trip
+timeout = 30                   # well above DELIVERY_DEADLINE_SECONDS: a worker is only killed if truly stuck
+graceful_timeout = 30
+keepalive = 5
+backlog = 512
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+preload_app = False            # each worker starts its own retry thread after the fork

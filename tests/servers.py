@@ -1,0 +1,86 @@
+"""The real service as a separate process, for end-to-end tests and the benchmark."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from gitlab_feishu.settings import ENV_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """The process environment with every service setting blanked (so a developer's .env cannot leak in)."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env.update({name: "" for name in ENV_NAMES})
+    env.update(settings)
+    env["PYTHONUTF8"] = "1"
+    return env
+
+
+class ServiceProcess:
+    """`gunicorn -c gunicorn.conf.py webhook_server:app` on a free local port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, workers: int = 2, command: list[str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.log_path = log_path
+        self.command = command or [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                   "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
+                                   "webhook_server:app"]
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "ServiceProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"service did not answer /healthz within {timeout} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the master and its workers at once: nothing gets to clean up."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "ServiceProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,162 @@
+"""End to end: the real service under gunicorn with 2 workers, the fake Feishu over real HTTP, GitLab's headers.
+
+These are the few tests that run in real time; their waits are short polls with a timeout.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+
+from tests.conftest import SECRET, gitlab_headers, load_payload
+from tests.fake_feishu import FakeFeishu
+from tests.servers import ServiceProcess, service_env
+
+DEADLINE = 3.0
+RETRY_BASE = 0.3
+OWNERS = {"Y_野水发财": "zhangsan@example.com", "N_奶奶的小农院": ["lisi@example.com", "wangwu@example.com"]}
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeFeishu() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def service_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("service")
+    (folder / "owners.json").write_text(json.dumps(OWNERS, ensure_ascii=False), encoding="utf-8-sig")
+    return folder
+
+
+def start_service(fake, folder) -> ServiceProcess:
+    env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="test-secret", FEISHU_BASE_URL=fake.url,
+                      GITLAB_WEBHOOK_SECRET=SECRET, OWNERS_FILE=str(folder / "owners.json"),
+                      DATA_DIR=str(folder / "data"), LOG_DIR=str(folder / "logs"),
+                      DELIVERY_DEADLINE_SECONDS=str(DEADLINE), RETRY_BASE_SECONDS=str(RETRY_BASE))
+    return ServiceProcess(env, folder / "service.log").start()
+
+
+@pytest.fixture(scope="module")
+def service(fake, service_dir):
+    server = start_service(fake, service_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_fake(fake):
+    fake.reset()
+    for email in ("zhangsan@example.com", "lisi@example.com", "wangwu@example.com"):
+        fake.add_user(email)
+
+
+def push(service, payload_name="chinese_push.json", headers=None):
+    """POST like GitLab does; returns (response, seconds GitLab waited)."""
+    body = json.dumps(load_payload(payload_name), ensure_ascii=False).encode("utf-8")
+    started = time.monotonic()
+    response = requests.post(service.url + "/gitlab-webhook", data=body, headers=headers or gitlab_headers(),
+                             timeout=10)
+    return response, time.monotonic() - started
+
+
+def wait_for(condition, timeout=8.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def queue_is_empty(service):
+    return requests.get(service.url + "/healthz", timeout=5).json()["outbox"]["queued"] == 0
+
+
+def test_chinese_push_reaches_the_owner_intact(service, fake):
+    response, waited = push(service)
+    assert response.status_code == 200 and response.json()["status"] == "sent"
+    [message] = fake.messages
+    card_text = json.dumps(message["card"], ensure_ascii=False)
+    assert message["to_email"] == "zhangsan@example.com"
+    assert "张三" in card_text and "修复：登录界面在 1080p 下按钮错位" in card_text
+
+
+@pytest.mark.parametrize("fault", [
+    {"kind": "send", "status": 500, "times": 1},
+    {"kind": "send", "status": 429, "code": 99991400, "times": 2, "headers": {"x-ogw-ratelimit-reset": "1"}},
+    {"kind": "send", "status": 400, "code": 230020, "times": 1},
+])
+def test_a_passing_fault_still_makes_exactly_one_card(service, fake, fault):
+    push(service)                               # warm the caches so the fault hits the send
+    fake.reset()
+    fake.fail_next(**fault)
+    response, waited = push(service)
+    assert response.status_code == 200 and waited < DEADLINE + 0.5
+    assert wait_for(lambda: queue_is_empty(service))
+    assert len(fake.messages) == 1
+
+
+def test_revoked_tokens_are_refreshed_once(service, fake):
+    push(service)
+    fake.revoke_tokens()
+    response, waited = push(service)
+    assert response.json()["status"] == "sent" and waited < DEADLINE + 0.5
+    assert len(fake.messages) == 2
+
+
+def test_feishu_down_answers_in_time_and_delivers_once_when_back(service, fake):
+    fake.set_down(True)
+    response, waited = push(service)
+    assert response.status_code == 200 and waited < DEADLINE + 0.5
+    assert response.json()["status"] == "queued"
+    fake.set_down(False)
+    back = time.monotonic()
+    assert wait_for(lambda: len(fake.messages) == 1)
+    assert time.monotonic() - back < 4 * RETRY_BASE * 8    # within about one backoff interval (attempts ~ 4)
+    assert wait_for(lambda: queue_is_empty(service))
+    assert len(fake.messages) == 1
+
+
+def test_feishu_hanging_past_the_deadline_still_makes_one_card(service, fake):
+    fake.hang_sends(DEADLINE + 1.5)
+    response, waited = push(service)
+    assert response.status_code == 200 and waited < DEADLINE + 0.5
+    assert response.json()["deliveries"][0]["result"] == "queued"
+    fake.hang_sends(None)
+    assert wait_for(lambda: queue_is_empty(service) and len(fake.messages) >= 1, timeout=15)
+    time.sleep(DEADLINE + 1.5)                   # let the hung original land: it shares the retry's uuid
+    assert len(fake.messages) == 1
+
+
+def test_resend_three_times_makes_one_card(service, fake):
+    key = "3a427872-00df-429c-9bc9-a9475de2efe4"
+    answers = [push(service, headers=gitlab_headers(key=key))[0] for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 3
+    assert len(fake.messages) == 1
+    assert "repeat" in answers[2].json()["reason"]
+
+
+def test_sigkill_while_queued_delivers_once_after_restart(fake, tmp_path):
+    (tmp_path / "owners.json").write_text(json.dumps(OWNERS, ensure_ascii=False), encoding="utf-8")
+    fake.set_down(True)
+    first = start_service(fake, tmp_path)
+    try:
+        response, _ = push(first)
+        assert response.json()["status"] == "queued"
+    finally:
+        first.kill()
+    fake.set_down(False)
+    assert fake.messages == []
+    second = start_service(fake, tmp_path)
+    try:
+        assert wait_for(lambda: len(fake.messages) == 1)
+        assert wait_for(lambda: queue_is_empty(second))
+        assert len(fake.messages) == 1
+    finally:
+        second.stop()
