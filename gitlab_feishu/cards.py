@@ -134,7 +134,7 @@ def _push_card(event: PushEvent, labels: dict, detail: _Detail) -> dict:
         branch_value = f"~~{escape_markdown(branch)}~~" if branch else ""
         last = (labels["last_head"], _sha_link(web_url, event.before))
     else:
-        branch_value = _link(branch, _tree_url(event))
+        branch_value = _link(branch, event.branch_url)
         last = ((labels["commits"], str(event.total_commits)) if event.total_commits
                 else (labels["head"], _sha_link(web_url, event.after)))
     elements = _fields([_project_field(event.project, labels, detail), (labels["branch"], branch_value),
@@ -143,8 +143,7 @@ def _push_card(event: PushEvent, labels: dict, detail: _Detail) -> dict:
         elements += [{"tag": "hr"}, _commit_list(event, labels, detail)]
     elif kind == "push":
         elements += [{"tag": "hr"}, _note(labels["rewind"])]
-    # A new branch's URL is built here, percent-encoded; the other targets come from the event.
-    elements += _button(labels[button], _tree_url(event) if kind == "create" else event.change_url)
+    elements += _button(labels[button], event.change_url)
 
     subtitle = f"{names['branch']} · {commits}" if kind == "push" else names["branch"]
     summary = labels[f"{kind}_summary"].format(commits=commits, **names)
@@ -178,11 +177,6 @@ def _commit_line(commit: Commit, detail: _Detail) -> str:
     author = escape_markdown(_cut(commit.author.label, detail.text_chars))
     line = f"{_link(commit.short_id, commit.url)} {title}"
     return f"{line} <font color='grey'>· {author}</font>" if author else line
-
-
-def _tree_url(event: PushEvent) -> str:
-    web_url = event.project.web_url
-    return f"{web_url}/-/tree/{quote(_clean(event.branch), safe='/')}" if web_url else ""
 
 
 def _sha_link(web_url: str, sha: str) -> str:

@@ -6,6 +6,7 @@ them. They hold no I/O and no settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class PushEvent:
 
     @property
     def branch_url(self) -> str:
-        return f"{self.project.web_url}/-/tree/{self.branch}" if self.project.web_url else ""
+        return f"{self.project.web_url}/-/tree/{quote(self.branch, safe='/', errors='replace')}" if self.project.web_url else ""
 
     @property
     def change_url(self) -> str:
