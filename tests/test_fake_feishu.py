@@ -430,7 +430,7 @@ def test_accepted_sockets_have_tcp_nodelay_and_kept_alive_calls_are_quick(http, 
     started = time.perf_counter()
     for _ in range(20):
         issue(http, fake)
-    assert (time.perf_counter() - started) / 20 < 0.02
+    assert (time.perf_counter() - started) / 20 < 0.03  # Nagle against delayed ACK would cost ~40 ms each
     assert len(fake._server.connections) == 1  # one kept-alive connection served them all
 
 
