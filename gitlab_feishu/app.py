@@ -26,6 +26,7 @@ from .worker import RetryWorker, process_owner
 
 log = logging.getLogger(__name__)
 
+TOO_LARGE = "body larger than GitLab's 25 MB limit"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
 
 
@@ -52,7 +53,8 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock)
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # One byte over the limit lets a chunked body (no Content-Length) show that it is too large.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.json.ensure_ascii = False      # Chinese stays readable on GitLab's Recent events page
     app.json.sort_keys = False
     app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "outbox": outbox,
@@ -62,13 +64,16 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     def gitlab_webhook():
         started = clock()
         if (request.content_length or 0) > MAX_BODY_BYTES:
-            return _error(413, "body larger than GitLab's 25 MB limit")
+            return _error(413, TOO_LARGE)
         if settings.gitlab_webhook_secret and not token_matches(request.headers.get("X-Gitlab-Token"),
                                                                 settings.gitlab_webhook_secret):
             log.warning("refused a delivery from %s: missing or wrong X-Gitlab-Token", request.remote_addr)
             return _error(401, "missing or wrong X-Gitlab-Token: set the hook's Secret token to GITLAB_WEBHOOK_SECRET")
+        body = request.get_data(cache=False)
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, TOO_LARGE)
         try:
-            payload = json.loads(request.get_data(cache=False))
+            payload = json.loads(body)
         except (ValueError, RecursionError):
             return _error(400, "body is not JSON")
         return jsonify(notifier.notify(payload, request.headers, started))

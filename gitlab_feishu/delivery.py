@@ -32,9 +32,9 @@ def is_open_id(recipient: str) -> bool:
     return recipient.startswith("ou_")
 
 
-def backoff(attempts: int, base: float) -> float:
-    """Seconds before the next retry after `attempts` failed attempts: base, 2*base, 4*base ... capped."""
-    return min(base * 2 ** max(attempts - 1, 0), MAX_BACKOFF)
+def backoff(rounds: int, base: float) -> float:
+    """Seconds before the next retry after `rounds` failed rounds: base, 2*base, 4*base ... capped."""
+    return min(base * 2 ** max(rounds - 1, 0), MAX_BACKOFF)
 
 
 class Deliverer:
@@ -49,8 +49,13 @@ class Deliverer:
         self.clock = clock
         self.sleep = sleep
 
-    def deliver(self, rows: list[Delivery], deadline: float) -> dict[int, Outcome]:
-        """Attempt each row until `deadline`; rows still in flight then are reported queued."""
+    def deliver(self, rows: list[Delivery], deadline: float, *, retry_inline: bool = True) -> dict[int, Outcome]:
+        """Attempt each row until `deadline`; rows still in flight then are reported queued.
+
+        The webhook request retries transient errors inline while its deadline
+        allows; the retry worker makes one attempt a round and leaves the
+        pauses to the outbox's backoff, so a recovered Feishu is used at once.
+        """
         open_ids, lookup_failures = self._resolve(rows, deadline)
         outcomes: dict[int, Outcome] = {}
         ready = []
@@ -62,9 +67,10 @@ class Deliverer:
                 ready.append(row)
         if len(ready) == 1:                      # the common case: no thread hop
             row = ready[0]
-            outcomes[row.id] = self._attempt(row, open_ids.get(row.id, row.recipient), deadline)
+            outcomes[row.id] = self._attempt(row, open_ids.get(row.id, row.recipient), deadline, retry_inline)
             return outcomes
-        futures = {self.pool.submit(self._attempt, row, open_ids.get(row.id, row.recipient), deadline): row
+        futures = {self.pool.submit(self._attempt, row, open_ids.get(row.id, row.recipient), deadline,
+                                    retry_inline): row
                    for row in ready}
         done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
         for future, row in futures.items():
@@ -93,8 +99,8 @@ class Deliverer:
                     failures[row.id] = UNKNOWN_EMAIL
         return open_ids, failures
 
-    def _attempt(self, row: Delivery, open_id: str, deadline: float) -> Outcome:
-        """Send one card, retrying transient errors while the deadline allows."""
+    def _attempt(self, row: Delivery, open_id: str, deadline: float, retry_inline: bool) -> Outcome:
+        """Send one card, retrying transient errors while the deadline allows (when asked to)."""
         attempts = 0
         error: FeishuError | None = None
         while True:
@@ -106,7 +112,7 @@ class Deliverer:
                 message_id = self.feishu.send_card(open_id, row.content, row.uuid, budget=budget)
             except FeishuError as exc:
                 error = exc
-                if not exc.retryable:
+                if not (exc.retryable and retry_inline):
                     break
                 pause = exc.retry_after if exc.retry_after is not None else INLINE_BACKOFF * 2 ** (attempts - 1)
                 if self.clock() + pause >= deadline:
@@ -131,7 +137,7 @@ class Deliverer:
             log.error("delivery to %s failed for good: %s", row.recipient, message)
             return Outcome(FAILED, message)
         now = self.clock()
-        next_at = now + backoff(row.attempts + attempts, self.retry_base) if attempts else now
+        next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
         if error.retry_after is not None:
             next_at = max(next_at, now + error.retry_after)
         if next_at > row.give_up_at:

@@ -36,6 +36,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
                uuid TEXT NOT NULL,
                status TEXT NOT NULL,
                attempts INTEGER NOT NULL DEFAULT 0,
+               rounds INTEGER NOT NULL DEFAULT 0,
                next_attempt_at REAL NOT NULL,
                lease_owner TEXT,
                lease_until REAL,
@@ -72,7 +73,8 @@ class Delivery:
     content: str
     uuid: str
     status: str
-    attempts: int
+    attempts: int          # HTTP attempts, inline retries included
+    rounds: int            # failed rounds (the request's, then each retry's): the backoff exponent
     next_attempt_at: float
     lease_until: float | None
     last_error: str | None
@@ -164,13 +166,14 @@ class Outbox:
 
     def finish(self, delivery_id: int, status: str, *, attempts: int, error: str | None = None,
                message_id: str | None = None, next_attempt_at: float | None = None) -> None:
-        """Record the outcome of an attempt and release the lease; a sent row never changes again."""
+        """Record the outcome of a round of attempts and release the lease; a sent row never changes again."""
         with self._write() as conn:
             conn.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + ?, last_error = ?,"
+                "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? != 'sent'),"
+                " last_error = ?,"
                 " message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
                 " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'",
-                (status, attempts, error, message_id, next_attempt_at, self.clock(), delivery_id))
+                (status, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id))
 
     # -- the retry worker ------------------------------------------------------
 
@@ -249,6 +252,7 @@ class _Transaction:
 def _delivery(row: sqlite3.Row) -> Delivery:
     return Delivery(id=row["id"], event_key=row["event_key"], channel=row["channel"], recipient=row["recipient"],
                     rule=row["rule"], content=row["content"], uuid=row["uuid"], status=row["status"],
-                    attempts=row["attempts"], next_attempt_at=row["next_attempt_at"], lease_until=row["lease_until"],
+                    attempts=row["attempts"], rounds=row["rounds"], next_attempt_at=row["next_attempt_at"],
+                    lease_until=row["lease_until"],
                     last_error=row["last_error"], created_at=row["created_at"],
                     give_up_at=row["give_up_at"])

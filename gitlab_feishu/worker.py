@@ -50,7 +50,7 @@ class RetryWorker:
         """Attempt every delivery that is due now; returns how many were attempted."""
         rows = self.outbox.claim_due(owner=self.owner, lease_seconds=LEASE_SECONDS)
         if rows:
-            outcomes = self.deliverer.deliver(rows, deadline=self.clock() + BATCH_BUDGET)
+            outcomes = self.deliverer.deliver(rows, deadline=self.clock() + BATCH_BUDGET, retry_inline=False)
             sent = sum(1 for outcome in outcomes.values() if outcome.status == "sent")
             log.info("retried %d queued deliveries: %d sent", len(rows), sent)
         return len(rows)

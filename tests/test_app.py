@@ -131,7 +131,7 @@ def test_checks_run_in_order_size_token_json(client):
     ({"object_kind": "note"}, "Note Hook", "note events are not handled"),
     (load_payload("push.json"), "Issue Hook", "does not match"),
     ([1, 2, 3], "Push Hook", "not a JSON object"),
-    ("push", "Push Hook", "not a JSON object"),
+    ('"push"', "Push Hook", "not a JSON object"),
     ({}, "Push Hook", "no object_kind"),
     ({"object_kind": "push", "project": "nope"}, "Push Hook", "no project"),
     ({"object_kind": "push", "project": {"path_with_namespace": "mike/diaspora"}}, "Push Hook", "no ref"),

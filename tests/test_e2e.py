@@ -18,7 +18,6 @@ DEADLINE = 3.0
 RETRY_BASE = 0.3
 OWNERS = {"Y_野水发财": "zhangsan@example.com", "N_奶奶的小农院": ["lisi@example.com", "wangwu@example.com"]}
 
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ def test_feishu_down_answers_in_time_and_delivers_once_when_back(service, fake):
     fake.set_down(False)
     back = time.monotonic()
     assert wait_for(lambda: len(fake.messages) == 1)
-    assert time.monotonic() - back < 4 * RETRY_BASE * 8    # within about one backoff interval (attempts ~ 4)
+    assert time.monotonic() - back < 2 * RETRY_BASE + 1.0    # within about one backoff interval
     assert wait_for(lambda: queue_is_empty(service))
     assert len(fake.messages) == 1
 
