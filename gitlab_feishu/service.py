@@ -15,7 +15,7 @@ from .cards import card_content, render_card
 from .delivery import Deliverer, Outcome
 from .events import Event
 from .gitlab import Ignored, parse_event
-from .outbox import FAILED, QUEUED, SENT, Delivery, NewDelivery, Outbox
+from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox
 from .owners import Match, OwnersFile
 from .settings import Settings
 
@@ -73,7 +73,7 @@ class Notifier:
         base = {"event": event.kind, "project": event.project.path}
         if event.kind not in self.settings.notify_events:
             return self._ignored(f"{event.kind} events are turned off (NOTIFY_EVENTS)", headers, base)
-        matches = self.owners.current().match(event.project)
+        matches = self._recipients(event)
         if not matches:
             return self._ignored(f"no entry in owners.json matches {event.project.path} ({event.project.name})",
                                  headers, base)
@@ -95,6 +95,10 @@ class Notifier:
         response = {"status": overall_status([d["result"] for d in deliveries]), **base, "deliveries": deliveries}
         self._log(event, key, rows, outcomes, started)
         return response
+
+    def _recipients(self, event: Event) -> list[Match]:
+        """Who hears about this event, each once, with the rule that chose them."""
+        return self.owners.current().match(event.project)
 
     def _ignored(self, reason: str, headers: Mapping[str, str], base: dict | None = None) -> dict:
         log.info("ignored %s (%s): %s", headers.get("X-Gitlab-Event", "?"), _key_for_log(headers), reason)
