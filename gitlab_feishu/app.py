@@ -20,6 +20,7 @@ from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, token_matches
 from .outbox import Outbox
 from .owners import OwnersFile
+from .pacing import Pacer
 from .service import Notifier
 from .settings import Settings
 from .worker import RetryWorker, process_owner
@@ -43,9 +44,12 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
         outbox = Outbox(settings.data_dir / "outbox.sqlite3", clock=clock)
         feishu = feishu or FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret)
         pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
-        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, clock=clock)
+        pacer = Pacer(settings.data_dir / "pacing.sqlite3", clock=clock) if settings.feishu_pacing else None
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, pacer=pacer,
+                              clock=clock)
         worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
                              owner=lease_owner)
+        deliverer.on_due = worker.wake
         if start_worker:
             worker.start()
     if not settings.gitlab_webhook_secret:

@@ -15,11 +15,13 @@ from typing import Callable
 
 from .feishu import UNKNOWN_EMAIL, FeishuClient, FeishuError
 from .outbox import FAILED, QUEUED, SENT, Delivery, Outbox
+from .pacing import Pacer, dm_quotas
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 600.0            # retries settle at one every 10 minutes
 INLINE_BACKOFF = 0.2           # first pause between inline retries
+INLINE_TURN_WAIT = 1.0         # how long a webhook waits for a turn under Feishu's quotas before queueing
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,16 @@ class Deliverer:
     """Sends recorded deliveries to Feishu and records what happened."""
 
     def __init__(self, outbox: Outbox, feishu: FeishuClient, *, pool: ThreadPoolExecutor, retry_base: float,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+                 pacer: Pacer | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
         self.outbox = outbox
         self.feishu = feishu
         self.pool = pool
         self.retry_base = retry_base
+        self.pacer = pacer
         self.clock = clock
         self.sleep = sleep
+        self.on_due: Callable[[], None] = lambda: None   # told when a row is queued due at once
 
     def deliver(self, rows: list[Delivery], deadline: float, *, retry_inline: bool = True) -> dict[int, Outcome]:
         """Attempt each row until `deadline`; rows still in flight then are reported queued.
@@ -104,9 +109,15 @@ class Deliverer:
         attempts = 0
         error: FeishuError | None = None
         while True:
-            budget = deadline - self.clock()
-            if budget <= 0:
+            if deadline - self.clock() <= 0:
                 break
+            if self.pacer is not None:
+                # A webhook waits briefly for a turn, then leaves the send to the paced worker.
+                turn_by = min(deadline, self.clock() + INLINE_TURN_WAIT) if retry_inline else deadline
+                if not self.pacer.wait_turn(dm_quotas(open_id), turn_by):
+                    error = error or FeishuError("waiting for a turn under Feishu's rate limits", retryable=True)
+                    break
+            budget = deadline - self.clock()
             attempts += 1
             try:
                 message_id = self.feishu.send_card(open_id, row.content, row.uuid, budget=budget)
@@ -146,5 +157,7 @@ class Deliverer:
             log.error("delivery to %s failed for good: %s", row.recipient, message)
             return Outcome(FAILED, message)
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=message, next_attempt_at=next_at)
+        if next_at <= now:
+            self.on_due()
         log.warning("delivery to %s queued for retry in %.0f s: %s", row.recipient, next_at - now, message)
         return Outcome(QUEUED, message)

@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 SCHEMA_VERSION = 1
 
@@ -88,27 +89,16 @@ class Outbox:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         self.path = Path(path)
         self.clock = clock
-        self._local = threading.local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connections = ThreadConnections(self.path)
         self._migrate()
 
     # -- connection and schema -------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so a
-            # writer takes the lock up front instead of failing on upgrade.
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
-        return conn
+        return self._connections.get()
 
     def _write(self):
-        return _Transaction(self._connect())
+        return transaction(self._connect())
 
     def _migrate(self) -> None:
         # Processes starting together all get here; BEGIN IMMEDIATE lets one
@@ -169,11 +159,11 @@ class Outbox:
         """Record the outcome of a round of attempts and release the lease; a sent row never changes again."""
         with self._write() as conn:
             conn.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? != 'sent'),"
+                "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
                 " last_error = ?,"
                 " message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
                 " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'",
-                (status, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id))
+                (status, attempts, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id))
 
     # -- the retry worker ------------------------------------------------------
 
@@ -228,25 +218,40 @@ class Outbox:
             conn.execute(f"DELETE FROM deliveries WHERE event_key IN ({old}) AND event_key NOT IN ({busy})", (cutoff,))
             return conn.execute(f"DELETE FROM events WHERE created_at < ? AND key NOT IN ({busy})", (cutoff,)).rowcount
 
-    def close(self) -> None:
+
+
+class ThreadConnections:
+    """One SQLite connection per thread to `path`, set up for many processes writing at once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+
+    def get(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        if conn is None:
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so a
+            # writer takes the lock up front instead of failing on upgrade.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+        return conn
 
 
-class _Transaction:
-    """`with` block around BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error)."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:

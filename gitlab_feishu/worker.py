@@ -42,6 +42,7 @@ class RetryWorker:
         # Poll often enough to honour short backoffs (tests use RETRY_BASE_SECONDS well under a second).
         self.poll_interval = min(1.0, max(retry_base / 2, 0.05))
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_status_log = 0.0
         self._next_prune = 0.0
@@ -68,12 +69,17 @@ class RetryWorker:
             self._next_prune = now + PRUNE_INTERVAL
             self.outbox.prune(keep_seconds=KEEP_EVENTS_SECONDS)
 
+    def wake(self) -> None:
+        """Look at the outbox now rather than at the next poll (something is due)."""
+        self._wake.set()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="retry-worker", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=BATCH_BUDGET + 5)
 
@@ -85,4 +91,5 @@ class RetryWorker:
                     pass
             except Exception:          # keep retrying; a bad round must not end the thread
                 log.exception("retry worker round failed")
-            self._stop.wait(self.poll_interval)
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()

@@ -1,0 +1,85 @@
+"""Pacing: keep every process's sends inside Feishu's quotas instead of hitting them and backing off.
+
+Feishu allows an app 50 messages a second and 1,000 a minute, one user 5 a
+second, and a group's custom bot 5 a second and 100 a minute. A sliding log of
+recent sends, shared through SQLite by every process using the same DATA_DIR,
+gives each send a turn only when all its windows have room. The windows are a
+little wider than Feishu's, so clock skew and network jitter cannot tip a
+burst over the limit.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .outbox import ThreadConnections, transaction
+
+Window = tuple[int, float]               # at most `count` sends in any `seconds`
+
+APP_MESSAGES: tuple[Window, ...] = ((50, 1.1), (1000, 62.0))
+ONE_USER: tuple[Window, ...] = ((5, 1.2),)
+ONE_BOT: tuple[Window, ...] = ((5, 1.2), (100, 62.0))
+LOG_SECONDS = 62.0                       # the longest window: older entries are forgotten
+
+
+@dataclass(frozen=True)
+class Quota:
+    key: str
+    windows: tuple[Window, ...]
+
+
+def dm_quotas(open_id: str) -> list[Quota]:
+    return [Quota("app", APP_MESSAGES), Quota(f"user:{open_id}", ONE_USER)]
+
+
+def bot_quotas(webhook_url: str) -> list[Quota]:
+    # The URL is a credential: the log keeps only a digest of it.
+    return [Quota("bot:" + hashlib.sha256(webhook_url.encode("utf-8")).hexdigest()[:16], ONE_BOT)]
+
+
+class Pacer:
+    """A cross-process sliding-window limiter: `wait_turn` blocks until a send fits every quota."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.path = Path(path)
+        self.clock = clock
+        self.sleep = sleep
+        self._connections = ThreadConnections(self.path)
+        with transaction(self._connections.get()) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)")
+            conn.execute("CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)")
+
+    def wait_turn(self, quotas: list[Quota], deadline: float) -> bool:
+        """Take a turn for one send under every quota, waiting until `deadline` at most."""
+        while True:
+            wait = self.try_turn(quotas)
+            if wait == 0:
+                return True
+            # A little jitter so the processes waiting on one window do not all wake together.
+            wait += random.uniform(0, 0.02)
+            if self.clock() + wait > deadline:
+                return False
+            self.sleep(wait)
+
+    def try_turn(self, quotas: list[Quota]) -> float:
+        """Take a turn now and return 0, or return how long until one may be free."""
+        now = self.clock()
+        with transaction(self._connections.get()) as conn:
+            wait = 0.0
+            for quota in quotas:
+                for count, seconds in quota.windows:
+                    rows = conn.execute("SELECT at FROM sends WHERE key = ? AND at > ? ORDER BY at DESC LIMIT ?",
+                                        (quota.key, now - seconds, count)).fetchall()
+                    if len(rows) >= count:
+                        wait = max(wait, rows[-1][0] + seconds - now)
+            if wait > 0:
+                return wait
+            conn.executemany("INSERT INTO sends (key, at) VALUES (?, ?)", [(q.key, now) for q in quotas])
+            if random.random() < 0.01:
+                conn.execute("DELETE FROM sends WHERE at < ?", (now - LOG_SECONDS,))
+        return 0.0
