@@ -1,4 +1,4 @@
-"""`python webhook_server.py [--outbox | --retry-failed | --match PATH]`: serve, or look at the state."""
+"""`python webhook_server.py [--outbox | --retry-failed | --match PATH | --wire-hooks]`: serve, or look, or set up."""
 from __future__ import annotations
 
 import argparse
@@ -20,8 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--outbox", action="store_true", help="list queued and failed deliveries, and why")
     action.add_argument("--retry-failed", action="store_true", help="put failed deliveries back in the queue")
     action.add_argument("--match", metavar="PROJECT_PATH", help="show who a push to this project would notify")
+    action.add_argument("--wire-hooks", action="store_true",
+                        help="create or update the GitLab webhook of every project owners.json names")
     parser.add_argument("--name", help="with --match: the project's display name (default: its last path segment)")
+    wiring_mode = parser.add_mutually_exclusive_group()
+    wiring_mode.add_argument("--dry-run", action="store_true", help="with --wire-hooks: show, change nothing")
+    wiring_mode.add_argument("--check", action="store_true",
+                             help="with --wire-hooks: report each project's hook and whether GitLab disabled it")
     args = parser.parse_args(argv)
+    if (args.dry_run or args.check) and not args.wire_hooks:
+        parser.error("--dry-run and --check go with --wire-hooks")
     try:
         settings = Settings.from_env()
         if args.outbox:
@@ -30,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             return retry_failed(settings)
         if args.match:
             return show_match(settings, args.match, args.name)
+        if args.wire_hooks:
+            from .wiring import wire_hooks
+
+            return wire_hooks(settings, dry_run=args.dry_run, check_only=args.check)
         return serve(settings)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

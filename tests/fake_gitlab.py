@@ -1,0 +1,115 @@
+"""GitLab's REST API for projects and project hooks, played with `responses` (no real GitLab).
+
+Shapes follow GitLab's API docs (doc/api/projects.md, doc/api/project_webhooks.md): GET /projects with
+offset pagination headers (x-page, x-per-page, x-next-page, x-total, x-total-pages and a Link header),
+GET/POST /projects/:id/hooks and PUT /projects/:id/hooks/:hook_id. A hook never shows its token; with
+`reports_token=True` it says `token_present`, as GitLab 19.0+ does.
+"""
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import responses
+
+BASE = "https://git.example.cn"
+API = f"{BASE}/api/v4"
+API_TOKEN = "glpat-TEST-api-token-0123"
+
+
+def gitlab_project(id: int, path: str, name: str) -> dict:
+    """A project as GET /projects?simple=true returns it."""
+    namespace, _, slug = path.rpartition("/")
+    return {"id": id, "description": None, "name": name, "name_with_namespace": f"{namespace} / {name}",
+            "path": slug, "path_with_namespace": path, "created_at": "2024-03-01T08:00:00.000Z",
+            "default_branch": "main", "tag_list": [], "topics": [],
+            "ssh_url_to_repo": f"git@git.example.cn:{path}.git", "http_url_to_repo": f"{BASE}/{path}.git",
+            "web_url": f"{BASE}/{path}", "avatar_url": None, "star_count": 0,
+            "last_activity_at": "2024-03-02T08:00:00.000Z",
+            "namespace": {"id": id + 100, "name": namespace, "path": namespace, "kind": "group",
+                          "full_path": namespace, "parent_id": None, "avatar_url": None,
+                          "web_url": f"{BASE}/groups/{namespace}"}}
+
+
+def gitlab_hook(id: int, url: str, project_id: int = 1, **fields) -> dict:
+    """A project hook as GET /projects/:id/hooks returns it: GitLab's defaults, then `fields`."""
+    hook = {"id": id, "url": url, "name": "", "description": "", "project_id": project_id,
+            "push_events": True, "push_events_branch_filter": "", "branch_filter_strategy": "wildcard",
+            "issues_events": False, "confidential_issues_events": False, "merge_requests_events": False,
+            "tag_push_events": False, "note_events": False, "confidential_note_events": False,
+            "job_events": False, "pipeline_events": False, "wiki_page_events": False,
+            "deployment_events": False, "releases_events": False, "milestone_events": False,
+            "feature_flag_events": False, "emoji_events": False, "resource_access_token_events": False,
+            "repository_update_events": False, "enable_ssl_verification": True,
+            "alert_status": "executable", "disabled_until": None, "url_variables": [],
+            "created_at": "2024-03-01T08:00:00.000Z", "custom_webhook_template": "", "custom_headers": []}
+    hook.update(fields)
+    return hook
+
+
+class FakeGitLab:
+    """Projects and their hooks in memory, served through `responses` callbacks."""
+
+    def __init__(self, rsps: responses.RequestsMock, projects: list[dict], hooks: dict[int, list[dict]] | None = None,
+                 *, page_size: int = 100, forbidden: tuple[int, ...] = (), reports_token: bool = False) -> None:
+        self.projects = projects
+        self.hooks = {p["id"]: list((hooks or {}).get(p["id"], [])) for p in projects}
+        self.page_size = page_size
+        self.forbidden = forbidden
+        self.reports_token = reports_token
+        self._next_id = 1000
+        hooks_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks$")
+        hook_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks/(\d+)$")
+        for method, url, callback in ((responses.GET, f"{API}/projects", self._list_projects),
+                                      (responses.GET, hooks_url, self._list_hooks),
+                                      (responses.POST, hooks_url, self._create_hook),
+                                      (responses.PUT, hook_url, self._update_hook)):
+            rsps.add_callback(method, url, callback=callback, content_type="application/json")
+
+    def _list_projects(self, request):
+        query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query).items()}
+        per_page = min(int(query.get("per_page", 20)), self.page_size)
+        page = int(query.get("page", 1))
+        total_pages = max(1, -(-len(self.projects) // per_page))
+        items = self.projects[(page - 1) * per_page: page * per_page]
+        headers = {"x-page": str(page), "x-per-page": str(per_page), "x-total": str(len(self.projects)),
+                   "x-total-pages": str(total_pages), "x-next-page": str(page + 1) if page < total_pages else "",
+                   "x-prev-page": str(page - 1) if page > 1 else ""}
+        links = [("first", 1), ("last", total_pages)] + ([("next", page + 1)] if page < total_pages else [])
+        headers["Link"] = ", ".join(f'<{API}/projects?{urlencode({**query, "page": n})}>; rel="{rel}"'
+                                    for rel, n in links)
+        return 200, headers, json.dumps(items)
+
+    def _list_hooks(self, request):
+        project_id = _project_id(request)
+        if project_id in self.forbidden:
+            return 403, {}, json.dumps({"message": "403 Forbidden"})
+        return 200, {"x-total": str(len(self.hooks[project_id]))}, json.dumps(
+            [self._shown(hook) for hook in self.hooks[project_id]])
+
+    def _create_hook(self, request):
+        project_id = _project_id(request)
+        self._next_id += 1
+        fields = json.loads(request.body)
+        hook = gitlab_hook(self._next_id, fields.pop("url"), project_id, token=fields.pop("token", ""), **fields)
+        self.hooks[project_id].append(hook)
+        return 201, {}, json.dumps(self._shown(hook))
+
+    def _update_hook(self, request):
+        ids = re.search(r"projects/(\d+)/hooks/(\d+)", request.path_url)
+        project_id, hook_id = int(ids[1]), int(ids[2])
+        hook = next(h for h in self.hooks[project_id] if h["id"] == hook_id)
+        hook.update(json.loads(request.body))
+        return 200, {}, json.dumps(self._shown(hook))
+
+    def _shown(self, hook: dict) -> dict:
+        """GitLab never returns the token; 19.0+ says whether one is set."""
+        shown = {k: v for k, v in hook.items() if k != "token"}
+        if self.reports_token:
+            shown["token_present"] = bool(hook.get("token"))
+        return shown
+
+
+def _project_id(request) -> int:
+    return int(re.search(r"projects/(\d+)/hooks", request.path_url)[1])

@@ -1,0 +1,262 @@
+"""`--wire-hooks`: against GitLab's REST API shapes (tests/fake_gitlab.py), never a real GitLab."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from datetime import datetime, timezone
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from gitlab_feishu import cli
+from gitlab_feishu.settings import ConfigError, Settings
+from gitlab_feishu.wiring import wire_hooks
+from tests.conftest import SECRET
+from tests.fake_gitlab import API, API_TOKEN, BASE, FakeGitLab, gitlab_hook, gitlab_project
+
+OURS = "https://hooks.example.cn/gitlab-webhook"
+RIGHT = dict(push_events=True, tag_push_events=True, merge_requests_events=True, pipeline_events=True)
+YESHUI = gitlab_project(1, "grouptwogame/yeshui-client", "Y_野水发财（客户端）")    # fuzzy: Y_野水发财
+NAINA = gitlab_project(2, "grouptwogame/naina", "N_奶奶的小农院")                  # exact: N_奶奶的小农院
+DIASPORA = gitlab_project(3, "mike/diaspora", "Diaspora")                       # exact: mike/diaspora
+UNOWNED = gitlab_project(4, "other/tools", "Tools")                             # nobody's
+NOW = datetime(2030, 1, 1, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def wiring_settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, gitlab_url=BASE, gitlab_api_token=API_TOKEN,
+                               public_url="https://hooks.example.cn")
+
+
+@pytest.fixture
+def rsps():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+def run(settings: Settings, **mode) -> int:
+    return wire_hooks(settings, clock=lambda: NOW, **mode)
+
+
+def changes(rsps) -> list[tuple[str, str]]:
+    return [(call.request.method, call.request.path_url) for call in rsps.calls
+            if call.request.method in ("POST", "PUT", "DELETE")]
+
+
+def row(output: str, path: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(path + " "))
+
+
+def test_creates_the_hook_with_our_url_secret_and_triggers(wiring_settings, rsps, capsys):
+    gitlab = FakeGitLab(rsps, [YESHUI, UNOWNED])
+    assert run(wiring_settings) == 0
+    [hook] = gitlab.hooks[1]
+    assert hook["url"] == OURS and hook["token"] == SECRET
+    assert {k: hook[k] for k in RIGHT} == RIGHT and hook["enable_ssl_verification"] is True
+    assert gitlab.hooks[4] == []
+    assert "created" in row(capsys.readouterr().out, "grouptwogame/yeshui-client")
+
+
+def test_never_asks_for_the_hooks_of_a_project_owners_json_does_not_name(wiring_settings, rsps):
+    FakeGitLab(rsps, [YESHUI, UNOWNED])
+    run(wiring_settings, dry_run=True)
+    assert not [call for call in rsps.calls if "/projects/4/" in call.request.url]
+
+
+def test_lists_only_unarchived_projects_the_tokens_user_is_a_member_of(wiring_settings, rsps):
+    FakeGitLab(rsps, [YESHUI])
+    run(wiring_settings, dry_run=True)
+    first = rsps.calls[0].request
+    assert first.headers["PRIVATE-TOKEN"] == API_TOKEN
+    assert all(part in first.url for part in ("membership=True", "archived=False", "per_page=100"))
+
+
+def test_updates_our_hook_when_its_triggers_are_wrong(wiring_settings, rsps, capsys):
+    gitlab = FakeGitLab(rsps, [NAINA], {2: [gitlab_hook(7, OURS, 2, **{**RIGHT, "pipeline_events": False,
+                                                                        "note_events": True})]})
+    assert run(wiring_settings) == 0
+    assert changes(rsps) == [("PUT", "/api/v4/projects/2/hooks/7")]
+    sent = json.loads(rsps.calls[-1].request.body)
+    assert sent["pipeline_events"] is True and sent["note_events"] is False and sent["token"] == SECRET
+    assert [hook["id"] for hook in gitlab.hooks[2]] == [7]
+    assert "updated" in row(capsys.readouterr().out, "grouptwogame/naina")
+
+
+def test_leaves_a_right_hook_alone(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [NAINA], {2: [gitlab_hook(7, OURS + "/", 2, **RIGHT)]})
+    assert run(wiring_settings) == 0
+    assert changes(rsps) == []
+    assert "ok" in row(capsys.readouterr().out, "grouptwogame/naina")
+
+
+def test_never_touches_a_hook_pointing_elsewhere(wiring_settings, rsps):
+    foreign = gitlab_hook(5, "https://ci.example.cn/build", 3, note_events=True, enable_ssl_verification=False)
+    gitlab = FakeGitLab(rsps, [DIASPORA], {3: [dict(foreign)]})
+    assert run(wiring_settings) == 0
+    assert changes(rsps) == [("POST", "/api/v4/projects/3/hooks")]
+    assert gitlab.hooks[3][0] == foreign
+
+
+def test_a_project_without_permission_is_listed_and_the_rest_goes_on(wiring_settings, rsps, capsys):
+    gitlab = FakeGitLab(rsps, [YESHUI, NAINA, DIASPORA], forbidden=(2,))
+    assert run(wiring_settings) == 1
+    out = capsys.readouterr().out
+    assert "no permission" in row(out, "grouptwogame/naina") and "Maintainer" in out
+    assert len(gitlab.hooks[1]) == len(gitlab.hooks[3]) == 1
+
+
+def test_follows_pagination_over_every_page_of_projects(wiring_settings, rsps, capsys):
+    gitlab = FakeGitLab(rsps, [YESHUI, UNOWNED, NAINA, DIASPORA], page_size=2)
+    assert run(wiring_settings) == 0
+    pages = [call.request.url for call in rsps.calls if call.request.path_url.startswith("/api/v4/projects?")]
+    assert len(pages) == 2 and "page=2" in pages[1]
+    assert all(len(gitlab.hooks[i]) == 1 for i in (1, 2, 3))
+    assert "3 projects: created 3." in capsys.readouterr().out
+
+
+def test_dry_run_shows_the_plan_and_changes_nothing(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [YESHUI, NAINA], {2: [gitlab_hook(7, OURS, 2, push_events=False)]})
+    assert run(wiring_settings, dry_run=True) == 0
+    assert changes(rsps) == []
+    out = capsys.readouterr().out
+    assert "create" in row(out, "grouptwogame/yeshui-client")
+    assert "hook #7: switch on push_events" in row(out, "grouptwogame/naina")
+    assert "Dry run: nothing was changed." in out
+
+
+def test_a_second_run_changes_nothing(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [YESHUI, NAINA, DIASPORA], {2: [gitlab_hook(7, OURS, 2)]}, reports_token=True)
+    run(wiring_settings)
+    first = len(changes(rsps))
+    capsys.readouterr()
+    assert run(wiring_settings) == 0
+    assert first == 3 and len(changes(rsps)) == first
+    out = capsys.readouterr().out
+    assert "3 projects: ok 3." in out and "secret set" in row(out, "grouptwogame/naina")
+
+
+def test_check_reports_each_hook_and_exits_zero_when_all_is_well(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [NAINA], {2: [gitlab_hook(7, OURS, 2, **RIGHT, token="x")]}, reports_token=True)
+    assert run(wiring_settings, check_only=True) == 0
+    assert changes(rsps) == []
+    assert row(capsys.readouterr().out, "grouptwogame/naina").split() == [
+        "grouptwogame/naina", "#7", "set", "ok", "active"]
+
+
+def test_check_shows_a_disabled_hook_with_how_to_re_enable_it(wiring_settings, rsps, capsys):
+    disabled = gitlab_hook(7, OURS, 2, **RIGHT, alert_status="temporarily_disabled",
+                           disabled_until="2030-01-01T09:20:00.000Z")
+    FakeGitLab(rsps, [YESHUI, NAINA], {2: [disabled]})
+    assert run(wiring_settings, check_only=True) == 1
+    out = capsys.readouterr().out
+    assert "disabled until 2030-01-01 09:20 UTC" in row(out, "grouptwogame/naina")
+    assert "grouptwogame/naina: GitLab stopped sending" in out and "Test > Push events" in out
+    assert "missing" in row(out, "grouptwogame/yeshui-client")
+    assert '"unknown"' in out                      # GitLab before 19.0 does not say whether a secret is set
+
+
+def test_a_bad_token_says_so_and_which_scope_it_needs(wiring_settings, rsps, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    rsps.add(responses.GET, f"{API}/projects", status=401, json={"message": "401 Unauthorized"})
+    assert run(wiring_settings) == 1
+    err = capsys.readouterr().err
+    assert "GITLAB_API_TOKEN" in err and "invalid, expired or revoked" in err and "`api` scope" in err
+    assert "Traceback" not in err
+    assert API_TOKEN not in err + caplog.text
+
+
+def test_a_token_without_the_api_scope_stops_with_the_scope_it_needs(wiring_settings, rsps, capsys):
+    rsps.add(responses.POST, f"{API}/projects/1/hooks", status=403, json={     # a read_api token
+        "error": "insufficient_scope", "scope": "api",
+        "error_description": "The request requires higher privileges than provided by the access token."})
+    FakeGitLab(rsps, [YESHUI])
+    assert run(wiring_settings) == 1
+    assert "lacks the `api` scope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("failure, reason", [
+    (requests.exceptions.ConnectionError("refused"), "connection failed"),
+    (requests.exceptions.ConnectTimeout("slow"), "no answer within"),
+])
+def test_unreachable_gitlab_names_gitlab_url(wiring_settings, rsps, capsys, failure, reason):
+    rsps.add(responses.GET, f"{API}/projects", body=failure)
+    assert run(wiring_settings) == 1
+    err = capsys.readouterr().err
+    assert f"GitLab at GITLAB_URL={BASE} is unreachable" in err and reason in err
+
+
+def test_gitlab_failing_on_a_later_page_of_projects_is_reported_like_on_the_first(wiring_settings, rsps, capsys):
+    rsps.add(responses.GET, f"{API}/projects", body=requests.exceptions.ConnectionError("reset"),
+             match=[matchers.query_param_matcher({"page": "2"}, strict_match=False)])
+    FakeGitLab(rsps, [YESHUI, NAINA], page_size=1)
+    assert run(wiring_settings) == 1
+    assert "unreachable" in capsys.readouterr().err
+    assert changes(rsps) == []
+
+
+def test_a_gitlab_url_that_is_not_gitlab_says_so(wiring_settings, rsps, capsys):
+    rsps.add(responses.GET, f"{API}/projects", status=404, json={"message": "404 Not Found"})
+    assert run(wiring_settings) == 1
+    err = capsys.readouterr().err
+    assert "could not list the projects: GitLab answered 404 Not Found" in err and "GITLAB_URL=" in err
+
+
+def test_no_owners_json_match_at_all_is_an_error(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [UNOWNED])
+    assert run(wiring_settings) == 1
+    assert "none of the 1 projects" in capsys.readouterr().err
+
+
+def test_names_the_owners_json_keys_that_matched_no_project(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [YESHUI])
+    run(wiring_settings, dry_run=True)
+    assert "name none of these projects: N_奶奶的小农院, 测试项目, mike/diaspora (" in capsys.readouterr().out
+
+
+def test_never_prints_the_api_token_or_the_secret(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [YESHUI, NAINA], {2: [gitlab_hook(7, OURS, 2)]})
+    run(wiring_settings)
+    run(wiring_settings, check_only=True)
+    captured = capsys.readouterr()
+    assert API_TOKEN not in captured.out + captured.err and SECRET not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("missing", ["gitlab_url", "gitlab_api_token", "public_url", "gitlab_webhook_secret"])
+def test_a_missing_setting_is_named(wiring_settings, missing):
+    with pytest.raises(ConfigError, match=missing.upper()):
+        wire_hooks(dataclasses.replace(wiring_settings, **{missing: ""}))
+
+
+def test_the_command_line_exits_2_on_a_missing_setting(settings, monkeypatch, capsys):
+    monkeypatch.setattr(Settings, "from_env", classmethod(lambda cls: settings))
+    assert cli.main(["--wire-hooks", "--dry-run"]) == 2
+    assert "GITLAB_URL" in capsys.readouterr().err
+
+
+def test_dry_run_and_check_need_wire_hooks(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--check"])
+    assert "--wire-hooks" in capsys.readouterr().err
+
+
+def test_a_key_shadowed_by_an_exact_group_key_still_counts_as_used(wiring_settings, rsps, capsys, tmp_path):
+    owners = tmp_path / "group_owners.json"
+    owners.write_text(json.dumps({"grouptwogame": "lead@example.com", "Y_野水发财": "zhangsan@example.com"},
+                                 ensure_ascii=False), encoding="utf-8")
+    FakeGitLab(rsps, [YESHUI])
+    run(dataclasses.replace(wiring_settings, owners_file=owners), dry_run=True)
+    assert "name none of these projects" not in capsys.readouterr().out
+
+
+def test_a_hook_gitlab_refuses_to_create_is_listed_and_the_rest_goes_on(wiring_settings, rsps, capsys):
+    rsps.add(responses.POST, f"{API}/projects/1/hooks", status=422, json={
+        "message": {"url": ["is blocked: Requests to the local network are not allowed"]}})
+    gitlab = FakeGitLab(rsps, [YESHUI, NAINA])
+    assert run(wiring_settings) == 1
+    failed = row(capsys.readouterr().out, "grouptwogame/yeshui-client")
+    assert "failed" in failed and "422" in failed and "Requests to the local network are not allowed" in failed
+    assert len(gitlab.hooks[2]) == 1
