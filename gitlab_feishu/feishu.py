@@ -101,7 +101,7 @@ class FeishuClient:
         self._base_url = base_url.rstrip("/")
         self._app_id = app_id
         self._app_secret = app_secret
-        self._session = session or _pooled_session()
+        self._session = session or _pooled_session(self._base_url)
         self._clock = clock
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -243,8 +243,13 @@ class FeishuClient:
                                    hint="retry later; if it persists, check FEISHU_BASE_URL"))
 
 
-def _pooled_session() -> requests.Session:
+def _pooled_session(base_url: str) -> requests.Session:
     session = requests.Session()
+    # HTTPS_PROXY / NO_PROXY are read once here: requests would otherwise walk the whole
+    # environment on every call, about a millisecond of CPU a card.
+    session.trust_env = False
+    if not requests.utils.should_bypass_proxies(base_url, no_proxy=None):
+        session.proxies.update(requests.utils.getproxies())
     # Many delivery threads share the session; no urllib3 retries: a retried POST could post a card twice.
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
     session.mount("https://", adapter)

@@ -98,7 +98,7 @@ class Outbox:
         return self._connections.get()
 
     def _write(self):
-        return transaction(self._connect())
+        return self._connections.write()
 
     def _migrate(self) -> None:
         # Processes starting together all get here; BEGIN IMMEDIATE lets one
@@ -227,6 +227,9 @@ class ThreadConnections:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # SQLite's busy handler waits by sleeping (1, 2, 5, 10 ms ...); threads of one process
+        # queue on this lock instead, which wakes the next writer the moment the last one commits.
+        self._write_lock = threading.Lock()
 
     def get(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -241,23 +244,23 @@ class ThreadConnections:
             self._local.conn = conn
         return conn
 
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on this thread's connection."""
+        with self._write_lock:
+            conn = self.get()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:
     return Delivery(id=row["id"], event_key=row["event_key"], channel=row["channel"], recipient=row["recipient"],
                     rule=row["rule"], content=row["content"], uuid=row["uuid"], status=row["status"],
                     attempts=row["attempts"], rounds=row["rounds"], next_attempt_at=row["next_attempt_at"],
-                    lease_until=row["lease_until"],
-                    last_error=row["last_error"], created_at=row["created_at"],
+                    lease_until=row["lease_until"], last_error=row["last_error"], created_at=row["created_at"],
                     give_up_at=row["give_up_at"])

@@ -78,8 +78,11 @@ def gen_sign(timestamp: int | str, secret: str) -> str:
 
 
 def check_card(card: dict) -> None:
-    """Refuse what Feishu refuses in a card JSON 2.0 (the fake takes 2.0 only: the project sends nothing else)."""
-    require(card.get("schema") == "2.0", 'the fake accepts card JSON 2.0 only ("schema": "2.0")')
+    """Refuse what Feishu refuses in a card: JSON 2.0 strictly, the legacy 1.0 loosely (as Feishu does)."""
+    if card.get("schema", "1.0") == "1.0":
+        check_card_v1(card)
+        return
+    require(card.get("schema") == "2.0", f"unknown card schema {card.get('schema')!r}")
     unknown = sorted(set(card) - {"schema", "config", "card_link", "header", "body"})
     require(not unknown, f"unknown property {unknown[:1]} at the card root (schema 2.0)")
     config = card.get("config", {})
@@ -95,6 +98,15 @@ def check_card(card: dict) -> None:
     require(isinstance(body, dict) and isinstance(body.get("elements"), list), "body.elements must be a list")
     count = check_elements(body["elements"], "body.elements")
     require(count <= 200, f"the card has {count} elements, more than 200", 11310)
+
+
+def check_card_v1(card: dict) -> None:
+    """Card JSON 1.0 ignores unknown properties and still takes `action` and `note`; it needs elements."""
+    elements = card.get("elements", card.get("i18n_elements"))
+    require(isinstance(elements, (list, dict)), "a 1.0 card needs elements (or i18n_elements)")
+    if "header" in card:
+        require(isinstance(card["header"], dict), "header must be an object")
+        check_text(card["header"].get("title"), "header.title")
 
 
 def check_text(text, where: str, max_len: int = 0) -> None:
@@ -250,9 +262,16 @@ class FakeFeishu:
     def calls(self, kind: str) -> int:
         return self._counts[kind]
 
-    def state(self) -> dict:
-        """What /_fake/state answers: every card delivered (DMs and group posts, in order) and the counters."""
+    def state(self, *, summary: bool = False) -> dict:
+        """What /_fake/state answers: every card delivered (DMs and group posts, in order) and the counters.
+
+        With `summary` (/_fake/state?summary=1) only the counters and how many cards were delivered.
+        """
         with self._lock:
+            if summary:
+                return {"delivered": len(self._messages) + len(self._bot_messages),
+                        "counts": {kind: self._counts[kind] for kind in KINDS},
+                        "refused": self._refused, "rate_limited": self._rate_limited}
             dms = [{"card": m["card"], "to_email": m["to_email"], "to_chat": None, "uuid": m["uuid"],
                     "receive_id": m["receive_id"], "message_id": m["message_id"], "at": m["at"]}
                    for m in self._messages]
@@ -323,9 +342,8 @@ class FakeFeishu:
         """Answer one request: HTTP status, JSON payload (or a raw page) and headers."""
         if req.path.startswith("/_fake/"):
             return self._answer_control(req)
+        started = time.monotonic()
         kind, endpoint = self._route(req)
-        if self._rtt:
-            time.sleep(self._rtt)  # the network round trip, in this connection's thread
         log_id = time.strftime("%Y%m%d%H%M%S") + "%020X" % next(self._log_ids)
         try:
             self._inject_faults(kind)
@@ -340,11 +358,15 @@ class FakeFeishu:
             self._counts[kind] += 1
             self._refused += status >= 400 or bool(code)
             self._rate_limited += status == 429 or code in RATE_LIMIT_CODES
+        # The injected round trip includes the fake's own work, so the fake adds no latency of its own.
+        remaining = self._rtt - (time.monotonic() - started)
+        if remaining > 0:
+            time.sleep(remaining)
         return status, payload, headers
 
     def _answer_control(self, req: Request) -> tuple[int, dict, dict]:
         if (req.method, req.path) == ("GET", "/_fake/state"):
-            return 200, self.state(), {}
+            return 200, self.state(summary=req.query.get("summary") == "1"), {}
         if (req.method, req.path) == ("POST", "/_fake/control"):
             try:
                 return 200, self.control(json.loads(req.body or b"{}")), {}

@@ -208,7 +208,8 @@ def deep(element, levels=3) -> dict:
 @pytest.mark.parametrize("content, code, words", [
     (card(), 99992402, "content"),  # the card as an object, not a JSON string
     ("{not json", 230099, "200621"),
-    (json.dumps({"header": {"title": {"tag": "plain_text", "content": "1.0"}}, "elements": []}), 230099, "2.0"),
+    (json.dumps({"header": {"title": {"tag": "plain_text", "content": "1.0"}}}), 230099, "elements"),
+    (json.dumps({**card(), "schema": "3.0"}), 230099, "schema"),
     (json.dumps(card(elements=[])), 230099, "unknown property"),
     (json.dumps(card({"tag": "action", "actions": [button(url="https://x.example")]})), 230099, "200861"),
     (json.dumps(card(deep({"tag": "note", "elements": []}))), 230099, "200861"),
@@ -227,6 +228,14 @@ def test_send_refuses_cards_feishu_refuses(http, fake, content, code, words):
     reply = send(http, fake, fake.add_user("a@example.com"), content)
     assert reply.status_code == 400 and reply.json()["code"] == code and words in reply.text
     assert fake.messages == []
+
+
+def test_send_takes_a_legacy_card_as_feishu_does(http, fake):
+    """Card JSON 1.0 still works in Feishu, action and note included (the naive server sends one)."""
+    legacy = {"config": {"wide_screen_mode": True}, "header": {"title": {"tag": "plain_text", "content": "1.0"}},
+              "elements": [{"tag": "action", "actions": [{"tag": "button", "url": "https://x.example"}]}]}
+    reply = send(http, fake, fake.add_user("a@example.com"), json.dumps(legacy))
+    assert reply.json()["code"] == 0 and len(fake.messages) == 1
 
 
 @pytest.mark.parametrize("params, body, code", [

@@ -1,0 +1,319 @@
+"""Side-by-side benchmark: this service against the naive reference server, behind a fake Feishu.
+
+    python bench/bench.py [--duration 10] [--connections 16] [--rtt 0.05] [--json results.json]
+
+Both servers run under their production commands on this machine, in the same
+run, against the fake Feishu from the tests with an injected round-trip time.
+Then: one push to a project with 10 owners, a push while Feishu hangs, and a
+burst of 300 pushes against a fake that enforces Feishu's quotas.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.load import LoadResult, have_wrk, run_python, run_wrk  # noqa: E402
+from tests.servers import ServiceProcess, free_port, service_env  # noqa: E402
+
+BASELINE = ROOT.parent / "shared" / "baseline" / "seed_server.py"
+TOKEN = "bench-secret"
+DEADLINE = 5.0
+TEN_OWNERS = [f"owner{i}@example.com" for i in range(10)]
+BURST_PROJECTS = 10
+
+
+class FakeFeishuProcess:
+    """The tests' fake Feishu in its own process, so it does not share a GIL with the load generator."""
+
+    def __init__(self, rtt: float, *, quotas: bool = False):
+        command = [sys.executable, "-m", "tests.fake_feishu", "--rtt", str(rtt), "--auto-users"]
+        self.process = subprocess.Popen(command + (["--quotas"] if quotas else []), cwd=ROOT,
+                                        stdout=subprocess.PIPE, text=True)
+        self.url = self.process.stdout.readline().strip()
+
+    def state(self) -> dict:
+        return requests.get(self.url + "/_fake/state?summary=1", timeout=10).json()
+
+    def control(self, **commands) -> None:
+        requests.post(self.url + "/_fake/control", json=commands, timeout=10).raise_for_status()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def push_body(path: str, name: str, n: int = 0) -> bytes:
+    """A real GitLab push (the Chinese fixture) moved to `path`."""
+    payload = json.loads((ROOT / "tests/fixtures/gitlab/chinese_push.json").read_text(encoding="utf-8"))
+    web_url = f"https://git.example.cn/{path}"
+    payload["project"].update(path_with_namespace=path, name=name, web_url=web_url, homepage=web_url)
+    payload["after"] = f"{n:040x}"
+    for commit in payload["commits"]:
+        commit["url"] = f"{web_url}/-/commit/{commit['id']}"
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+class MemorySampler:
+    def __init__(self, pid: int):
+        import threading
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, process_tree_rss(self.pid))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, process_tree_rss(self.pid))
+
+
+def drive(url: str, body: bytes, args, seconds: float) -> LoadResult:
+    if args.loadgen == "wrk":
+        return run_wrk(url, body, TOKEN, connections=args.connections, seconds=seconds)
+    return run_python(url, [body], TOKEN, connections=args.connections, seconds=seconds)
+
+
+def wait_delivered(fake: FakeFeishuProcess, count: int, timeout: float) -> float | None:
+    """Seconds until the fake holds `count` cards, or None if it did not within `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if fake.state()["delivered"] >= count:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+def settled_state(fake: FakeFeishuProcess, server: ServiceProcess) -> tuple[dict, int]:
+    """The fake's counters and the webhooks the server has handled, once nothing moves any more."""
+    previous = None
+    while True:
+        current = (fake.state(), server.log().count('"POST /gitlab-webhook'))
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(0.5)
+
+
+def capacity(server: ServiceProcess, fake: FakeFeishuProcess, args, body: bytes) -> dict:
+    """Warm up, then measure webhooks/s, ack latency, Feishu calls and cards per webhook, memory."""
+    url = server.url + "/gitlab-webhook"
+    drive(url, body, args, args.warmup)
+    before, handled_before = settled_state(fake, server)
+    sampler = MemorySampler(server.process.pid)
+    result = drive(url, body, args, args.duration)
+    peak = sampler.stop()
+    after, handled_after = settled_state(fake, server)
+    # Counted from the server's access log: wrk's tally leaves out requests in flight when it stops.
+    handled = max(handled_after - handled_before, 1)
+    calls = sum(after["counts"].values()) - sum(before["counts"].values())
+    return {"webhooks_per_s": result.rate, "ack_p50_ms": result.p50_ms, "ack_p99_ms": result.p99_ms,
+            "feishu_calls_per_webhook": calls / handled,
+            "cards_per_webhook": (after["delivered"] - before["delivered"]) / handled,
+            "non_2xx": result.non_2xx + result.errors, "refused_by_feishu": after["refused"] - before["refused"],
+            "peak_rss_mb": peak / 2 ** 20, "requests": result.requests}
+
+
+def one_push_latency(url: str, body: bytes) -> float:
+    key = os.urandom(8).hex()
+    started = time.perf_counter()
+    response = requests.post(url, data=body, timeout=15, headers={
+        "Content-Type": "application/json", "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": TOKEN,
+        "Idempotency-Key": key, "User-Agent": "GitLab/18.6.0"})
+    response.raise_for_status()
+    return time.perf_counter() - started
+
+
+def start_service(folder: Path, fake_url: str, *, pacing: bool) -> ServiceProcess:
+    env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="test-secret", FEISHU_BASE_URL=fake_url,
+                      GITLAB_WEBHOOK_SECRET=TOKEN, OWNERS_FILE=str(folder / "owners.json"),
+                      DATA_DIR=str(folder / f"data-{time.monotonic_ns()}"), LOG_DIR=str(folder / "logs"),
+                      LOG_LEVEL="WARNING", FEISHU_PACING="on" if pacing else "off")
+    return ServiceProcess(env, folder / "service.log", workers=None).start()
+
+
+def start_baseline(folder: Path, fake_url: str) -> ServiceProcess:
+    env = {**os.environ, "FEISHU_BASE_URL": fake_url, "FEISHU_APP_ID": "cli_test_app",
+           "FEISHU_APP_SECRET": "test-secret", "OWNERS_FILE": str(folder / "owners.json")}
+    port = free_port()
+    # Its own folder as the working directory, so gunicorn does not pick up this project's gunicorn.conf.py.
+    command = [sys.executable, "-m", "gunicorn", "-w", "4", "-b", f"127.0.0.1:{port}", "--access-logfile", "-",
+               "seed_server:app"]
+    return ServiceProcess(env, folder / "baseline.log", command=command, port=port, cwd=BASELINE.parent).start()
+
+
+def ten_owners(url: str, rtt: float) -> dict:
+    """One push to a project with 10 owners, caches warm: deliveries run concurrently."""
+    body = push_body("bench/ten-owners", "十人项目")
+    for _ in range(4):                       # warm both workers' token and open_id caches
+        one_push_latency(url, body)
+    seconds = statistics.median(one_push_latency(url, body) for _ in range(7))
+    return {"ack_ms": seconds * 1000, "ack_rtts": seconds / rtt if rtt else None}
+
+
+def hanging_feishu(url: str, fake: FakeFeishuProcess) -> dict:
+    """Ack latency while every send hangs longer than the delivery deadline."""
+    fake.control(hang_sends=DEADLINE + 2)
+    try:
+        seconds = one_push_latency(url, push_body("bench/yeshui-client", "Y_野水发财（压测）", 99))
+    finally:
+        fake.control(hang_sends=None)
+    return {"ack_s": seconds, "deadline_s": DEADLINE}
+
+
+def burst(folder: Path, args) -> dict:
+    """300 pushes at once over 10 projects with one owner each, Feishu's quotas enforced."""
+    fake = FakeFeishuProcess(args.rtt, quotas=True)
+    service = start_service(folder, fake.url, pacing=True)
+    try:
+        url = service.url + "/gitlab-webhook"
+        for i in range(BURST_PROJECTS):      # warm both workers' caches, as on a service that has been running
+            for n in range(2):
+                one_push_latency(url, push_body(f"bench/burst-{i}", f"压测项目{i}", 10_000 + 10 * i + n))
+        time.sleep(1.5)                      # let the warm-up leave the quota windows
+        fake.control(reset=True)
+        bodies = [push_body(f"bench/burst-{n % BURST_PROJECTS}", f"压测项目{n % BURST_PROJECTS}", n)
+                  for n in range(args.burst)]
+        started = time.monotonic()
+        result = run_python(url, bodies, TOKEN, connections=32, total=args.burst)
+        waited = wait_delivered(fake, args.burst, 60)
+        drained = time.monotonic() - started if waited is not None else None
+        state = fake.state()
+    finally:
+        service.stop()
+        fake.stop()
+    minimum = args.burst / 50                # the app quota: 50 messages a second (and 5/s to each owner)
+    return {"pushes": args.burst, "acked_2xx": result.requests - result.non_2xx,
+            "slowest_ack_ms": max(result.latencies_ms or [0]), "drain_s": drained, "quota_bound_s": minimum,
+            "delivered": state["delivered"], "attempts_per_card": state["counts"]["send"] / max(state["delivered"], 1),
+            "rate_limited": state["rate_limited"]}
+
+
+def write_owners(folder: Path) -> None:
+    owners = {"bench/yeshui-client": "owner@example.com", "bench/ten-owners": TEN_OWNERS}
+    owners.update({f"bench/burst-{i}": f"burst{i}@example.com" for i in range(BURST_PROJECTS)})
+    # Plain UTF-8 without a BOM: the naive server reads it with encoding="utf-8".
+    (folder / "owners.json").write_text(json.dumps(owners, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def run(args) -> dict:
+    results: dict = {"cores": os.cpu_count(), "rtt_ms": args.rtt * 1000, "connections": args.connections,
+                     "duration_s": args.duration, "loadgen": args.loadgen}
+    body = push_body("bench/yeshui-client", "Y_野水发财（压测）")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_owners(folder)
+        fake = FakeFeishuProcess(args.rtt)
+        try:
+            service = start_service(folder, fake.url, pacing=False)
+            try:
+                url = service.url + "/gitlab-webhook"
+                results["service"] = capacity(service, fake, args, body)
+                results["ten_owners"] = ten_owners(url, args.rtt)
+                results["hanging_feishu"] = hanging_feishu(url, fake)
+            finally:
+                service.stop()
+            if args.baseline and Path(args.baseline).is_file():
+                fake.control(reset=True)
+                baseline = start_baseline(folder, fake.url)
+                try:
+                    results["baseline"] = capacity(baseline, fake, args, body)
+                finally:
+                    baseline.stop()
+        finally:
+            fake.stop()
+        if args.burst:
+            results["burst"] = burst(folder, args)
+    return results
+
+
+ROWS = [("webhooks/s", "webhooks_per_s", "{:.1f}"), ("ack latency p50 (ms)", "ack_p50_ms", "{:.1f}"),
+        ("ack latency p99 (ms)", "ack_p99_ms", "{:.1f}"), ("Feishu calls per webhook", "feishu_calls_per_webhook", "{:.2f}"),
+        ("cards delivered per webhook", "cards_per_webhook", "{:.2f}"), ("non-2xx", "non_2xx", "{:d}"),
+        ("requests Feishu refused", "refused_by_feishu", "{:d}"), ("peak memory (MB)", "peak_rss_mb", "{:.1f}")]
+
+
+def table(results: dict) -> str:
+    service, baseline = results["service"], results.get("baseline")
+    lines = [f"{results['cores']} cores, Feishu RTT {results['rtt_ms']:.0f} ms, {results['connections']} connections, "
+             f"{results['duration_s']:g} s per server, load: {results['loadgen']}", "",
+             f"{'':<30}{'this service':>14}{'naive server':>14}{'ratio':>9}"]
+    for label, key, fmt in ROWS:
+        other = fmt.format(baseline[key]) if baseline else "-"
+        ratio = f"{service[key] / baseline[key]:.1f}x" if baseline and baseline[key] else ""
+        lines.append(f"{label:<30}{fmt.format(service[key]):>14}{other:>14}{ratio:>9}")
+    limit = results["connections"] / (results["rtt_ms"] / 1000)
+    lines += ["", f"synchronous limit (connections / RTT): {limit:.0f}/s; this service reached "
+                  f"{service['webhooks_per_s'] / limit:.0%}"]
+    ten = results["ten_owners"]
+    lines.append(f"10 owners, warm caches: acked in {ten['ack_ms']:.0f} ms = {ten['ack_rtts']:.2f} RTT")
+    hang = results["hanging_feishu"]
+    lines.append(f"Feishu hanging: acked in {hang['ack_s']:.2f} s (deadline {hang['deadline_s']:g} s)")
+    if "burst" in results:
+        b = results["burst"]
+        drain = f"{b['drain_s']:.1f} s" if b["drain_s"] is not None else "NOT drained in 60 s"
+        lines += [f"burst of {b['pushes']} pushes over {BURST_PROJECTS} projects, Feishu quotas enforced:",
+                  f"  acked 2xx {b['acked_2xx']}/{b['pushes']}, slowest ack {b['slowest_ack_ms']:.0f} ms; "
+                  f"drained in {drain} (quota-bound minimum {b['quota_bound_s']:.1f} s); "
+                  f"{b['delivered']} cards",
+                  f"  send attempts per card {b['attempts_per_card']:.2f}, rate-limit refusals {b['rate_limited']}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/bench.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per server (default 10)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring (default 3)")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
+    parser.add_argument("--rtt", type=float, default=0.05, help="Feishu round-trip time in seconds (default 0.05)")
+    parser.add_argument("--burst", type=int, default=300, help="pushes in the burst scenario (0 skips it)")
+    parser.add_argument("--baseline", default=str(BASELINE), help="the naive server (default: %(default)s)")
+    parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if have_wrk() else "python")
+    parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    args = parser.parse_args(argv)
+    results = run(args)
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

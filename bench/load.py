@@ -1,0 +1,149 @@
+"""Load generators for the benchmark: wrk when it is installed, a Python one otherwise.
+
+Every request is a real GitLab push with a fresh Idempotency-Key, sent over
+kept-alive connections, as GitLab's own HTTP client would.
+"""
+from __future__ import annotations
+
+import http.client
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+WRK_SCRIPT = r"""
+local threads_made = 0
+local counter = 0
+local body, token, run
+
+function setup(thread)
+  threads_made = threads_made + 1
+  thread:set("tid", threads_made)
+end
+
+function init(args)
+  local file = io.open(args[1], "rb")
+  body = file:read("*a")
+  file:close()
+  token, run = args[2], args[3]
+end
+
+function request()
+  counter = counter + 1
+  local key = string.format("bench-%s-%d-%d", run, tid, counter)
+  return wrk.format("POST", nil, {
+    ["Content-Type"] = "application/json",
+    ["User-Agent"] = "GitLab/18.6.0",
+    ["X-Gitlab-Event"] = "Push Hook",
+    ["X-Gitlab-Token"] = token,
+    ["Idempotency-Key"] = key,
+    ["X-Gitlab-Event-UUID"] = key,
+  }, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %d %d %d %d %f %f\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write, e.status, e.timeout, 0, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    errors: int
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def run_wrk(url: str, body: bytes, token: str, *, connections: int, seconds: float) -> LoadResult:
+    """Drive `url` with wrk for `seconds` over `connections` kept-alive connections."""
+    with tempfile.TemporaryDirectory() as folder:
+        script, body_file = Path(folder, "push.lua"), Path(folder, "push.json")
+        script.write_text(WRK_SCRIPT, encoding="utf-8")
+        body_file.write_bytes(body)
+        threads = max(1, min(2, connections))
+        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
+                              "--timeout", "10s", "-s", str(script), url, "--", str(body_file), token,
+                              uuid.uuid4().hex],
+                             capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("BENCH "))
+    requests, micros, socket_errors, status_errors, timeouts, _, p50, p99 = line.split()[1:]
+    return LoadResult(requests=int(requests), seconds=int(micros) / 1e6, p50_ms=float(p50) / 1000,
+                      p99_ms=float(p99) / 1000, non_2xx=int(status_errors),
+                      errors=int(socket_errors) + int(timeouts))
+
+
+def run_python(url: str, bodies: list[bytes], token: str, *, connections: int, seconds: float | None = None,
+               total: int | None = None) -> LoadResult:
+    """Drive `url` from threads, for `seconds` or until `total` requests have been sent (cycling `bodies`)."""
+    parts = urlsplit(url)
+    lock = threading.Lock()
+    sent = 0
+    latencies: list[float] = []
+    statuses: list[int] = []
+    errors = 0
+    stop_at = time.monotonic() + seconds if seconds else None
+
+    def next_body() -> bytes | None:
+        nonlocal sent
+        with lock:
+            if (total is not None and sent >= total) or (stop_at and time.monotonic() >= stop_at):
+                return None
+            sent += 1
+            return bodies[(sent - 1) % len(bodies)]
+
+    def client() -> None:
+        nonlocal errors
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+        while (body := next_body()) is not None:
+            key = str(uuid.uuid4())
+            headers = {"Content-Type": "application/json", "User-Agent": "GitLab/18.6.0",
+                       "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": token, "Idempotency-Key": key,
+                       "X-Gitlab-Event-UUID": key}
+            started = time.perf_counter()
+            try:
+                conn.request("POST", parts.path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+                with lock:
+                    errors += 1
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000)
+                statuses.append(status)
+        conn.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    ordered = sorted(latencies) or [0.0]
+    return LoadResult(requests=len(latencies), seconds=elapsed, p50_ms=statistics.median(ordered),
+                      p99_ms=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+                      non_2xx=sum(1 for s in statuses if not 200 <= s < 300), errors=errors, latencies_ms=latencies)
