@@ -1,0 +1,21 @@
+"""The benchmark is a tool, not a test: this only checks that a tiny run produces its table."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.servers import ROOT
+
+
+def test_a_tiny_benchmark_run_prints_its_table(tmp_path):
+    results = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "bench/bench.py", "--duration", "1", "--warmup", "0.3", "--connections", "2",
+                          "--burst", "10", "--baseline", "", "--loadgen", "python", "--json", str(results)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    for row in ("webhooks/s", "ack latency p99 (ms)", "Feishu calls per webhook", "cards delivered per webhook",
+                "non-2xx", "peak memory (MB)", "10 owners", "Feishu hanging", "burst of 10 pushes"):
+        assert row in run.stdout
+    measured = json.loads(results.read_text(encoding="utf-8"))
+    assert {"service", "ten_owners", "hanging_feishu", "burst"} <= set(measured)
