@@ -15,6 +15,7 @@ from typing import Callable
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .access import protect
 from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, token_matches
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     app.json.sort_keys = False
     app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "outbox": outbox,
                                        "worker": worker, "notifier": notifier}
+    protect(app, settings)
 
     @app.post("/gitlab-webhook")
     def gitlab_webhook():
