@@ -21,6 +21,7 @@ from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, token_matches
 from .outbox import Outbox
 from .owners import OwnersFile
+from .selfcheck import CredentialCheck
 from .service import Notifier
 from .settings import Settings
 from .worker import RetryWorker, process_owner
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     settings = settings or Settings.from_env()
     owners = OwnersFile(settings.owners_file)
     lease_owner = process_owner()
-    outbox = deliverer = worker = None
+    outbox = deliverer = worker = credentials = None
     if settings.dry_run:
         log.warning("FEISHU_APP_ID is not set: dry run, cards are written to the log and not sent")
     else:
@@ -47,8 +48,10 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
         deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, clock=clock)
         worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
                              owner=lease_owner)
-        if start_worker:
+        credentials = CredentialCheck(feishu)
+        if start_worker:            # background threads: the retry worker and the credentials self-check
             worker.start()
+            credentials.start()
     if not settings.gitlab_webhook_secret:
         log.warning("GITLAB_WEBHOOK_SECRET is not set: anyone who can reach this service can make it send cards")
     notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock)
@@ -59,7 +62,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     app.json.ensure_ascii = False      # Chinese stays readable on GitLab's Recent events page
     app.json.sort_keys = False
     app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "outbox": outbox,
-                                       "worker": worker, "notifier": notifier}
+                                       "worker": worker, "notifier": notifier, "credentials": credentials}
     protect(app, settings)
 
     @app.post("/gitlab-webhook")
@@ -87,6 +90,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
             "mode": "dry-run" if settings.dry_run else "live",
             "owners": owners.state(),
             "outbox": outbox.counts() if outbox else {"queued": 0, "failed": 0},
+            "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
         })
 
     @app.errorhandler(HTTPException)
