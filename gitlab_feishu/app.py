@@ -16,6 +16,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .access import protect
+from .alerts import Alerter
 from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, token_matches
@@ -44,10 +45,12 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     else:
         outbox = Outbox(settings.data_dir / "outbox.sqlite3", clock=clock)
         feishu = feishu or FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret)
+        alerter = Alerter(settings, outbox, lease_owner=lease_owner, clock=clock) if settings.admin_emails else None
         pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
-        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, clock=clock)
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, clock=clock,
+                              on_failed=alerter.delivery_failed if alerter else None)
         worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
-                             owner=lease_owner)
+                             owner=lease_owner, watch_queue=alerter.watch_queue if alerter else None)
         credentials = CredentialCheck(feishu)
         if start_worker:            # background threads: the retry worker and the credentials self-check
             worker.start()

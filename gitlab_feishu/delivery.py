@@ -41,13 +41,15 @@ class Deliverer:
     """Sends recorded deliveries to Feishu and records what happened."""
 
     def __init__(self, outbox: Outbox, feishu: FeishuClient, *, pool: ThreadPoolExecutor, retry_base: float,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
+                 on_failed: Callable[[Delivery, FeishuError | str], None] | None = None):
         self.outbox = outbox
         self.feishu = feishu
         self.pool = pool
         self.retry_base = retry_base
         self.clock = clock
         self.sleep = sleep
+        self.on_failed = on_failed      # told about every delivery marked failed for good (admin alerts)
 
     def deliver(self, rows: list[Delivery], deadline: float, *, retry_inline: bool = True) -> dict[int, Outcome]:
         """Attempt each row until `deadline`; rows still in flight then are reported queued.
@@ -135,6 +137,7 @@ class Deliverer:
         if isinstance(error, str) or not error.retryable:
             self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
             log.error("delivery to %s failed for good: %s", row.recipient, message)
+            self._tell_failed(row, error)
             return Outcome(FAILED, message)
         now = self.clock()
         next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
@@ -144,7 +147,12 @@ class Deliverer:
             message = f"gave up after retrying until the retry window closed; last error: {message}"
             self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
             log.error("delivery to %s failed for good: %s", row.recipient, message)
+            self._tell_failed(row, error)
             return Outcome(FAILED, message)
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=message, next_attempt_at=next_at)
         log.warning("delivery to %s queued for retry in %.0f s: %s", row.recipient, next_at - now, message)
         return Outcome(QUEUED, message)
+
+    def _tell_failed(self, row: Delivery, error: FeishuError | str) -> None:
+        if self.on_failed is not None:
+            self.on_failed(row, error)
