@@ -82,9 +82,13 @@ class ClientAddress:
 def protect(app: Flask, settings: Settings) -> None:
     """Resolve client addresses and refuse sources outside ALLOWED_SOURCES before any other check."""
     app.wsgi_app = ClientAddress(app.wsgi_app, settings.trusted_proxies)
+    if settings.trusted_proxies:
+        log.info("X-Forwarded-For is read from requests through %s (TRUSTED_PROXIES)",
+                 ", ".join(map(str, settings.trusted_proxies)))
     allowed = settings.allowed_sources
     if not allowed:
         return
+    log.info("only %s may call this service (ALLOWED_SOURCES)", ", ".join(map(str, allowed)))
 
     @app.before_request
     def refuse_unknown_sources():

@@ -288,8 +288,7 @@ def _retry_after(rsp: requests.Response) -> float | None:
 
 
 def missing_scopes(msg: str) -> str:
-    """The scopes a 99991672 message names, e.g. "contact:user.id:readonly or contact:user.employee_id:readonly"."""
-    # 99991672's msg reads "Access denied. One of the following scopes is required: [a, b]. ..."
+    """The scopes a 99991672 msg names ("Access denied. One of the following scopes is required: [a, b]. ...")."""
     listed = re.search(r"\[([^\]]+)\]", msg)
     if listed:
         return " or ".join(scope.strip() for scope in listed.group(1).split(","))
