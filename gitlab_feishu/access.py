@@ -72,7 +72,7 @@ class ClientAddress:
 
     def __call__(self, environ, start_response):
         peer = environ.get("REMOTE_ADDR", "")
-        # Several X-Forwarded-For lines arrive joined by ", " (PEP 3333), which is the order they were added in.
+        # WSGI servers join repeated X-Forwarded-For lines with commas, in the order they arrived.
         address = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted_proxies)
         environ[PEER_KEY] = peer
         environ["REMOTE_ADDR"] = str(address) if address is not None else UNKNOWN

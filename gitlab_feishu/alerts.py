@@ -148,9 +148,10 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
 def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
     """The alert card (card JSON 2.0): what is wrong, what to do, and the details."""
     labels = LABELS[lang]
+    title, wrong, action = TEXTS[problem.kind][lang]
+    title = title.format(**problem.values)                 # plain_text: shown as is
     values = {name: escape_markdown(str(value)) for name, value in problem.values.items()}
-    title, wrong, action = (text.format(**values) for text in TEXTS[problem.kind][lang])
-    plain_title = TEXTS[problem.kind][lang][0].format(**problem.values)
+    wrong, action = wrong.format(**values), action.format(**values)
     lines = [f"**{labels['problem']}**  {wrong}", f"**{labels['action']}**  {action}"]
     if problem.kind != "backlog":
         lines.append(RETRY_HINT[lang])
@@ -165,8 +166,8 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
                      "behaviors": [{"type": "open_url", "default_url": console_url}]})
     return {
         "schema": "2.0",
-        "config": {"summary": {"content": labels["summary"].format(title=plain_title)[:100]}},
-        "header": {"title": {"tag": "plain_text", "content": plain_title},
+        "config": {"summary": {"content": labels["summary"].format(title=title)[:100]}},
+        "header": {"title": {"tag": "plain_text", "content": title},
                    "template": "orange" if problem.kind == "backlog" else "red"},
         "body": {"elements": elements},
     }
