@@ -15,12 +15,15 @@ from typing import Callable
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .access import protect
+from .alerts import Alerter
 from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, token_matches
 from .outbox import Outbox
 from .owners import OwnersFile
 from .pacing import Pacer
+from .selfcheck import CredentialCheck
 from .service import Notifier
 from .settings import Settings
 from .worker import RetryWorker, process_owner
@@ -37,21 +40,24 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     settings = settings or Settings.from_env()
     owners = OwnersFile(settings.owners_file)
     lease_owner = process_owner()
-    outbox = deliverer = worker = None
+    outbox = deliverer = worker = credentials = None
     if settings.dry_run:
         log.warning("FEISHU_APP_ID is not set: dry run, cards are written to the log and not sent")
     else:
         outbox = Outbox(settings.data_dir / "outbox.sqlite3", clock=clock)
         feishu = feishu or FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret)
+        alerter = Alerter(settings, outbox, lease_owner=lease_owner, clock=clock) if settings.admin_emails else None
         pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
         pacer = Pacer(settings.data_dir / "pacing.sqlite3", clock=clock) if settings.feishu_pacing else None
         deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, pacer=pacer,
-                              clock=clock)
+                              clock=clock, on_failed=alerter.delivery_failed if alerter else None)
         worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
-                             owner=lease_owner)
+                             owner=lease_owner, watch_queue=alerter.watch_queue if alerter else None)
         deliverer.on_due = worker.wake
-        if start_worker:
+        credentials = CredentialCheck(feishu)
+        if start_worker:            # background threads: the retry worker and the credentials self-check
             worker.start()
+            credentials.start()
     if not settings.gitlab_webhook_secret:
         log.warning("GITLAB_WEBHOOK_SECRET is not set: anyone who can reach this service can make it send cards")
     notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock)
@@ -62,7 +68,8 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     app.json.ensure_ascii = False      # Chinese stays readable on GitLab's Recent events page
     app.json.sort_keys = False
     app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "outbox": outbox,
-                                       "worker": worker, "notifier": notifier}
+                                       "worker": worker, "notifier": notifier, "credentials": credentials}
+    protect(app, settings)
 
     @app.post("/gitlab-webhook")
     def gitlab_webhook():
@@ -89,6 +96,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
             "mode": "dry-run" if settings.dry_run else "live",
             "owners": owners.state(),
             "outbox": outbox.counts() if outbox else {"queued": 0, "failed": 0},
+            "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
         })
 
     @app.errorhandler(HTTPException)

@@ -11,6 +11,7 @@ from .settings import ConfigError, Settings
 log = logging.getLogger("gitlab_feishu.cli")
 
 WAITRESS_THREADS = 32          # webhooks served at once; each may wait on Feishu for a round trip
+SELF_CHECK_WAIT = 4.0          # the banner waits this long for the Feishu credentials check
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +59,13 @@ def serve(settings: Settings) -> int:
     configure_logging(settings, to_file=True)
     app = create_app(settings)
     owners = app.extensions["gitlab_feishu"]["owners"]
+    credentials = app.extensions["gitlab_feishu"]["credentials"]
+    if credentials is None:
+        feishu_state = "not checked: dry run"
+    elif credentials.wait(SELF_CHECK_WAIT):
+        feishu_state = credentials.describe()
+    else:
+        feishu_state = "unknown: still checking (the log and /healthz will say)"
     url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     banner = [
         "GitLab -> Feishu notifier",
@@ -67,6 +75,10 @@ def serve(settings: Settings) -> int:
         " use this machine's address as GitLab sees it)",
         f"  secret:  {'set' if settings.gitlab_webhook_secret else 'NOT SET - anyone who can reach this port can send'}",
         f"  logs:    {settings.log_dir / 'webhook_server.log'}",
+        f"  feishu:  credentials {feishu_state}",
+        f"  sources: {_networks(settings.allowed_sources) or 'anyone (ALLOWED_SOURCES not set)'}"
+        + (f" (trusted proxies: {_networks(settings.trusted_proxies)})" if settings.trusted_proxies else ""),
+        f"  alerts:  {', '.join(settings.admin_emails) or 'off (ADMIN_EMAILS not set)'}",
     ]
     print("\n".join(banner), flush=True)
     waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
@@ -120,3 +132,7 @@ def _outbox(settings: Settings):
 
 def _time(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _networks(networks) -> str:
+    return ", ".join(str(n.network_address if n.num_addresses == 1 else n) for n in networks)

@@ -44,7 +44,8 @@ class Deliverer:
 
     def __init__(self, outbox: Outbox, feishu: FeishuClient, *, pool: ThreadPoolExecutor, retry_base: float,
                  pacer: Pacer | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_failed: Callable[[Delivery, FeishuError | str], None] | None = None):
         self.outbox = outbox
         self.feishu = feishu
         self.pool = pool
@@ -52,6 +53,7 @@ class Deliverer:
         self.pacer = pacer
         self.clock = clock
         self.sleep = sleep
+        self.on_failed = on_failed      # told about every delivery marked failed for good (admin alerts)
         self.on_due: Callable[[], None] = lambda: None   # told when a row is queued due at once
 
     def deliver(self, rows: list[Delivery], deadline: float, *, retry_inline: bool = True) -> dict[int, Outcome]:
@@ -146,6 +148,7 @@ class Deliverer:
         if isinstance(error, str) or not error.retryable:
             self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
             log.error("delivery to %s failed for good: %s", row.recipient, message)
+            self._tell_failed(row, error)
             return Outcome(FAILED, message)
         now = self.clock()
         next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
@@ -155,9 +158,14 @@ class Deliverer:
             message = f"gave up after retrying until the retry window closed; last error: {message}"
             self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
             log.error("delivery to %s failed for good: %s", row.recipient, message)
+            self._tell_failed(row, error)
             return Outcome(FAILED, message)
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=message, next_attempt_at=next_at)
         if next_at <= now:
             self.on_due()
         log.warning("delivery to %s queued for retry in %.0f s: %s", row.recipient, next_at - now, message)
         return Outcome(QUEUED, message)
+
+    def _tell_failed(self, row: Delivery, error: FeishuError | str) -> None:
+        if self.on_failed is not None:
+            self.on_failed(row, error)

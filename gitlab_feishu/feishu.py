@@ -263,7 +263,7 @@ def _code_error(what: str, rsp: requests.Response, payload: dict) -> FeishuError
     log_id = str(error.get("log_id") or rsp.headers.get("X-Tt-Logid", ""))
     if code in ERRORS:
         retryable, hint = ERRORS[code]
-        hint = hint.replace("{scopes}", _missing_scopes(msg))
+        hint = hint.replace("{scopes}", missing_scopes(msg))
     elif rsp.status_code == 429 or rsp.status_code >= 500:
         retryable, hint = True, f"Feishu answered HTTP {rsp.status_code}: retry later"
     else:
@@ -292,8 +292,8 @@ def _retry_after(rsp: requests.Response) -> float | None:
         return None
 
 
-def _missing_scopes(msg: str) -> str:
-    # 99991672's msg reads "Access denied. One of the following scopes is required: [a, b]. ..."
+def missing_scopes(msg: str) -> str:
+    """The scopes a 99991672 msg names ("Access denied. One of the following scopes is required: [a, b]. ...")."""
     listed = re.search(r"\[([^\]]+)\]", msg)
     if listed:
         return " or ".join(scope.strip() for scope in listed.group(1).split(","))

@@ -23,6 +23,7 @@ LEASE_SECONDS = 60.0         # longer than a round, so a live worker never loses
 KEEP_EVENTS_SECONDS = 2 * 24 * 3600   # idempotency keys outlive GitLab's 24 h of resends
 STATUS_LOG_INTERVAL = 300.0
 PRUNE_INTERVAL = 3600.0
+QUEUE_WATCH_INTERVAL = 30.0
 
 
 def process_owner() -> str:
@@ -34,7 +35,8 @@ class RetryWorker:
     """Claims due deliveries and attempts them again, with backoff decided by the Deliverer."""
 
     def __init__(self, outbox: Outbox, deliverer: Deliverer, *, retry_base: float,
-                 clock: Callable[[], float] = time.time, owner: str | None = None):
+                 clock: Callable[[], float] = time.time, owner: str | None = None,
+                 watch_queue: Callable[[int], None] | None = None):
         self.outbox = outbox
         self.deliverer = deliverer
         self.clock = clock
@@ -46,6 +48,8 @@ class RetryWorker:
         self._thread: threading.Thread | None = None
         self._next_status_log = 0.0
         self._next_prune = 0.0
+        self.watch_queue = watch_queue      # told the queued count now and then (the backlog alert)
+        self._next_queue_watch = 0.0
 
     def run_once(self) -> int:
         """Attempt every delivery that is due now; returns how many were attempted."""
@@ -68,6 +72,9 @@ class RetryWorker:
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
             self.outbox.prune(keep_seconds=KEEP_EVENTS_SECONDS)
+        if self.watch_queue is not None and now >= self._next_queue_watch:
+            self._next_queue_watch = now + QUEUE_WATCH_INTERVAL
+            self.watch_queue(self.outbox.counts()["queued"])
 
     def wake(self) -> None:
         """Look at the outbox now rather than at the next poll (something is due)."""

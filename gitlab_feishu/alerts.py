@@ -1,0 +1,233 @@
+"""Admin alerts: one Feishu card to ADMIN_EMAILS when something needs a person.
+
+Two things raise an alert: a delivery that failed for good (an unknown email,
+a user outside the app's availability range, a missing permission, a refused
+card ...) and a queue that stayed above ALERT_QUEUE_THRESHOLD for
+BACKLOG_SECONDS. Each has a problem key: the Feishu code, plus the recipient
+when only that person is affected (a missing permission or a refused card
+affects everyone, and is one problem). A problem is alerted at most once an
+hour: the alert is an outbox event keyed by problem and hour, so the outbox's
+idempotency holds the rule across processes and restarts, and the retry
+worker sends (and retries) it like any delivery. A failed alert never raises
+another one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .cards import card_content, escape_markdown
+from .feishu import FeishuError, missing_scopes
+from .outbox import Delivery, NewDelivery, Outbox
+from .service import RETRY_WINDOW, feishu_uuid
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+ALERT_PREFIX = "alert:"
+ALERT_PERIOD = 3600.0          # one alert per problem per hour
+BACKLOG_SECONDS = 300.0        # how long the queue must stay above the threshold
+DETAIL_CHARS = 1000            # of the error line shown on the card
+
+CARD_CODES = frozenset({230099, 230025, 200621})
+# Codes that affect every delivery, not one recipient: one problem however many owners hit it.
+APP_WIDE_CODES = CARD_CODES | {99991672, 230006, 10003, 10014, 10015, 99991543}
+
+RETRY_HINT = {"zh": "修复后运行 `python webhook_server.py --retry-failed` 重新发送失败的通知。",
+              "en": "After fixing it, run `python webhook_server.py --retry-failed` to send the failed notifications."}
+TEXTS = {   # kind -> lang -> (title, what is wrong, what to do); {placeholders} are escaped before use
+    "unknown_email": {
+        "zh": ("飞书中找不到 {recipient}",
+               "owners.json 中的这个邮箱在飞书中查不到，或此人不在应用的通讯录权限范围内，通知没有发给他。",
+               "确认这是此人的飞书账号邮箱；或在飞书开发者后台「权限管理」中把通讯录权限范围扩大到包含此人，"
+               "并发布新版本；也可以在 owners.json 中改写此人的 open_id（ou_...）。"),
+        "en": ("{recipient} not found in Feishu",
+               "This email in owners.json is unknown to Feishu or outside the app's contact scope, so the "
+               "notification did not reach them.",
+               "Check that it is the person's Feishu login email, or widen the app's contact data scope under "
+               "Permissions & Scopes (权限管理) in the Feishu developer console and publish a new version, or put "
+               "the person's open_id (ou_...) in owners.json."),
+    },
+    "availability": {
+        "zh": ("{recipient} 不在应用的可用范围内",
+               "飞书拒绝给此人发消息（230013）：此人不在应用的可用范围内，或已离职。",
+               "在飞书开发者后台「可用范围」中加入此人，并发布新版本。"),
+        "en": ("{recipient} is outside the app's availability range",
+               "Feishu refused to message this person (230013): they are outside the app's availability range, "
+               "or have left the company.",
+               "Add them under Availability (可用范围) in the Feishu developer console and publish a new version."),
+    },
+    "permission": {
+        "zh": ("飞书应用缺少权限 {scopes}",
+               "飞书拒绝了调用（99991672）：应用没有 {scopes} 权限，通知发不出去。",
+               "在飞书开发者后台「权限管理」中开通 {scopes}，并发布新版本。"),
+        "en": ("The Feishu app lacks the permission {scopes}",
+               "Feishu refused the call (99991672): the app lacks {scopes}, so notifications cannot go out.",
+               "Add {scopes} under Permissions & Scopes (权限管理) in the Feishu developer console and publish a "
+               "new version."),
+    },
+    "card": {
+        "zh": ("飞书拒收了通知卡片（{code}）",
+               "飞书拒收了一张通知卡片：卡片格式有误或超过 30 KB。",
+               "这通常是本服务的缺陷：请把下面的错误信息（含 log id）和项目名报告给维护者。"),
+        "en": ("Feishu refused a notification card ({code})",
+               "Feishu refused a notification card: bad card JSON or over 30 KB.",
+               "This is usually a bug in this service: report the error below (with its log id) and the project "
+               "to its maintainers."),
+    },
+    "expired": {
+        "zh": ("通知重试 24 小时后仍未送达",
+               "飞书长时间不可用或一直限流，通知在重试期限内没有发出，已标记为失败。",
+               "确认飞书已恢复、服务能访问飞书开放平台。"),
+        "en": ("A notification was not delivered in 24 hours of retries",
+               "Feishu was unreachable or rate-limiting for a long time; the notification is marked failed.",
+               "Check that Feishu is back and that this service can reach the Feishu Open Platform."),
+    },
+    "other": {
+        "zh": ("通知发送失败（{code}）",
+               "飞书拒绝了发给 {recipient} 的通知，重试也无济于事。",
+               "按下方错误信息中的提示处理（飞书开发者后台）。"),
+        "en": ("A notification failed ({code})",
+               "Feishu refused the notification to {recipient}; retrying will not help.",
+               "Follow the hint in the error below (in the Feishu developer console)."),
+    },
+    "backlog": {
+        "zh": ("待发送通知积压：{queued} 条",
+               "超过 {minutes} 分钟以来，待发送的通知一直多于 {threshold} 条："
+               "飞书可能不可用、在限流，或应用凭证失效。",
+               "查看服务日志和 `python webhook_server.py --outbox` 中的错误；"
+               "在飞书开发者后台确认应用已启用、凭证有效。"),
+        "en": ("Notification backlog: {queued} queued",
+               "For more than {minutes} minutes over {threshold} notifications have been waiting: Feishu may be "
+               "down or rate-limiting, or the app's credentials stopped working.",
+               "Look at the service log and `python webhook_server.py --outbox`; in the Feishu developer console, "
+               "check that the app is enabled and its credentials are valid."),
+    },
+}
+LABELS = {
+    "zh": {"problem": "问题", "action": "处理", "recipient": "收件人", "project": "项目", "error": "错误信息",
+           "console": "打开飞书开发者后台", "summary": "GitLab 通知服务告警：{title}"},
+    "en": {"problem": "Problem", "action": "What to do", "recipient": "Recipient", "project": "Project",
+           "error": "Error", "console": "Open the Feishu developer console",
+           "summary": "GitLab notifier alert: {title}"},
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str                   # what makes two failures the same problem, e.g. "230013:zhangsan@example.com"
+    kind: str                  # a key of TEXTS
+    values: dict               # placeholders of its texts
+    detail: str = ""           # the error line: Feishu code, message, log id, hint
+    project: str = ""
+
+
+def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Problem:
+    """The problem behind a delivery that failed for good."""
+    recipient = row.recipient
+    if isinstance(error, str):
+        return Problem(f"unknown-email:{recipient}", "unknown_email", {"recipient": recipient}, error, project)
+    detail = str(error)
+    if error.retryable:                                     # it was retried until the retry window closed
+        return Problem("expired", "expired", {}, detail, project)
+    code = error.code if error.code is not None else f"HTTP {error.http_status}"
+    values = {"recipient": recipient, "code": code}
+    if error.code == 230013:
+        return Problem(f"230013:{recipient}", "availability", values, detail, project)
+    if error.code == 99991672:
+        scopes = missing_scopes(error.message)
+        return Problem(f"99991672:{scopes}", "permission", {**values, "scopes": scopes}, detail, project)
+    if error.code in CARD_CODES:
+        return Problem(f"card:{code}", "card", values, detail, project)
+    scope = "*" if error.code in APP_WIDE_CODES or error.code is None else recipient
+    return Problem(f"{code}:{scope}", "other", values, detail, project)
+
+
+def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
+    """The alert card (card JSON 2.0): what is wrong, what to do, and the details."""
+    labels = LABELS[lang]
+    title, wrong, action = TEXTS[problem.kind][lang]
+    title = title.format(**problem.values)                 # plain_text: shown as is
+    values = {name: escape_markdown(str(value)) for name, value in problem.values.items()}
+    wrong, action = wrong.format(**values), action.format(**values)
+    lines = [f"**{labels['problem']}**  {wrong}", f"**{labels['action']}**  {action}"]
+    if problem.kind != "backlog":
+        lines.append(RETRY_HINT[lang])
+    for label, value in ((labels["project"], problem.project), (labels["recipient"], problem.values.get("recipient"))):
+        if value:
+            lines.append(f"<font color='grey'>{label}</font>  {escape_markdown(value)}")
+    elements = [{"tag": "markdown", "content": "\n".join(lines)}]
+    if problem.detail:
+        elements += [{"tag": "hr"}, {"tag": "markdown", "content": f"<font color='grey'>{labels['error']}</font>\n"
+                                                                   f"{escape_markdown(problem.detail[:DETAIL_CHARS])}"}]
+    elements.append({"tag": "button", "type": "primary", "text": {"tag": "plain_text", "content": labels["console"]},
+                     "behaviors": [{"type": "open_url", "default_url": console_url}]})
+    return {
+        "schema": "2.0",
+        "config": {"summary": {"content": labels["summary"].format(title=title)[:100]}},
+        "header": {"title": {"tag": "plain_text", "content": title},
+                   "template": "orange" if problem.kind == "backlog" else "red"},
+        "body": {"elements": elements},
+    }
+
+
+class Alerter:
+    """Raises admin alerts into the outbox; the retry worker delivers them."""
+
+    def __init__(self, settings: Settings, outbox: Outbox, *, lease_owner: str,
+                 clock: Callable[[], float] = time.time):
+        self.admins = settings.admin_emails
+        self.lang = settings.card_lang
+        self.threshold = settings.alert_queue_threshold
+        self.console_url = f"{settings.feishu_base_url}/app/{settings.feishu_app_id}"
+        self.outbox = outbox
+        self.lease_owner = lease_owner
+        self.clock = clock
+        self._backlog_since: float | None = None
+
+    def delivery_failed(self, row: Delivery, error: FeishuError | str) -> None:
+        """Deliverer hook: a delivery was marked failed for good."""
+        if row.event_key.startswith(ALERT_PREFIX):
+            return                       # an alert that cannot be delivered must not raise another alert
+        try:
+            summary = self.outbox.event_summary(row.event_key)
+            self.raise_alert(classify(row, error, summary[1] if summary else ""))
+        except Exception:                # an alert must never break the delivery that triggered it
+            log.exception("could not raise an admin alert for delivery %s", row.id)
+
+    def watch_queue(self, queued: int) -> None:
+        """RetryWorker hook, called now and then with the number of queued deliveries."""
+        now = self.clock()
+        if queued <= self.threshold:
+            self._backlog_since = None
+            return
+        if self._backlog_since is None:
+            self._backlog_since = now
+        if now - self._backlog_since >= BACKLOG_SECONDS:
+            values = {"queued": queued, "threshold": self.threshold, "minutes": int(BACKLOG_SECONDS // 60)}
+            try:
+                self.raise_alert(Problem("queue-backlog", "backlog", values))
+            except Exception:
+                log.exception("could not raise the queue backlog alert")
+
+    def raise_alert(self, problem: Problem) -> bool:
+        """Queue one alert card to every admin unless this problem was alerted within the hour."""
+        now = self.clock()
+        hour = int(now // ALERT_PERIOD)
+        # Keys name clock hours; the previous hour's alert also counts while it is less than an hour old.
+        earlier = self.outbox.event_rows(f"{ALERT_PREFIX}{problem.key}:{hour - 1}")
+        if earlier and earlier[0].created_at > now - ALERT_PERIOD:
+            return False
+        key = f"{ALERT_PREFIX}{problem.key}:{hour}"
+        content = card_content(render_alert(problem, self.lang, self.console_url))
+        planned = [NewDelivery("dm", admin, f"admin alert: {problem.kind}", content, feishu_uuid(key, "dm", admin))
+                   for admin in self.admins]
+        # Not leased (lease_seconds=0): the retry worker picks it up within a second, off the request's path.
+        created, _ = self.outbox.begin_event(key, "alert", problem.key, planned, lease_owner=self.lease_owner,
+                                             lease_seconds=0, retry_window=RETRY_WINDOW)
+        if created:
+            log.warning("admin alert for %s to %s: %s", problem.key, ", ".join(self.admins), problem.detail or
+                        TEXTS[problem.kind]["en"][0].format(**problem.values))
+        return created

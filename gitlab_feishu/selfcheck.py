@@ -1,0 +1,89 @@
+"""Start-up self-check: do the Feishu app credentials work?
+
+In live mode each process fetches a tenant token in a background thread, so a
+Feishu that is down or slow never delays start-up. The answer goes to the log,
+the waitress banner and /healthz. When Feishu cannot be reached the answer is
+"unknown" and the check is repeated (10 s, doubling up to 5 minutes) until
+Feishu gives a definite answer; a rejection is final until the settings change,
+which takes a restart anyway.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from .feishu import FeishuClient, FeishuError
+
+log = logging.getLogger(__name__)
+
+CHECK_BUDGET = 5.0          # seconds one check may take: connect and read timeouts included
+FIRST_RETRY = 10.0
+MAX_RETRY = 300.0
+
+OK, REJECTED, ERROR, UNKNOWN = "ok", "rejected", "error", "unknown"
+_LOG_LEVELS = {OK: logging.INFO, REJECTED: logging.ERROR, ERROR: logging.ERROR, UNKNOWN: logging.WARNING}
+
+
+class CredentialCheck:
+    """Fetches a tenant token and remembers what Feishu said about the app's credentials."""
+
+    def __init__(self, feishu: FeishuClient, *, budget: float = CHECK_BUDGET):
+        self.feishu = feishu
+        self.budget = budget
+        self._state = (UNKNOWN, "not checked yet")      # replaced whole, so readers need no lock
+        self._checked = threading.Event()               # set after the first check, whatever its answer
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def kind(self) -> str:
+        return self._state[0]
+
+    def describe(self) -> str:
+        """One line for /healthz and the banner, e.g. "rejected: 10014 app secret invalid: check ..."."""
+        kind, detail = self._state
+        return f"{kind}: {detail}"
+
+    def check(self) -> bool:
+        """Ask Feishu once; True when the answer is definite (the credentials work, or are refused)."""
+        try:
+            self.feishu.tenant_token(budget=self.budget)
+        except FeishuError as exc:
+            self._set(*_judge(exc))
+        else:
+            self._set(OK, "tenant token fetched")
+        self._checked.set()
+        return self.kind != UNKNOWN
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="feishu-self-check", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the first answer; True if there is one."""
+        return self._checked.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.budget + 1)
+
+    def _run(self) -> None:
+        delay = FIRST_RETRY
+        while not self.check() and not self._stop.wait(delay):
+            delay = min(delay * 2, MAX_RETRY)
+
+    def _set(self, kind: str, detail: str) -> None:
+        self._state = (kind, detail)
+        log.log(_LOG_LEVELS[kind], "Feishu credentials %s", self.describe())
+
+
+def _judge(exc: FeishuError) -> tuple[str, str]:
+    """What a failed token fetch says about the credentials."""
+    if exc.retryable:
+        detail = str(exc).split(": ", 1)[-1]               # drop "getting a tenant_access_token: "
+        return UNKNOWN, f"Feishu unreachable ({detail}); checking again in the background"
+    if exc.code is not None:
+        msg = exc.message.partition(f"Feishu {exc.code}: ")[2]
+        return REJECTED, f"{exc.code} {msg}: {exc.hint}" if exc.hint else f"{exc.code} {msg}"
+    return ERROR, str(exc)

@@ -1,0 +1,169 @@
+"""Who may call the service: ALLOWED_SOURCES, TRUSTED_PROXIES and X-Forwarded-For, /healthz access."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+
+import pytest
+
+from gitlab_feishu.access import client_address, parse_address
+from gitlab_feishu.app import create_app
+from gitlab_feishu.settings import ConfigError, Settings
+from tests.conftest import gitlab_headers, load_payload
+
+GITLAB = "10.20.0.0/16, 192.168.1.7, 2001:db8:1::/48"     # e.g. the GitLab runners' subnet and host
+
+
+def networks(text: str) -> tuple:
+    return tuple(ipaddress.ip_network(word.strip()) for word in text.split(",") if word.strip())
+
+
+@pytest.fixture
+def make_client(settings):
+    """A test client for a dry-run app (nothing reaches Feishu) with these sources and proxies."""
+    def make(allowed: str = GITLAB, proxies: str = ""):
+        app = create_app(dataclasses.replace(settings, feishu_app_id="", allowed_sources=networks(allowed),
+                                             trusted_proxies=networks(proxies)))
+        return app.test_client()
+    return make
+
+
+def push(client, remote_addr: str, *, forwarded_for: str | None = None, headers: dict | None = None, **kwargs):
+    headers = headers or gitlab_headers()
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
+    kwargs.setdefault("data", json.dumps(load_payload("push.json")))
+    return client.post("/gitlab-webhook", headers=headers, environ_base={"REMOTE_ADDR": remote_addr}, **kwargs)
+
+
+@pytest.mark.parametrize(("remote_addr", "status"), [
+    ("10.20.3.4", 200),                 # inside an IPv4 CIDR
+    ("10.21.0.1", 403),                 # just outside it
+    ("192.168.1.7", 200),               # a single address
+    ("192.168.1.8", 403),
+    ("2001:db8:1::25", 200),            # inside an IPv6 CIDR
+    ("2001:db8:2::25", 403),
+    ("::ffff:10.20.3.4", 200),          # IPv4-mapped IPv6 (a dual-stack socket) matches the IPv4 entry
+    ("::ffff:10.21.0.1", 403),
+    ("127.0.0.1", 403),                 # loopback is not special for the webhook
+    ("203.0.113.9", 403),
+])
+def test_only_allowed_sources_may_call_the_webhook(make_client, remote_addr, status):
+    response = push(make_client(), remote_addr)
+    assert response.status_code == status
+    if status == 403:
+        assert response.json["status"] == "error" and "ALLOWED_SOURCES" in response.json["reason"]
+    else:
+        assert response.json["status"] == "dry_run"
+
+
+def test_without_an_allowlist_anyone_may_call_but_the_token_still_applies(make_client):
+    client = make_client(allowed="")
+    assert push(client, "203.0.113.9").status_code == 200
+    assert push(client, "203.0.113.9", headers=gitlab_headers(token="wrong")).status_code == 401
+
+
+class Unreadable:
+    """A request body that fails the test if anything reads it."""
+
+    def read(self, *args):
+        raise AssertionError("the body of a refused source was read")
+
+    readline = readlines = read
+
+
+@pytest.mark.parametrize("problem", [
+    {"environ_overrides": {"CONTENT_LENGTH": str(26 * 1024 * 1024)}},   # would be 413
+    {"headers": gitlab_headers(token="wrong")},                        # would be 401
+    {"data": b"not json"},                                              # would be 400
+])
+def test_refused_source_gets_403_before_any_other_check_without_reading_the_body(make_client, problem, caplog):
+    overrides = {"wsgi.input": Unreadable(), **problem.get("environ_overrides", {})}
+    client = make_client()
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="gitlab_feishu"):
+        response = push(client, "203.0.113.9", headers=problem.get("headers"),
+                        data=problem.get("data", b'{"secret body": 1}'), environ_overrides=overrides)
+    assert response.status_code == 403
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "203.0.113.9" in record.getMessage()
+    assert "body" not in record.getMessage()
+
+
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(make_client, caplog):
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        response = push(make_client(), "203.0.113.9", forwarded_for="10.20.3.4")
+    assert response.status_code == 403
+    assert "203.0.113.9" in response.json["reason"] and "from 203.0.113.9" in caplog.text
+
+
+def test_forwarded_for_is_used_when_the_request_came_through_a_trusted_proxy(make_client):
+    client = make_client(proxies="127.0.0.1")
+    assert push(client, "127.0.0.1", forwarded_for="10.20.3.4").status_code == 200
+    assert push(client, "127.0.0.1", forwarded_for="203.0.113.9").status_code == 403
+    # A forged left-most entry cannot win: the proxy appended the real address on the right.
+    assert push(client, "127.0.0.1", forwarded_for="10.20.3.4, 203.0.113.9").status_code == 403
+
+
+def test_log_lines_name_the_resolved_client(make_client, caplog):
+    client = make_client(allowed="", proxies="127.0.0.1")
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        response = push(client, "127.0.0.1", forwarded_for="198.51.100.23", headers=gitlab_headers(token="wrong"))
+    assert response.status_code == 401
+    assert "from 198.51.100.23" in caplog.text
+
+
+@pytest.mark.parametrize(("allowed", "remote_addr", "forwarded_for", "status"), [
+    (GITLAB, "127.0.0.1", None, 200),            # local monitoring
+    (GITLAB, "::1", None, 200),
+    (GITLAB, "::ffff:127.0.0.1", None, 200),
+    (GITLAB, "10.20.3.4", None, 200),            # an allowed source
+    (GITLAB, "203.0.113.9", None, 403),
+    (GITLAB, "127.0.0.1", "203.0.113.9", 403),   # through the local proxy, from outside: not loopback
+    ("", "203.0.113.9", None, 200),              # no allowlist: open, as the webhook is
+])
+def test_healthz_is_open_to_loopback_and_the_allowlist(make_client, allowed, remote_addr, forwarded_for, status):
+    client = make_client(allowed=allowed, proxies="127.0.0.1")
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    response = client.get("/healthz", headers=headers, environ_base={"REMOTE_ADDR": remote_addr})
+    assert response.status_code == status
+
+
+TRUSTED = networks("127.0.0.1, ::1, 10.0.0.0/8")
+
+
+@pytest.mark.parametrize(("peer", "forwarded_for", "client"), [
+    ("203.0.113.9", None, "203.0.113.9"),                           # direct
+    ("203.0.113.9", "10.0.0.5", "203.0.113.9"),                     # not from a proxy: the header is ignored
+    ("127.0.0.1", None, "127.0.0.1"),                               # the proxy host itself, no header
+    ("127.0.0.1", "198.51.100.23", "198.51.100.23"),
+    ("127.0.0.1", "6.6.6.6, 198.51.100.23", "198.51.100.23"),        # forged left-most entry
+    ("127.0.0.1", "6.6.6.6, 198.51.100.23, 10.1.1.1", "198.51.100.23"),  # two trusted hops
+    ("127.0.0.1", "10.1.1.1, 10.2.2.2", "10.1.1.1"),                # every hop trusted: the left-most
+    ("::1", "2001:db8::7", "2001:db8::7"),
+    ("::ffff:127.0.0.1", "198.51.100.23", "198.51.100.23"),         # mapped peer matches the IPv4 proxy
+    ("127.0.0.1", "::ffff:198.51.100.23", "198.51.100.23"),
+    ("127.0.0.1", "198.51.100.23:61000", "198.51.100.23"),          # some proxies add the port
+    ("127.0.0.1", "[2001:db8::7]:443", "2001:db8::7"),
+    ("127.0.0.1", "not-an-address", None),                          # a broken proxy: unknown, never allowed
+    ("127.0.0.1", "", "127.0.0.1"),
+])
+def test_client_address(peer, forwarded_for, client):
+    expected = ipaddress.ip_address(client) if client else None
+    assert client_address(peer, forwarded_for, TRUSTED) == expected
+
+
+@pytest.mark.parametrize("text", ["", "unknown", "10.0.0.256", "[::1", "example.com"])
+def test_parse_address_refuses_what_is_not_an_address(text):
+    assert parse_address(text) is None
+
+
+def test_settings_read_sources_and_proxies():
+    settings = Settings.from_env({"ALLOWED_SOURCES": "10.20.0.0/16, 192.168.1.7; 2001:db8::/32",
+                                  "TRUSTED_PROXIES": "127.0.0.1"}, env_file=None)
+    assert settings.allowed_sources == networks("10.20.0.0/16, 192.168.1.7, 2001:db8::/32")
+    assert settings.trusted_proxies == networks("127.0.0.1")
+    with pytest.raises(ConfigError, match="ALLOWED_SOURCES"):
+        Settings.from_env({"ALLOWED_SOURCES": "10.20.0.0/33"}, env_file=None)

@@ -1,0 +1,271 @@
+"""Admin alerts: permanent failures and a queue backlog make one card for the admins, once per problem per hour."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from gitlab_feishu.alerts import BACKLOG_SECONDS, LABELS, TEXTS, Problem, classify, render_alert
+from gitlab_feishu.app import create_app
+from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
+from gitlab_feishu.outbox import SENT, Delivery, NewDelivery
+from gitlab_feishu.worker import QUEUE_WATCH_INTERVAL
+from tests.conftest import gitlab_headers, load_payload
+from tests.fake_feishu import FakeFeishu, check_card
+
+ADMIN = "ops@example.com"
+MINUTE = 60.0
+SCOPE_DENIED = ("Access denied. One of the following scopes is required: [im:message, im:message:send_as_bot]. "
+                "应用尚未开通所需的应用身份权限")
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeFeishu() as server:
+        yield server
+
+
+@pytest.fixture
+def feishu(fake):
+    fake.reset()
+    for email in ("mike@example.com", "lisi@example.com", ADMIN):
+        fake.add_user(email)
+    fake.add_user("away@example.com", available=False)         # outside the app's availability range: 230013
+    return fake
+
+
+@pytest.fixture
+def make_app(settings, feishu, clock, owners_file):
+    """A live app on the fake Feishu and the fake clock; `owners` are the owners of mike/diaspora."""
+    apps = []
+
+    def make(owners=("mike@example.com",), **changes):
+        owners_file.write_text(json.dumps({"mike/diaspora": list(owners)}), encoding="utf-8")
+        changes.setdefault("admin_emails", (ADMIN,))
+        app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, **changes), clock=clock,
+                         start_worker=False)
+        apps.append(app)
+        return app
+    yield make
+    for app in apps:
+        app.extensions["gitlab_feishu"]["worker"].stop()
+
+
+def push(app) -> dict:
+    """A push to mike/diaspora, with a new Idempotency-Key each time."""
+    return app.test_client().post("/gitlab-webhook", json=load_payload("push.json"), headers=gitlab_headers()).json
+
+
+def run_worker(app, clock) -> None:
+    """Let the retry worker send what is due, alerts included (they are queued, not sent inline)."""
+    clock.advance(1)
+    app.extensions["gitlab_feishu"]["worker"].run_once()
+
+
+def alert_cards(fake, to=ADMIN) -> list[dict]:
+    return [m["card"] for m in fake.messages if m["to_email"] == to]
+
+
+def title(card: dict) -> str:
+    return card["header"]["title"]["content"]
+
+
+def text(card: dict) -> str:
+    return json.dumps(card, ensure_ascii=False)
+
+
+def alert_rows(app) -> list[Delivery]:
+    return [row for row in app.extensions["gitlab_feishu"]["outbox"].pending() if row.event_key.startswith("alert:")]
+
+
+def test_a_permanent_failure_sends_the_admins_one_card_saying_what_to_do(make_app, feishu, clock):
+    app = make_app(owners=["mike@example.com", "away@example.com"])
+    response = push(app)
+    assert [d["result"] for d in response["deliveries"]] == ["sent", "failed"]
+    run_worker(app, clock)
+    [card] = alert_cards(feishu)
+    assert title(card) == "away@example.com 不在应用的可用范围内"
+    assert card["header"]["template"] == "red"
+    assert "可用范围" in text(card) and "230013" in text(card) and "mike/diaspora" in text(card)
+    assert "--retry-failed" in text(card)
+
+
+@pytest.mark.parametrize(("first_at", "gap", "cards"), [
+    (0, 30 * MINUTE, 1),                 # the same problem twice within the hour: one card
+    (50 * MINUTE, 20 * MINUTE, 1),       # across the turn of a clock hour, still within the hour
+    (0, 61 * MINUTE, 2),                 # again after the hour: another card
+])
+def test_the_same_problem_is_alerted_at_most_once_an_hour(make_app, feishu, clock, first_at, gap, cards):
+    app = make_app(owners=["away@example.com"])
+    clock.advance(first_at)
+    push(app)
+    run_worker(app, clock)
+    clock.advance(gap)
+    push(app)
+    run_worker(app, clock)
+    assert len(alert_cards(feishu)) == cards
+
+
+def test_distinct_problems_are_alerted_separately(make_app, feishu, clock):
+    app = make_app(owners=["away@example.com", "ghost@example.com"])
+    push(app)
+    run_worker(app, clock)
+    assert sorted(title(card) for card in alert_cards(feishu)) == [
+        "away@example.com 不在应用的可用范围内", "飞书中找不到 ghost@example.com"]
+
+
+def test_a_missing_permission_is_one_problem_naming_the_scope(make_app, feishu, clock):
+    app = make_app(owners=["mike@example.com", "lisi@example.com"])
+    feishu.fail_next("send", status=400, code=99991672, msg=SCOPE_DENIED, times=2)
+    assert [d["result"] for d in push(app)["deliveries"]] == ["failed", "failed"]
+    run_worker(app, clock)
+    [card] = alert_cards(feishu)
+    assert title(card) == "飞书应用缺少权限 im:message or im:message:send_as_bot"
+    assert "权限管理" in text(card)
+
+
+def test_a_refused_card_is_alerted(make_app, feishu, clock):
+    app = make_app(card_lang="en")
+    feishu.fail_next("send", status=400, code=230099, msg="Failed to create card content, ext=ErrCode: 200621")
+    push(app)
+    run_worker(app, clock)
+    [card] = alert_cards(feishu)
+    assert title(card) == "Feishu refused a notification card (230099)"
+    assert "report the error below" in text(card)
+
+
+def test_no_alert_without_admin_emails(make_app, feishu, clock):
+    app = make_app(owners=["away@example.com"], admin_emails=())
+    push(app)
+    run_worker(app, clock)
+    assert alert_rows(app) == []
+    assert feishu.calls("send") == 1                # the owner's card, refused; nothing else
+
+
+@pytest.mark.parametrize("admin", ["nobody@example.com", "away@example.com"])
+def test_an_alert_that_fails_raises_no_further_alert(make_app, feishu, clock, admin):
+    app = make_app(owners=["ghost@example.com"], admin_emails=(admin,))
+    push(app)
+    run_worker(app, clock)
+    for _ in range(3):
+        clock.advance(2 * 3600)
+        run_worker(app, clock)
+    [row] = alert_rows(app)
+    assert row.status == "failed" and row.event_key.startswith("alert:unknown-email:ghost@example.com:")
+    assert feishu.messages == []
+
+
+# --- queue backlog ---------------------------------------------------------------------------------------------
+
+def fill_queue(app, n: int, key: str = "idem:backlog") -> list[Delivery]:
+    """`n` queued deliveries, leased far ahead so only the watch sees them."""
+    planned = [NewDelivery("dm", f"ou_{i}", "exact: demo", "{}", f"uuid-{key}-{i}") for i in range(n)]
+    outbox = app.extensions["gitlab_feishu"]["outbox"]
+    return outbox.begin_event(key, "push", "mike/diaspora", planned, lease_owner="elsewhere", lease_seconds=86400,
+                              retry_window=86400)[1]
+
+
+def watch(app, clock, seconds: float) -> None:
+    """Let `seconds` of housekeeping pass, at the worker's watch interval."""
+    worker = app.extensions["gitlab_feishu"]["worker"]
+    for _ in range(int(seconds // QUEUE_WATCH_INTERVAL)):
+        worker.housekeeping()
+        clock.advance(QUEUE_WATCH_INTERVAL)
+    worker.housekeeping()
+
+
+def test_queue_backlog_alerts_only_after_staying_above_the_threshold(make_app, feishu, clock):
+    app = make_app(alert_queue_threshold=3)
+    fill_queue(app, 4)
+    watch(app, clock, BACKLOG_SECONDS - QUEUE_WATCH_INTERVAL)
+    assert alert_rows(app) == []
+    watch(app, clock, QUEUE_WATCH_INTERVAL)
+    [row] = alert_rows(app)
+    assert row.recipient == ADMIN and "待发送通知积压：4 条" in row.content
+
+
+def test_queue_backlog_timer_restarts_when_the_queue_drains(make_app, feishu, clock):
+    app = make_app(alert_queue_threshold=3)
+    outbox = app.extensions["gitlab_feishu"]["outbox"]
+    rows = fill_queue(app, 4)
+    watch(app, clock, BACKLOG_SECONDS - QUEUE_WATCH_INTERVAL)  # above for 4.5 minutes
+    outbox.finish(rows[0].id, SENT, attempts=1)                # 3 left: not above the threshold at the next look
+    watch(app, clock, QUEUE_WATCH_INTERVAL)
+    fill_queue(app, 1, key="idem:more")                        # above again from the look after
+    watch(app, clock, BACKLOG_SECONDS)
+    assert alert_rows(app) == []
+    watch(app, clock, QUEUE_WATCH_INTERVAL)
+    assert len(alert_rows(app)) == 1
+
+
+def test_queue_backlog_alerts_once_an_hour_while_it_lasts(make_app, feishu, clock):
+    app = make_app(alert_queue_threshold=3)
+    fill_queue(app, 4)
+    watch(app, clock, BACKLOG_SECONDS)
+    watch(app, clock, 3600 - QUEUE_WATCH_INTERVAL)
+    assert len(alert_rows(app)) == 1
+    watch(app, clock, QUEUE_WATCH_INTERVAL)
+    assert len(alert_rows(app)) == 2
+
+
+def test_queue_backlog_card_is_delivered_by_the_worker(make_app, feishu, clock):
+    app = make_app(alert_queue_threshold=3, card_lang="en")
+    fill_queue(app, 4)
+    watch(app, clock, BACKLOG_SECONDS)
+    run_worker(app, clock)
+    [card] = alert_cards(feishu)
+    assert title(card) == "Notification backlog: 4 queued" and card["header"]["template"] == "orange"
+
+
+# --- problems and cards, pure --------------------------------------------------------------------------------
+
+def row(recipient: str = "zhangsan@example.com") -> Delivery:
+    return Delivery(id=1, event_key="idem:1", channel="dm", recipient=recipient, rule="exact: demo", content="{}",
+                    uuid="u", status="failed", attempts=1, rounds=1, next_attempt_at=0, lease_until=None,
+                    last_error=None, created_at=0, give_up_at=0)
+
+
+def feishu_error(code=None, *, retryable=False, http_status=400, msg="refused"):
+    return FeishuError(f"sending the card: Feishu {code}: {msg}", code=code, http_status=http_status,
+                       retryable=retryable)
+
+
+@pytest.mark.parametrize(("error", "key", "kind"), [
+    (UNKNOWN_EMAIL, "unknown-email:zhangsan@example.com", "unknown_email"),
+    (feishu_error(230013), "230013:zhangsan@example.com", "availability"),
+    (feishu_error(99991672, msg=SCOPE_DENIED), "99991672:im:message or im:message:send_as_bot", "permission"),
+    (feishu_error(230099), "card:230099", "card"),
+    (feishu_error(230025), "card:230025", "card"),
+    (feishu_error(200621), "card:200621", "card"),
+    (feishu_error(230006), "230006:*", "other"),                    # bot capability off: everyone
+    (feishu_error(230053), "230053:zhangsan@example.com", "other"),  # this user stopped the bot
+    (feishu_error(None, http_status=404), "HTTP 404:*", "other"),
+    (feishu_error(None, retryable=True, http_status=503), "expired", "expired"),   # retry window closed
+])
+def test_classify(error, key, kind):
+    problem = classify(row(), error)
+    assert (problem.key, problem.kind) == (key, kind)
+
+
+EXAMPLES = [Problem("k", "unknown_email", {"recipient": "a@example.com"}, UNKNOWN_EMAIL, "group/p"),
+            Problem("k", "availability", {"recipient": "a@example.com", "code": 230013}, "x"),
+            Problem("k", "permission", {"recipient": "a", "code": 99991672, "scopes": "im:message"}, "x"),
+            Problem("k", "card", {"recipient": "a", "code": 230099}, "x"),
+            Problem("k", "expired", {}, "x"),
+            Problem("k", "other", {"recipient": "a", "code": 230053}, "x"),
+            Problem("k", "backlog", {"queued": 150, "threshold": 100, "minutes": 5})]
+
+
+@pytest.mark.parametrize("lang", list(LABELS))
+@pytest.mark.parametrize("problem", EXAMPLES, ids=[p.kind for p in EXAMPLES])
+def test_every_alert_card_is_one_feishu_accepts(problem, lang):
+    card = render_alert(problem, lang, "https://open.feishu.cn/app/cli_test_app")
+    check_card(card)
+    assert title(card) == TEXTS[problem.kind][lang][0].format(**problem.values)
+
+
+def test_alert_card_escapes_feishus_text():
+    problem = Problem("k", "other", {"recipient": "a@example.com", "code": 1}, "**bold** <at id=all></at> [x](y)")
+    body = text(render_alert(problem, "en", "https://open.feishu.cn/app/cli_test_app"))
+    assert "<at" not in body and "**bold**" not in body and "[x](y)" not in body

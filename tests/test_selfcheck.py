@@ -1,0 +1,143 @@
+"""The start-up self-check of the Feishu app credentials, against the fake Feishu over real HTTP."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import time
+
+import pytest
+import requests
+import waitress
+
+from gitlab_feishu import cli
+from gitlab_feishu.app import create_app
+from gitlab_feishu.feishu import FeishuClient
+from gitlab_feishu.selfcheck import CredentialCheck
+from tests.fake_feishu import FakeFeishu
+from tests.servers import ServiceProcess, free_port, service_env
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeFeishu() as server:
+        yield server
+
+
+def check(url: str, app_id: str = "cli_test_app", secret: str = "test-secret") -> CredentialCheck:
+    return CredentialCheck(FeishuClient(url, app_id, secret), budget=2.0)
+
+
+@pytest.fixture
+def running():
+    """Apps whose background threads are stopped (and joined) after the test."""
+    apps = []
+    yield apps
+    for app in apps:
+        app.extensions["gitlab_feishu"]["credentials"].stop()
+        app.extensions["gitlab_feishu"]["worker"].stop()
+
+
+@pytest.fixture
+def silent_feishu(running):
+    """A Feishu that accepts connections and never answers (the kernel completes the handshake).
+
+    Closed before `running` stops the apps: the reset ends a self-check waiting on it at once.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_good_credentials_are_reported_working(fake, caplog):
+    credentials = check(fake.url)
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
+        assert credentials.check() is True
+    assert credentials.describe() == "ok: tenant token fetched"
+    assert "Feishu credentials ok" in caplog.text
+
+
+@pytest.mark.parametrize(("app_id", "secret", "code", "setting"), [
+    ("cli_wrong_app", "test-secret", 10003, "FEISHU_APP_ID"),
+    ("cli_test_app", "wrong-secret", 10014, "FEISHU_APP_SECRET"),
+])
+def test_bad_credentials_are_rejected_naming_feishus_code(fake, caplog, app_id, secret, code, setting):
+    credentials = check(fake.url, app_id, secret)
+    with caplog.at_level(logging.ERROR, logger="gitlab_feishu.selfcheck"):
+        assert credentials.check() is True
+    assert credentials.describe().startswith(f"rejected: {code} ")
+    assert setting in credentials.describe() and "wrong-secret" not in credentials.describe()
+    [record] = [r for r in caplog.records if r.name == "gitlab_feishu.selfcheck"]
+    assert record.levelno == logging.ERROR
+    assert record.getMessage().startswith(f"Feishu credentials rejected: {code} ")
+
+
+def test_unreachable_feishu_is_unknown_until_a_later_check_succeeds():
+    port = free_port()                       # nothing listens here yet
+    credentials = check(f"http://127.0.0.1:{port}")
+    assert credentials.check() is False
+    assert credentials.describe().startswith("unknown: Feishu unreachable (cannot reach Feishu")
+    with FakeFeishu(port=port):
+        assert credentials.check() is True
+    assert credentials.describe() == "ok: tenant token fetched"
+
+
+def test_start_up_is_not_blocked_by_a_silent_feishu(settings, silent_feishu, running):
+    started = time.monotonic()
+    app = create_app(dataclasses.replace(settings, feishu_base_url=silent_feishu))
+    running.append(app)
+    assert time.monotonic() - started < 1.0
+    assert app.test_client().get("/healthz").json["feishu_credentials"] == "unknown: not checked yet"
+
+
+def test_healthz_says_feishu_is_unreachable(settings, running):
+    app = create_app(settings)               # settings point Feishu at a closed port
+    running.append(app)
+    assert app.extensions["gitlab_feishu"]["credentials"].wait(5)
+    assert app.test_client().get("/healthz").json["feishu_credentials"].startswith("unknown: Feishu unreachable (")
+
+
+def test_healthz_in_dry_run_checks_nothing(settings):
+    app = create_app(dataclasses.replace(settings, feishu_app_id=""))
+    assert app.test_client().get("/healthz").json["feishu_credentials"] == "not checked: dry run"
+
+
+@pytest.fixture
+def serve(monkeypatch, capsys, running):
+    """Run cli.serve up to the point waitress would start; return its banner."""
+    monkeypatch.setattr(waitress, "serve", lambda app, **options: running.append(app))
+    monkeypatch.setattr("gitlab_feishu.logs.configure_logging", lambda settings, to_file: None)
+
+    def run(settings) -> str:
+        assert cli.serve(settings) == 0
+        return capsys.readouterr().out
+    return run
+
+
+@pytest.mark.parametrize(("secret", "line"), [
+    ("test-secret", "  feishu:  credentials ok: tenant token fetched"),
+    ("wrong-secret", "  feishu:  credentials rejected: 10014 app secret invalid: the app secret is wrong"),
+])
+def test_waitress_banner_says_whether_the_credentials_work(settings, fake, serve, secret, line):
+    banner = serve(dataclasses.replace(settings, feishu_base_url=fake.url, feishu_app_secret=secret))
+    assert line in banner
+
+
+def test_waitress_banner_waits_only_briefly_for_the_check(settings, silent_feishu, serve, monkeypatch):
+    monkeypatch.setattr(cli, "SELF_CHECK_WAIT", 0.2)
+    banner = serve(dataclasses.replace(settings, feishu_base_url=silent_feishu))
+    assert "  feishu:  credentials unknown: still checking" in banner
+
+
+def test_each_gunicorn_worker_checks_in_the_background(fake, tmp_path):
+    (tmp_path / "owners.json").write_text('{"demo": "demo@example.com"}', encoding="utf-8")
+    env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="wrong-secret", FEISHU_BASE_URL=fake.url,
+                      OWNERS_FILE=str(tmp_path / "owners.json"), DATA_DIR=str(tmp_path / "data"))
+    with ServiceProcess(env, tmp_path / "service.log") as service:
+        deadline = time.monotonic() + 10
+        while service.log().count("Feishu credentials rejected: 10014") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = requests.get(service.url + "/healthz", timeout=2).json()["feishu_credentials"]
+    assert service.log().count("Feishu credentials rejected: 10014") == 2      # one per worker
+    assert state.startswith("rejected: 10014 app secret invalid")
