@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import logging
 import sys
 
@@ -57,8 +58,14 @@ def serve(settings: Settings) -> int:
         f"  logs:    {settings.log_dir / 'webhook_server.log'}",
     ]
     print("\n".join(banner), flush=True)
-    waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
-                   ident="gitlab-feishu", channel_timeout=60)
+    try:
+        waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
+                       ident="gitlab-feishu", channel_timeout=60)
+    except OSError as exc:
+        hint = (f": another program, or this service already running, uses port {settings.port}; stop it or set"
+                " PORT in .env to a free port") if exc.errno == errno.EADDRINUSE else ""
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
+        return 1
     return 0
 
 
