@@ -28,8 +28,9 @@ DEFAULT_INSTANCE = "https://gitlab.example.cn"
 
 
 def main(argv: list[str] | None = None) -> int:
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")   # a GBK console must not crash on a name
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")   # a console that cannot show Chinese must not crash
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--match", metavar="PROJECT_PATH", help="show who a push to this project would notify")
     parser.add_argument("--name", help="with --match: the project's display name (default: its last path segment)")
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")   # a console that cannot show Chinese must not crash
     try:
         settings = Settings.from_env()
         if args.outbox:
