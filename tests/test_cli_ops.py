@@ -80,3 +80,13 @@ def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{port}:" in stderr and "set PORT in .env" in stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("command", [["webhook_server.py"], ["-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                                            "webhook_server:app"]])
+def test_an_invalid_setting_stops_either_server_with_one_line(command):
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, timeout=30,
+                            env=service_env(PORT="abc"))
+    assert result.returncode != 0
+    assert result.stderr.decode("utf-8").strip() == \
+        "error: PORT='abc' is not valid: invalid literal for int() with base 10: 'abc'"
