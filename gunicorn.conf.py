@@ -4,9 +4,14 @@ Sized for a 2-core server: the work is waiting on Feishu, not computing, so
 two processes with many threads each. HOST and PORT come from the service's
 own settings (environment or .env); command-line flags override this file.
 """
-from gitlab_feishu.settings import Settings
+import sys
 
-_settings = Settings.from_env()
+from gitlab_feishu.settings import ConfigError, Settings
+
+try:
+    _settings = Settings.from_env()
+except ConfigError as exc:
+    sys.exit(f"error: {exc}")      # one line, not gunicorn's traceback of this file
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = 2                    # one per core

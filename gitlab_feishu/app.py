@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Callable
 
 from flask import Flask, jsonify, request
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
             "owners": owners.state(),
             "outbox": outbox.counts() if outbox else {"queued": 0, "failed": 0},
             "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
+            "last_delivery_at": _iso(outbox.last_sent_at()) if outbox else None,
         })
 
     @app.errorhandler(HTTPException)
@@ -112,6 +114,12 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
         return _error(500, "internal error; see the service log")
 
     return app
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
 def _error(status: int, reason: str):

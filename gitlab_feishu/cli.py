@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import logging
 import sys
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.dry_run or args.check) and not args.wire_hooks:
         parser.error("--dry-run and --check go with --wire-hooks")
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")   # a console that cannot show Chinese must not crash
     try:
         settings = Settings.from_env()
         if args.outbox:
@@ -81,8 +85,14 @@ def serve(settings: Settings) -> int:
         f"  alerts:  {', '.join(settings.admin_emails) or 'off (ADMIN_EMAILS not set)'}",
     ]
     print("\n".join(banner), flush=True)
-    waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
-                   ident="gitlab-feishu", channel_timeout=60)
+    try:
+        waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
+                       ident="gitlab-feishu", channel_timeout=60)
+    except OSError as exc:
+        hint = (f": another program, or this service already running, uses port {settings.port}; stop it or set"
+                " PORT in .env to a free port") if exc.errno == errno.EADDRINUSE else ""
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .feishu import UNKNOWN_EMAIL, FeishuClient, FeishuError
@@ -28,6 +28,7 @@ INLINE_TURN_WAIT = 1.0         # how long a webhook waits for a turn under Feish
 class Outcome:
     status: str                # sent | queued | failed
     error: str | None = None
+    duration: float = 0.0      # seconds from the start of deliver() (the email lookup included) to this outcome
 
 
 def is_open_id(recipient: str) -> bool:
@@ -63,28 +64,36 @@ class Deliverer:
         allows; the retry worker makes one attempt a round and leaves the
         pauses to the outbox's backoff, so a recovered Feishu is used at once.
         """
+        started = self.clock()
+
+        def timed(outcome: Outcome) -> Outcome:
+            return replace(outcome, duration=self.clock() - started)
+
         open_ids, lookup_failures = self._resolve(rows, deadline)
+
+        def attempt(row: Delivery) -> Outcome:
+            return timed(self._attempt(row, open_ids.get(row.id, row.recipient), deadline, retry_inline))
+
         outcomes: dict[int, Outcome] = {}
         ready = []
         for row in rows:
             failure = lookup_failures.get(row.id)
             if failure is not None:
-                outcomes[row.id] = self._record_failure(row, failure, attempts=1)
+                outcomes[row.id] = timed(self._record_failure(row, failure, attempts=1))
             else:
                 ready.append(row)
         if len(ready) == 1:                      # the common case: no thread hop
             row = ready[0]
-            outcomes[row.id] = self._attempt(row, open_ids.get(row.id, row.recipient), deadline, retry_inline)
+            outcomes[row.id] = attempt(row)
             return outcomes
-        futures = {self.pool.submit(self._attempt, row, open_ids.get(row.id, row.recipient), deadline,
-                                    retry_inline): row
-                   for row in ready}
+        futures = {self.pool.submit(attempt, row): row for row in ready}
         done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
         for future, row in futures.items():
             if future in done:
                 outcomes[row.id] = future.result()
             else:
-                outcomes[row.id] = Outcome(QUEUED, "still sending when the deadline came; retrying in the background")
+                outcomes[row.id] = timed(Outcome(QUEUED, "still sending when the deadline came; "
+                                                         "retrying in the background"))
         return outcomes
 
     def _resolve(self, rows: list[Delivery], deadline: float) -> tuple[dict[int, str], dict[int, FeishuError | str]]:

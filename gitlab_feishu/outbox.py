@@ -195,6 +195,10 @@ class Outbox:
         counts.update({status: n for status, n in rows})
         return counts
 
+    def last_sent_at(self) -> float | None:
+        """When the most recent delivery was sent, or None (for /healthz)."""
+        return self._connect().execute("SELECT MAX(updated_at) FROM deliveries WHERE status = 'sent'").fetchone()[0]
+
     def pending(self) -> list[Delivery]:
         """Everything queued or failed, oldest first (for `--outbox`)."""
         rows = self._connect().execute(

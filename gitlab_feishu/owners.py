@@ -266,7 +266,11 @@ class OwnersFile:
         return self._owners
 
     def state(self) -> dict:
-        """Path, entry count, time of the last good load and the last load error, for /healthz."""
+        """Path, entry count, time of the last good load and the last load error, for /healthz.
+
+        The file is checked first, as for routing, so a worker that routed nothing since an edit reports it too.
+        """
+        self.current()
         return {"path": str(self._path), "entries": len(self._owners),
                 "loaded_at": self._loaded_at, "last_error": self._last_error}
 

@@ -125,7 +125,7 @@ class Notifier:
         parts = []
         for row in rows:
             outcome = outcomes[row.id]
-            part = f"{row.recipient} ({row.rule}) {outcome.status}"
+            part = f"{row.recipient} ({row.rule}) {outcome.status} in {outcome.duration * 1000:.0f} ms"
             parts.append(part + (f": {outcome.error}" if outcome.error and outcome.status != SENT else ""))
         log.info("%s %s %s by %s key=%s in %.0f ms -> %s", event.kind, event.project.path,
                  getattr(event, "ref", ""), event.actor.label or "?", key,

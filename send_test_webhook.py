@@ -1,0 +1,184 @@
+"""Send the service a push webhook as GitLab would, and show what it did with it.
+
+    python send_test_webhook.py                                  the local service from .env
+    python send_test_webhook.py --project grouptwogame/yeshui-client --name "Y_野水发财（客户端）"
+    python send_test_webhook.py --url https://notify.example.cn/gitlab-webhook --token ...
+
+It checks the wiring from here to the owners' Feishu without pushing anything:
+the token, owners.json routing, the Feishu app. Exit status: 0 when the service
+answered 2xx, 1 when it refused or could not be reached, 2 for a settings error.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+
+import requests
+
+from gitlab_feishu.settings import ConfigError, Settings
+
+GITLAB_VERSION = "18.6.0"                # what the User-Agent claims; any GitLab/<version> is fine
+DEFAULT_PROJECT = ("demo/ceshi-xiangmu", "测试项目")   # named like the shipped owners.json's "测试项目"
+DEFAULT_INSTANCE = "https://gitlab.example.cn"
+
+
+def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")   # a console that cannot show Chinese must not crash
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    url = args.url or local_url(settings)
+    if not url.startswith(("http://", "https://")):
+        print(f"error: --url {url!r} must start with http:// or https://", file=sys.stderr)
+        return 2
+    token = settings.gitlab_webhook_secret if args.token is None else args.token
+    path = (args.project or DEFAULT_PROJECT[0]).strip("/")
+    name = args.name or (DEFAULT_PROJECT[1] if args.project is None else path.rsplit("/", 1)[-1])
+    instance = settings.gitlab_url or DEFAULT_INSTANCE
+    payload = push_payload(instance, path, name, user=args.user, username=args.username,
+                           message=args.message, branch=args.branch)
+    print(f"POST {url}: a push to {path} ({name}), branch {args.branch}, by {args.user}")
+    ok, lines = send(url, payload, gitlab_headers(token, instance), timeout=args.timeout)
+    print("\n".join(lines), file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="send_test_webhook.py",
+                                     description="Send a test Push Hook, as GitLab does, and show the answer.")
+    parser.add_argument("--url", help="the webhook URL (default: this machine's service, HOST and PORT from .env)")
+    parser.add_argument("--token", help="the X-Gitlab-Token to send (default: GITLAB_WEBHOOK_SECRET from .env)")
+    parser.add_argument("--project", metavar="PATH",
+                        help=f"the project's path_with_namespace (default: {DEFAULT_PROJECT[0]}, named "
+                             f"{DEFAULT_PROJECT[1]})")
+    parser.add_argument("--name", help="the project's display name (default: the last segment of --project)")
+    parser.add_argument("--user", default="张三", help="who pushed: the display name (default: 张三)")
+    parser.add_argument("--username", default="zhangsan", help="who pushed: the GitLab username (default: zhangsan)")
+    parser.add_argument("--message", default="测试：确认 GitLab → 飞书 通知已接通",
+                        help="the commit message (default: a Chinese test message)")
+    parser.add_argument("--branch", default="main", help="the branch pushed to (default: main)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the answer (default: 10, as long as GitLab waits)")
+    return parser
+
+
+def local_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}/gitlab-webhook"
+
+
+def gitlab_headers(token: str, instance: str) -> dict[str, str]:
+    """The headers GitLab sends with a project hook delivery, with fresh ids (so it is never a repeat)."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": f"GitLab/{GITLAB_VERSION}",
+        "X-Gitlab-Event": "Push Hook",
+        "X-Gitlab-Instance": instance,
+        "X-Gitlab-Webhook-UUID": str(uuid.uuid4()),
+        "X-Gitlab-Event-UUID": str(uuid.uuid4()),
+        "Idempotency-Key": str(uuid.uuid4()),
+    }
+    if token:
+        headers["X-Gitlab-Token"] = token
+    return headers
+
+
+def push_payload(instance: str, path: str, name: str, *, user: str, username: str, message: str,
+                 branch: str) -> dict:
+    """A one-commit push in the shape GitLab 17/18 sends (Push Hook; see tests/fixtures/gitlab)."""
+    web_url = f"{instance}/{path}"
+    before = hashlib.sha1(uuid.uuid4().bytes).hexdigest()
+    after = hashlib.sha1(uuid.uuid4().bytes).hexdigest()
+    now = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    namespace = path.rsplit("/", 1)[0] if "/" in path else path
+    ssh_url = f"git@{instance.split('://', 1)[-1]}:{path}.git"
+    project = {
+        "id": 4242, "name": name, "description": "send_test_webhook.py", "web_url": web_url, "avatar_url": None,
+        "git_ssh_url": ssh_url, "git_http_url": f"{web_url}.git", "namespace": namespace, "visibility_level": 0,
+        "path_with_namespace": path, "default_branch": "main", "ci_config_path": None,
+        "homepage": web_url, "url": ssh_url, "ssh_url": ssh_url, "http_url": f"{web_url}.git",
+    }
+    commit = {
+        "id": after, "message": message + "\n", "title": message.splitlines()[0] if message else "",
+        "timestamp": now, "url": f"{web_url}/-/commit/{after}",
+        "author": {"name": user, "email": f"{username}@example.com"},
+        "added": ["docs/测试说明.md"], "modified": ["README.md"], "removed": [],
+    }
+    return {
+        "object_kind": "push", "event_name": "push", "before": before, "after": after,
+        "ref": f"refs/heads/{branch}", "ref_protected": branch == "main", "checkout_sha": after, "message": None,
+        "user_id": 4242, "user_name": user, "user_username": username, "user_email": "",
+        "user_avatar": None, "project_id": 4242, "project": project, "commits": [commit],
+        "total_commits_count": 1, "push_options": {},
+        "repository": {"name": name, "url": ssh_url, "description": project["description"], "homepage": web_url,
+                       "git_http_url": f"{web_url}.git", "git_ssh_url": ssh_url, "visibility_level": 0},
+    }
+
+
+def send(url: str, payload: dict, headers: dict[str, str], *, timeout: float) -> tuple[bool, list[str]]:
+    """POST the payload; (answered 2xx with JSON, the lines that say what happened)."""
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    started = time.monotonic()
+    try:
+        rsp = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+    except requests.Timeout:
+        return False, [f"error: no answer from {url} within {timeout:g} s (GitLab waits 10 s): the service is"
+                       " stuck, or a firewall drops the packets"]
+    except requests.ConnectionError as exc:
+        return False, [f"error: cannot connect to {url} ({_why(exc)}): is the service running (start_server.bat"
+                       " or python webhook_server.py) and are the address and port right?"]
+    except requests.RequestException as exc:
+        return False, [f"error: cannot send to {url}: {exc}"]
+    took = (time.monotonic() - started) * 1000
+    try:
+        answer = rsp.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        text = " ".join(rsp.text.split())[:80]
+        return False, [f"error: HTTP {rsp.status_code} from {url}, but not this service's JSON answer ({text!r}):"
+                       " is --url right? It ends with /gitlab-webhook"]
+    if rsp.status_code == 401:
+        return False, [f"error: HTTP 401 from {url}: the token sent (--token, default GITLAB_WEBHOOK_SECRET"
+                       " in .env) is not the service's GITLAB_WEBHOOK_SECRET"]
+    if not 200 <= rsp.status_code < 300:
+        return False, [f"error: HTTP {rsp.status_code} from {url}: {answer.get('reason', answer)}"]
+    return True, [f"HTTP {rsp.status_code} in {took:.0f} ms: {describe(answer)}"]
+
+
+def describe(answer: dict) -> str:
+    """The service's answer, one delivery per line: who, by which rule, the result and why."""
+    lines = [str(answer.get("status", "?")) + (f" ({answer['reason']})" if answer.get("reason") else "")]
+    deliveries = answer.get("deliveries") or []
+    for delivery in deliveries:
+        line = f"  {delivery.get('to')}  [{delivery.get('rule')}]  {delivery.get('result')}"
+        lines.append(line + (f": {delivery['error']}" if delivery.get("error") else ""))
+    if not deliveries and answer.get("status") == "ignored":
+        lines.append("  nobody was notified; python webhook_server.py --match PROJECT_PATH shows who would be")
+    return "\n".join(lines)
+
+
+def _why(exc: requests.ConnectionError) -> str:
+    text = str(exc)
+    for marker, reason in (("refused", "connection refused"), ("10061", "connection refused"),
+                           ("getaddrinfo", "host name not found"), ("Name or service", "host name not found"),
+                           ("SSL", "TLS handshake failed")):
+        if marker in text:
+            return reason
+    return type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

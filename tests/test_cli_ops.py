@@ -1,0 +1,92 @@
+"""`python webhook_server.py --match PROJECT_PATH`, and serving on a port that is taken."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from gitlab_feishu import cli
+from tests.servers import ROOT, service_env
+
+
+@pytest.fixture
+def run(settings, monkeypatch, capsys):
+    """cli.main with the test settings (never the developer's .env); returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(cli.Settings, "from_env", classmethod(lambda cls: settings))
+
+    def run(*argv: str):
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--match", "mike/diaspora"], ["  mike@example.com  (exact: mike/diaspora)",
+                                    "  ou_0123456789abcdef0123456789abcdef  (exact: mike/diaspora)"]),
+    (["--match", "farm/nainai-farm", "--name", "N_奶奶的小农院"], ["  lisi@example.com  (exact: N_奶奶的小农院)",
+                                                                "  wangwu@example.com  (exact: N_奶奶的小农院)"]),
+    (["--match", "grouptwogame/yeshui-client", "--name", "Y_野水发财（客户端）"],
+     ["  zhangsan@example.com  (fuzzy: Y_野水发财)"]),
+    (["--match", "/games/测试项目/"], ["  test@example.com  (exact: 测试项目)"]),   # the last segment is the name
+])
+def test_match_lists_who_is_notified_and_by_which_rule(run, argv, expected):
+    code, out, _ = run(*argv)
+    assert code == 0
+    assert out.splitlines()[0].endswith(": a push notifies") and out.splitlines()[1:] == expected
+
+
+def test_match_says_when_nobody_is_notified(run, owners_file):
+    code, out, _ = run("--match", "other/thing")
+    assert code == 0 and "nobody is notified" in out and str(owners_file) in out
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ('{\n  "a": "x@example.com",\n  "b": "y@example.com"\n', "line 4"),                         # half saved
+    ('{\n  "a": "x@example.com",\n  "测试项目": "test@example"\n}', 'line 3: key "测试项目"'),  # a bad email
+])
+def test_match_with_an_invalid_owners_file_fails_naming_file_and_line(run, owners_file, content, problem):
+    owners_file.write_text(content, encoding="utf-8")
+    code, out, err = run("--match", "mike/diaspora")
+    assert code != 0 and out == ""
+    assert err.startswith(f"error: {owners_file}, ") and problem in err and "Traceback" not in err
+
+
+def test_match_as_a_process_prints_chinese_whatever_the_console(tmp_path):
+    owners = tmp_path / "owners.json"
+    owners.write_text(json.dumps({"测试项目": "test@example.com"}, ensure_ascii=False), encoding="utf-8-sig")
+    env = service_env(OWNERS_FILE=str(owners))
+    del env["PYTHONUTF8"]
+    env["PYTHONIOENCODING"] = "ascii"          # the worst console there is: nothing may crash on Chinese
+    result = subprocess.run([sys.executable, "webhook_server.py", "--match", "demo/测试项目"], cwd=ROOT,
+                            capture_output=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert b"test@example.com" in result.stdout
+
+
+def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                          DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"))
+        result = subprocess.run([sys.executable, "webhook_server.py"], cwd=ROOT, capture_output=True, env=env,
+                                timeout=30)
+    stderr = result.stderr.decode("utf-8")
+    assert result.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port}:" in stderr and "set PORT in .env" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("command", [["webhook_server.py"], ["-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                                            "webhook_server:app"]])
+def test_an_invalid_setting_stops_either_server_with_one_line(command):
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, timeout=30,
+                            env=service_env(PORT="abc"))
+    assert result.returncode != 0
+    assert result.stderr.decode("utf-8").strip() == \
+        "error: PORT='abc' is not valid: invalid literal for int() with base 10: 'abc'"

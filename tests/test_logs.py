@@ -1,0 +1,122 @@
+"""What the service writes to its log (the file under LOG_DIR, UTF-8) and what /healthz reports."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from datetime import datetime
+
+import pytest
+import requests
+
+from gitlab_feishu.app import create_app
+from gitlab_feishu.logs import configure_logging
+from tests.conftest import OWNERS, SECRET, gitlab_headers, load_payload
+from tests.fake_feishu import FakeFeishu
+
+KEY = "6d3c1b0e-7a51-4c55-9b8e-2f0c4be1d7aa"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeFeishu() as server:
+        yield server
+
+
+@pytest.fixture
+def feishu(fake):
+    """The fake Feishu knowing every owner; wangwu is outside the app's availability range (230013)."""
+    fake.reset()
+    for value in OWNERS.values():
+        for email in [value] if isinstance(value, str) else value:
+            if "@" in email:
+                fake.add_user(email, available=email != "wangwu@example.com")
+    return fake
+
+
+@pytest.fixture
+def log_file(settings):
+    """The service's logging as `python webhook_server.py` sets it up, at DEBUG; restored afterwards."""
+    package = logging.getLogger("gitlab_feishu")
+    saved = package.handlers[:], package.level, package.propagate
+    configure_logging(dataclasses.replace(settings, log_level="DEBUG"), to_file=True)
+    yield settings.log_dir / "webhook_server.log"
+    for handler in package.handlers:
+        handler.close()
+    package.handlers[:], package.level, package.propagate = saved
+
+
+@pytest.fixture
+def client(settings, feishu, log_file):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), start_worker=False)
+    yield app.test_client()
+    app.extensions["gitlab_feishu"]["worker"].stop()
+
+
+def post(client, payload_name: str, headers: dict | None = None):
+    return client.post("/gitlab-webhook", json=load_payload(payload_name), headers=headers or gitlab_headers())
+
+
+def issued_token(fake) -> str:
+    """The tenant token the fake hands out now: the one the service was given (it is reused while fresh)."""
+    answer = requests.post(fake.url + "/open-apis/auth/v3/tenant_access_token/internal", timeout=5,
+                           json={"app_id": "cli_test_app", "app_secret": "test-secret"})
+    return answer.json()["tenant_access_token"]
+
+
+def test_one_line_per_webhook_with_key_event_owners_outcomes_and_durations(client, log_file):
+    post(client, "chinese_push_redacted.json", gitlab_headers(key=KEY))
+    [line] = [line for line in log_file.read_text(encoding="utf-8").splitlines() if f"key=idem:{KEY}" in line]
+    assert "push farm/nainai-farm refs/heads/main by 王五 (wangwu)" in line
+    assert re.search(r"lisi@example\.com \(exact: N_奶奶的小农院\) sent in \d+ ms", line)
+    assert re.search(r"wangwu@example\.com \(exact: N_奶奶的小农院\) failed in \d+ ms: .*230013", line)
+
+
+def test_the_fallback_key_is_logged_without_an_idempotency_key(client, log_file):
+    headers = gitlab_headers()
+    del headers["Idempotency-Key"]
+    post(client, "chinese_push.json", headers)
+    assert f"key=uuid:{headers['X-Gitlab-Event-UUID']}" in log_file.read_text(encoding="utf-8")
+
+
+def test_feishu_errors_are_logged_with_code_message_and_log_id(client, log_file):
+    post(client, "chinese_push_redacted.json")
+    [error] = [line for line in log_file.read_text(encoding="utf-8").splitlines()
+               if "Feishu 230013" in line and "WARNING" in line]
+    assert re.search(r"Feishu 230013: \S.* \(log id \w+\): .*可用范围", error)
+
+
+def test_no_secret_or_tenant_token_ever_reaches_the_log(client, feishu, log_file, caplog):
+    wrong_token = "an-old-secret-that-was-rotated"
+    with caplog.at_level(logging.DEBUG):        # everything else too: urllib3, werkzeug
+        post(client, "chinese_push.json", gitlab_headers(token=wrong_token))
+        post(client, "chinese_push.json")
+        tokens = {issued_token(feishu)}
+        feishu.revoke_tokens()                  # the service must fetch a new token and retry
+        post(client, "chinese_push_redacted.json")
+        tokens.add(issued_token(feishu))
+        feishu.fail_next("send", status=400, code=99991672, msg="Access denied. One of the following scopes "
+                                                               "is required: [im:message:send_as_bot].")
+        post(client, "chinese_push.json")
+    text = log_file.read_text(encoding="utf-8") + caplog.text
+    assert "99991672" in text and "sent" in text      # the log did record all of it
+    for secret in (SECRET, "test-secret", wrong_token, *tokens):
+        assert secret not in text
+
+
+def test_the_log_file_is_utf8_with_the_chinese_intact(client, log_file):
+    post(client, "chinese_push.json")
+    assert "Y_野水发财" in log_file.read_bytes().decode("utf-8")
+
+
+def test_healthz_has_no_last_delivery_before_the_first_card(client):
+    assert client.get("/healthz").json["last_delivery_at"] is None
+
+
+def test_healthz_reports_the_time_of_the_last_delivery(client):
+    before = datetime.now().astimezone().replace(microsecond=0)
+    post(client, "chinese_push.json")
+    health = client.get("/healthz").json
+    assert before <= datetime.fromisoformat(health["last_delivery_at"])
+    assert health["outbox"] == {"queued": 0, "failed": 0}
+

@@ -1,0 +1,99 @@
+"""The files ops touch: the Windows batch files, .env.example and the README's settings table."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gitlab_feishu.settings import ENV_NAMES, Settings
+from tests.servers import ROOT
+
+BATCH_FILES = ("start_server.bat", "send_test_webhook.bat")
+
+
+def read_bytes(name: str) -> bytes:
+    return (ROOT / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", BATCH_FILES)
+def test_batch_file_is_ascii_with_crlf_everywhere(name):
+    data = read_bytes(name)
+    assert data.isascii(), "cmd reads a batch file in the console code page: keep it ASCII"
+    assert data.endswith(b"\r\n")
+    assert data.count(b"\n") == data.count(b"\r\n") and data.count(b"\r") == data.count(b"\r\n")
+
+
+@pytest.mark.parametrize("name", BATCH_FILES)
+@pytest.mark.parametrize("command", ["chcp 65001", 'cd /d "%~dp0"', "set PYTHONUTF8=1", "pause"])
+def test_batch_file_sets_up_the_console_and_folder(name, command):
+    """UTF-8 console, the script's own folder (not System32 under "Run as administrator"), a window that stays."""
+    lines = read_bytes(name).decode("ascii").splitlines()
+    assert any(line.startswith(command) for line in lines)
+
+
+@pytest.mark.parametrize("command", [
+    "py -3 -c",                                        # the Python launcher first
+    "python -c",                                       # then python on PATH
+    "python.org",                                      # or how to install it
+    "Add python.exe to PATH",
+    "-m venv .venv",                                   # .venv on the first run
+    "-m pip install --disable-pip-version-check -r requirements.txt",
+    "fc /b requirements.txt .venv\\requirements.installed",   # again when requirements.txt changed
+    "copy /y requirements.txt .venv\\requirements.installed",
+    'copy ".env.example" ".env"',                      # .env on the first run, opened for filling in
+    "notepad",
+    '"%VENV_PY%" webhook_server.py %*',                # the service itself
+    "if errorlevel 1 goto :stopped",                   # its failure keeps the window open
+])
+def test_start_server_does_each_step(command):
+    assert command in read_bytes("start_server.bat").decode("ascii")
+
+
+def test_start_server_pauses_on_every_failure_path():
+    text = read_bytes("start_server.bat").decode("ascii")
+    labels = set(re.findall(r"goto :(\w+)", text))
+    for label in labels - {"venv_ready", "requirements_ready", "start"}:
+        block = text.split(f"\r\n:{label}\r\n", 1)[1].split("\r\n\r\n", 1)[0]
+        assert "pause" in block or "goto :fail" in block, label
+    assert 'set "VENV_PY=.venv\\Scripts\\python.exe"' in text
+
+
+def test_send_test_webhook_bat_runs_the_script_with_the_venv_and_passes_arguments():
+    text = read_bytes("send_test_webhook.bat").decode("ascii")
+    assert '".venv\\Scripts\\python.exe" send_test_webhook.py %*' in text
+    assert "if errorlevel 1 goto :fail" in text and "start_server.bat first" in text
+
+
+def env_example_lines() -> dict[str, str]:
+    """NAME -> value for every `NAME=value` or `# NAME=value` line of .env.example."""
+    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    return dict(re.findall(r"(?m)^(?:# )?([A-Z][A-Z0-9_]*)=(.*)$", text))
+
+
+@pytest.mark.parametrize("name", ENV_NAMES)
+def test_every_setting_is_in_env_example(name):
+    assert name in env_example_lines()
+
+
+def test_env_example_shows_the_real_defaults(tmp_path):
+    """Uncommenting every line of .env.example changes nothing: its values are the defaults."""
+    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    uncommented = tmp_path / ".env"
+    uncommented.write_text(re.sub(r"(?m)^# ([A-Z][A-Z0-9_]*=)", r"\1", text), encoding="utf-8")
+    assert Settings.from_env({}, env_file=uncommented) == Settings()
+
+
+def test_env_example_as_copied_runs_in_dry_run(tmp_path):
+    assert Settings.from_env({}, env_file=ROOT / ".env.example").dry_run
+
+
+def readme_settings() -> set[str]:
+    """Every `NAME` in the first column of the README's settings table."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("|")]
+    return {name for cell in rows for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cell)}
+
+
+@pytest.mark.parametrize("name", ENV_NAMES)
+def test_every_setting_is_in_the_readme_table(name):
+    assert name in readme_settings()

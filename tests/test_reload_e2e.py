@@ -1,0 +1,131 @@
+"""Editing owners.json while the real service runs under gunicorn with 2 workers.
+
+Each worker checks the file at most every 2 s, so every stage here takes a
+couple of seconds of real time; the waits are short polls with a timeout.
+Which worker handled a push is read from the log, whose lines carry the pid.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.conftest import SECRET, gitlab_headers, load_payload
+from tests.fake_feishu import FakeFeishu
+from tests.servers import ServiceProcess, service_env
+
+FEW_SECONDS = 8.0                  # "within a few seconds": the 2 s check interval plus slack for a busy box
+KEY = "Y_野水发财"                 # matches chinese_push.json's project, fuzzily
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeFeishu() as server:
+        for email in ("zhangsan@example.com", "lisi@example.com", "wangwu@example.com"):
+            server.add_user(email)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def owners(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reload") / "owners.json"
+    save(path, {KEY: "zhangsan@example.com"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(fake, owners):
+    env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="test-secret", FEISHU_BASE_URL=fake.url,
+                      GITLAB_WEBHOOK_SECRET=SECRET, OWNERS_FILE=str(owners), DATA_DIR=str(owners.parent / "data"),
+                      LOG_DIR=str(owners.parent / "logs"), RETRY_BASE_SECONDS="0.3",
+                      FEISHU_PACING="off")   # many pushes to one owner in a second: pacing would queue some
+    with ServiceProcess(env, owners.parent / "service.log", workers=2) as server:
+        yield server
+
+
+def save(path, owners: dict | str) -> None:
+    """Save like Windows Notepad does: UTF-8 with a BOM."""
+    text = owners if isinstance(owners, str) else json.dumps(owners, ensure_ascii=False, indent=2)
+    path.write_text(text, encoding="utf-8-sig")
+
+
+def workers(service) -> set[str]:
+    return set(re.findall(r"Booting worker with pid: (\d+)", service.log()))
+
+
+def push(service) -> tuple[str, list[str]]:
+    """Send a push; (pid of the worker that handled it, the recipients it was routed to)."""
+    key = str(uuid.uuid4())
+    response = requests.post(service.url + "/gitlab-webhook", headers=gitlab_headers(key=key), timeout=10,
+                             data=json.dumps(load_payload("chinese_push.json"), ensure_ascii=False).encode())
+    assert response.status_code == 200 and response.json()["status"] == "sent", response.text
+    [pid] = re.findall(rf"\[(\d+)\] push .* key=idem:{key}", service.log())
+    return pid, sorted(d["to"] for d in response.json()["deliveries"])
+
+
+def healthz_error(service) -> str | None:
+    return requests.get(service.url + "/healthz", timeout=5).json()["owners"]["last_error"]
+
+
+def until_every_worker(service, since: int, pattern: str, routed: list[str], *, old: list[str] | None = None):
+    """Push (and ask /healthz) until every worker has logged `pattern` after offset `since` of the log and
+    its latest push was routed to `routed`; with `old`, a push may also be routed to `old`, until then."""
+    deadline = time.monotonic() + FEW_SECONDS
+    latest: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        pid, recipients = push(service)
+        assert recipients in ([routed] if old is None else [old, routed])
+        latest[pid] = recipients
+        healthz_error(service)                    # the other worker may answer this one: it checks the file too
+        logged = set(re.findall(rf"\[(\d+)\] [^\n]*{pattern}", service.log()[since:]))
+        if logged >= workers(service) and all(latest.get(pid) == routed for pid in workers(service)):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"not every worker logged {pattern!r} and routed to {routed} within {FEW_SECONDS} s:\n"
+                f"{service.log()[since:]}")
+
+
+def healthz_agrees(service, check) -> None:
+    """Several /healthz answers in a row (from whichever worker) satisfy `check`."""
+    deadline, in_a_row = time.monotonic() + FEW_SECONDS, 0
+    while in_a_row < 6:
+        assert time.monotonic() < deadline, healthz_error(service)
+        in_a_row = in_a_row + 1 if check(healthz_error(service)) else 0
+        time.sleep(0.02)
+
+
+def test_an_edit_applies_in_every_worker_within_seconds(service, owners):
+    until_every_worker(service, 0, "Booting worker", ["zhangsan@example.com"])   # both have loaded the file
+    assert len(workers(service)) == 2
+    since = len(service.log())
+    save(owners, {KEY: "lisi@example.com", "其他项目": "wangwu@example.com"})
+    until_every_worker(service, since, "owners.json reloaded: 2 entries", ["lisi@example.com"],
+                       old=["zhangsan@example.com"])
+    assert all(push(service)[1] == ["lisi@example.com"] for _ in range(6))
+
+
+BROKEN_EDITS = [
+    ('{\n  "Y_野水发财": [\n    "wangwu@example.com",\n', "not valid JSON"),      # saved halfway
+    ('{\n  "Y_野水发财": "wangwu@example"\n}', "is not an email address"),        # a typo
+]
+
+
+def test_broken_edits_keep_the_last_good_routing_show_on_healthz_and_the_next_good_save_applies(service, owners):
+    last_good = push(service)[1]
+    for broken, message in BROKEN_EDITS:
+        since = len(service.log())
+        save(owners, broken)
+        until_every_worker(service, since, f"line \\d+.*{message}.*still routing with the last good version",
+                           last_good)
+        healthz_agrees(service, lambda error, message=message: error is not None and message in error
+                       and str(owners) in error)
+
+    since = len(service.log())
+    save(owners, {KEY: ["lisi@example.com", "wangwu@example.com"]})
+    until_every_worker(service, since, "owners.json reloaded", ["lisi@example.com", "wangwu@example.com"],
+                       old=last_good)
+    healthz_agrees(service, lambda error: error is None)

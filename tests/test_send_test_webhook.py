@@ -1,0 +1,155 @@
+"""send_test_webhook.py against real local servers: the service, a closed port, one that never answers."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from werkzeug.serving import make_server
+
+import send_test_webhook
+from gitlab_feishu.app import create_app
+from gitlab_feishu.gitlab import parse_event
+from tests.conftest import SECRET
+from tests.fake_feishu import FakeFeishu
+from tests.servers import ROOT, free_port, service_env
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeFeishu() as server:
+        yield server
+
+
+@pytest.fixture
+def service(settings, fake, owners_file):
+    """The app on a real local port, routing 测试项目 to a known and an unknown owner."""
+    owners_file.write_text(json.dumps({"测试项目": ["test@example.com", "ghost@example.com"]}, ensure_ascii=False),
+                           encoding="utf-8")
+    fake.reset()
+    fake.add_user("test@example.com")
+    app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url), start_worker=False)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    yield server
+    server.shutdown()
+    app.extensions["gitlab_feishu"]["worker"].stop()
+
+
+@pytest.fixture
+def run(settings, monkeypatch, capsys):
+    """send_test_webhook.main with the test settings (never the developer's .env); returns (code, out, err)."""
+    def run(*argv: str, port: int | None = None):
+        local = dataclasses.replace(settings, host="127.0.0.1", port=port or free_port())
+        monkeypatch.setattr(send_test_webhook.Settings, "from_env", classmethod(lambda cls: local))
+        code = send_test_webhook.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def test_a_push_reaches_the_owners_and_the_answer_is_shown(run, service, fake):
+    code, out, err = run(port=service.server_port)
+    assert code == 0, err
+    assert "HTTP 200" in out and "partial" in out
+    assert "test@example.com  [exact: 测试项目]  sent" in out
+    assert "ghost@example.com  [exact: 测试项目]  failed: not found in Feishu" in out
+    [message] = fake.messages
+    assert "测试：确认 GitLab → 飞书 通知已接通" in json.dumps(message["card"], ensure_ascii=False)
+
+
+def test_project_user_message_and_branch_are_sent_as_given(run, service, fake):
+    code, out, _ = run("--project", "games/client", "--name", "测试项目", "--user", "李四", "--message", "修复登录",
+                       "--branch", "release/1.0", port=service.server_port)
+    assert code == 0 and "sent" in out
+    card = json.dumps(fake.messages[0]["card"], ensure_ascii=False)
+    assert all(text in card for text in ("games/client", "李四", "修复登录", "release/1.0"))
+
+
+def test_a_project_nobody_owns_says_so(run, service):
+    code, out, _ = run("--project", "other/thing", port=service.server_port)
+    assert code == 0
+    assert "ignored (no entry in owners.json matches other/thing (thing))" in out and "--match" in out
+
+
+def test_wrong_token_is_one_line_and_fails(run, service, fake):
+    code, out, err = run("--token", "not-the-secret", port=service.server_port)
+    assert code == 1
+    assert err.strip().splitlines() == [err.strip()] and "HTTP 401" in err and "GITLAB_WEBHOOK_SECRET" in err
+    assert fake.messages == []
+
+
+def test_closed_port_is_one_line_and_fails(run):
+    code, _, err = run(port=free_port())
+    assert code == 1
+    assert err.count("\n") == 1 and "connection refused" in err and "is the service running" in err
+
+
+def test_a_server_that_never_answers_times_out(run):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()                 # accepts connections, never reads or answers
+        code, _, err = run("--timeout", "0.3", port=listener.getsockname()[1])
+    assert code == 1
+    assert err.count("\n") == 1 and "no answer" in err and "0.3 s" in err
+
+
+class _HtmlPage(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html><body>Welcome to nginx!</body></html>")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_answer_that_is_not_json_fails(run):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HtmlPage)
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    try:
+        code, _, err = run(port=server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    assert err.count("\n") == 1 and "HTTP 200" in err and "not this service's JSON answer" in err
+
+
+def test_a_url_that_is_not_http_is_refused(run):
+    code, _, err = run("--url", "127.0.0.1:5000/gitlab-webhook")
+    assert code == 2 and "http://" in err
+
+
+def test_headers_are_gitlabs_with_fresh_ids():
+    first = send_test_webhook.gitlab_headers(SECRET, "https://git.example.cn")
+    second = send_test_webhook.gitlab_headers(SECRET, "https://git.example.cn")
+    assert first["X-Gitlab-Event"] == "Push Hook" and first["X-Gitlab-Token"] == SECRET
+    assert first["User-Agent"].startswith("GitLab/") and first["X-Gitlab-Instance"] == "https://git.example.cn"
+    for name in ("Idempotency-Key", "X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID"):
+        assert first[name] != second[name]
+    assert "X-Gitlab-Token" not in send_test_webhook.gitlab_headers("", "https://git.example.cn")
+
+
+def test_payload_parses_as_a_push_with_its_chinese_text():
+    payload = send_test_webhook.push_payload("https://git.example.cn", "grouptwogame/yeshui-client", "野水发财",
+                                             user="张三", username="zhangsan", message="修复：按钮错位", branch="主干")
+    event = parse_event(json.loads(json.dumps(payload, ensure_ascii=False)), "Push Hook")
+    assert event.kind == "push" and event.project.path == "grouptwogame/yeshui-client"
+    assert event.project.name == "野水发财" and event.ref == "refs/heads/主干"
+    assert event.commits[0].title == "修复：按钮错位" and event.actor.name == "张三"
+
+
+def test_as_a_process_an_unreachable_service_exits_1_without_a_traceback():
+    port = free_port()
+    result = subprocess.run([sys.executable, "send_test_webhook.py"], cwd=ROOT, capture_output=True, timeout=30,
+                            env=service_env(HOST="127.0.0.1", PORT=str(port)))
+    stderr = result.stderr.decode("utf-8")
+    assert result.returncode == 1
+    assert "Traceback" not in stderr and f"127.0.0.1:{port}" in stderr
