@@ -33,18 +33,23 @@ def _tag_card(event: TagPushEvent, labels: dict, detail: _Detail) -> dict:
                             (labels["tag"], f"~~{escape_markdown(tag)}~~" if tag else ""), pusher])
     else:
         kind, colour, button = "tag_create", "turquoise", "view_tag"
-        head = [] if event.commit or not event.commit_sha else [
-            (labels["head"], _sha_link(event.project.web_url, event.commit_sha))]
+        head = [(labels["head"], _tagged_commit(event, detail))] if event.commit_sha else []
         elements = _fields([_project_field(event.project, labels, detail), (labels["tag"], _link(tag, event.tag_url)),
                             pusher, *head])
-        if event.commit:
-            elements += [HR, _markdown(f"**{labels['head']}**\n{_commit_line(event.commit, detail)}")]
         message = _excerpt(event.message or "", detail.excerpt_chars)
         if message:
             elements += [HR, _markdown(f"**{labels['annotation']}**\n{message}")]
     elements += _button(labels[button], event.tag_url)
     return _card(colour, labels[f"{kind}_title"].format(**names), names["tag"],
                  labels[f"{kind}_summary"].format(**names), elements)
+
+
+def _tagged_commit(event: TagPushEvent, detail: _Detail) -> str:
+    """The tagged commit's short SHA, linked, over its title in grey when GitLab sent the commit."""
+    sha = _sha_link(event.project.web_url, event.commit_sha)
+    if not event.commit or not event.commit.title:
+        return sha
+    return f"{sha}\n<font color='grey'>{escape_markdown(_cut(event.commit.title, min(detail.title_chars, 40)))}</font>"
 
 
 # --- merge requests ---------------------------------------------------------
@@ -92,10 +97,9 @@ def _pipeline_card(event: PipelineEvent, labels: dict, detail: _Detail) -> dict:
     elements = _fields([_project_field(event.project, labels, detail),
                         (labels["tag" if event.tag else "branch"], _link(ref, event.ref_url)),
                         (labels["triggered_by"], trigger), (labels["pipeline"], pipeline)])
-    if event.commit:
-        elements += [HR, _markdown(f"**{labels['commit']}**\n{_commit_line(event.commit, detail)}")]
-    elif event.sha:
-        elements += [HR, _markdown(f"**{labels['commit']}**\n{_sha_link(event.project.web_url, event.sha)}")]
+    commit = _commit_line(event.commit, detail) if event.commit else _sha_link(event.project.web_url, event.sha)
+    if commit:
+        elements += [HR, _markdown(f"<font color='grey'>{labels['commit']}</font> {commit}")]
     if event.fixed:
         elements += [HR, _note(labels["fixed_note_tag" if event.tag else "fixed_note"])]
     elif event.failed_jobs:

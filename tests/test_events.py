@@ -230,8 +230,8 @@ def test_pipeline_fields():
     assert (event.id, event.iid, event.status, event.ref, event.tag) == (5031, 88, "failed", "feature/登录界面", False)
     assert event.url == "https://git.example.cn/grouptwogame/yeshui-client/-/pipelines/5031"
     assert event.actor == Person(name="张三", username="zhangsan")
-    assert (event.source, event.duration, event.sha[:8]) == ("push", 318, "9a8b7c6d")
-    assert event.commit.title.startswith("新增")
+    assert (event.source, event.duration, event.sha[:8]) == ("push", 318, "3c2b1a0f")
+    assert event.commit.title == "修复：登录界面在 1080p 下按钮错位"
 
 
 def test_old_minimal_pipeline_payload():
