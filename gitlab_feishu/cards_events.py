@@ -13,7 +13,6 @@ from .events import MergeRequestEvent, Person, PipelineEvent, Project, TagPushEv
 
 EXCERPT_LINES = 6               # lines of a description or tag message shown
 _HEADING = re.compile(r"^#{1,6}\s+")   # a markdown heading's hashes, dropped from an excerpt line
-HR = {"tag": "hr"}
 
 # Header colour of each merge request action: blue to act on, green approved, purple merged, grey closed.
 MERGE_REQUEST_COLOURS = {"open": "blue", "reopen": "indigo", "ready": "wathet", "approved": "green",
@@ -38,7 +37,7 @@ def _tag_card(event: TagPushEvent, labels: dict, detail: _Detail) -> dict:
                             pusher, *head])
         message = _excerpt(event.message or "", detail.excerpt_chars)
         if message:
-            elements += [HR, _markdown(f"**{labels['annotation']}**\n{message}")]
+            elements += [{"tag": "hr"}, _markdown(f"**{labels['annotation']}**\n{message}")]
     elements += _button(labels[button], event.tag_url)
     return _card(colour, labels[f"{kind}_title"].format(**names), names["tag"],
                  labels[f"{kind}_summary"].format(**names), elements)
@@ -47,9 +46,10 @@ def _tag_card(event: TagPushEvent, labels: dict, detail: _Detail) -> dict:
 def _tagged_commit(event: TagPushEvent, detail: _Detail) -> str:
     """The tagged commit's short SHA, linked, over its title in grey when GitLab sent the commit."""
     sha = _sha_link(event.project.web_url, event.commit_sha)
-    if not event.commit or not event.commit.title:
+    if not event.commit or not event.commit.title or not detail.title_chars:
         return sha
-    return f"{sha}\n<font color='grey'>{escape_markdown(_cut(event.commit.title, min(detail.title_chars, 40)))}</font>"
+    title = _cut(event.commit.title, min(detail.title_chars, HEADER_CHARS))   # it sits in a half-width column
+    return f"{sha}\n<font color='grey'>{escape_markdown(title)}</font>"
 
 
 # --- merge requests ---------------------------------------------------------
@@ -68,7 +68,7 @@ def _merge_request_card(event: MergeRequestEvent, labels: dict, detail: _Detail)
     elements = [_markdown(title), *_fields(pairs)]
     description = _excerpt(event.description, detail.excerpt_chars)
     if description:
-        elements += [HR, _markdown(description)]
+        elements += [{"tag": "hr"}, _markdown(description)]
     elements += _button(labels["view_merge_request"], event.url)
     kind = f"mr_{event.action}"
     subtitle = f"{event.reference} · {_cut(branches, HEADER_CHARS * 2)}"
@@ -97,16 +97,20 @@ def _pipeline_card(event: PipelineEvent, labels: dict, detail: _Detail) -> dict:
     elements = _fields([_project_field(event.project, labels, detail),
                         (labels["tag" if event.tag else "branch"], _link(ref, event.ref_url)),
                         (labels["triggered_by"], trigger), (labels["pipeline"], pipeline)])
-    commit = _commit_line(event.commit, detail) if event.commit else _sha_link(event.project.web_url, event.sha)
-    if commit:
-        elements += [HR, _markdown(f"<font color='grey'>{labels['commit']}</font> {commit}")]
-    if event.fixed:
-        elements += [HR, _note(labels["fixed_note_tag" if event.tag else "fixed_note"])]
-    elif event.failed_jobs:
-        elements += [HR, _failed_jobs(event, labels, detail)]
+    if event.commit and detail.commits:
+        commit = _commit_line(event.commit, detail)
     else:
-        elements += [HR, _note(labels["no_failed_jobs"])]
-    elements += _button(labels["view_pipeline"], event.url)
+        sha = event.commit.id if event.commit else event.sha
+        commit = _sha_link(event.project.web_url, sha) if sha else ""
+    if commit:
+        elements += [{"tag": "hr"}, _markdown(f"<font color='grey'>{labels['commit']}</font> {commit}")]
+    if event.fixed:
+        closing = _note(labels["fixed_note_tag" if event.tag else "fixed_note"])
+    elif event.failed_jobs:
+        closing = _failed_jobs(event, labels, detail)
+    else:
+        closing = _note(labels["no_failed_jobs"])
+    elements += [{"tag": "hr"}, closing, *_button(labels["view_pipeline"], event.url)]
     return _card(colour, labels[f"{kind}_title"].format(**names), f"{names['ref']} · #{event.id}",
                  labels[f"{kind}_summary"].format(**names), elements)
 

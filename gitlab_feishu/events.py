@@ -206,7 +206,8 @@ class PipelineEvent:
     def ref_url(self) -> str:
         if not self.project.web_url or not self.ref:
             return ""
-        return f"{self.project.web_url}/-/{'tags' if self.tag else 'tree'}/{quote(self.ref, safe='/', errors='replace')}"
+        kind = "tags" if self.tag else "tree"
+        return f"{self.project.web_url}/-/{kind}/{quote(self.ref, safe='/', errors='replace')}"
 
     @property
     def idempotency_key(self) -> str:

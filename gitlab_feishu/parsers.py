@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-from .events import Commit, Ignored, Job, MergeRequestEvent, Person, PipelineEvent, PushEvent, TagPushEvent, is_blank_sha
+from .events import (Commit, Ignored, Job, MergeRequestEvent, Person, PipelineEvent, PushEvent, TagPushEvent,
+                     is_blank_sha)
 from .payload import (as_dict, as_list, integer, optional_bool, parse_commit, parse_project, parse_pusher, parse_user,
                       text)
 
@@ -113,6 +114,9 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
     pipeline_id = integer(attributes.get("id"))
     if pipeline_id is None:
         return Ignored("pipeline payload has no object_attributes.id")
+    ref = text(attributes.get("ref"))
+    if not ref:
+        return Ignored("pipeline payload has no object_attributes.ref")
     web_url = project.web_url
     duration = attributes.get("duration")
     return PipelineEvent(
@@ -120,7 +124,7 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         actor=parse_user(payload.get("user")),
         id=pipeline_id,
         status=status,
-        ref=text(attributes.get("ref")),
+        ref=ref,
         tag=attributes.get("tag") is True,
         url=text(attributes.get("url")) or (f"{web_url}/-/pipelines/{pipeline_id}" if web_url else ""),
         iid=integer(attributes.get("iid")),

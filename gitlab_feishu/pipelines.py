@@ -24,7 +24,7 @@ def pipeline_to_notify(event: PipelineEvent, outbox: Outbox | None, event_key: s
 
     Records the pipeline as the latest finished one on its ref as a side effect.
     """
-    where = f"pipeline {event.id} on {event.ref or '?'}"
+    where = f"pipeline {event.id} on {event.ref}"
     if outbox is None:
         if event.status == FAILED:
             return event

@@ -249,7 +249,8 @@ def test_old_minimal_pipeline_payload():
     (lambda p: p.update(user=None), lambda e: e.actor == Person()),
     (lambda p: p.pop("commit"), lambda e: e.commit is None),
     (lambda p: p["object_attributes"].update(duration=None), lambda e: e.duration is None),
-    (lambda p: p["object_attributes"].update(stages="oops"), lambda e: [j.name for j in e.failed_jobs] == ["test-build"]),
+    (lambda p: p["object_attributes"].update(stages="oops"),
+     lambda e: [job.name for job in e.failed_jobs] == ["test-build"]),
 ])
 def test_pipeline_missing_fields(change, check):
     payload = with_attributes("pipeline.json", status="failed")
@@ -257,8 +258,9 @@ def test_pipeline_missing_fields(change, check):
     assert check(parse(payload))
 
 
-def test_pipeline_without_id_is_ignored():
-    assert "object_attributes.id" in parse(with_attributes("pipeline.json", id=None)).reason
+@pytest.mark.parametrize("field", ["id", "ref"])
+def test_pipeline_without_id_or_ref_is_ignored(field):
+    assert f"object_attributes.{field}" in parse(with_attributes("pipeline.json", **{field: None})).reason
 
 
 # --- what is never handled ---------------------------------------------------------------------
