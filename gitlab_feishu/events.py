@@ -6,7 +6,7 @@ them. They hold no I/O and no settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 from urllib.parse import quote
 
 
@@ -143,7 +143,7 @@ class MergeRequestEvent:
     actor: Person                # who acted (GitLab's `user`)
     action: str                  # open, reopen, merge, close, approved, or ready (a draft made ready)
     id: int | None
-    iid: int | None
+    iid: int
     title: str
     source_branch: str
     target_branch: str
@@ -163,7 +163,8 @@ class MergeRequestEvent:
 
     @property
     def reference(self) -> str:
-        return f"!{self.iid}" if self.iid is not None else ""
+        """How GitLab writes it in text: "!17"."""
+        return f"!{self.iid}"
 
     @property
     def idempotency_key(self) -> str:
@@ -225,4 +226,4 @@ def is_blank_sha(sha: str) -> bool:
     return len(sha) in (40, 64) and set(sha) == {"0"}
 
 
-Event = Union[PushEvent, TagPushEvent, MergeRequestEvent, PipelineEvent]
+Event = PushEvent | TagPushEvent | MergeRequestEvent | PipelineEvent
