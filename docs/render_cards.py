@@ -7,6 +7,7 @@ Always writes docs/cards.json (the cards, as the service would send them).
 Given the path of a card previewer (one that takes CARDS.json OUT.png, such as
 the project's shared tools/card_preview.py), it also draws docs/card-*.png.
 """
+import dataclasses
 import json
 import subprocess
 import sys
@@ -24,16 +25,23 @@ PICTURES = {
     "card-push": "chinese_push.json",
     "card-new-branch": "zulip_push_hook__push_local_branch_without_commits.json",
     "card-delete-branch": "zulip_push_hook__remove_branch.json",
+    "card-tag": "chinese_tag_push.json",
+    "card-merge-request": "chinese_merge_request.json",
+    "card-pipeline-failed": "chinese_pipeline_failed.json",
 }
 
 
-def card_for(fixture: str, lang: str = "zh") -> dict:
+def card_for(fixture: str, lang: str = "zh", **changes) -> dict:
+    """The card the service would send for a fixture; `changes` replace fields of the parsed event."""
     payload = json.loads((FIXTURES / fixture).read_text(encoding="utf-8"))
-    return render_card(parse_event(payload, "Push Hook"), lang)
+    event = parse_event(payload, None)
+    return render_card(dataclasses.replace(event, **changes) if changes else event, lang)
 
 
 def main() -> None:
     cards = {name: card_for(fixture) for name, fixture in PICTURES.items()}
+    # The service marks a success "fixed" when the ref's previous pipeline failed (see pipelines.py).
+    cards["card-pipeline-fixed"] = card_for("chinese_pipeline_failed.json", status="success", fixed=True)
     (DOCS / "cards.json").write_text(json.dumps(cards, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     if len(sys.argv) > 1:
         for name, card in cards.items():

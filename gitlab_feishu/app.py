@@ -27,6 +27,7 @@ from .pacing import Pacer
 from .selfcheck import CredentialCheck
 from .service import Notifier
 from .settings import Settings
+from .users import UsersFile
 from .worker import RetryWorker, process_owner
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     """Build the service. Without arguments, settings come from the environment and `.env`."""
     settings = settings or Settings.from_env()
     owners = OwnersFile(settings.owners_file)
+    users = UsersFile(settings.users_file)
     lease_owner = process_owner()
     outbox = deliverer = worker = credentials = None
     if settings.dry_run:
@@ -61,14 +63,14 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
             credentials.start()
     if not settings.gitlab_webhook_secret:
         log.warning("GITLAB_WEBHOOK_SECRET is not set: anyone who can reach this service can make it send cards")
-    notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock)
+    notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock, users=users)
 
     app = Flask(__name__)
     # One byte over the limit lets a chunked body (no Content-Length) show that it is too large.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.json.ensure_ascii = False      # Chinese stays readable on GitLab's Recent events page
     app.json.sort_keys = False
-    app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "outbox": outbox,
+    app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "users": users, "outbox": outbox,
                                        "worker": worker, "notifier": notifier, "credentials": credentials}
     protect(app, settings)
 
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
             "status": "ok",
             "mode": "dry-run" if settings.dry_run else "live",
             "owners": owners.state(),
+            "users": users.state(),
             "outbox": outbox.counts() if outbox else {"queued": 0, "failed": 0},
             "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
             "last_delivery_at": _iso(outbox.last_sent_at()) if outbox else None,

@@ -12,79 +12,26 @@ import re
 from typing import NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .events import Commit, Project, PushEvent
+from .card_labels import LABELS, LANGUAGES
+from .events import Commit, Event, Project, PushEvent
 
 MAX_CARD_BYTES = 30 * 1024      # Feishu's limit on the `content` string, as UTF-8 bytes
 MAX_URL_CHARS = 2048            # a longer link is left out rather than sent
 HEADER_CHARS = 40               # each name in the title, subtitle and summary
 SUMMARY_CHARS = 100             # the chat-list preview is one short line
 
-LABELS = {
-    "zh": {
-        "push_title": "{actor} 推送到 {project}",
-        "create_title": "{actor} 在 {project} 新建了分支",
-        "delete_title": "{actor} 删除了 {project} 的分支",
-        "push_summary": "{actor} 推送到 {project}（{branch}）：{commits}",
-        "create_summary": "{actor} 新建了分支 {branch}（{project}）",
-        "delete_summary": "{actor} 删除了分支 {branch}（{project}）",
-        "commits_one": "{n} 个提交",
-        "commits_many": "{n} 个提交",
-        "no_commits": "没有新提交",
-        "project": "项目",
-        "branch": "分支",
-        "pusher": "推送人",
-        "commits": "提交数",
-        "head": "所在提交",
-        "last_head": "删除前所在提交",
-        "recent": "最新提交",
-        "more_one": "还有 {n} 个更早的提交",
-        "more_many": "还有 {n} 个更早的提交",
-        "rewind": "分支指向了已有的提交，没有新提交（例如强制推送回退）。",
-        "someone": "有人",
-        "view_changes": "查看改动",
-        "view_commit": "查看提交",
-        "view_branch": "查看分支",
-        "view_branches": "查看分支列表",
-    },
-    "en": {
-        "push_title": "{actor} pushed to {project}",
-        "create_title": "{actor} created a branch in {project}",
-        "delete_title": "{actor} deleted a branch in {project}",
-        "push_summary": "{actor} pushed to {project} ({branch}): {commits}",
-        "create_summary": "{actor} created branch {branch} in {project}",
-        "delete_summary": "{actor} deleted branch {branch} in {project}",
-        "commits_one": "{n} commit",
-        "commits_many": "{n} commits",
-        "no_commits": "no new commits",
-        "project": "Project",
-        "branch": "Branch",
-        "pusher": "Pushed by",
-        "commits": "Commits",
-        "head": "At commit",
-        "last_head": "Was at commit",
-        "recent": "Latest commits",
-        "more_one": "and {n} earlier commit",
-        "more_many": "and {n} earlier commits",
-        "rewind": "The branch now points to an existing commit; no new commits (e.g. a force-push rewind).",
-        "someone": "Someone",
-        "view_changes": "View changes",
-        "view_commit": "View commit",
-        "view_branch": "View branch",
-        "view_branches": "View branches",
-    },
-}
-LANGUAGES = tuple(LABELS)
-
 
 class _Detail(NamedTuple):
-    commits: int        # commits listed
+    commits: int        # commits listed (failed jobs, for a pipeline)
     title_chars: int    # characters of each commit's first line
     text_chars: int     # characters of names, branch and project
+    excerpt_chars: int  # characters of a merge request description or a tag message
 
 
 # From most to least detail; render_card keeps the first step that fits.
 # 72 characters is git's customary subject length; longer ones wrap badly on a phone.
-_STEPS = (_Detail(5, 72, 80), _Detail(5, 40, 80), _Detail(3, 40, 60), _Detail(1, 40, 40), _Detail(0, 0, 30))
+_STEPS = (_Detail(5, 72, 80, 200), _Detail(5, 40, 80, 120), _Detail(3, 40, 60, 80), _Detail(1, 40, 40, 40),
+          _Detail(0, 0, 30, 0))
 
 # Characters that start markdown or tag syntax, written as entities as Feishu documents.
 _ENTITIES = {c: f"&#{ord(c)};" for c in "&<>*_~`[]()#\\!+-$\"':|"}
@@ -93,12 +40,12 @@ _LIST_NUMBER = re.compile(r"^(\d+)\.")                           # "1." would st
 _URL_SAFE = "/:@!$&'*+,;=%?"        # kept in links; spaces, parentheses and non-ASCII are percent-encoded
 
 
-def render_card(event: PushEvent, lang: str = "zh", *, max_bytes: int = MAX_CARD_BYTES) -> dict:
+def render_card(event: Event, lang: str = "zh", *, max_bytes: int = MAX_CARD_BYTES) -> dict:
     """The card for an event, with as much detail as fits in `max_bytes` of content."""
     labels = LABELS.get(lang)
     if labels is None:
         raise ValueError(f"unknown card language {lang!r}; use one of {', '.join(LANGUAGES)}")
-    render = _RENDERERS[type(event)]
+    render = _renderers()[type(event)]
     for detail in _STEPS:
         card = render(event, labels, detail)
         if len(card_content(card).encode("utf-8")) <= max_bytes:
@@ -263,4 +210,7 @@ def _clean(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-_RENDERERS = {PushEvent: _push_card}
+def _renderers() -> dict:
+    # Imported here: the other kinds' cards are built from the helpers above.
+    from .cards_events import RENDERERS
+    return {PushEvent: _push_card, **RENDERERS}

@@ -6,6 +6,7 @@ them. They hold no I/O and no settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 from urllib.parse import quote
 
 
@@ -98,9 +99,131 @@ class PushEvent:
         return f"push:{self.project.id or self.project.path}:{self.ref}:{self.before}:{self.after}"
 
 
+@dataclass(frozen=True)
+class TagPushEvent:
+    """A Tag Push Hook: a tag created or deleted."""
+    project: Project
+    actor: Person
+    ref: str                     # "refs/tags/v1.0.0"
+    before: str
+    after: str                   # for an annotated tag, the tag object, not the commit
+    commit_sha: str = ""         # the tagged commit (checkout_sha); "" on deletion
+    commit: Commit | None = None  # the tagged commit as current GitLab sends it; older GitLab sends none
+    message: str | None = None   # the annotation; None for a lightweight tag
+    ref_protected: bool | None = None
+    kind: ClassVar[str] = "tag_push"
+    branch: ClassVar[None] = None   # branch filters never apply to tags
+
+    @property
+    def tag(self) -> str:
+        return self.ref.removeprefix("refs/tags/")
+
+    @property
+    def deleted(self) -> bool:
+        return is_blank_sha(self.after)
+
+    @property
+    def tag_url(self) -> str:
+        """The tag's page, or the tag list once it is deleted."""
+        if not self.project.web_url:
+            return ""
+        if self.deleted:
+            return f"{self.project.web_url}/-/tags"
+        return f"{self.project.web_url}/-/tags/{quote(self.tag, safe='', errors='replace')}"
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"tag_push:{self.project.id or self.project.path}:{self.ref}:{self.before}:{self.after}"
+
+
+@dataclass(frozen=True)
+class MergeRequestEvent:
+    """A Merge Request Hook whose action is worth a card (see parse_merge_request for which)."""
+    project: Project             # the target project
+    actor: Person                # who acted (GitLab's `user`)
+    action: str                  # open, reopen, merge, close, approved, or ready (a draft made ready)
+    id: int | None
+    iid: int
+    title: str
+    source_branch: str
+    target_branch: str
+    url: str
+    author: Person | None = None  # the MR's author, when the payload names them
+    description: str = ""
+    reviewers: tuple[Person, ...] = ()
+    assignees: tuple[Person, ...] = ()
+    updated_at: str = ""
+    kind: ClassVar[str] = "merge_request"
+    ref_protected: ClassVar[None] = None   # not in merge request payloads
+
+    @property
+    def branch(self) -> str:
+        """Branch filters compare the target branch: where the change lands."""
+        return self.target_branch
+
+    @property
+    def reference(self) -> str:
+        """How GitLab writes it in text: "!17"."""
+        return f"!{self.iid}"
+
+    @property
+    def idempotency_key(self) -> str:
+        return (f"merge_request:{self.project.id or self.project.path}:{self.id or self.iid}:{self.action}:"
+                f"{self.updated_at}")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    stage: str
+    failure_reason: str = ""
+
+
+@dataclass(frozen=True)
+class PipelineEvent:
+    """A Pipeline Hook: a pipeline changed status. Only failures, and successes that end one, notify."""
+    project: Project
+    actor: Person                # who triggered it (GitLab's `user`)
+    id: int
+    status: str                  # GitLab's: failed, success, canceled, running, pending, ...
+    ref: str                     # a branch or tag name, without refs/...
+    tag: bool
+    url: str
+    iid: int | None = None
+    sha: str = ""
+    source: str = ""             # push, web, schedule, merge_request_event, ...
+    commit: Commit | None = None
+    failed_jobs: tuple[Job, ...] = ()
+    duration: int | None = None  # seconds
+    fixed: bool = False          # set by the service: a success after a failure on the same ref
+    kind: ClassVar[str] = "pipeline"
+    ref_protected: ClassVar[None] = None   # not in pipeline payloads
+
+    @property
+    def branch(self) -> str | None:
+        return None if self.tag else self.ref
+
+    @property
+    def ref_url(self) -> str:
+        if not self.project.web_url or not self.ref:
+            return ""
+        kind = "tags" if self.tag else "tree"
+        return f"{self.project.web_url}/-/{kind}/{quote(self.ref, safe='/', errors='replace')}"
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"pipeline:{self.project.id or self.project.path}:{self.id}:{self.status}"
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A delivery that is valid but notifies nobody; `reason` is shown to GitLab and logged."""
+    reason: str
+
+
 def is_blank_sha(sha: str) -> bool:
     """GitLab's all-zero SHA (40 zeros, or 64 in SHA-256 repositories)."""
     return len(sha) in (40, 64) and set(sha) == {"0"}
 
 
-Event = PushEvent
+Event = PushEvent | TagPushEvent | MergeRequestEvent | PipelineEvent

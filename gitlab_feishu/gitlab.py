@@ -1,17 +1,15 @@
-"""GitLab's side: verifying a delivery and parsing its payload into an event.
+"""GitLab's side: verifying a delivery and dispatching its payload to a parser.
 
-Pure functions only. GitLab omits or nulls many fields depending on its
-version and the event (`user_email` is "", null or "[REDACTED]"; older
-payloads lack `title`, `project.id`, `user_username`), so every field is read
-defensively and an unexpected shape becomes `Ignored`, never an exception.
+Pure functions only. An unexpected shape becomes `Ignored`, never an
+exception; the parsers themselves live in `parsers`.
 """
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from typing import Any
 
-from .events import Commit, Event, Person, Project, PushEvent
+from .events import Event, Ignored   # Ignored: what parse_event returns for a delivery it will not notify
+from .parsers import parse_merge_request, parse_pipeline, parse_push, parse_tag_push
 
 MAX_BODY_BYTES = 25 * 1024 * 1024   # GitLab's own cap on a webhook body
 
@@ -23,12 +21,9 @@ EVENT_HEADERS = {
     "pipeline": "Pipeline Hook",
 }
 SYSTEM_HOOK = "System Hook"          # a system hook sends push payloads under this header
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """A delivery that is valid but notifies nobody; `reason` is shown to GitLab and logged."""
-    reason: str
+_PARSERS = {"push": parse_push, "tag_push": parse_tag_push, "merge_request": parse_merge_request,
+            "pipeline": parse_pipeline}
+_NOT_HANDLED = {"build": "job events are not handled: a failed pipeline notifies once, never once per job"}
 
 
 def token_matches(received: str | None, expected: str) -> bool:
@@ -47,89 +42,7 @@ def parse_event(payload: Any, event_header: str | None) -> Event | Ignored:
         return Ignored("payload has no object_kind")
     expected_header = EVENT_HEADERS.get(kind)
     if expected_header is None:
-        return Ignored(f"{kind} events are not handled")
+        return Ignored(_NOT_HANDLED.get(kind, f"{kind} events are not handled"))
     if event_header and event_header not in (expected_header, SYSTEM_HOOK):
         return Ignored(f"X-Gitlab-Event {event_header!r} does not match object_kind {kind!r}")
-    parser = _PARSERS.get(kind)
-    if parser is None:
-        return Ignored(f"{kind} events are not handled")
-    return parser(payload)
-
-
-def _parse_push(payload: dict) -> PushEvent | Ignored:
-    project = parse_project(payload.get("project"), payload.get("project_id"))
-    if project is None:
-        return Ignored("push payload has no project.path_with_namespace")
-    ref = _text(payload.get("ref"))
-    if not ref:
-        return Ignored("push payload has no ref")
-    commits = tuple(c for c in (_parse_commit(raw) for raw in _list(payload.get("commits"))) if c)
-    total = payload.get("total_commits_count")
-    total = total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else 0
-    protected = payload.get("ref_protected")
-    return PushEvent(
-        project=project,
-        actor=Person(name=_text(payload.get("user_name")), username=_text(payload.get("user_username")),
-                     email=clean_email(payload.get("user_email"))),
-        ref=ref,
-        before=_text(payload.get("before")),
-        after=_text(payload.get("after")),
-        commits=commits,
-        total_commits=max(total, len(commits)),
-        ref_protected=protected if isinstance(protected, bool) else None,
-    )
-
-
-_PARSERS = {"push": _parse_push}
-
-
-def parse_project(raw: Any, fallback_id: Any = None) -> Project | None:
-    """The `project` object common to every event kind; None when it has no path."""
-    if not isinstance(raw, dict):
-        return None
-    path = _text(raw.get("path_with_namespace")).strip("/")
-    if not path:
-        return None
-    project_id = raw.get("id", fallback_id)
-    return Project(
-        path=path,
-        name=_text(raw.get("name")) or path.rsplit("/", 1)[-1],
-        web_url=_text(raw.get("web_url") or raw.get("homepage")).rstrip("/"),
-        id=project_id if isinstance(project_id, int) and not isinstance(project_id, bool) else None,
-        default_branch=_text(raw.get("default_branch")),
-    )
-
-
-def _parse_commit(raw: Any) -> Commit | None:
-    if not isinstance(raw, dict) or not _text(raw.get("id")):
-        return None
-    author = _dict(raw.get("author"))
-    return Commit(
-        id=_text(raw.get("id")),
-        message=_text(raw.get("message")) or _text(raw.get("title")),
-        url=_text(raw.get("url")),
-        author=Person(name=_text(author.get("name")), email=clean_email(author.get("email"))),
-        timestamp=_text(raw.get("timestamp")),
-    )
-
-
-def clean_email(value: Any) -> str:
-    """An email GitLab really disclosed, or "" for null, "" and "[REDACTED]"."""
-    text = _text(value).strip()
-    return text if "@" in text and text != "[REDACTED]" else ""
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    return ""
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
+    return _PARSERS[kind](payload)

@@ -17,7 +17,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -49,6 +49,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
                UNIQUE (event_key, channel, recipient))""",
         "CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at)",
         "CREATE INDEX events_created ON events (created_at)",
+    ),
+    2: (
+        # The newest finished pipeline on each ref, so a success after a failure can say "fixed".
+        """CREATE TABLE pipeline_refs (
+               project TEXT NOT NULL,
+               ref TEXT NOT NULL,
+               pipeline_id INTEGER NOT NULL,
+               status TEXT NOT NULL,
+               updated_at REAL NOT NULL,
+               PRIMARY KEY (project, ref))""",
     ),
 }
 
@@ -185,6 +195,23 @@ class Outbox:
             "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries WHERE status = 'queued'"
         ).fetchone()
         return row[0]
+
+    # -- pipeline history ------------------------------------------------------
+
+    def record_finished_pipeline(self, project: str, ref: str, pipeline_id: int,
+                                 status: str) -> tuple[int, str] | None:
+        """Remember a finished pipeline as the latest on its ref, unless a newer one is already there.
+
+        Returns the (pipeline_id, status) that was recorded for the ref before, or None. An older
+        pipeline arriving late changes nothing; the caller sees that from the returned id.
+        """
+        with self._write() as conn:
+            row = conn.execute("SELECT pipeline_id, status FROM pipeline_refs WHERE project = ? AND ref = ?",
+                               (project, ref)).fetchone()
+            if row is None or row["pipeline_id"] <= pipeline_id:
+                conn.execute("INSERT OR REPLACE INTO pipeline_refs (project, ref, pipeline_id, status, updated_at)"
+                             " VALUES (?, ?, ?, ?, ?)", (project, ref, pipeline_id, status, self.clock()))
+        return (row["pipeline_id"], row["status"]) if row else None
 
     # -- operators -------------------------------------------------------------
 

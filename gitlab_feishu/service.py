@@ -13,11 +13,13 @@ from typing import Any, Callable, Mapping
 
 from .cards import card_content, render_card
 from .delivery import Deliverer, Outcome
-from .events import Event
+from .events import Event, PipelineEvent
 from .gitlab import Ignored, parse_event
 from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox
 from .owners import Match, OwnersFile
+from .pipelines import pipeline_to_notify
 from .settings import Settings
+from .users import UsersFile, with_people
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +59,10 @@ class Notifier:
     """Turns one webhook payload into cards for the matched owners."""
 
     def __init__(self, settings: Settings, owners: OwnersFile, outbox: Outbox | None, deliverer: Deliverer | None,
-                 *, lease_owner: str, clock: Callable[[], float] = time.time):
+                 *, lease_owner: str, clock: Callable[[], float] = time.time, users: UsersFile | None = None):
         self.settings = settings
         self.owners = owners
+        self.users = users
         self.outbox = outbox
         self.deliverer = deliverer
         self.lease_owner = lease_owner
@@ -73,11 +76,15 @@ class Notifier:
         base = {"event": event.kind, "project": event.project.path}
         if event.kind not in self.settings.notify_events:
             return self._ignored(f"{event.kind} events are turned off (NOTIFY_EVENTS)", headers, base)
+        key = idempotency_key(headers, event)
+        if isinstance(event, PipelineEvent):
+            event = pipeline_to_notify(event, self.outbox, key)
+            if isinstance(event, Ignored):
+                return self._ignored(event.reason, headers, base)
         matches = self._recipients(event)
         if not matches:
             return self._ignored(f"no entry in owners.json matches {event.project.path} ({event.project.name})",
                                  headers, base)
-        key = idempotency_key(headers, event)
         content = card_content(render_card(event, self.settings.card_lang))
         if self.settings.dry_run:
             return self._dry_run(event, key, matches, content, base)
@@ -98,7 +105,8 @@ class Notifier:
 
     def _recipients(self, event: Event) -> list[Match]:
         """Who hears about this event, each once, with the rule that chose them."""
-        return self.owners.current().match(event.project)
+        matches = self.owners.current().match(event.project)
+        return with_people(matches, event, self.users.current()) if self.users else matches
 
     def _ignored(self, reason: str, headers: Mapping[str, str], base: dict | None = None) -> dict:
         log.info("ignored %s (%s): %s", headers.get("X-Gitlab-Event", "?"), _key_for_log(headers), reason)

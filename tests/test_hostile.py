@@ -16,7 +16,9 @@ from tests.fake_feishu import FakeFeishu
 PAYLOADS = [load_payload(name) for name in (
     "push.json", "chinese_push.json", "chinese_push_redacted.json", "zulip_push_hook.json",
     "zulip_push_hook__remove_branch.json", "zulip_push_hook__push_local_branch_without_commits.json",
-    "tag_push.json", "merge_request.json", "pipeline.json", "gitlab_api_doc_webhook_event_push.json")]
+    "tag_push.json", "merge_request.json", "pipeline.json", "gitlab_api_doc_webhook_event_push.json",
+    "chinese_tag_push.json", "chinese_merge_request.json", "chinese_pipeline_failed.json",
+    "zulip_tag_push_hook__add_tag.json", "zulip_pipeline_hook__pipeline_succeeded.json")]
 EVENTS = ["Push Hook", "Tag Push Hook", "Merge Request Hook", "Pipeline Hook", "System Hook", "Issue Hook", ""]
 
 json_values = st.recursive(
@@ -59,10 +61,15 @@ def client(tmp_path_factory, fake):
 
     folder = tmp_path_factory.mktemp("hostile")
     (folder / "owners.json").write_text(json.dumps({"mike": "mike@example.com", "Y_野水发财": "zs@example.com",
-                                                    "zulip": "z@example.com", "flight": "f@example.com"},
+                                                    "zulip": "z@example.com", "flight": "f@example.com",
+                                                    "gitlab-test": "g@example.com", "jsmith": "j@example.com",
+                                                    "my-awesome-project": "t@example.com"},
                                                    ensure_ascii=False), encoding="utf-8")
+    (folder / "users.json").write_text(json.dumps({"root": "root@example.com", "user1": "u1@example.com",
+                                                   "lisi": "lisi@example.com", "wangwu": "ou_abc"}), encoding="utf-8")
     settings = Settings(feishu_app_id="cli_test_app", feishu_app_secret="test-secret", feishu_base_url=fake.url,
-                        gitlab_webhook_secret=SECRET, owners_file=folder / "owners.json", data_dir=folder / "data",
+                        gitlab_webhook_secret=SECRET, owners_file=folder / "owners.json",
+                        users_file=folder / "users.json", data_dir=folder / "data",
                         log_dir=folder / "logs", delivery_deadline_seconds=2)
     app = create_app(settings, start_worker=False)
     yield app.test_client()
@@ -79,6 +86,7 @@ def test_mutated_payloads_never_make_a_5xx(client, payload, event):
     response = client.post("/gitlab-webhook", data=json.dumps(payload), headers=gitlab_headers(event))
     assert response.status_code == 200, response.text
     assert response.json["status"] in {"sent", "partial", "queued", "failed", "ignored"}
+    assert "internal error" not in response.json.get("reason", "")
 
 
 @fuzz

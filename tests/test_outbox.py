@@ -135,3 +135,32 @@ def test_prune_forgets_old_finished_events_only(outbox, clock):
     assert outbox.prune(keep_seconds=2 * DAY) == 1
     assert outbox.event_summary("idem:done") is None
     assert outbox.event_summary("idem:waiting") == ("push", "group/project")
+
+
+def test_a_version_1_database_gains_the_pipeline_history(tmp_path):
+    from gitlab_feishu.outbox import MIGRATIONS
+
+    path = tmp_path / "outbox.sqlite3"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    upgraded = Outbox(path)
+    assert upgraded.schema_version == 2
+    assert upgraded.record_finished_pipeline("42", "refs/heads/main", 1, "failed") is None
+
+
+def test_finished_pipelines_are_remembered_per_project_and_ref(outbox):
+    assert outbox.record_finished_pipeline("42", "refs/heads/main", 5, "failed") is None
+    assert outbox.record_finished_pipeline("42", "refs/heads/main", 6, "success") == (5, "failed")
+    assert outbox.record_finished_pipeline("42", "refs/heads/dev", 7, "success") is None
+    assert outbox.record_finished_pipeline("43", "refs/heads/main", 8, "success") is None
+    assert outbox.record_finished_pipeline("42", "refs/heads/main", 9, "success") == (6, "success")
+
+
+def test_an_older_pipeline_does_not_replace_a_newer_one(outbox):
+    outbox.record_finished_pipeline("42", "refs/heads/main", 10, "failed")
+    assert outbox.record_finished_pipeline("42", "refs/heads/main", 9, "success") == (10, "failed")
+    assert outbox.record_finished_pipeline("42", "refs/heads/main", 11, "success") == (10, "failed")

@@ -1,0 +1,163 @@
+"""Cards for tags, merge requests and pipelines, built from the push card's parts in `cards`.
+
+Same rules as the push card: user text is escaped, links are checked, and
+`cards.render_card` trims the detail (`_Detail`) until the card fits.
+"""
+from __future__ import annotations
+
+import re
+
+from .cards import (HEADER_CHARS, _button, _card, _clean, _commit_line, _cut, _Detail, _fields, _link, _note,
+                    _plural, _project_field, _sha_link, escape_markdown)
+from .events import MergeRequestEvent, Person, PipelineEvent, Project, TagPushEvent
+
+EXCERPT_LINES = 6               # lines of a description or tag message shown
+_HEADING = re.compile(r"^#{1,6}\s+")   # a markdown heading's hashes, dropped from an excerpt line
+
+# Header colour of each merge request action: blue to act on, green approved, purple merged, grey closed.
+MERGE_REQUEST_COLOURS = {"open": "blue", "reopen": "indigo", "ready": "wathet", "approved": "green",
+                         "merge": "purple", "close": "grey"}
+
+
+# --- tags -------------------------------------------------------------------
+
+def _tag_card(event: TagPushEvent, labels: dict, detail: _Detail) -> dict:
+    actor = _cut(event.actor.label, detail.text_chars) or labels["someone"]
+    tag = _cut(event.tag, detail.text_chars)
+    names = {**_names(event.actor, event.project, labels), "tag": _cut(tag, HEADER_CHARS)}
+    pusher = (labels["pusher"], escape_markdown(actor))
+    if event.deleted:
+        kind, colour, button = "tag_delete", "grey", "view_tags"
+        elements = _fields([_project_field(event.project, labels, detail),
+                            (labels["tag"], f"~~{escape_markdown(tag)}~~" if tag else ""), pusher])
+    else:
+        kind, colour, button = "tag_create", "turquoise", "view_tag"
+        head = [(labels["head"], _tagged_commit(event, detail))] if event.commit_sha else []
+        elements = _fields([_project_field(event.project, labels, detail), (labels["tag"], _link(tag, event.tag_url)),
+                            pusher, *head])
+        message = _excerpt(event.message or "", detail.excerpt_chars)
+        if message:
+            elements += [{"tag": "hr"}, _markdown(f"**{labels['annotation']}**\n{message}")]
+    elements += _button(labels[button], event.tag_url)
+    return _card(colour, labels[f"{kind}_title"].format(**names), names["tag"],
+                 labels[f"{kind}_summary"].format(**names), elements)
+
+
+def _tagged_commit(event: TagPushEvent, detail: _Detail) -> str:
+    """The tagged commit's short SHA, linked, over its title in grey when GitLab sent the commit."""
+    sha = _sha_link(event.project.web_url, event.commit_sha)
+    if not event.commit or not event.commit.title or not detail.title_chars:
+        return sha
+    title = _cut(event.commit.title, min(detail.title_chars, HEADER_CHARS))   # it sits in a half-width column
+    return f"{sha}\n<font color='grey'>{escape_markdown(title)}</font>"
+
+
+# --- merge requests ---------------------------------------------------------
+
+def _merge_request_card(event: MergeRequestEvent, labels: dict, detail: _Detail) -> dict:
+    names = {**_names(event.actor, event.project, labels), "ref": event.reference,
+             "title": _cut(event.title, HEADER_CHARS)}
+    branches = f"{_cut(event.source_branch, detail.text_chars)} → {_cut(event.target_branch, detail.text_chars)}"
+    pairs = [_project_field(event.project, labels, detail), (labels["branch"], escape_markdown(branches))]
+    if event.author and event.author.username != event.actor.username:   # the title already names the actor
+        pairs.append((labels["author"], escape_markdown(_cut(event.author.label, detail.text_chars))))
+    for key, people in (("reviewers", event.reviewers), ("assignees", event.assignees)):
+        if people:
+            pairs.append((labels[key], _people(people, detail)))
+    title = f"{_link(event.reference, event.url)} **{escape_markdown(_cut(event.title, detail.title_chars))}**"
+    elements = [_markdown(title), *_fields(pairs)]
+    description = _excerpt(event.description, detail.excerpt_chars)
+    if description:
+        elements += [{"tag": "hr"}, _markdown(description)]
+    elements += _button(labels["view_merge_request"], event.url)
+    kind = f"mr_{event.action}"
+    subtitle = f"{event.reference} · {_cut(branches, HEADER_CHARS * 2)}"
+    return _card(MERGE_REQUEST_COLOURS[event.action], labels[f"{kind}_title"].format(**names), subtitle,
+                 labels[f"{kind}_summary"].format(**names), elements)
+
+
+def _people(people: tuple[Person, ...], detail: _Detail) -> str:
+    return escape_markdown(_cut(", ".join(p.name or p.username for p in people), detail.text_chars))
+
+
+# --- pipelines --------------------------------------------------------------
+
+def _pipeline_card(event: PipelineEvent, labels: dict, detail: _Detail) -> dict:
+    kind, colour, status = ("pipeline_fixed", "green", "status_fixed") if event.fixed else (
+        "pipeline_failed", "red", "status_failed")
+    ref = _cut(event.ref, detail.text_chars)
+    names = {**_names(event.actor, event.project, labels), "ref": _cut(ref, HEADER_CHARS)}
+    trigger = escape_markdown(_cut(event.actor.label, detail.text_chars)) or labels["someone"]
+    if event.source and event.source != "push":      # a schedule, an API call, a merge request...
+        source = labels.get(f"source_{event.source}", event.source)
+        trigger += f" <font color='grey'>· {escape_markdown(_cut(source, detail.text_chars))}</font>"
+    pipeline = f"{_link(f'#{event.id}', event.url)} {labels[status]}"
+    if event.duration:
+        pipeline += f" <font color='grey'>· {_duration(event.duration, labels)}</font>"
+    elements = _fields([_project_field(event.project, labels, detail),
+                        (labels["tag" if event.tag else "branch"], _link(ref, event.ref_url)),
+                        (labels["triggered_by"], trigger), (labels["pipeline"], pipeline)])
+    if event.commit and detail.commits:
+        commit = _commit_line(event.commit, detail)
+    else:
+        sha = event.commit.id if event.commit else event.sha
+        commit = _sha_link(event.project.web_url, sha) if sha else ""
+    if commit:
+        elements += [{"tag": "hr"}, _markdown(f"<font color='grey'>{labels['commit']}</font> {commit}")]
+    if event.fixed:
+        closing = _note(labels["fixed_note_tag" if event.tag else "fixed_note"])
+    elif event.failed_jobs:
+        closing = _failed_jobs(event, labels, detail)
+    else:
+        closing = _note(labels["no_failed_jobs"])
+    elements += [{"tag": "hr"}, closing, *_button(labels["view_pipeline"], event.url)]
+    return _card(colour, labels[f"{kind}_title"].format(**names), f"{names['ref']} · #{event.id}",
+                 labels[f"{kind}_summary"].format(**names), elements)
+
+
+def _failed_jobs(event: PipelineEvent, labels: dict, detail: _Detail) -> dict:
+    """The failed jobs in stage order, each with its stage and GitLab's failure reason."""
+    lines = [f"**{labels['failed_jobs']}**"]
+    for job in event.failed_jobs[:max(detail.commits, 1)]:
+        line = escape_markdown(_cut(job.name, detail.text_chars))
+        grey = " · ".join(escape_markdown(_cut(part, detail.text_chars)) for part in (job.stage, job.failure_reason)
+                          if part)
+        lines.append(f"{line} <font color='grey'>· {grey}</font>" if grey else line)
+    more = len(event.failed_jobs) - max(detail.commits, 1)
+    if more > 0:
+        lines.append(f"<font color='grey'>{_plural(labels, 'more_jobs', more)}</font>")
+    return _markdown("\n".join(lines))
+
+
+def _duration(seconds: int, labels: dict) -> str:
+    minutes, seconds = divmod(seconds, 60)
+    return labels["minutes"].format(m=minutes, s=seconds) if minutes else labels["seconds"].format(s=seconds)
+
+
+# --- shared -----------------------------------------------------------------
+
+def _names(actor: Person, project: Project, labels: dict) -> dict:
+    """The short names the title and summary use: the person's display name and the project's."""
+    return {"actor": _cut(actor.name or actor.label, HEADER_CHARS) or labels["someone"],
+            "project": _cut(project.name, HEADER_CHARS)}
+
+
+def _excerpt(text: str, limit: int) -> str:
+    """User text as up to EXCERPT_LINES escaped lines and `limit` characters; "" when nothing is left."""
+    lines = [_HEADING.sub("", " ".join(line.split())) for line in _clean(text).splitlines()]
+    text = "\n".join(line for line in lines if line)
+    if limit <= 0 or not text:
+        return ""
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "…"
+    kept = text.split("\n")
+    if len(kept) > EXCERPT_LINES:
+        kept = kept[:EXCERPT_LINES - 1] + [kept[EXCERPT_LINES - 1] + " …"]
+    return "\n".join(escape_markdown(line) for line in kept)
+
+
+def _markdown(content: str) -> dict:
+    return {"tag": "markdown", "content": content}
+
+
+RENDERERS = {TagPushEvent: _tag_card, MergeRequestEvent: _merge_request_card, PipelineEvent: _pipeline_card}

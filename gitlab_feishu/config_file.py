@@ -1,0 +1,185 @@
+"""Hand-edited JSON files (owners.json, users.json): reading, checking and reloading them safely.
+
+People edit these files in Windows Notepad, with a Chinese input method, while
+the service runs. So a file is decoded whatever Notepad saved it as (or
+refused with what to do), every mistake names the file, line and key, and
+`WatchedFile` keeps the last good version while an edit is broken.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterator, Sized, TypeVar
+
+from .settings import ConfigError
+
+_JSON_SPACE = " \t\r\n"
+_RESAVE = "open it in Notepad, File > Save As, choose Encoding: UTF-8 and save"
+_FULL_WIDTH_PUNCTUATION = "“”‘’，：｛｝［］"   # what a Chinese input method types instead of JSON's ASCII
+
+Loaded = TypeVar("Loaded", bound=Sized)
+
+
+def read_config_text(path: Path, missing_hint: str, log: logging.Logger) -> tuple[str, list[str]]:
+    """The file's text and any encoding warnings (also logged); a ConfigError says what to fix."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: {missing_hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror}") from None
+    text, warnings = _decode(data, path)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return text, warnings
+
+
+def object_members(text: str, path: Path, example: str) -> Iterator[tuple[str, Any, int, str]]:
+    """(key, value, line, where) for each member of the JSON object in `text`, in file order.
+
+    `where` ("FILE, line N: key "K"") starts the caller's own error messages. A ConfigError
+    names the file and line when the text is empty, not JSON, not an object, or repeats a key;
+    `example` shows what the object should look like.
+    """
+    if not text.strip():
+        raise ConfigError(f"{path} is empty: it must be a JSON object such as {example}")
+    try:
+        top = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}, line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
+                          f"{_syntax_hint(text, exc.pos)}") from None
+    if not isinstance(top, dict):
+        raise ConfigError(f"{path}, line 1: the top level must be a JSON object such as {example}, "
+                          f"not {describe(top)}")
+    first_line: dict[str, int] = {}
+    for key, value, line in _members(text):
+        where = f"{path}, line {line}: key {json.dumps(key, ensure_ascii=False)}"
+        if key in first_line:
+            raise ConfigError(f"{where} appears twice (first on line {first_line[key]}); "
+                              "JSON would keep only the last one, so merge the two into one entry")
+        first_line[key] = line
+        yield key, value, line, where
+
+
+def describe(value: Any) -> str:
+    """What a JSON value is, for an error message: "a list", "null", "the number 5"."""
+    names = {dict: "an object", list: "a list", str: "text", bool: "true/false", type(None): "null"}
+    return names.get(type(value), f"the number {value}" if isinstance(value, (int, float)) else "that")
+
+
+def _decode(data: bytes, path: Path) -> tuple[str, list[str]]:
+    """UTF-8 (BOM or not) is normal; UTF-16 with a BOM or a plausible GBK file is accepted with a warning."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16"), [f"{path} was decoded as UTF-16 (Notepad's \"Unicode\"); "
+                                           f"to keep it portable, {_RESAVE}"]
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} starts like UTF-16 but is not valid UTF-16; {_RESAVE}") from None
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        utf8_error = exc
+    try:
+        # An old Notepad "ANSI" save on a Chinese Windows; trusted only when it also parses as JSON.
+        text = data.decode("gb18030")
+        json.loads(text)
+    except (UnicodeDecodeError, ValueError):
+        line = data.count(b"\n", 0, utf8_error.start) + 1
+        raise ConfigError(f"{path} is not UTF-8 (byte 0x{data[utf8_error.start]:02x} on line {line}) "
+                          f"nor readable as GBK; {_RESAVE}") from None
+    return text, [f"{path} was decoded as GBK (an \"ANSI\" save); to avoid garbled names, {_RESAVE}"]
+
+
+def _members(text: str) -> Iterator[tuple[str, Any, int]]:
+    """(key, value, line of the key) for each member of the top-level object of valid JSON text."""
+    decoder = json.JSONDecoder()
+
+    def skip(pos: int) -> int:
+        while text[pos] in _JSON_SPACE:
+            pos += 1
+        return pos
+
+    pos = skip(skip(0) + 1)                       # past "{"
+    while text[pos] != "}":
+        key, end = decoder.raw_decode(text, pos)
+        value, end = decoder.raw_decode(text, skip(skip(end) + 1))   # past ":"
+        yield key, value, text.count("\n", 0, pos) + 1
+        pos = skip(end)
+        if text[pos] == ",":
+            pos = skip(pos + 1)
+
+
+def _syntax_hint(text: str, pos: int) -> str:
+    nearby = text[max(pos - 1, 0):pos + 1]
+    if any(ch in _FULL_WIDTH_PUNCTUATION for ch in nearby):
+        return " (use ASCII quotes \" , : instead of the Chinese “ ” ， ：)"
+    return " (check for a missing or extra comma and for double quotes around every key and email)"
+
+
+class WatchedFile(Generic[Loaded]):
+    """Keeps the last good load of a file and reloads it when it changes."""
+
+    def __init__(self, path: Path, load: Callable[[Path], Loaded], *, log: logging.Logger,
+                 clock: Callable[[], float] = time.monotonic, check_interval: float = 2.0) -> None:
+        self._path = Path(path)
+        self._load = load
+        self._log = log
+        self._clock = clock
+        self._check_interval = check_interval
+        self._lock = threading.Lock()
+        self._signature = self._stat()           # before reading, so an edit during the load is seen later
+        self._loaded = load(self._path)          # a ConfigError here stops the service
+        self._loaded_at = _now()
+        self._last_error: str | None = None
+        self._next_check = clock() + check_interval
+
+    def current(self) -> Loaded:
+        """The last good load, after reloading the file if it changed (checked every check_interval s)."""
+        now = self._clock()
+        if now >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = now + self._check_interval
+                signature = self._stat()
+                if signature != self._signature:
+                    self._signature = signature
+                    self._reload()
+            finally:
+                self._lock.release()
+        return self._loaded
+
+    def state(self) -> dict:
+        """Path, entry count, time of the last good load and the last load error, for /healthz.
+
+        The file is checked first, as for routing, so a worker that routed nothing since an edit reports it too.
+        """
+        self.current()
+        return {"path": str(self._path), "entries": len(self._loaded),
+                "loaded_at": self._loaded_at, "last_error": self._last_error}
+
+    def _reload(self) -> None:
+        try:
+            loaded = self._load(self._path)
+        except ConfigError as exc:
+            self._last_error = str(exc)
+            self._log.error("%s; still routing with the last good version (%d entries)", exc, len(self._loaded))
+            return
+        self._loaded, self._loaded_at, self._last_error = loaded, _now(), None
+        self._log.info("%s reloaded: %d entries", self._path, len(loaded))
+
+    def _stat(self) -> tuple[int, int] | None:
+        # None while the file is missing (an editor replacing it), so its return counts as a change.
+        try:
+            stat = os.stat(self._path)
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,57 @@
+"""Pipeline noise: which finished pipelines are worth a card.
+
+A failed pipeline always is. A success is only when the previous finished
+pipeline on the same project and ref failed: the card then says "fixed".
+Canceled pipelines and every other success are ignored; unfinished statuses
+never get this far (the parser ignores them). Deciding "fixed" needs the
+ref's history, which the outbox keeps; so parsing stays pure and this step
+runs in the service, after parsing and before matching.
+
+In dry-run there is no outbox and so no history: a success is never "fixed".
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .events import Ignored, PipelineEvent
+from .outbox import Outbox
+
+FAILED, SUCCESS = "failed", "success"
+
+
+def pipeline_to_notify(event: PipelineEvent, outbox: Outbox | None, event_key: str) -> PipelineEvent | Ignored:
+    """The event to notify (a failure, or a success marked `fixed`), or why it is ignored.
+
+    Records the pipeline as the latest finished one on its ref as a side effect.
+    """
+    where = f"pipeline {event.id} on {event.ref}"
+    if outbox is None:
+        if event.status == FAILED:
+            return event
+        return Ignored(f"{where} {event.status}: in dry-run no pipeline history is kept, so nothing is 'fixed'")
+    previous = outbox.record_finished_pipeline(_project_key(event), _ref_key(event), event.id, event.status)
+    if event.status == FAILED:
+        return event
+    if event.status != SUCCESS:
+        return Ignored(f"{where} was {event.status}: only failed pipelines, and successes that fix one, notify")
+    if outbox.event_summary(event_key) is not None:
+        # GitLab resent a success that was a fix: let the outbox answer it as a repeat.
+        return dataclasses.replace(event, fixed=True)
+    if previous is None:
+        return Ignored(f"{where} succeeded; no earlier finished pipeline on this ref is known, so nothing was fixed")
+    previous_id, previous_status = previous
+    if previous_id > event.id:
+        return Ignored(f"{where} succeeded after the newer pipeline {previous_id} had finished: out of date")
+    if previous_status != FAILED:
+        return Ignored(f"{where} succeeded; the previous one ({previous_id}) was {previous_status}, "
+                       "so nothing was fixed")
+    return dataclasses.replace(event, fixed=True)
+
+
+def _project_key(event: PipelineEvent) -> str:
+    return str(event.project.id) if event.project.id is not None else event.project.path
+
+
+def _ref_key(event: PipelineEvent) -> str:
+    # A tag and a branch may share a name.
+    return f"refs/{'tags' if event.tag else 'heads'}/{event.ref}"

@@ -1,0 +1,115 @@
+"""Which finished pipelines notify: failures always, a success only when it fixes the ref's last failure."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gitlab_feishu.events import Ignored, Person, PipelineEvent, Project
+from gitlab_feishu.outbox import NewDelivery, Outbox
+from gitlab_feishu.pipelines import pipeline_to_notify
+
+PROJECT = Project(path="grouptwogame/yeshui-client", name="Y_野水发财（客户端）", id=42)
+
+
+def pipeline(pipeline_id: int, status: str, ref: str = "main", *, tag: bool = False,
+             project: Project = PROJECT) -> PipelineEvent:
+    return PipelineEvent(project=project, actor=Person(), id=pipeline_id, status=status, ref=ref, tag=tag, url="")
+
+
+@pytest.fixture
+def outbox(tmp_path, clock) -> Outbox:
+    return Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+
+
+def decide(outbox, event: PipelineEvent):
+    return pipeline_to_notify(event, outbox, "payload:" + event.idempotency_key)
+
+
+def outcome(result) -> str:
+    if isinstance(result, Ignored):
+        return "ignored"
+    return "fixed" if result.fixed else result.status
+
+
+@pytest.mark.parametrize(("history", "status", "expected"), [
+    ([], "failed", "failed"),
+    ([], "success", "ignored"),
+    ([], "canceled", "ignored"),
+    (["failed"], "success", "fixed"),
+    (["failed"], "failed", "failed"),
+    (["success"], "success", "ignored"),
+    (["success"], "failed", "failed"),
+    (["canceled"], "success", "ignored"),
+    (["failed", "canceled"], "success", "ignored"),     # the previous *finished* pipeline was canceled
+    (["failed", "success"], "success", "ignored"),
+    (["success", "failed"], "success", "fixed"),
+])
+def test_decision_table(outbox, history, status, expected):
+    for pipeline_id, previous in enumerate(history, start=1):
+        decide(outbox, pipeline(pipeline_id, previous))
+    assert outcome(decide(outbox, pipeline(len(history) + 1, status))) == expected
+
+
+def test_ignored_reasons_say_why(outbox):
+    assert "no earlier finished pipeline" in decide(outbox, pipeline(1, "success")).reason
+    assert "was canceled" in decide(outbox, pipeline(2, "canceled")).reason
+    assert "previous one (2) was canceled" in decide(outbox, pipeline(3, "success")).reason
+
+
+def test_a_retried_pipeline_that_now_passes_is_fixed(outbox):
+    decide(outbox, pipeline(7, "failed"))
+    assert outcome(decide(outbox, pipeline(7, "success"))) == "fixed"
+
+
+def test_an_older_pipeline_arriving_late_changes_nothing(outbox):
+    decide(outbox, pipeline(10, "failed"))
+    late = decide(outbox, pipeline(9, "success"))
+    assert isinstance(late, Ignored) and "newer pipeline 10" in late.reason
+    assert outcome(decide(outbox, pipeline(11, "success"))) == "fixed"
+
+
+def test_a_late_failure_still_notifies_but_does_not_rewrite_history(outbox):
+    decide(outbox, pipeline(10, "success"))
+    assert outcome(decide(outbox, pipeline(9, "failed"))) == "failed"
+    assert outcome(decide(outbox, pipeline(11, "success"))) == "ignored"
+
+
+@pytest.mark.parametrize("other", [
+    {"ref": "develop"},
+    {"ref": "main", "tag": True},
+    {"project": dataclasses.replace(PROJECT, id=43)},
+])
+def test_history_is_per_project_and_ref(outbox, other):
+    decide(outbox, pipeline(1, "failed"))
+    assert outcome(decide(outbox, pipeline(2, "success", **{"ref": "main", **other}))) == "ignored"
+    assert outcome(decide(outbox, pipeline(3, "success"))) == "fixed"
+
+
+def test_project_without_id_is_remembered_by_path(outbox):
+    project = dataclasses.replace(PROJECT, id=None)
+    decide(outbox, pipeline(1, "failed", project=project))
+    assert outcome(decide(outbox, pipeline(2, "success", project=project))) == "fixed"
+
+
+def test_a_resent_fix_is_still_a_fix_so_the_outbox_answers_it_as_a_repeat(outbox):
+    decide(outbox, pipeline(1, "failed"))
+    fix = decide(outbox, pipeline(2, "success"))
+    key = "payload:" + fix.idempotency_key
+    outbox.begin_event(key, "pipeline", PROJECT.path, [NewDelivery("dm", "a@example.com", "exact: x", "{}", "u")],
+                       lease_owner="me", lease_seconds=10, retry_window=3600)
+    assert outcome(decide(outbox, pipeline(2, "success"))) == "fixed"
+
+
+def test_a_resent_success_that_fixed_nothing_stays_ignored(outbox):
+    decide(outbox, pipeline(1, "success"))
+    assert outcome(decide(outbox, pipeline(1, "success"))) == "ignored"
+
+
+@pytest.mark.parametrize(("status", "expected"), [("failed", "failed"), ("success", "ignored"),
+                                                  ("canceled", "ignored")])
+def test_dry_run_keeps_no_history_so_nothing_is_fixed(status, expected):
+    result = pipeline_to_notify(pipeline(1, status), None, "payload:x")
+    assert outcome(result) == expected
+    if expected == "ignored":
+        assert "dry-run" in result.reason
