@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from .delivery import Deliverer
 from .feishu import FeishuClient
-from .gitlab import MAX_BODY_BYTES, token_matches
+from .gitlab import MAX_BODY_BYTES, signature_valid, token_matches
 from .outbox import Outbox
 from .owners import OwnersFile
 from .pacing import Pacer
@@ -76,6 +76,11 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
         body = request.get_data(cache=False)
         if len(body) > MAX_BODY_BYTES:
             return _error(413, TOO_LARGE)
+        if settings.gitlab_signing_token and not signature_valid(settings.gitlab_signing_token, request.headers,
+                                                                 body, clock()):
+            log.warning("refused a delivery from %s: missing, wrong or stale webhook-signature", request.remote_addr)
+            return _error(401, "missing, wrong or stale webhook-signature: set the hook's Signing token to "
+                               "GITLAB_SIGNING_TOKEN and check this server's clock")
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError):
