@@ -75,8 +75,7 @@ class Notifier:
             return self._ignored(f"{event.kind} events are turned off (NOTIFY_EVENTS)", headers, base)
         matches = self._recipients(event)
         if not matches:
-            return self._ignored(f"no entry in owners.json matches {event.project.path} ({event.project.name})",
-                                 headers, base)
+            return self._ignored(self.owners.current().why_nobody(event), headers, base)
         key = idempotency_key(headers, event)
         content = card_content(render_card(event, self.settings.card_lang))
         if self.settings.dry_run:
@@ -98,7 +97,7 @@ class Notifier:
 
     def _recipients(self, event: Event) -> list[Match]:
         """Who hears about this event, each once, with the rule that chose them."""
-        return self.owners.current().match(event.project)
+        return self.owners.current().match(event)
 
     def _ignored(self, reason: str, headers: Mapping[str, str], base: dict | None = None) -> dict:
         log.info("ignored %s (%s): %s", headers.get("X-Gitlab-Event", "?"), _key_for_log(headers), reason)
