@@ -15,6 +15,7 @@ from typing import Callable
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .chats import BotClient
 from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, signature_valid, token_matches
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
         pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
         pacer = Pacer(settings.data_dir / "pacing.sqlite3", clock=clock) if settings.feishu_pacing else None
         deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, pacer=pacer,
-                              clock=clock)
+                              clock=clock, chats=BotClient(),
+                              chat_secret=lambda url: owners.current().chat_secret(url))
         worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
                              owner=lease_owner)
         deliverer.on_due = worker.wake
