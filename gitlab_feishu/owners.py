@@ -179,6 +179,11 @@ class Owners:
             notes.append(f"no entry matches {event.project.path} ({event.project.name}), exactly or fuzzily")
         return Routing(tuple(matches), tuple(notes))
 
+    def names(self, project: Project) -> bool:
+        """Whether an entry names `project` in either tier, whatever its filters (e.g. which projects need a hook)."""
+        target = _target(project.path, project.name)
+        return any(entry.matches_exactly(target) or entry.matches_fuzzily(target) for entry in self.entries)
+
     def why_nobody(self, event: RoutedEvent) -> str:
         """The reason an event matched nobody, for the response and the log."""
         filtered = [note for note in self.route(event).notes if " filtered out: " in note]

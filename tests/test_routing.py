@@ -246,3 +246,9 @@ def test_invalid_entry_objects_name_file_line_key_and_field(tmp_path, text, line
 def test_owners_of_an_object_entry_are_checked_like_plain_ones(tmp_path):
     owners = owners_of(tmp_path, {"client": {"owners": ["a@example.com", "ou_0123abcd"]}})
     assert notified(owners, push()) == ["a@example.com", "ou_0123abcd"]
+
+
+def test_names_tells_whether_any_entry_names_a_project_whatever_its_filters(tmp_path):
+    owners = owners_of(tmp_path, {"grouptwogame/*": {"chats": [BOT], "events": ["pipeline"]}, "yeshui": "a@b.cn"})
+    assert owners.names(project("grouptwogame/client")) and owners.names(project("games/yeshui-v2", name="x"))
+    assert not owners.names(project("other/thing", name="别的"))
