@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from gitlab_feishu.app import create_app
 from gitlab_feishu.gitlab import SIGNATURE_TOLERANCE, signature_valid, signing_key
@@ -96,6 +97,15 @@ def test_header_names_are_case_insensitive():
 ])
 def test_bad_signatures_are_refused(what, token, hdrs, body):
     assert not signature_valid(token, hdrs, body, now=TIMESTAMP)
+
+
+@hypothesis_settings(max_examples=300, deadline=None, derandomize=True)
+@given(values=st.lists(st.text(st.characters(min_codepoint=1, max_codepoint=0x2FFF), max_size=40) |
+                       st.sampled_from(["v1,", SIGNATURE, str(TIMESTAMP), "１６１４２６５３３０", "²", " v1,="]),
+                       min_size=3, max_size=3))
+def test_any_header_values_give_an_answer_never_an_exception(values):
+    hdrs = dict(zip(("webhook-id", "webhook-timestamp", "webhook-signature"), values))
+    assert signature_valid(TOKEN, hdrs, BODY, now=TIMESTAMP) in (True, False)
 
 
 def test_a_gitlab_style_key_signs_and_verifies_the_raw_body():
