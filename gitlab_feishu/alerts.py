@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .cards import card_content, escape_markdown
+from .delivery import shown
 from .feishu import FeishuError, missing_scopes
 from .outbox import Delivery, NewDelivery, Outbox
 from .service import RETRY_WINDOW, feishu_uuid
@@ -126,7 +127,7 @@ class Problem:
 
 def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Problem:
     """The problem behind a delivery that failed for good."""
-    recipient = row.recipient
+    recipient = shown(row)           # a group bot's URL is a credential: never in a card or a key
     if isinstance(error, str):
         return Problem(f"unknown-email:{recipient}", "unknown_email", {"recipient": recipient}, error, project)
     detail = str(error)

@@ -18,9 +18,10 @@ from werkzeug.exceptions import HTTPException
 
 from .access import protect
 from .alerts import Alerter
+from .chats import BotClient
 from .delivery import Deliverer
 from .feishu import FeishuClient
-from .gitlab import MAX_BODY_BYTES, token_matches
+from .gitlab import MAX_BODY_BYTES, signature_valid, token_matches
 from .outbox import Outbox
 from .owners import OwnersFile
 from .pacing import Pacer
@@ -53,7 +54,8 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
         pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
         pacer = Pacer(settings.data_dir / "pacing.sqlite3", clock=clock) if settings.feishu_pacing else None
         deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, pacer=pacer,
-                              clock=clock, on_failed=alerter.delivery_failed if alerter else None)
+                              clock=clock, on_failed=alerter.delivery_failed if alerter else None,
+                              chats=BotClient(), chat_secret=lambda url: owners.current().chat_secret(url))
         worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
                              owner=lease_owner, watch_queue=alerter.watch_queue if alerter else None)
         deliverer.on_due = worker.wake
@@ -86,6 +88,11 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
         body = request.get_data(cache=False)
         if len(body) > MAX_BODY_BYTES:
             return _error(413, TOO_LARGE)
+        if settings.gitlab_signing_token and not signature_valid(settings.gitlab_signing_token, request.headers,
+                                                                 body, clock()):
+            log.warning("refused a delivery from %s: missing, wrong or stale webhook-signature", request.remote_addr)
+            return _error(401, "missing, wrong or stale webhook-signature: set the hook's Signing token to "
+                               "GITLAB_SIGNING_TOKEN and check this server's clock")
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError):

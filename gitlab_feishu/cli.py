@@ -6,8 +6,10 @@ import datetime
 import errno
 import logging
 import sys
+from dataclasses import dataclass
 
-from .settings import ConfigError, Settings
+from .events import Project
+from .settings import EVENT_KINDS, ConfigError, Settings
 
 log = logging.getLogger("gitlab_feishu.cli")
 
@@ -21,10 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--outbox", action="store_true", help="list queued and failed deliveries, and why")
     action.add_argument("--retry-failed", action="store_true", help="put failed deliveries back in the queue")
-    action.add_argument("--match", metavar="PROJECT_PATH", help="show who a push to this project would notify")
+    action.add_argument("--match", metavar="PROJECT_PATH", help="explain who an event in this project would notify")
     action.add_argument("--wire-hooks", action="store_true",
                         help="create or update the GitLab webhook of every project owners.json names")
     parser.add_argument("--name", help="with --match: the project's display name (default: its last path segment)")
+    parser.add_argument("--branch", help="with --match: the branch pushed to, or a merge request's target branch")
+    parser.add_argument("--event", choices=EVENT_KINDS, default="push", help="with --match: the event (default push)")
+    parser.add_argument("--default-branch", default="main",
+                        help="with --match: the project's default branch, for :default and :protected (default main)")
     wiring_mode = parser.add_mutually_exclusive_group()
     wiring_mode.add_argument("--dry-run", action="store_true", help="with --wire-hooks: show, change nothing")
     wiring_mode.add_argument("--check", action="store_true",
@@ -42,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.retry_failed:
             return retry_failed(settings)
         if args.match:
-            return show_match(settings, args.match, args.name)
+            return show_match(settings, args.match, args.name, branch=args.branch, event=args.event,
+                              default_branch=args.default_branch)
         if args.wire_hooks:
             from .wiring import wire_hooks
 
@@ -97,13 +104,16 @@ def serve(settings: Settings) -> int:
 
 
 def show_outbox(settings: Settings) -> int:
+    from .chats import mask_chat_url
+
     outbox = _outbox(settings)
     rows = outbox.pending()
     counts = outbox.counts()
     print(f"{outbox.path}: {counts['queued']} queued, {counts['failed']} failed")
     for row in rows:
         when = "" if row.status == "failed" else f" next try {_time(row.next_attempt_at)}"
-        print(f"#{row.id} {row.status:<6} to {row.recipient} ({row.rule}) since {_time(row.created_at)},"
+        to = mask_chat_url(row.recipient) if row.channel == "chat" else row.recipient
+        print(f"#{row.id} {row.status:<6} to {to} ({row.rule}) since {_time(row.created_at)},"
               f" {row.attempts} attempts{when}")
         if row.last_error:
             print(f"    {row.last_error}")
@@ -118,20 +128,37 @@ def retry_failed(settings: Settings) -> int:
     return 0
 
 
-def show_match(settings: Settings, path: str, name: str | None) -> int:
-    from .events import Project
+def show_match(settings: Settings, path: str, name: str | None, *, branch: str | None = None,
+               event: str = "push", default_branch: str = "main") -> int:
+    """Explain which owners.json entries and filters decide who hears about such an event."""
     from .owners import load_owners
 
     owners = load_owners(settings.owners_file)
-    project = Project(path=path.strip("/"), name=name or path.strip("/").rsplit("/", 1)[-1])
-    matches = owners.match(project)
-    if not matches:
-        print(f"{project.path}: nobody is notified (no entry in {settings.owners_file} matches)")
-        return 0
-    print(f"{project.path}: a push notifies")
-    for match in matches:
-        print(f"  {match.recipient}  ({match.rule})")
+    path = path.strip("/")
+    project = Project(path=path, name=name or path.rsplit("/", 1)[-1], default_branch=default_branch)
+    if event == "tag_push":
+        branch = None                     # tags ignore branch filters
+    routing = owners.route(_Probe(event, project, branch))
+    what = event.replace("_", " ") + (f" to {branch}" if branch else "")
+    print(f"{project.path} ({project.name}), {what}, default branch {default_branch}:")
+    for note in routing.notes:
+        print(f"  {note}")
+    if branch is None and event != "tag_push" and any("(branches: " in note for note in routing.notes):
+        print("  branch filters were not checked: pass --branch to check them")
+    if routing.matches:
+        print("notifies: " + ", ".join(match.shown for match in routing.matches))
+    else:
+        print(f"nobody is notified (see {settings.owners_file})")
     return 0
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """An event as routing sees it, made up from the command line."""
+    kind: str
+    project: Project
+    branch: str | None
+    ref_protected: bool | None = None     # unknown: :protected counts the default branch only
 
 
 def _outbox(settings: Settings):

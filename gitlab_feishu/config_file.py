@@ -40,10 +40,11 @@ def read_config_text(path: Path, missing_hint: str, log: logging.Logger) -> tupl
     return text, warnings
 
 
-def object_members(text: str, path: Path, example: str) -> Iterator[tuple[str, Any, int, str]]:
-    """(key, value, line, where) for each member of the JSON object in `text`, in file order.
+def object_members(text: str, path: Path, example: str) -> Iterator[tuple[str, Any, int, str, int]]:
+    """(key, value, line, where, value offset) for each member of the JSON object in `text`, in file order.
 
-    `where` ("FILE, line N: key "K"") starts the caller's own error messages. A ConfigError
+    `where` ("FILE, line N: key "K"") starts the caller's own error messages; the value's offset
+    lets `members_at` walk an object value for its own line numbers. A ConfigError
     names the file and line when the text is empty, not JSON, not an object, or repeats a key;
     `example` shows what the object should look like.
     """
@@ -58,13 +59,13 @@ def object_members(text: str, path: Path, example: str) -> Iterator[tuple[str, A
         raise ConfigError(f"{path}, line 1: the top level must be a JSON object such as {example}, "
                           f"not {describe(top)}")
     first_line: dict[str, int] = {}
-    for key, value, line in _members(text):
+    for key, value, line, value_at in members_at(text, 0):
         where = f"{path}, line {line}: key {json.dumps(key, ensure_ascii=False)}"
         if key in first_line:
             raise ConfigError(f"{where} appears twice (first on line {first_line[key]}); "
                               "JSON would keep only the last one, so merge the two into one entry")
         first_line[key] = line
-        yield key, value, line, where
+        yield key, value, line, where, value_at
 
 
 def describe(value: Any) -> str:
@@ -96,8 +97,11 @@ def _decode(data: bytes, path: Path) -> tuple[str, list[str]]:
     return text, [f"{path} was decoded as GBK (an \"ANSI\" save); to avoid garbled names, {_RESAVE}"]
 
 
-def _members(text: str) -> Iterator[tuple[str, Any, int]]:
-    """(key, value, line of the key) for each member of the top-level object of valid JSON text."""
+def members_at(text: str, start: int) -> Iterator[tuple[str, Any, int, int]]:
+    """(key, value, line of the key, offset of the value) for each member of the object at `start`.
+
+    `text` is valid JSON (json.loads accepted it), so this walk needs no error handling.
+    """
     decoder = json.JSONDecoder()
 
     def skip(pos: int) -> int:
@@ -105,11 +109,12 @@ def _members(text: str) -> Iterator[tuple[str, Any, int]]:
             pos += 1
         return pos
 
-    pos = skip(skip(0) + 1)                       # past "{"
+    pos = skip(skip(start) + 1)                   # past "{"
     while text[pos] != "}":
         key, end = decoder.raw_decode(text, pos)
-        value, end = decoder.raw_decode(text, skip(skip(end) + 1))   # past ":"
-        yield key, value, text.count("\n", 0, pos) + 1
+        value_at = skip(skip(end) + 1)            # past ":"
+        value, end = decoder.raw_decode(text, value_at)
+        yield key, value, text.count("\n", 0, pos) + 1, value_at
         pos = skip(end)
         if text[pos] == ",":
             pos = skip(pos + 1)

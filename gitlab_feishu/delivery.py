@@ -7,15 +7,17 @@ answered still lands in the right state.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from .chats import BotClient, mask_chat_url
 from .feishu import UNKNOWN_EMAIL, FeishuClient, FeishuError
 from .outbox import FAILED, QUEUED, SENT, Delivery, Outbox
-from .pacing import Pacer, dm_quotas
+from .pacing import Pacer, bot_quotas, dm_quotas
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ def is_open_id(recipient: str) -> bool:
     return recipient.startswith("ou_")
 
 
+def shown(row: Delivery) -> str:
+    """A row's recipient as logs show it: a group bot's URL is a credential."""
+    return mask_chat_url(row.recipient) if row.channel == "chat" else row.recipient
+
+
 def backoff(rounds: int, base: float) -> float:
     """Seconds before the next retry after `rounds` failed rounds: base, 2*base, 4*base ... capped."""
     return min(base * 2 ** max(rounds - 1, 0), MAX_BACKOFF)
@@ -46,9 +53,12 @@ class Deliverer:
     def __init__(self, outbox: Outbox, feishu: FeishuClient, *, pool: ThreadPoolExecutor, retry_base: float,
                  pacer: Pacer | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
-                 on_failed: Callable[[Delivery, FeishuError | str], None] | None = None):
+                 on_failed: Callable[[Delivery, FeishuError | str], None] | None = None,
+                 chats: BotClient | None = None, chat_secret: Callable[[str], str | None] = lambda url: None):
         self.outbox = outbox
         self.feishu = feishu
+        self.chats = chats or BotClient()
+        self.chat_secret = chat_secret       # looked up at each send, so fixing owners.json fixes a retry
         self.pool = pool
         self.retry_base = retry_base
         self.pacer = pacer
@@ -125,13 +135,14 @@ class Deliverer:
             if self.pacer is not None:
                 # A webhook waits briefly for a turn, then leaves the send to the paced worker.
                 turn_by = min(deadline, self.clock() + INLINE_TURN_WAIT) if retry_inline else deadline
-                if not self.pacer.wait_turn(dm_quotas(open_id), turn_by):
+                quotas = bot_quotas(row.recipient) if row.channel == "chat" else dm_quotas(open_id)
+                if not self.pacer.wait_turn(quotas, turn_by):
                     error = error or FeishuError("waiting for a turn under Feishu's rate limits", retryable=True)
                     break
             budget = deadline - self.clock()
             attempts += 1
             try:
-                message_id = self.feishu.send_card(open_id, row.content, row.uuid, budget=budget)
+                message_id = self._send(row, open_id, budget)
             except FeishuError as exc:
                 error = exc
                 if not (exc.retryable and retry_inline):
@@ -151,12 +162,20 @@ class Deliverer:
             error = FeishuError("no time left before the deadline", retryable=True)
         return self._record_failure(row, error, attempts=attempts)
 
+    def _send(self, row: Delivery, open_id: str, budget: float) -> str | None:
+        """One HTTP attempt: a DM through the app, or a post through the group's bot (no message id)."""
+        if row.channel == "chat":
+            secret = self.chat_secret(row.recipient)
+            self.chats.post_card(row.recipient, secret, json.loads(row.content), budget=budget)
+            return None
+        return self.feishu.send_card(open_id, row.content, row.uuid, budget=budget)
+
     def _record_failure(self, row: Delivery, error: FeishuError | str, *, attempts: int) -> Outcome:
         """Mark a row failed for good, or queue it for the retry worker."""
         message = str(error)
         if isinstance(error, str) or not error.retryable:
             self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
-            log.error("delivery to %s failed for good: %s", row.recipient, message)
+            log.error("delivery to %s failed for good: %s", shown(row), message)
             self._tell_failed(row, error)
             return Outcome(FAILED, message)
         now = self.clock()
@@ -166,13 +185,13 @@ class Deliverer:
         if next_at > row.give_up_at:
             message = f"gave up after retrying until the retry window closed; last error: {message}"
             self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
-            log.error("delivery to %s failed for good: %s", row.recipient, message)
+            log.error("delivery to %s failed for good: %s", shown(row), message)
             self._tell_failed(row, error)
             return Outcome(FAILED, message)
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=message, next_attempt_at=next_at)
         if next_at <= now:
             self.on_due()
-        log.warning("delivery to %s queued for retry in %.0f s: %s", row.recipient, next_at - now, message)
+        log.warning("delivery to %s queued for retry in %.0f s: %s", shown(row), next_at - now, message)
         return Outcome(QUEUED, message)
 
     def _tell_failed(self, row: Delivery, error: FeishuError | str) -> None:

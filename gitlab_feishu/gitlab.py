@@ -5,8 +5,11 @@ exception; the parsers themselves live in `parsers`.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
-from typing import Any
+from typing import Any, Mapping
 
 from .events import Event, Ignored   # Ignored: what parse_event returns for a delivery it will not notify
 from .parsers import parse_merge_request, parse_pipeline, parse_push, parse_tag_push
@@ -21,6 +24,8 @@ EVENT_HEADERS = {
     "pipeline": "Pipeline Hook",
 }
 SYSTEM_HOOK = "System Hook"          # a system hook sends push payloads under this header
+SIGNATURE_TOLERANCE = 300.0          # Standard Webhooks: a webhook-timestamp off by more is refused
+SIGNING_KEY_BYTES = (24, 64)         # Standard Webhooks' secret sizes; GitLab 19 makes 32-byte keys
 _PARSERS = {"push": parse_push, "tag_push": parse_tag_push, "merge_request": parse_merge_request,
             "pipeline": parse_pipeline}
 _NOT_HANDLED = {"build": "job events are not handled: a failed pipeline notifies once, never once per job"}
@@ -31,6 +36,53 @@ def token_matches(received: str | None, expected: str) -> bool:
     if received is None:
         return False
     return hmac.compare_digest(received.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+def signing_key(token: str) -> bytes:
+    """The HMAC key in a `whsec_<base64>` signing token; ValueError says what is wrong, never the token."""
+    if not token.startswith("whsec_"):
+        raise ValueError("it must start with whsec_ (copy the signing token from GitLab's webhook page)")
+    encoded = token.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ is not base64: copy the whole token again") from None
+    low, high = SIGNING_KEY_BYTES
+    if not low <= len(key) <= high:
+        raise ValueError(f"the key is {len(key)} bytes, expected {low} to {high} (GitLab makes 32): "
+                         "copy the whole token again")
+    return key
+
+
+def signature_valid(signing_token: str, headers: Mapping[str, str], body: bytes, now: float) -> bool:
+    """Standard Webhooks verification of a GitLab 19 signed delivery.
+
+    The signed content is `{webhook-id}.{webhook-timestamp}.` followed by the
+    raw body bytes; `webhook-signature` holds space-separated `v1,<base64>`
+    entries, any of which may match (key rotation sends two). The timestamp
+    must be within SIGNATURE_TOLERANCE of `now` either way, so a captured
+    delivery cannot be replayed later.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    message_id, timestamp, signatures = (lowered.get(name, "").strip()
+                                         for name in ("webhook-id", "webhook-timestamp", "webhook-signature"))
+    if not (message_id and timestamp.isascii() and timestamp.isdigit() and signatures):
+        return False
+    if abs(now - int(timestamp)) > SIGNATURE_TOLERANCE:
+        return False
+    signed = f"{message_id}.{timestamp}.".encode("utf-8", "replace") + body
+    expected = hmac.new(signing_key(signing_token), signed, hashlib.sha256).digest()
+    for entry in signatures.split(" "):
+        version, _, encoded = entry.partition(",")
+        if version != "v1":
+            continue
+        try:
+            candidate = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if hmac.compare_digest(candidate, expected):
+            return True
+    return False
 
 
 def parse_event(payload: Any, event_header: str | None) -> Event | Ignored:

@@ -11,13 +11,15 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
+from . import cards, chats
 from .cards import card_content, render_card
-from .delivery import Deliverer, Outcome
+from .delivery import Deliverer, Outcome, shown
 from .events import Event, PipelineEvent
 from .gitlab import Ignored, parse_event
 from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox
 from .owners import Match, OwnersFile
 from .pipelines import pipeline_to_notify
+from .quiet import SELF_SKIPPED, quiet_reason, split_self
 from .settings import Settings
 from .users import UsersFile, with_people
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 RETRY_WINDOW = 24 * 3600.0     # how long a queued delivery is retried before it is marked failed
 LEASE_SLACK = 10.0             # an inline attempt's lease outlives the deadline by this much
 DEADLINE_MARGIN = 0.3          # answer GitLab this long before the deadline, for the reply itself
+CARD_LIMITS = {"dm": cards.MAX_CARD_BYTES, "chat": chats.MAX_CARD_BYTES}   # a bot's body holds its card
 
 
 def idempotency_key(headers: Mapping[str, str], event: Event) -> str:
@@ -78,19 +81,27 @@ class Notifier:
             return self._ignored(f"{event.kind} events are turned off (NOTIFY_EVENTS)", headers, base)
         key = idempotency_key(headers, event)
         if isinstance(event, PipelineEvent):
+            # Before the quiet rules: a silenced failure still counts when its fix arrives.
             event = pipeline_to_notify(event, self.outbox, key)
             if isinstance(event, Ignored):
                 return self._ignored(event.reason, headers, base)
+        quiet = quiet_reason(event, self.settings.ignore_pushers)
+        if quiet:
+            return self._ignored(quiet, headers, base)
         matches = self._recipients(event)
         if not matches:
-            return self._ignored(f"no entry in owners.json matches {event.project.path} ({event.project.name})",
-                                 headers, base)
-        content = card_content(render_card(event, self.settings.card_lang))
+            return self._ignored(self.owners.current().why_nobody(event), headers, base)
+        matches, skipped = self._skip_self(event, matches)
+        if not matches:
+            return {**self._ignored(f"only {event.actor.label or 'its author'} would be notified, and NOTIFY_SELF "
+                                    "is false", headers, base), "deliveries": skipped}
+        contents = {channel: card_content(render_card(event, self.settings.card_lang, max_bytes=CARD_LIMITS[channel]))
+                    for channel in dict.fromkeys(m.channel for m in matches)}
         if self.settings.dry_run:
-            return self._dry_run(event, key, matches, content, base)
+            return self._dry_run(event, key, matches, contents, base, skipped)
 
-        planned = [NewDelivery("dm", m.recipient, m.rule, content, feishu_uuid(key, "dm", m.recipient))
-                   for m in matches]
+        planned = [NewDelivery(m.channel, m.recipient, m.rule, contents[m.channel],
+                               feishu_uuid(key, m.channel, m.recipient)) for m in matches]
         deadline = started + self.settings.delivery_deadline_seconds - DEADLINE_MARGIN
         created, rows = self.outbox.begin_event(
             key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
@@ -98,25 +109,41 @@ class Notifier:
         if not created:
             return self._repeat(key, rows, base)
         outcomes = self.deliverer.deliver(rows, deadline)
-        deliveries = [_delivery_json(row, outcomes[row.id]) for row in rows]
+        deliveries = [_delivery_json(row, outcomes[row.id]) for row in rows] + skipped
         response = {"status": overall_status([d["result"] for d in deliveries]), **base, "deliveries": deliveries}
         self._log(event, key, rows, outcomes, started)
         return response
 
     def _recipients(self, event: Event) -> list[Match]:
         """Who hears about this event, each once, with the rule that chose them."""
-        matches = self.owners.current().match(event.project)
+        matches = self.owners.current().match(event)
         return with_people(matches, event, self.users.current()) if self.users else matches
+
+    def _skip_self(self, event: Event, matches: list[Match]) -> tuple[list[Match], list[dict]]:
+        """With NOTIFY_SELF=false, the person who caused the event is left out, shown as skipped."""
+        if self.settings.notify_self:
+            return matches, []
+        kept, mine = split_self(matches, event.actor, self._address_of)
+        if mine:
+            log.info("not telling %s about their own %s (NOTIFY_SELF=false)", ", ".join(m.shown for m in mine),
+                     event.kind)
+        return kept, [{"to": m.shown, "rule": m.rule, "result": "skipped", "reason": SELF_SKIPPED} for m in mine]
+
+    def _address_of(self, username: str) -> str | None:
+        """Where users.json says a GitLab user gets their cards, to know them when GitLab hides their email."""
+        return self.users.current().recipient(username) if self.users else None
 
     def _ignored(self, reason: str, headers: Mapping[str, str], base: dict | None = None) -> dict:
         log.info("ignored %s (%s): %s", headers.get("X-Gitlab-Event", "?"), _key_for_log(headers), reason)
         return {"status": "ignored", "reason": reason, **(base or {}), "deliveries": []}
 
-    def _dry_run(self, event: Event, key: str, matches: list[Match], content: str, base: dict) -> dict:
+    def _dry_run(self, event: Event, key: str, matches: list[Match], contents: dict[str, str], base: dict,
+                 skipped: list[dict]) -> dict:
         for match in matches:
-            log.info("dry run: would send to %s (%s) for %s: %s", match.recipient, match.rule, key, content)
+            log.info("dry run: would send to %s (%s) for %s: %s", match.shown, match.rule, key,
+                     contents[match.channel])
         return {"status": "dry_run", "reason": "FEISHU_APP_ID is not set: cards were logged, not sent", **base,
-                "deliveries": [{"to": m.recipient, "rule": m.rule, "result": "dry_run"} for m in matches]}
+                "deliveries": [{"to": m.shown, "rule": m.rule, "result": "dry_run"} for m in matches] + skipped}
 
     def _repeat(self, key: str, rows: list[Delivery], base: dict) -> dict:
         now = self.clock()
@@ -133,7 +160,7 @@ class Notifier:
         parts = []
         for row in rows:
             outcome = outcomes[row.id]
-            part = f"{row.recipient} ({row.rule}) {outcome.status} in {outcome.duration * 1000:.0f} ms"
+            part = f"{shown(row)} ({row.rule}) {outcome.status} in {outcome.duration * 1000:.0f} ms"
             parts.append(part + (f": {outcome.error}" if outcome.error and outcome.status != SENT else ""))
         log.info("%s %s %s by %s key=%s in %.0f ms -> %s", event.kind, event.project.path,
                  getattr(event, "ref", ""), event.actor.label or "?", key,
@@ -141,7 +168,7 @@ class Notifier:
 
 
 def _delivery_json(row: Delivery, outcome: Outcome) -> dict:
-    result = {"to": row.recipient, "rule": row.rule, "result": outcome.status}
+    result = {"to": shown(row), "rule": row.rule, "result": outcome.status}
     if outcome.error and outcome.status != SENT:
         result["error"] = outcome.error
     return result

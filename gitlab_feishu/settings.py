@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .gitlab import signing_key
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 EVENT_KINDS = ("push", "tag_push", "merge_request", "pipeline")
@@ -144,6 +146,15 @@ def _card_lang(raw: str) -> str:
     return raw.lower()
 
 
+def _signing_token(raw: str) -> str:
+    # ConfigError, not ValueError: _parse would quote the value, and this one is a secret.
+    try:
+        signing_key(raw)
+    except ValueError as exc:
+        raise ConfigError(f"GITLAB_SIGNING_TOKEN is not valid: {exc}") from None
+    return raw
+
+
 def _networks(raw: str) -> tuple:
     return tuple(ipaddress.ip_network(word, strict=False) for word in _words(raw))
 
@@ -161,7 +172,7 @@ _FIELDS = (
     ("FEISHU_APP_SECRET", "feishu_app_secret", str),
     ("FEISHU_BASE_URL", "feishu_base_url", _url),
     ("GITLAB_WEBHOOK_SECRET", "gitlab_webhook_secret", str),
-    ("GITLAB_SIGNING_TOKEN", "gitlab_signing_token", str),
+    ("GITLAB_SIGNING_TOKEN", "gitlab_signing_token", _signing_token),
     ("OWNERS_FILE", "owners_file", _path),
     ("USERS_FILE", "users_file", _path),
     ("DATA_DIR", "data_dir", _path),

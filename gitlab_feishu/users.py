@@ -18,7 +18,8 @@ from typing import Callable, Mapping
 
 from .config_file import WatchedFile, describe, object_members, read_config_text
 from .events import Event, MergeRequestEvent, Person, PipelineEvent
-from .owners import Match, is_recipient
+from .owners import Match
+from .owners_format import is_recipient
 from .settings import ConfigError
 
 log = logging.getLogger("gitlab_feishu.users")
@@ -51,7 +52,7 @@ def load_users(path: Path) -> Users:
     text, warnings = read_config_text(path, "create it (see README, users.json) or set USERS_FILE", log)
     recipients: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for username, value, line, where in object_members(text, path, EXAMPLE):
+    for username, value, line, where, _ in object_members(text, path, EXAMPLE):
         if not _USERNAME.fullmatch(username) or username.startswith("-"):
             raise ConfigError(f"{where}: not a GitLab username (letters, digits, _ - . and no @), "
                               f"as in {EXAMPLE}")

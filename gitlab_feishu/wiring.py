@@ -87,12 +87,12 @@ class GitLab:
             seen += 1
             candidate = Project(path=project.path_with_namespace, name=project.name,
                                 web_url=project.attributes.get("web_url", ""), id=project.id)
-            if owners.match(candidate):
+            if owners.names(candidate):
                 named.append(candidate)
         if not named:
             raise WiringError(_nothing_matched(seen, owners))
         unused = [entry.key for entry in owners.entries
-                  if not any(dataclasses.replace(owners, entries=(entry,)).match(p) for p in named)]
+                  if not any(dataclasses.replace(owners, entries=(entry,)).names(p) for p in named)]
         return [self._listing(project) for project in named], unused
 
     def apply(self, step: Step, secret: str) -> Step:

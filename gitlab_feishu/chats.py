@@ -1,0 +1,173 @@
+"""Group chats: posting cards to Feishu (Lark) custom-bot webhooks.
+
+A custom bot posts into its own group through a webhook URL whose last part
+is a token: anyone holding the URL can post there, so it is a credential and
+is only ever shown masked (`chat:…/hook/abcd…`). Bots need no app token and
+no lookup, but have their own rules: the card goes as an object under
+"card", the body is at most 20 KB, a bot with signing on wants a timestamp
+and an HMAC sign, and success is the body's `code`, not the HTTP status.
+Bots take no `uuid`, so a retry after an ambiguous failure can post twice.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from typing import Callable
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .feishu import FeishuError
+
+log = logging.getLogger(__name__)
+
+HOOK_PATH = "/open-apis/bot/v2/hook/"
+FEISHU_HOSTS = ("open.feishu.cn", "open.larksuite.com", "open.larkoffice.com")
+MAX_BODY_BYTES = 20 * 1024          # a group bot's limit on the whole request body
+ENVELOPE_BYTES = 256                # msg_type, timestamp and sign around the card, with room to spare
+MAX_CARD_BYTES = MAX_BODY_BYTES - ENVELOPE_BYTES
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_BOT_SETTINGS = "the group's settings > 群机器人 (Bots) > the bot"
+_UNKNOWN_CODE = ("look the code up in Feishu's custom bot guide: "
+                 "https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot")
+
+# code -> (retryable, hint). Codes not listed are permanent.
+ERRORS: dict[int, tuple[bool, str]] = {
+    11232: (True, "the group bot's rate limit (5 a second, 100 a minute; busiest on the hour and half hour): "
+                  "retry in a moment"),
+    19001: (False, f"the webhook URL is not valid (mistyped, or the bot was removed): copy it again from "
+                   f"{_BOT_SETTINGS} into owners.json"),
+    19002: (False, "Feishu refused the message (bad card JSON)"),
+    19021: (False, "signature check failed: the bot has 签名校验 (signature verification) on, so owners.json must "
+                   'list it as {"url": ..., "secret": ...} with the secret from ' + _BOT_SETTINGS +
+                   "; also check this server's clock (Feishu allows 1 hour)"),
+    19022: (False, f"the bot's IP allow-list (IP 白名单) does not include this server: add its public IP in "
+                   f"{_BOT_SETTINGS}, or use signature verification instead"),
+    19024: (False, "the bot wants a custom keyword (自定义关键词) the card does not contain: remove the keywords "
+                   f"in {_BOT_SETTINGS} and use signature verification instead"),
+    9499: (False, "Feishu refused the request body (not valid JSON, or over 20 KB)"),
+}
+
+
+def bot_url_problem(url: str) -> str | None:
+    """What is wrong with a custom-bot webhook URL, or None when it looks right.
+
+    Any host is accepted (Feishu, Lark, the open.larkoffice.com alias, a
+    private deployment or a test server); the path must be the bot hook's.
+    """
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        return "is not an http(s) URL"
+    token = parts.path[len(HOOK_PATH):] if parts.path.startswith(HOOK_PATH) else ""
+    if not _TOKEN.fullmatch(token) or parts.query or parts.fragment:
+        return f"is not a custom-bot webhook URL (https://{FEISHU_HOSTS[0]}{HOOK_PATH}<token>)"
+    return None
+
+
+def mask_chat_url(url: str) -> str:
+    """How a group chat is shown in responses, logs and messages: its URL's token stays secret."""
+    _, found, token = url.partition(HOOK_PATH)
+    return f"chat:…/hook/{token[:4]}…" if found else "chat:…"
+
+
+def gen_sign(timestamp: int, secret: str) -> str:
+    """Feishu's bot signature: HMAC-SHA256 keyed with "timestamp\\nsecret" over an empty message, base64."""
+    key = f"{timestamp}\n{secret}".encode("utf-8")
+    return base64.b64encode(hmac.new(key, b"", hashlib.sha256).digest()).decode("ascii")
+
+
+class BotClient:
+    """Posts cards to group bots; thread-safe, one pooled session, explicit timeouts."""
+
+    def __init__(self, *, session: requests.Session | None = None, clock: Callable[[], float] = time.time,
+                 connect_timeout: float = 3.05, read_timeout: float = 10.0):
+        self._session = session or _session()
+        self._clock = clock            # wall time: the sign's timestamp must be within Feishu's hour
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+
+    def post_card(self, url: str, secret: str | None, card: dict, budget: float | None = None) -> None:
+        """Post `card` to the bot at `url`, signed when `secret` is given; FeishuError says what went wrong."""
+        what = f"posting the card to {mask_chat_url(url)}"
+        body: dict = {"msg_type": "interactive", "card": card}
+        if secret:
+            timestamp = int(self._clock())
+            body = {"timestamp": str(timestamp), "sign": gen_sign(timestamp, secret), **body}
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if len(data) > MAX_BODY_BYTES:
+            raise FeishuError(f"{what}: the body is {len(data)} bytes, over the group bot's 20 KB limit",
+                              hint="a bug: chat cards are rendered to fit; please report it")
+        if budget is not None and budget <= 0:
+            raise FeishuError(f"{what}: no time left before the deadline", retryable=True)
+        timeout = (self._connect_timeout, self._read_timeout) if budget is None else \
+            (min(self._connect_timeout, budget), min(self._read_timeout, budget))
+        try:
+            rsp = self._session.post(url, data=data, timeout=timeout,
+                                     headers={"Content-Type": "application/json; charset=utf-8"})
+        except requests.Timeout as exc:
+            posted = (" (it may have been posted: a retry can show the card twice in the group)"
+                      if isinstance(exc, requests.ReadTimeout) else "")
+            raise _logged(FeishuError(f"{what}: {type(exc).__name__}{posted}", retryable=True)) from None
+        except requests.RequestException as exc:
+            detail = _scrub(" ".join(str(exc).split()), url)
+            raise _logged(FeishuError(f"{what}: cannot reach Feishu ({type(exc).__name__}: {detail})",
+                                      retryable=True)) from None
+        _check(what, url, rsp)
+
+
+def _check(what: str, url: str, rsp: requests.Response) -> None:
+    """Success is `code` 0 in the body, whatever the HTTP status; anything else raises."""
+    try:
+        payload = rsp.json()
+    except ValueError:
+        payload = None
+    # "StatusCode" is the legacy name of the same field; current answers carry both.
+    code = payload.get("code", payload.get("StatusCode")) if isinstance(payload, dict) else None
+    if code == 0:
+        return
+    status = rsp.status_code
+    log_id = rsp.headers.get("X-Tt-Logid", "")
+    if not isinstance(code, int) or isinstance(code, bool):
+        retryable = status == 429 or status >= 500
+        raise _logged(FeishuError(f"{what}: Feishu answered HTTP {status} without an error code",
+                                  http_status=status, log_id=log_id, retryable=retryable,
+                                  hint="retry later" if retryable else "check the webhook URL in owners.json"))
+    msg = _scrub(" ".join(str(payload.get("msg", "")).split()), url)
+    if code in ERRORS:
+        retryable, hint = ERRORS[code]
+    elif status == 429 or status >= 500:
+        retryable, hint = True, f"Feishu answered HTTP {status}: retry later"
+    else:
+        retryable, hint = False, _UNKNOWN_CODE
+    raise _logged(FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=status, log_id=log_id,
+                              retryable=retryable, hint=hint))
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` with the URL's token masked: requests' messages and Feishu's own quote it."""
+    token = url.partition(HOOK_PATH)[2]
+    return text.replace(token, token[:4] + "…") if token else text
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    # No urllib3 retries: bots have no uuid, so a retried POST would post the card twice.
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _logged(error: FeishuError) -> FeishuError:
+    log.warning("%s", error)     # the URL's token and the secret never enter the message
+    return error

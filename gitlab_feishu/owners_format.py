@@ -1,0 +1,191 @@
+"""owners.json as a file: decoding, JSON with line numbers, and validation into entries.
+
+A value is one recipient, a list of them, or an object that adds filters and
+group chats:
+
+    "grouptwogame/*": {"owners": ["lead@example.com"], "chats": ["https://open.feishu.cn/open-apis/bot/v2/hook/…"],
+                       "branches": ["main", "release/*", ":protected"], "events": ["push", "pipeline"]}
+
+Every mistake is a ConfigError naming the file, the line, the key and the
+field. Matching lives in owners.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .chats import bot_url_problem, mask_chat_url
+from .config_file import describe, members_at, object_members, read_config_text
+from .settings import EVENT_KINDS, ConfigError
+
+log = logging.getLogger("gitlab_feishu.owners")
+
+FIELDS = ("owners", "chats", "branches", "events")
+PRESETS = (":default", ":protected")
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")   # practical, not RFC 5322
+_OPEN_ID = re.compile(r"ou_[A-Za-z0-9]+")
+# What git refuses in a branch name (git check-ref-format), except `*`, which is our wildcard.
+_NOT_IN_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?\[\\]|\.\.|@\{|//")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One key of owners.json, validated; None filters mean "every branch" and "every event"."""
+    key: str                                  # as written in the file
+    line: int
+    owners: tuple[str, ...] = ()              # emails and open_ids
+    chats: tuple[str, ...] = field(default=(), repr=False)   # bot webhook URLs (credentials); secrets apart
+    branches: tuple[str, ...] | None = None   # names, `*` patterns and presets
+    events: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class OwnersData:
+    entries: tuple[Entry, ...]
+    chat_secrets: dict[str, str] = field(repr=False)   # webhook URL -> signing secret
+    warnings: tuple[str, ...] = ()
+
+
+def read_owners(path: Path) -> OwnersData:
+    """Read, decode and validate owners.json; a ConfigError names the file, line, key and problem."""
+    text, warnings = read_config_text(path, "create it (see README, owners.json) or set OWNERS_FILE", log)
+    secrets: dict[str, tuple[str, int]] = {}
+    entries = tuple(_entries(text, path, secrets))
+    return OwnersData(entries, {url: secret for url, (secret, _) in secrets.items()}, tuple(warnings))
+
+
+def is_recipient(value: str) -> bool:
+    """An email address or a Feishu open_id: what owners.json and users.json may name."""
+    return bool(_EMAIL.fullmatch(value) or _OPEN_ID.fullmatch(value))
+
+
+def fold(text: str) -> str:
+    """The form keys and projects are compared in: NFKC (full-width letters count as ASCII), casefolded."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _entries(text: str, path: Path, secrets: dict[str, tuple[str, int]]) -> Iterator[Entry]:
+    """Validate the top-level object and build its entries in file order."""
+    for key, value, line, where, value_at in object_members(text, path, '{"group/project": "owner@example.com"}'):
+        if not fold(key).strip().strip("/"):
+            raise ConfigError(f"{where}: the key is empty; write a project path, group or name")
+        if isinstance(value, dict):
+            yield _object_entry(key, line, text, value_at, where, path, secrets)
+        else:
+            yield Entry(key, line, owners=_owners(value, where))
+
+
+def _object_entry(key: str, line: int, text: str, start: int, where: str, path: Path,
+                  secrets: dict[str, tuple[str, int]]) -> Entry:
+    values: dict[str, Any] = {}
+    for name, value, field_line, _ in members_at(text, start):
+        at = f"{path}, line {field_line}: key {_quote(key)}, field {_quote(name)}"
+        if name not in FIELDS:
+            guess = next((f for f in FIELDS if f.rstrip("s") == name.lower().rstrip("s")), None)
+            raise ConfigError(f"{at}: unknown field" + (f'; did you mean "{guess}"?' if guess else
+                              "; an entry object takes " + ", ".join(f'"{f}"' for f in FIELDS)))
+        if name in values:
+            raise ConfigError(f"{at} appears twice; JSON would keep only the last one")
+        if not isinstance(value, list):
+            raise ConfigError(f"{at}: must be a list, e.g. {_EXAMPLES[name]}, not {describe(value)}")
+        if not value and name in ("branches", "events"):
+            raise ConfigError(f"{at}: the list is empty, so nothing would match; remove the field to mean "
+                              f"every {'branch' if name == 'branches' else 'event'}")
+        values[name] = _FIELD_CHECKS[name](value, at, field_line, secrets)
+    if not values.get("owners") and not values.get("chats"):
+        raise ConfigError(f"{where}: the object names nobody to notify; give \"owners\" (emails) "
+                          f"or \"chats\" (group bot webhook URLs), or both")
+    return Entry(key, line, owners=values.get("owners", ()), chats=values.get("chats", ()),
+                 branches=values.get("branches"), events=values.get("events"))
+
+
+def _owners(value: Any, where: str, *_: Any) -> tuple[str, ...]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list):
+        raise ConfigError(f"{where}: the value must be an email, a list of emails, or an object with "
+                          f"{', '.join(FIELDS)}; not {describe(value)}")
+    if not values:
+        raise ConfigError(f"{where}: the list of owners is empty; add an email or remove the key")
+    for item in values:
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: every owner must be an email in quotes, not {describe(item)}")
+        if not is_recipient(item):
+            raise ConfigError(f"{where}: {_quote(item)} is not an email address "
+                              "(name@domain.tld, no spaces) or a Feishu open_id (ou_...)")
+    return tuple(values)
+
+
+def _object_owners(value: list, where: str, *_: Any) -> tuple[str, ...]:
+    return _owners(value, where) if value else ()
+
+
+def _chats(value: list, where: str, line: int, secrets: dict[str, tuple[str, int]]) -> tuple[str, ...]:
+    urls = []
+    for number, item in enumerate(value, 1):
+        at = f"{where}, item {number}"
+        if isinstance(item, dict):
+            unknown = sorted(set(item) - {"url", "secret"})
+            if unknown:
+                raise ConfigError(f"{at}: unknown field {_quote(unknown[0])}; a chat object takes "
+                                  '"url" and "secret"')
+            url, secret = item.get("url"), item.get("secret")
+            if not isinstance(secret, str) or not secret.strip():
+                raise ConfigError(f'{at}: "secret" must be the bot\'s signing secret in quotes; '
+                                  "leave the object out and write the URL alone when signing is off")
+        else:
+            url, secret = item, None
+        if not isinstance(url, str):
+            raise ConfigError(f"{at}: a chat is a bot webhook URL in quotes, or "
+                              f'{{"url": ..., "secret": ...}}; not {describe(url)}')
+        url = url.strip()
+        problem = bot_url_problem(url)
+        if problem:
+            raise ConfigError(f"{at}: {mask_chat_url(url) if '/hook/' in url else _quote(url)} {problem}")
+        if secret is not None:
+            secret = secret.strip()
+            known = secrets.setdefault(url, (secret, line))
+            if known[0] != secret:
+                raise ConfigError(f"{at}: {mask_chat_url(url)} has a different secret on line {known[1]}; "
+                                  "a bot has one secret")
+        urls.append(url)
+    return tuple(dict.fromkeys(urls))
+
+
+def _branches(value: list, where: str, *_: Any) -> tuple[str, ...]:
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: every branch must be a name or pattern in quotes, not {describe(item)}")
+        if item.startswith(":"):
+            if item not in PRESETS:
+                raise ConfigError(f"{where}: {_quote(item)} is not a preset; the presets are "
+                                  f"{' and '.join(PRESETS)}")
+        elif item.startswith("refs/"):
+            raise ConfigError(f"{where}: {_quote(item)}: write the branch name alone, without refs/heads/")
+        elif (not item or _NOT_IN_BRANCH.search(item) or item.startswith(("-", "/", "."))
+              or item.endswith(("/", ".", ".lock"))):
+            raise ConfigError(f"{where}: {_quote(item)} is not a branch name or pattern (like main or "
+                              f"release/*; no spaces, and * is the only wildcard)")
+    return tuple(dict.fromkeys(value))
+
+
+def _events(value: list, where: str, *_: Any) -> frozenset[str]:
+    for item in value:
+        if item not in EVENT_KINDS:
+            raise ConfigError(f"{where}: {_quote(item) if isinstance(item, str) else describe(item)} is not an "
+                              f"event; choose from {', '.join(EVENT_KINDS)}")
+    return frozenset(value)
+
+
+_FIELD_CHECKS = {"owners": _object_owners, "chats": _chats, "branches": _branches, "events": _events}
+_EXAMPLES = {"owners": '["lead@example.com"]', "chats": '["https://open.feishu.cn/open-apis/bot/v2/hook/…"]',
+             "branches": '["main", "release/*"]', "events": '["push", "merge_request"]'}
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)

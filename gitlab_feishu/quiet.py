@@ -1,0 +1,89 @@
+"""Quiet rules: events and recipients that deliberately get no card.
+
+Pure functions the service applies around routing:
+- a push whose every commit asks for silence (`[skip notify]`, `[通知跳过]`) notifies nobody;
+- an event caused by someone in IGNORE_PUSHERS (a CI bot, a mirror) notifies nobody;
+- with NOTIFY_SELF=false, the person who caused an event is not told about it.
+"""
+from __future__ import annotations
+
+import unicodedata
+from typing import Callable, Iterable, Protocol, TypeVar
+
+from .events import Person
+
+# Compared after NFKC + casefold, so "[Skip Notify]" and the full-width "［通知跳过］" count too;
+# 【】 are the brackets a Chinese input method types for [ ].
+SKIP_MARKERS = ("[skip notify]", "[通知跳过]", "【通知跳过】")
+SELF_SKIPPED = "NOTIFY_SELF is false and they caused this event"
+
+AddressOf = Callable[[str], str | None]     # GitLab username -> email or open_id (the users file)
+
+
+class _Recipient(Protocol):
+    recipient: str
+    channel: str
+
+
+R = TypeVar("R", bound=_Recipient)
+
+
+def quiet_reason(event, ignore_pushers: frozenset[str]) -> str | None:
+    """Why `event` notifies nobody whatever owners.json says, or None."""
+    if event.kind == "push" and asks_for_silence(event.commits, event.total_commits):
+        return "every commit in this push carries [skip notify] or [通知跳过]"
+    ignored = ignored_actor(event.actor, ignore_pushers)
+    if ignored:
+        return f"{ignored} is listed in IGNORE_PUSHERS"
+    return None
+
+
+def asks_for_silence(commits: Iterable, total_commits: int) -> bool:
+    """At least one commit, and every one carries a skip marker.
+
+    GitLab sends at most 20 commits; when it left some out, their messages
+    are unknown, so the push is not silenced.
+    """
+    commits = list(commits)
+    if not commits or total_commits > len(commits):
+        return False
+    return all(any(marker in _folded(commit.message) for marker in SKIP_MARKERS) for commit in commits)
+
+
+def ignored_actor(actor: Person, ignore_pushers: frozenset[str]) -> str | None:
+    """The actor's username or email when IGNORE_PUSHERS (lower-cased) lists either, else None."""
+    for identity in (actor.username, actor.email):
+        if identity and identity.lower() in ignore_pushers:
+            return identity
+    return None
+
+
+def is_self(recipient: str, actor: Person, address_of: AddressOf | None = None) -> bool:
+    """Whether `recipient` (an email or open_id) is the person who caused the event.
+
+    By the email GitLab disclosed, else (GitLab hides emails by default) by
+    what the users file maps the actor's username to.
+    """
+    addresses = {_identity(actor.email)} if actor.email else set()
+    mapped = address_of(actor.username) if address_of and actor.username else None
+    if mapped:
+        addresses.add(_identity(mapped))
+    return _identity(recipient) in addresses
+
+
+def split_self(matches: list[R], actor: Person, address_of: AddressOf | None = None) -> tuple[list[R], list[R]]:
+    """(kept, skipped): people who caused the event themselves are skipped; group chats never are."""
+    kept: list[R] = []
+    skipped: list[R] = []
+    for match in matches:
+        mine = match.channel == "dm" and is_self(match.recipient, actor, address_of)
+        (skipped if mine else kept).append(match)
+    return kept, skipped
+
+
+def _identity(address: str) -> str:
+    return address.strip().casefold() if "@" in address else address.strip()
+
+
+def _folded(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()

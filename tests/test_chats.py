@@ -1,0 +1,215 @@
+"""Group bots: the webhook client against `responses` mocks, and the Deliverer's chat path with stubs."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import responses
+
+from gitlab_feishu.chats import MAX_BODY_BYTES, BotClient, bot_url_problem, gen_sign, mask_chat_url
+from gitlab_feishu.delivery import Deliverer
+from gitlab_feishu.feishu import FeishuError
+from gitlab_feishu.outbox import NewDelivery, Outbox
+from gitlab_feishu.pacing import bot_quotas
+
+TOKEN = "7c1f0e2a-9b3d-4e5f-8a6b-0c1d2e3f4a5b"
+URL = f"https://open.feishu.cn/open-apis/bot/v2/hook/{TOKEN}"
+CARD = {"schema": "2.0", "header": {"title": {"tag": "plain_text", "content": "推送"}}, "body": {"elements": []}}
+NOW = 1_800_000_000
+
+
+def client() -> BotClient:
+    return BotClient(clock=lambda: NOW + 0.75)
+
+
+def sent_body() -> dict:
+    return json.loads(responses.calls[-1].request.body)
+
+
+# --- signing, body, masking --------------------------------------------------------------------
+
+@pytest.mark.parametrize("timestamp, secret, sign", [
+    (100, "demo", "jquNHnVOwmDRfw+vqTIrY5dooJAgi5EcRtLsQE4wfXg="),          # vectors from Feishu's algorithm
+    (1599360473, "demo", "l1N0gAcBjdwBvGm1xMjOF0XSyaLRpR7tuO5dHfhAYc8="),
+])
+def test_gen_sign_matches_feishus_algorithm(timestamp, secret, sign):
+    assert gen_sign(timestamp, secret) == sign
+
+
+@responses.activate
+def test_a_signed_bot_gets_timestamp_and_sign_and_the_card_as_an_object():
+    responses.post(URL, json={"StatusCode": 0, "StatusMessage": "success", "code": 0, "data": {}, "msg": "success"})
+    client().post_card(URL, "bot-secret", CARD, budget=5)
+    body = sent_body()
+    assert body == {"timestamp": str(NOW), "sign": gen_sign(NOW, "bot-secret"), "msg_type": "interactive",
+                    "card": CARD}
+    assert responses.calls[-1].request.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert "推送".encode() in responses.calls[-1].request.body           # UTF-8, not \u escapes
+
+
+@responses.activate
+def test_an_unsigned_bot_gets_no_sign_fields():
+    responses.post(URL, json={"code": 0, "msg": "success", "data": {}})
+    client().post_card(URL, None, CARD)
+    assert sent_body() == {"msg_type": "interactive", "card": CARD}
+
+
+@pytest.mark.parametrize("url, masked", [
+    (URL, "chat:…/hook/7c1f…"),
+    ("http://127.0.0.1:5/open-apis/bot/v2/hook/ab", "chat:…/hook/ab…"),
+    ("https://example.com/other", "chat:…"),
+])
+def test_chat_urls_are_shown_masked(url, masked):
+    assert mask_chat_url(url) == masked
+
+
+@pytest.mark.parametrize("url, problem", [
+    (URL, None),
+    ("https://open.larksuite.com/open-apis/bot/v2/hook/abc", None),
+    ("https://open.larkoffice.com/open-apis/bot/v2/hook/abc", None),
+    ("http://127.0.0.1:8080/open-apis/bot/v2/hook/test_bot-1", None),
+    ("ftp://open.feishu.cn/open-apis/bot/v2/hook/abc", "not an http(s) URL"),
+    ("https:///open-apis/bot/v2/hook/abc", "not an http(s) URL"),
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/", "not a custom-bot webhook URL"),
+    ("https://open.feishu.cn/open-apis/bot/v2/hook/a/b", "not a custom-bot webhook URL"),
+    ("https://open.feishu.cn/open-apis/im/v1/messages", "not a custom-bot webhook URL"),
+    (URL + "?debug=1", "not a custom-bot webhook URL"),
+    ("http://[::1/open-apis/bot/v2/hook/x", "not an http(s) URL"),
+])
+def test_bot_url_validation(url, problem):
+    found = bot_url_problem(url)
+    assert (found is None) if problem is None else (problem in found)
+
+
+# --- answers: success is the body's code, not the HTTP status ---------------------------------
+
+@pytest.mark.parametrize("status, body, retryable, words", [
+    (200, {"code": 11232, "data": {}, "msg": f"frequency limited psm[lark.oapi]appID[{TOKEN}]"}, True,
+     ["Feishu 11232", "rate limit"]),
+    (200, {"code": 19021, "msg": "sign match fail or timestamp is not within one hour from current time"}, False,
+     ["19021", '{"url": ..., "secret": ...}', "clock"]),
+    (200, {"code": 19022, "msg": "Ip Not Allowed"}, False, ["IP allow-list"]),
+    (200, {"code": 19024, "msg": "Key Words Not Found"}, False, ["keyword"]),
+    (200, {"code": 9499, "msg": "Bad Request", "data": {}}, False, ["9499", "20 KB"]),
+    (400, {"code": 9499, "msg": "Bad Request"}, False, ["9499"]),
+    (200, {"code": 19001, "msg": "param invalid: incoming webhook access token invalid"}, False, ["copy it again"]),
+    (200, {"code": 77777, "msg": "something new"}, False, ["77777", "custom bot guide"]),
+    (502, {"code": 77777, "msg": "upstream"}, True, ["HTTP 502"]),
+    (503, "<html>503</html>", True, ["HTTP 503 without an error code"]),
+    (429, "", True, ["HTTP 429"]),
+    (404, "<html>404</html>", False, ["check the webhook URL"]),
+    (200, "not json", False, ["HTTP 200 without an error code"]),
+])
+@responses.activate
+def test_failures_say_whether_a_retry_can_help(status, body, retryable, words):
+    responses.post(URL, status=status, **({"json": body} if isinstance(body, dict) else {"body": body}))
+    with pytest.raises(FeishuError) as raised:
+        client().post_card(URL, None, CARD)
+    assert raised.value.retryable is retryable
+    for word in words:
+        assert word in str(raised.value)
+    assert TOKEN not in str(raised.value) and "chat:…/hook/7c1f…" in str(raised.value)
+
+
+@responses.activate
+def test_a_read_timeout_is_retryable_and_warns_of_a_possible_duplicate():
+    responses.post(URL, body=requests.ReadTimeout("read timed out"))
+    with pytest.raises(FeishuError) as raised:
+        client().post_card(URL, None, CARD, budget=1)
+    assert raised.value.retryable and "twice" in str(raised.value)
+
+
+@responses.activate
+def test_connection_errors_never_quote_the_token():
+    responses.post(URL, body=requests.ConnectionError(
+        f"HTTPSConnectionPool(host='open.feishu.cn'): Max retries exceeded with url: /open-apis/bot/v2/hook/{TOKEN}"))
+    with pytest.raises(FeishuError) as raised:
+        client().post_card(URL, None, CARD)
+    assert raised.value.retryable and TOKEN not in str(raised.value) and "7c1f…" in str(raised.value)
+
+
+@responses.activate
+def test_a_body_over_20_kb_is_refused_before_sending():
+    big = {**CARD, "body": {"elements": [{"tag": "markdown", "content": "字" * MAX_BODY_BYTES}]}}
+    with pytest.raises(FeishuError, match="over the group bot's 20 KB limit") as raised:
+        client().post_card(URL, None, big)
+    assert not raised.value.retryable and len(responses.calls) == 0
+
+
+def test_no_budget_left_sends_nothing():
+    with pytest.raises(FeishuError, match="no time left") as raised:
+        client().post_card(URL, None, CARD, budget=0)
+    assert raised.value.retryable
+
+
+# --- the Deliverer's chat path ----------------------------------------------------------------
+
+class StubBots:
+    def __init__(self):
+        self.posts: list[tuple[str, str | None, dict]] = []
+        self.answers: list[Exception] = []
+
+    def post_card(self, url, secret, card, budget=None):
+        self.posts.append((url, secret, card))
+        if self.answers:
+            raise self.answers.pop(0)
+
+
+class NoFeishu:
+    def resolve_open_ids(self, emails, budget=None):
+        raise AssertionError("a group chat needs no email lookup")
+
+    def send_card(self, *args, **kwargs):
+        raise AssertionError("a group chat is not sent as a DM")
+
+
+class RecordingPacer:
+    def __init__(self):
+        self.quotas = []
+
+    def wait_turn(self, quotas, deadline):
+        self.quotas.append(quotas)
+        return True
+
+
+@pytest.fixture
+def chat_setup(tmp_path, clock):
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+    bots, pacer, secrets = StubBots(), RecordingPacer(), {URL: "first"}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        deliverer = Deliverer(outbox, NoFeishu(), pool=pool, retry_base=5.0, pacer=pacer, clock=clock,
+                              sleep=clock.sleep, chats=bots, chat_secret=secrets.get)
+        rows = outbox.begin_event("idem:chat", "push", "g/p", [NewDelivery("chat", URL, "exact: g", json.dumps(CARD),
+                                                                           "gf-unused")],
+                                  lease_owner="me", lease_seconds=15, retry_window=86400)[1]
+        yield deliverer, rows, bots, pacer, secrets, outbox
+
+
+def test_a_chat_row_is_posted_to_its_bot_paced_by_the_bots_quota(chat_setup, clock):
+    deliverer, rows, bots, pacer, _, outbox = chat_setup
+    [outcome] = deliverer.deliver(rows, deadline=clock() + 5).values()
+    assert outcome.status == "sent" and bots.posts == [(URL, "first", CARD)]
+    assert pacer.quotas == [bot_quotas(URL)]
+    assert outbox.event_rows("idem:chat")[0].status == "sent"
+
+
+def test_the_secret_is_read_at_each_send_so_fixing_owners_json_fixes_the_retry(chat_setup, clock):
+    deliverer, rows, bots, _, secrets, _ = chat_setup
+    bots.answers = [FeishuError("Feishu 11232", code=11232, retryable=True)] * 30
+    deliverer.deliver(rows, deadline=clock() + 1)
+    secrets[URL] = "rotated"
+    bots.answers = []
+    clock.advance(60)
+    [row] = deliverer.outbox.claim_due(owner="w", lease_seconds=60)
+    assert deliverer.deliver([row], deadline=clock() + 5)[row.id].status == "sent"
+    assert bots.posts[0][1] == "first" and bots.posts[-1][1] == "rotated"
+
+
+def test_a_permanent_bot_error_fails_and_the_log_shows_the_url_masked(chat_setup, clock, caplog):
+    deliverer, rows, bots, _, _, _ = chat_setup
+    bots.answers = [FeishuError(f"posting the card to {mask_chat_url(URL)}: Feishu 19021", code=19021)]
+    [outcome] = deliverer.deliver(rows, deadline=clock() + 5).values()
+    assert outcome.status == "failed" and len(bots.posts) == 1
+    assert "chat:…/hook/7c1f…" in caplog.text and TOKEN not in caplog.text
