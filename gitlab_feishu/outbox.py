@@ -9,13 +9,14 @@ makes nothing new.
 """
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
+
+from .db import Database
 
 SCHEMA_VERSION = 2
 
@@ -99,16 +100,16 @@ class Outbox:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         self.path = Path(path)
         self.clock = clock
-        self._connections = ThreadConnections(self.path)
+        self._db = Database(self.path)
         self._migrate()
 
     # -- connection and schema -------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        return self._connections.get()
+        return self._db.connection()
 
     def _write(self):
-        return self._connections.write()
+        return self._db.write()
 
     def _migrate(self) -> None:
         # Processes starting together all get here; BEGIN IMMEDIATE lets one
@@ -136,18 +137,29 @@ class Outbox:
         Returns (True, rows) for a new event, (False, its existing rows) for a repeat.
         """
         now = self.clock()
-        with self._write() as conn:
+        planned = list(deliveries)
+
+        def record(conn: sqlite3.Connection) -> tuple[bool, list[Delivery]]:
             cursor = conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
                                   (key, kind, project, now))
             if cursor.rowcount == 0:
                 return False, self._event_rows(conn, key)
-            conn.executemany(
-                "INSERT INTO deliveries (event_key, channel, recipient, rule, content, uuid, status,"
-                " next_attempt_at, lease_owner, lease_until, created_at, give_up_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                [(key, d.channel, d.recipient, d.rule, d.content, d.uuid, now, lease_owner, now + lease_seconds,
-                  now, now + retry_window, now) for d in deliveries])
-            return True, self._event_rows(conn, key)
+            rows = []
+            for d in planned:
+                row = Delivery(id=0, event_key=key, channel=d.channel, recipient=d.recipient, rule=d.rule,
+                               content=d.content, uuid=d.uuid, status=QUEUED, attempts=0, rounds=0,
+                               next_attempt_at=now, lease_until=now + lease_seconds, last_error=None,
+                               created_at=now, give_up_at=now + retry_window)
+                cursor = conn.execute(
+                    "INSERT INTO deliveries (event_key, channel, recipient, rule, content, uuid, status,"
+                    " next_attempt_at, lease_owner, lease_until, created_at, give_up_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    (key, d.channel, d.recipient, d.rule, d.content, d.uuid, now, lease_owner, row.lease_until,
+                     now, row.give_up_at, now))
+                rows.append(dataclasses.replace(row, id=cursor.lastrowid))
+            return True, rows
+
+        return self._db.transact(record)
 
     def event_summary(self, key: str) -> tuple[str, str] | None:
         """(kind, project) of a remembered event, or None."""
@@ -167,13 +179,11 @@ class Outbox:
     def finish(self, delivery_id: int, status: str, *, attempts: int, error: str | None = None,
                message_id: str | None = None, next_attempt_at: float | None = None) -> None:
         """Record the outcome of a round of attempts and release the lease; a sent row never changes again."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
-                " last_error = ?,"
-                " message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
-                " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'",
-                (status, attempts, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id))
+        values = (status, attempts, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id)
+        self._db.transact(lambda conn: conn.execute(
+            "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
+            " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
+            " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'", values))
 
     # -- the retry worker ------------------------------------------------------
 
@@ -249,44 +259,6 @@ class Outbox:
             conn.execute(f"DELETE FROM deliveries WHERE event_key IN ({old}) AND event_key NOT IN ({busy})", (cutoff,))
             return conn.execute(f"DELETE FROM events WHERE created_at < ? AND key NOT IN ({busy})", (cutoff,)).rowcount
 
-
-
-class ThreadConnections:
-    """One SQLite connection per thread to `path`, set up for many processes writing at once."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        # SQLite's busy handler waits by sleeping (1, 2, 5, 10 ms ...); threads of one process
-        # queue on this lock instead, which wakes the next writer the moment the last one commits.
-        self._write_lock = threading.Lock()
-
-    def get(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so a
-            # writer takes the lock up front instead of failing on upgrade.
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on this thread's connection."""
-        with self._write_lock:
-            conn = self.get()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:

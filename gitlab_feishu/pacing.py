@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .outbox import ThreadConnections
+from .db import Database
 
 Window = tuple[int, float]               # at most `count` sends in any `seconds`
 
@@ -49,8 +49,8 @@ class Pacer:
         self.path = Path(path)
         self.clock = clock
         self.sleep = sleep
-        self._connections = ThreadConnections(self.path)
-        with self._connections.write() as conn:
+        self._db = Database(self.path)
+        with self._db.write() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)")
             conn.execute("CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)")
 
@@ -69,7 +69,7 @@ class Pacer:
     def try_turn(self, quotas: list[Quota]) -> float:
         """Take a turn now and return 0, or return how long until one may be free."""
         now = self.clock()
-        with self._connections.write() as conn:
+        with self._db.write() as conn:
             wait = 0.0
             for quota in quotas:
                 for count, seconds in quota.windows:
