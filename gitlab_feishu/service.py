@@ -127,7 +127,7 @@ class Notifier:
         if mine:
             log.info("not telling %s about their own %s (NOTIFY_SELF=false)", ", ".join(m.shown for m in mine),
                      event.kind)
-        return kept, [{"to": m.shown, "rule": m.rule, "result": "skipped", "reason": SELF_SKIPPED} for m in mine]
+        return kept, [{"to": m.shown, "rule": m.rule, "result": "skipped", "error": SELF_SKIPPED} for m in mine]
 
     def _address_of(self, username: str) -> str | None:
         """Where users.json says a GitLab user gets their cards, to know them when GitLab hides their email."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gitlab_feishu.settings import Settings
+from tests.fake_feishu import FakeFeishu
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "s3cret-token"
@@ -54,6 +55,13 @@ class FakeClock:
         self.now += seconds
 
     advance = sleep
+
+
+@pytest.fixture(scope="module")
+def fake():
+    """A fake Feishu for one test module: a real HTTP server on 127.0.0.1 (modules add their users)."""
+    with FakeFeishu() as server:
+        yield server
 
 
 @pytest.fixture

@@ -12,18 +12,12 @@ from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
 from gitlab_feishu.outbox import SENT, Delivery, NewDelivery
 from gitlab_feishu.worker import QUEUE_WATCH_INTERVAL
 from tests.conftest import gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu, check_card
+from tests.fake_feishu import check_card
 
 ADMIN = "ops@example.com"
 MINUTE = 60.0
 SCOPE_DENIED = ("Access denied. One of the following scopes is required: [im:message, im:message:send_as_bot]. "
                 "应用尚未开通所需的应用身份权限")
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        yield server
 
 
 @pytest.fixture

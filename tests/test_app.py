@@ -9,13 +9,6 @@ import pytest
 
 from gitlab_feishu.app import create_app
 from tests.conftest import OWNERS, SECRET, gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        yield server
 
 
 @pytest.fixture

@@ -10,18 +10,11 @@ import pytest
 from gitlab_feishu.app import create_app
 from gitlab_feishu.settings import ConfigError
 from tests.conftest import OWNERS, gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu
 
 USERS = {"zhangsan": "zhangsan@example.com", "lisi": "lisi@example.com", "wangwu": "wangwu@example.com"}
 ZHANGSAN = {"to": "zhangsan@example.com", "rule": "fuzzy: Y_野水发财", "result": "sent"}   # the project's owner
 HOOKS = {"tag_push": "Tag Push Hook", "merge_request": "Merge Request Hook", "pipeline": "Pipeline Hook",
          "push": "Push Hook"}
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        yield server
 
 
 @pytest.fixture

@@ -222,9 +222,18 @@ def test_notify_self_false_skips_the_pusher_and_says_why(make_client, fake):
     response = post(make_client(OWNED, notify_self=False), push_payload())
     assert response.json["status"] == "sent"
     assert response.json["deliveries"][1] == {"to": "john@example.com", "rule": "exact: diaspora",
-                                              "result": "skipped", "reason": "NOTIFY_SELF is false and they "
+                                              "result": "skipped", "error": "NOTIFY_SELF is false and they "
                                                                              "caused this event"}
     assert [m["to_email"] for m in fake.messages] == ["mike@example.com"]
+
+
+def test_notify_self_false_knows_the_pusher_through_users_json_when_gitlab_hides_the_email(make_client, fake,
+                                                                                         settings):
+    payload = push_payload()
+    payload.update(user_email="[REDACTED]", user_username="jsmith")
+    settings.users_file.write_text(json.dumps({"jsmith": "john@example.com"}), encoding="utf-8")
+    response = post(make_client(OWNED, notify_self=False), payload)
+    assert results(response) == [("mike@example.com", "sent"), ("john@example.com", "skipped")]
 
 
 def test_notify_self_false_with_only_the_pusher_owning_is_ignored(make_client, fake):

@@ -11,19 +11,12 @@ import pytest
 import requests
 
 from tests.conftest import SECRET, gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu
 from tests.servers import ServiceProcess, service_env
 
 DEADLINE = 3.0
 RETRY_BASE = 0.3
 OWNERS = {"Y_野水发财": "zhangsan@example.com", "N_奶奶的小农院": ["lisi@example.com", "wangwu@example.com"]}
 
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,8 @@ import requests
 from gitlab_feishu.app import create_app
 from gitlab_feishu.logs import configure_logging
 from tests.conftest import OWNERS, SECRET, gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu
 
 KEY = "6d3c1b0e-7a51-4c55-9b8e-2f0c4be1d7aa"
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        yield server
 
 
 @pytest.fixture

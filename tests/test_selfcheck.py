@@ -18,12 +18,6 @@ from tests.fake_feishu import FakeFeishu
 from tests.servers import ServiceProcess, free_port, service_env
 
 
-@pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        yield server
-
-
 def check(url: str, app_id: str = "cli_test_app", secret: str = "test-secret") -> CredentialCheck:
     return CredentialCheck(FeishuClient(url, app_id, secret), budget=2.0)
 

@@ -16,14 +16,7 @@ import send_test_webhook
 from gitlab_feishu.app import create_app
 from gitlab_feishu.gitlab import parse_event
 from tests.conftest import SECRET
-from tests.fake_feishu import FakeFeishu
 from tests.servers import ROOT, free_port, service_env
-
-
-@pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        yield server
 
 
 @pytest.fixture
