@@ -165,7 +165,7 @@ def start_service(folder: Path, fake_url: str, *, pacing: bool) -> ServiceProces
     env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="test-secret", FEISHU_BASE_URL=fake_url,
                       GITLAB_WEBHOOK_SECRET=TOKEN, OWNERS_FILE=str(folder / "owners.json"),
                       DATA_DIR=str(folder / f"data-{time.monotonic_ns()}"), LOG_DIR=str(folder / "logs"),
-                      LOG_LEVEL="WARNING", FEISHU_PACING="on" if pacing else "off")
+                      FEISHU_PACING="on" if pacing else "off")
     return ServiceProcess(env, folder / "service.log", workers=None).start()
 
 

@@ -173,10 +173,11 @@ class RateWindow:
 class Request:
     """One HTTP request as the endpoints see it."""
 
-    def __init__(self, method: str, target: str, headers, body: bytes):
+    def __init__(self, method: str, target: str, headers, body: bytes, received_at: float | None = None):
         split = urlsplit(target)
         self.method, self.path, self.query = method, split.path, dict(parse_qsl(split.query))
         self.headers, self.body = headers, body
+        self.received_at = time.monotonic() if received_at is None else received_at
 
     def json(self) -> dict:
         if not self.headers.get("Content-Type", "").startswith("application/json"):
@@ -347,7 +348,6 @@ class FakeFeishu:
         """Answer one request: HTTP status, JSON payload (or a raw page) and headers."""
         if req.path.startswith("/_fake/"):
             return self._answer_control(req)
-        started = time.monotonic()
         kind, endpoint = self._route(req)
         log_id = time.strftime("%Y%m%d%H%M%S") + "%020X" % next(self._log_ids)
         try:
@@ -363,8 +363,9 @@ class FakeFeishu:
             self._counts[kind] += 1
             self._refused += status >= 400 or bool(code)
             self._rate_limited += status == 429 or code in RATE_LIMIT_CODES
-        # The injected round trip includes the fake's own work, so the fake adds no latency of its own.
-        remaining = self._rtt - (time.monotonic() - started)
+        # The injected round trip includes the fake's own work, from the moment the request line
+        # arrived: the fake adds no latency of its own.
+        remaining = self._rtt - (time.monotonic() - req.received_at)
         if remaining > 0:
             time.sleep(remaining)
         return status, payload, headers
@@ -617,6 +618,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.connections.discard(self.connection)
         super().finish()
 
+    def parse_request(self) -> bool:
+        self.received_at = time.monotonic()      # the request line is in; headers are parsed next
+        return super().parse_request()
+
     def serve(self) -> None:
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -625,7 +630,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0 or "chunked" in self.headers.get("Transfer-Encoding", ""):
             self.close_connection = True
             return self.write(411, {"error": "send a Content-Length"}, {})
-        request = Request(self.command, self.path, self.headers, self.rfile.read(length))
+        request = Request(self.command, self.path, self.headers, self.rfile.read(length), self.received_at)
         self.write(*self.server.fake.answer(request))
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = serve
