@@ -1,16 +1,12 @@
 """SQLite shared by every process of the service (gunicorn workers, the CLI).
 
 Every webhook writes twice (the delivery before it is attempted, the outcome
-after), and under load the writers of one process queued behind each other,
-each needing the GIL for every statement while holding the lock. So:
-- writes from the request path are group-committed (`transact`): whoever
-  finds the queue empty commits everything queued meanwhile in one
-  transaction, then hands the turn to the next waiting thread;
-- writers take turns on locks that wake the next one the moment the last
-  commits (a thread lock inside a process, a file lock between processes),
-  where SQLite's own busy handler would sleep 1, 2, 5, 10 ... ms;
-- WAL checkpoints (an fsync) run in a background thread, not in the commit
-  of whichever webhook happened to fill the log.
+after), from many threads and processes at once. Writers take turns on locks
+that wake the next one the moment the last commits (a thread lock inside a
+process, a file lock between processes), where SQLite's own busy handler
+sleeps 1, 2, 5, 10 ... ms between tries; and WAL checkpoints (an fsync) run
+in a background thread, not in the commit of whichever webhook happened to
+fill the log.
 """
 from __future__ import annotations
 
@@ -19,7 +15,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 try:
     import fcntl
@@ -27,19 +23,6 @@ except ImportError:        # Windows: one waitress process, so the thread lock i
     fcntl = None
 
 CHECKPOINT_INTERVAL = 1.0  # seconds between background checkpoints while there are writes
-
-Result = TypeVar("Result")
-
-
-class _Queued:
-    """One write waiting for its group commit."""
-
-    def __init__(self, work: Callable[[sqlite3.Connection], object]):
-        self.work = work
-        self.turn = threading.Event()   # set when committed, or when this thread is to lead the next batch
-        self.done = False
-        self.result: object = None
-        self.error: BaseException | None = None
 
 
 class Database:
@@ -53,9 +36,6 @@ class Database:
         self._lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+b") if fcntl else None
         self._written = threading.Event()
         self._checkpointer: threading.Thread | None = None
-        self._queue: list[_Queued] = []
-        self._queue_lock = threading.Lock()
-        self._leading = False
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -86,46 +66,6 @@ class Database:
         self._written.set()
         if self._checkpointer is None:
             self._start_checkpointer()
-
-    def transact(self, work: Callable[[sqlite3.Connection], Result]) -> Result:
-        """Run `work` in a write transaction shared with the other writes queued in this process."""
-        queued = _Queued(work)
-        with self._queue_lock:
-            self._queue.append(queued)
-            leads = not self._leading
-            self._leading = True
-        if not leads:
-            queued.turn.wait()
-        if not queued.done:
-            self._commit_queued()
-        if queued.error is not None:
-            raise queued.error
-        return queued.result
-
-    def _commit_queued(self) -> None:
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        try:
-            try:
-                with self.write() as conn:
-                    for queued in batch:
-                        queued.result = queued.work(conn)
-            except Exception:
-                for queued in batch:       # one bad write must not fail the others: each again on its own
-                    try:
-                        with self.write() as conn:
-                            queued.result = queued.work(conn)
-                    except Exception as exc:
-                        queued.error = exc
-        finally:
-            for queued in batch:
-                queued.done = True
-                queued.turn.set()
-            with self._queue_lock:
-                if self._queue:
-                    self._queue[0].turn.set()          # its thread leads the next batch
-                else:
-                    self._leading = False
 
     @contextmanager
     def _between_processes(self) -> Iterator[None]:

@@ -137,15 +137,13 @@ class Outbox:
         Returns (True, rows) for a new event, (False, its existing rows) for a repeat.
         """
         now = self.clock()
-        planned = list(deliveries)
-
-        def record(conn: sqlite3.Connection) -> tuple[bool, list[Delivery]]:
+        with self._write() as conn:
             cursor = conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
                                   (key, kind, project, now))
             if cursor.rowcount == 0:
                 return False, self._event_rows(conn, key)
             rows = []
-            for d in planned:
+            for d in deliveries:
                 row = Delivery(id=0, event_key=key, channel=d.channel, recipient=d.recipient, rule=d.rule,
                                content=d.content, uuid=d.uuid, status=QUEUED, attempts=0, rounds=0,
                                next_attempt_at=now, lease_until=now + lease_seconds, last_error=None,
@@ -158,8 +156,6 @@ class Outbox:
                      now, row.give_up_at, now))
                 rows.append(dataclasses.replace(row, id=cursor.lastrowid))
             return True, rows
-
-        return self._db.transact(record)
 
     def event_summary(self, key: str) -> tuple[str, str] | None:
         """(kind, project) of a remembered event, or None."""
@@ -180,10 +176,11 @@ class Outbox:
                message_id: str | None = None, next_attempt_at: float | None = None) -> None:
         """Record the outcome of a round of attempts and release the lease; a sent row never changes again."""
         values = (status, attempts, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id)
-        self._db.transact(lambda conn: conn.execute(
-            "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
-            " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
-            " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'", values))
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
+                " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'", values)
 
     # -- the retry worker ------------------------------------------------------
 
