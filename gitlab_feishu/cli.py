@@ -15,6 +15,8 @@ log = logging.getLogger("gitlab_feishu.cli")
 
 WAITRESS_THREADS = 32          # webhooks served at once; each may wait on Feishu for a round trip
 SELF_CHECK_WAIT = 4.0          # the banner waits this long for the Feishu credentials check
+# Windows reports a taken port as WSAEADDRINUSE (10048), not EADDRINUSE.
+_ADDRESS_IN_USE = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,14 +99,14 @@ def serve(settings: Settings) -> int:
                        ident="gitlab-feishu", channel_timeout=60)
     except OSError as exc:
         hint = (f": another program, or this service already running, uses port {settings.port}; stop it or set"
-                " PORT in .env to a free port") if exc.errno == errno.EADDRINUSE else ""
+                " PORT in .env to a free port") if exc.errno in _ADDRESS_IN_USE else ""
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
         return 1
     return 0
 
 
 def show_outbox(settings: Settings) -> int:
-    from .chats import mask_chat_url
+    from .delivery import shown
 
     outbox = _outbox(settings)
     rows = outbox.pending()
@@ -112,8 +114,7 @@ def show_outbox(settings: Settings) -> int:
     print(f"{outbox.path}: {counts['queued']} queued, {counts['failed']} failed")
     for row in rows:
         when = "" if row.status == "failed" else f" next try {_time(row.next_attempt_at)}"
-        to = mask_chat_url(row.recipient) if row.channel == "chat" else row.recipient
-        print(f"#{row.id} {row.status:<6} to {to} ({row.rule}) since {_time(row.created_at)},"
+        print(f"#{row.id} {row.status:<6} to {shown(row)} ({row.rule}) since {_time(row.created_at)},"
               f" {row.attempts} attempts{when}")
         if row.last_error:
             print(f"    {row.last_error}")

@@ -64,7 +64,8 @@ class Deliverer:
         self.pacer = pacer
         self.clock = clock
         self.sleep = sleep
-        self.on_failed = on_failed      # told about every delivery marked failed for good (admin alerts)
+        # Told about every delivery marked failed for good (admin alerts).
+        self.on_failed: Callable[[Delivery, FeishuError | str], None] = on_failed or (lambda row, error: None)
         self.on_due: Callable[[], None] = lambda: None   # told when a row is queued due at once
 
     def deliver(self, rows: list[Delivery], deadline: float, *, retry_inline: bool = True) -> dict[int, Outcome]:
@@ -172,28 +173,23 @@ class Deliverer:
 
     def _record_failure(self, row: Delivery, error: FeishuError | str, *, attempts: int) -> Outcome:
         """Mark a row failed for good, or queue it for the retry worker."""
-        message = str(error)
         if isinstance(error, str) or not error.retryable:
-            self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
-            log.error("delivery to %s failed for good: %s", shown(row), message)
-            self._tell_failed(row, error)
-            return Outcome(FAILED, message)
+            return self._fail(row, error, str(error), attempts)
         now = self.clock()
         next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
         if error.retry_after is not None:
             next_at = max(next_at, now + error.retry_after)
         if next_at > row.give_up_at:
-            message = f"gave up after retrying until the retry window closed; last error: {message}"
-            self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
-            log.error("delivery to %s failed for good: %s", shown(row), message)
-            self._tell_failed(row, error)
-            return Outcome(FAILED, message)
-        self.outbox.finish(row.id, QUEUED, attempts=attempts, error=message, next_attempt_at=next_at)
+            return self._fail(row, error, f"gave up after retrying until the retry window closed; "
+                                          f"last error: {error}", attempts)
+        self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)
         if next_at <= now:
             self.on_due()
-        log.warning("delivery to %s queued for retry in %.0f s: %s", shown(row), next_at - now, message)
-        return Outcome(QUEUED, message)
+        log.warning("delivery to %s queued for retry in %.0f s: %s", shown(row), next_at - now, error)
+        return Outcome(QUEUED, str(error))
 
-    def _tell_failed(self, row: Delivery, error: FeishuError | str) -> None:
-        if self.on_failed is not None:
-            self.on_failed(row, error)
+    def _fail(self, row: Delivery, error: FeishuError | str, message: str, attempts: int) -> Outcome:
+        self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
+        log.error("delivery to %s failed for good: %s", shown(row), message)
+        self.on_failed(row, error)
+        return Outcome(FAILED, message)
