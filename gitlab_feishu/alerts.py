@@ -20,7 +20,7 @@ from typing import Callable
 
 from .cards import card_content, escape_markdown
 from .delivery import shown
-from .feishu import FeishuError, missing_scopes
+from .feishu_errors import FeishuError, missing_scopes
 from .outbox import Delivery, NewDelivery, Outbox
 from .service import RETRY_WINDOW, feishu_uuid
 from .settings import Settings

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import re
 import time
 from typing import Callable
@@ -23,9 +22,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from .feishu import FeishuError
-
-log = logging.getLogger(__name__)
+from .feishu_errors import FeishuError, logged   # the URL's token and the secret never enter a message
 
 HOOK_PATH = "/open-apis/bot/v2/hook/"
 FEISHU_HOSTS = ("open.feishu.cn", "open.larksuite.com", "open.larkoffice.com")
@@ -117,10 +114,10 @@ class BotClient:
         except requests.Timeout as exc:
             posted = (" (it may have been posted: a retry can show the card twice in the group)"
                       if isinstance(exc, requests.ReadTimeout) else "")
-            raise _logged(FeishuError(f"{what}: {type(exc).__name__}{posted}", retryable=True)) from None
+            raise logged(FeishuError(f"{what}: {type(exc).__name__}{posted}", retryable=True)) from None
         except requests.RequestException as exc:
             detail = _scrub(" ".join(str(exc).split()), url)
-            raise _logged(FeishuError(f"{what}: cannot reach Feishu ({type(exc).__name__}: {detail})",
+            raise logged(FeishuError(f"{what}: cannot reach Feishu ({type(exc).__name__}: {detail})",
                                       retryable=True)) from None
         _check(what, url, rsp)
 
@@ -139,7 +136,7 @@ def _check(what: str, url: str, rsp: requests.Response) -> None:
     log_id = rsp.headers.get("X-Tt-Logid", "")
     if not isinstance(code, int) or isinstance(code, bool):
         retryable = status == 429 or status >= 500
-        raise _logged(FeishuError(f"{what}: Feishu answered HTTP {status} without an error code",
+        raise logged(FeishuError(f"{what}: Feishu answered HTTP {status} without an error code",
                                   http_status=status, log_id=log_id, retryable=retryable,
                                   hint="retry later" if retryable else "check the webhook URL in owners.json"))
     msg = _scrub(" ".join(str(payload.get("msg", "")).split()), url)
@@ -149,7 +146,7 @@ def _check(what: str, url: str, rsp: requests.Response) -> None:
         retryable, hint = True, f"Feishu answered HTTP {status}: retry later"
     else:
         retryable, hint = False, _UNKNOWN_CODE
-    raise _logged(FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=status, log_id=log_id,
+    raise logged(FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=status, log_id=log_id,
                               retryable=retryable, hint=hint))
 
 
@@ -167,7 +164,3 @@ def _session() -> requests.Session:
     session.mount("http://", adapter)
     return session
 
-
-def _logged(error: FeishuError) -> FeishuError:
-    log.warning("%s", error)     # the URL's token and the secret never enter the message
-    return error

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .chats import BotClient, mask_chat_url
-from .feishu import UNKNOWN_EMAIL, FeishuClient, FeishuError
+from .feishu import UNKNOWN_EMAIL, FeishuClient
+from .feishu_errors import FeishuError
 from .outbox import FAILED, QUEUED, SENT, Delivery, Outbox
 from .pacing import Pacer, bot_quotas, dm_quotas
 

@@ -1,14 +1,12 @@
 """Feishu Open Platform client: tenant token, email -> open_id lookup, card DMs.
 
 HTTP only. Retrying, queueing and pacing belong to the callers; this module
-says, through `FeishuError.retryable`, whether a retry can help.
+says, through `FeishuError.retryable` (feishu_errors.py), whether a retry can help.
 """
 from __future__ import annotations
 
 import enum
 import json
-import logging
-import re
 import threading
 import time
 from typing import Callable, Iterable, Literal
@@ -16,73 +14,11 @@ from typing import Callable, Iterable, Literal
 import requests
 from requests.adapters import HTTPAdapter
 
-logger = logging.getLogger("gitlab_feishu.feishu")
+from .feishu_errors import FeishuError, code_error, logged, status_error
 
 UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
 LOOKUP_CHUNK = 50                                   # batch_get_id takes at most 50 emails
 TOKEN_INVALID = frozenset({99991663, 99991664, 99991671})  # refresh the token and retry once
-
-_CREDENTIALS = ("check FEISHU_APP_ID and FEISHU_APP_SECRET against the app's 凭证与基础信息 "
-                "(Credentials & Basic Info) page in the Feishu developer console")
-_PUBLISH = "and publish a new version of the app"
-_BAD_ID = "the open_id is invalid for this app (open_ids differ per app): look the user up again by email"
-_TOKEN_REJECTED = ("Feishu rejected a freshly fetched tenant_access_token: retry later; if it persists, "
-                   "check that the app is enabled in the Feishu developer console")
-_BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): see the sub-code in the message"
-
-# code -> (retryable, hint). Codes not listed are permanent (see _UNKNOWN_CODE).
-ERRORS: dict[int, tuple[bool, str]] = {
-    99991400: (True, "the app hit Feishu's rate limit: retry after x-ogw-ratelimit-reset seconds"),
-    230020: (True, "too many messages to this user (Feishu allows 5 per second): retry in a moment"),
-    230049: (True, "Feishu is still sending this message: retry later with the same uuid"),
-    18121: (True, "Feishu is still processing the same request: retry later with the same uuid"),
-    99991663: (True, _TOKEN_REJECTED),
-    99991664: (True, _TOKEN_REJECTED),
-    99991671: (True, _TOKEN_REJECTED),
-    10003: (False, f"the app_id is wrong or the app does not exist: {_CREDENTIALS}"),
-    10014: (False, f"the app secret is wrong: {_CREDENTIALS}"),
-    10015: (False, f"the app secret is wrong: {_CREDENTIALS}"),
-    99991543: (False, f"the app_id or app secret is wrong: {_CREDENTIALS}"),
-    99991672: (False, "the app lacks a permission: add {scopes} under 权限管理 (Permissions & Scopes) in the "
-                      f"Feishu developer console {_PUBLISH}"),
-    230013: (False, "the user is outside the app's availability range (or has left the company): add them "
-                    f"under 可用范围 (Availability) in the Feishu developer console {_PUBLISH}"),
-    230006: (False, "the app's bot capability is off: enable 机器人 (Bot) under 应用能力 (Features) in the "
-                    f"Feishu developer console {_PUBLISH}"),
-    230001: (False, _BAD_ID),
-    230034: (False, _BAD_ID),
-    230099: (False, _BAD_CARD),
-    200621: (False, _BAD_CARD),
-    230025: (False, "the card is over Feishu's 30 KB limit: shorten it"),
-    230053: (False, "the user has stopped receiving messages from this bot"),
-    230029: (False, "the user has left the company"),
-    230035: (False, "the app may not message this user (muted, blocked or a tenant policy)"),
-    230027: (False, "the app lacks a permission or the user's authorization for this message"),
-    230038: (False, "the user belongs to another Feishu organisation, and cross-tenant DMs are not allowed"),
-}
-_UNKNOWN_CODE = ("look the code up in Feishu's error code docs: "
-                 "https://open.feishu.cn/document/server-docs/api-call-guide/generic-error-code")
-
-
-class FeishuError(Exception):
-    """A failed Feishu call: what failed, Feishu's code and log id, and what to do about it."""
-
-    def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None, log_id: str = "",
-                 retryable: bool = False, retry_after: float | None = None, hint: str = ""):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.http_status = http_status
-        self.log_id = log_id
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.hint = hint
-
-    def __str__(self) -> str:
-        log_id = f" (log id {self.log_id})" if self.log_id else ""
-        hint = f": {self.hint}" if self.hint else ""
-        return f"{self.message}{log_id}{hint}"
-
 
 class NotCached(enum.Enum):
     """Answer of `cached_open_id` when only a lookup can tell."""
@@ -214,10 +150,10 @@ class FeishuClient:
         except requests.Timeout as exc:
             may_have = " (it may have gone through: retry with the same uuid)" \
                 if isinstance(exc, requests.ReadTimeout) else ""
-            raise _logged(FeishuError(f"{what}: {type(exc).__name__}{may_have}", retryable=True)) from None
+            raise logged(FeishuError(f"{what}: {type(exc).__name__}{may_have}", retryable=True)) from None
         except requests.RequestException as exc:
             detail = " ".join(str(exc).split())
-            raise _logged(FeishuError(f"{what}: cannot reach Feishu ({type(exc).__name__}: {detail})",
+            raise logged(FeishuError(f"{what}: cannot reach Feishu ({type(exc).__name__}: {detail})",
                                       retryable=True)) from None
         try:
             payload = rsp.json()
@@ -227,8 +163,8 @@ class FeishuClient:
         if code == 0 and rsp.ok:
             return payload
         if not isinstance(code, int) or code == 0:
-            raise _logged(_status_error(what, rsp))
-        raise _logged(_code_error(what, rsp, payload))
+            raise logged(status_error(what, rsp))
+        raise logged(code_error(what, rsp, payload))
 
     def _deadline(self, budget: float | None) -> float | None:
         return None if budget is None else self._clock() + budget
@@ -244,7 +180,7 @@ class FeishuClient:
     @staticmethod
     def _unexpected(what: str, detail: str) -> FeishuError:
         # A 2xx we cannot read may still mean success; a retry is safe because sends carry a uuid.
-        return _logged(FeishuError(f"{what}: {detail}", retryable=True,
+        return logged(FeishuError(f"{what}: {detail}", retryable=True,
                                    hint="retry later; if it persists, check FEISHU_BASE_URL"))
 
 
@@ -260,52 +196,3 @@ def _pooled_session(base_url: str) -> requests.Session:
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
-
-
-def _code_error(what: str, rsp: requests.Response, payload: dict) -> FeishuError:
-    code, msg = payload["code"], " ".join(str(payload.get("msg", "")).split())
-    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-    log_id = str(error.get("log_id") or rsp.headers.get("X-Tt-Logid", ""))
-    if code in ERRORS:
-        retryable, hint = ERRORS[code]
-        hint = hint.replace("{scopes}", missing_scopes(msg))
-    elif rsp.status_code == 429 or rsp.status_code >= 500:
-        retryable, hint = True, f"Feishu answered HTTP {rsp.status_code}: retry later"
-    else:
-        retryable, hint = False, _UNKNOWN_CODE
-    retry_after = _retry_after(rsp) if retryable else None
-    if code == 230020 and retry_after is None:
-        retry_after = 1.0
-    return FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=rsp.status_code, log_id=log_id,
-                       retryable=retryable, retry_after=retry_after, hint=hint)
-
-
-def _status_error(what: str, rsp: requests.Response) -> FeishuError:
-    status = rsp.status_code
-    retryable = rsp.ok or status == 429 or status >= 500
-    hint = "retry later" if retryable else \
-        "check FEISHU_BASE_URL (https://open.feishu.cn, or https://open.larksuite.com for Lark)"
-    return FeishuError(f"{what}: Feishu answered HTTP {status} without an error code", http_status=status,
-                       log_id=rsp.headers.get("X-Tt-Logid", ""), retryable=retryable,
-                       retry_after=_retry_after(rsp) if status == 429 else None, hint=hint)
-
-
-def _retry_after(rsp: requests.Response) -> float | None:
-    try:
-        return max(0.0, float(rsp.headers["x-ogw-ratelimit-reset"]))
-    except (KeyError, ValueError):
-        return None
-
-
-def missing_scopes(msg: str) -> str:
-    """The scopes a 99991672 msg names ("Access denied. One of the following scopes is required: [a, b]. ...")."""
-    listed = re.search(r"\[([^\]]+)\]", msg)
-    if listed:
-        return " or ".join(scope.strip() for scope in listed.group(1).split(","))
-    return "contact:user.id:readonly (email lookup) and im:message:send_as_bot (sending)"
-
-
-def _logged(error: FeishuError) -> FeishuError:
-    # str(error) carries code, msg, log id and hint; tokens and secrets never enter it.
-    logger.warning("%s", error)
-    return error

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from .feishu import FeishuClient, FeishuError
+from .feishu import FeishuClient
+from .feishu_errors import FeishuError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,127 @@
+"""Feishu's errors: one table of codes (retry or not, and what a person should do), and FeishuError.
+
+Feishu reports most errors as HTTP 4xx with a JSON `code`; the table decides
+from the code, and from the HTTP status when there is no code.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import requests
+
+logger = logging.getLogger("gitlab_feishu.feishu")
+
+_CREDENTIALS = ("check FEISHU_APP_ID and FEISHU_APP_SECRET against the app's 凭证与基础信息 "
+                "(Credentials & Basic Info) page in the Feishu developer console")
+_PUBLISH = "and publish a new version of the app"
+_BAD_ID = "the open_id is invalid for this app (open_ids differ per app): look the user up again by email"
+_TOKEN_REJECTED = ("Feishu rejected a freshly fetched tenant_access_token: retry later; if it persists, "
+                   "check that the app is enabled in the Feishu developer console")
+_BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): see the sub-code in the message"
+
+# code -> (retryable, hint). Codes not listed are permanent (see _UNKNOWN_CODE).
+ERRORS: dict[int, tuple[bool, str]] = {
+    99991400: (True, "the app hit Feishu's rate limit: retry after x-ogw-ratelimit-reset seconds"),
+    230020: (True, "too many messages to this user (Feishu allows 5 per second): retry in a moment"),
+    230049: (True, "Feishu is still sending this message: retry later with the same uuid"),
+    18121: (True, "Feishu is still processing the same request: retry later with the same uuid"),
+    99991663: (True, _TOKEN_REJECTED),
+    99991664: (True, _TOKEN_REJECTED),
+    99991671: (True, _TOKEN_REJECTED),
+    10003: (False, f"the app_id is wrong or the app does not exist: {_CREDENTIALS}"),
+    10014: (False, f"the app secret is wrong: {_CREDENTIALS}"),
+    10015: (False, f"the app secret is wrong: {_CREDENTIALS}"),
+    99991543: (False, f"the app_id or app secret is wrong: {_CREDENTIALS}"),
+    99991672: (False, "the app lacks a permission: add {scopes} under 权限管理 (Permissions & Scopes) in the "
+                      f"Feishu developer console {_PUBLISH}"),
+    230013: (False, "the user is outside the app's availability range (or has left the company): add them "
+                    f"under 可用范围 (Availability) in the Feishu developer console {_PUBLISH}"),
+    230006: (False, "the app's bot capability is off: enable 机器人 (Bot) under 应用能力 (Features) in the "
+                    f"Feishu developer console {_PUBLISH}"),
+    230001: (False, _BAD_ID),
+    230034: (False, _BAD_ID),
+    230099: (False, _BAD_CARD),
+    200621: (False, _BAD_CARD),
+    230025: (False, "the card is over Feishu's 30 KB limit: shorten it"),
+    230053: (False, "the user has stopped receiving messages from this bot"),
+    230029: (False, "the user has left the company"),
+    230035: (False, "the app may not message this user (muted, blocked or a tenant policy)"),
+    230027: (False, "the app lacks a permission or the user's authorization for this message"),
+    230038: (False, "the user belongs to another Feishu organisation, and cross-tenant DMs are not allowed"),
+}
+_UNKNOWN_CODE = ("look the code up in Feishu's error code docs: "
+                 "https://open.feishu.cn/document/server-docs/api-call-guide/generic-error-code")
+
+
+class FeishuError(Exception):
+    """A failed Feishu call: what failed, Feishu's code and log id, and what to do about it."""
+
+    def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None, log_id: str = "",
+                 retryable: bool = False, retry_after: float | None = None, hint: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.http_status = http_status
+        self.log_id = log_id
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.hint = hint
+
+    def __str__(self) -> str:
+        log_id = f" (log id {self.log_id})" if self.log_id else ""
+        hint = f": {self.hint}" if self.hint else ""
+        return f"{self.message}{log_id}{hint}"
+
+
+def code_error(what: str, rsp: requests.Response, payload: dict) -> FeishuError:
+    """The error for an answer that carries Feishu's JSON `code`."""
+    code, msg = payload["code"], " ".join(str(payload.get("msg", "")).split())
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    log_id = str(error.get("log_id") or rsp.headers.get("X-Tt-Logid", ""))
+    if code in ERRORS:
+        retryable, hint = ERRORS[code]
+        hint = hint.replace("{scopes}", missing_scopes(msg))
+    elif rsp.status_code == 429 or rsp.status_code >= 500:
+        retryable, hint = True, f"Feishu answered HTTP {rsp.status_code}: retry later"
+    else:
+        retryable, hint = False, _UNKNOWN_CODE
+    retry_after_ = retry_after(rsp) if retryable else None
+    if code == 230020 and retry_after_ is None:
+        retry_after_ = 1.0
+    return FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=rsp.status_code, log_id=log_id,
+                       retryable=retryable, retry_after=retry_after_, hint=hint)
+
+
+def status_error(what: str, rsp: requests.Response) -> FeishuError:
+    """The error for an answer without a usable `code` (a gateway page, an empty body)."""
+    status = rsp.status_code
+    retryable = rsp.ok or status == 429 or status >= 500
+    hint = "retry later" if retryable else \
+        "check FEISHU_BASE_URL (https://open.feishu.cn, or https://open.larksuite.com for Lark)"
+    return FeishuError(f"{what}: Feishu answered HTTP {status} without an error code", http_status=status,
+                       log_id=rsp.headers.get("X-Tt-Logid", ""), retryable=retryable,
+                       retry_after=retry_after(rsp) if status == 429 else None, hint=hint)
+
+
+def retry_after(rsp: requests.Response) -> float | None:
+    """Seconds until Feishu's rate limit resets (x-ogw-ratelimit-reset), or None."""
+    try:
+        return max(0.0, float(rsp.headers["x-ogw-ratelimit-reset"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def missing_scopes(msg: str) -> str:
+    """The scopes a 99991672 msg names ("Access denied. One of the following scopes is required: [a, b]. ...")."""
+    listed = re.search(r"\[([^\]]+)\]", msg)
+    if listed:
+        return " or ".join(scope.strip() for scope in listed.group(1).split(","))
+    return "contact:user.id:readonly (email lookup) and im:message:send_as_bot (sending)"
+
+
+def logged(error: FeishuError) -> FeishuError:
+    """Log a Feishu error once, as it is raised."""
+    # str(error) carries code, msg, log id and hint; tokens and secrets never enter it.
+    logger.warning("%s", error)
+    return error
