@@ -28,6 +28,7 @@ from .pacing import Pacer
 from .selfcheck import CredentialCheck
 from .service import Notifier
 from .settings import Settings
+from .shared_cache import SharedCache
 from .users import UsersFile
 from .worker import RetryWorker, process_owner
 
@@ -49,7 +50,8 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
         log.warning("FEISHU_APP_ID is not set: dry run, cards are written to the log and not sent")
     else:
         outbox = Outbox(settings.data_dir / "outbox.sqlite3", clock=clock)
-        feishu = feishu or FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret)
+        feishu = feishu or FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret,
+                                        shared=SharedCache(settings.data_dir / "feishu_cache.sqlite3"))
         alerter = Alerter(settings, outbox, lease_owner=lease_owner, clock=clock) if settings.admin_emails else None
         pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
         pacer = Pacer(settings.data_dir / "pacing.sqlite3", clock=clock) if settings.feishu_pacing else None

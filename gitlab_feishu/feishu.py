@@ -6,19 +6,23 @@ says, through `FeishuError.retryable` (feishu_errors.py), whether a retry can he
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import threading
 import time
-from typing import Callable, Iterable, Literal
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Literal
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from .feishu_errors import FeishuError, code_error, logged, status_error
+from .shared_cache import SharedCache
 
 UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
 LOOKUP_CHUNK = 50                                   # batch_get_id takes at most 50 emails
 TOKEN_INVALID = frozenset({99991663, 99991664, 99991671})  # refresh the token and retry once
+TOKEN_MIN_LEFT = 60.0                               # a shared token with less left is fetched afresh
 
 class NotCached(enum.Enum):
     """Answer of `cached_open_id` when only a lookup can tell."""
@@ -33,7 +37,7 @@ class FeishuClient:
 
     def __init__(self, base_url: str, app_id: str, app_secret: str, *, session: requests.Session | None = None,
                  clock: Callable[[], float] = time.monotonic, connect_timeout: float = 3.05, read_timeout: float = 10.0,
-                 open_id_ttl: float = 6 * 3600, unknown_ttl: float = 300):
+                 open_id_ttl: float = 6 * 3600, unknown_ttl: float = 300, shared: SharedCache | None = None):
         self._base_url = base_url.rstrip("/")
         self._app_id = app_id
         self._app_secret = app_secret
@@ -46,6 +50,9 @@ class FeishuClient:
         self._token: tuple[str, float] = ("", 0.0)  # (token, refresh at); replaced whole, so reads need no lock
         self._token_lock = threading.Lock()
         self._open_ids: dict[str, tuple[str | None, float]] = {}  # email.lower() -> (open_id or None, expires at)
+        self._shared = shared          # the same answers, for the other processes
+        # The secret's digest in the key: after a change of FEISHU_APP_SECRET no process uses the old token.
+        self._token_key = f"token:{app_id}:{hashlib.sha256(app_secret.encode('utf-8')).hexdigest()[:16]}"
 
     def __repr__(self) -> str:
         return f"FeishuClient({self._base_url!r}, app_id={self._app_id!r})"
@@ -59,11 +66,22 @@ class FeishuClient:
         open_id, expires_at = self._open_ids.get(email.lower(), (None, 0.0))
         return open_id if self._clock() < expires_at else NOT_CACHED
 
+    def check_credentials(self, budget: float | None = None) -> None:
+        """Fetch a tenant token from Feishu whatever is cached: a FeishuError says what is wrong."""
+        deadline = self._deadline(budget)
+        with self._token_turn(deadline, "getting a tenant_access_token"):
+            self._fetch_token(deadline)
+
     def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None) -> dict[str, str | None]:
         """Map each email to its open_id, or None when Feishu does not know it (see UNKNOWN_EMAIL)."""
         deadline = self._deadline(budget)
         emails = list(emails)
         missing = list({e.lower(): e for e in emails if self.cached_open_id(e) is NOT_CACHED}.values())
+        if missing and self._shared:
+            now = self._clock()
+            for key, (open_id, left) in self._shared.get(f"open_id:{e.lower()}" for e in missing).items():
+                self._open_ids[key.removeprefix("open_id:")] = (open_id, now + left)
+            missing = [e for e in missing if self.cached_open_id(e) is NOT_CACHED]
         for start in range(0, len(missing), LOOKUP_CHUNK):
             self._look_up(missing[start:start + LOOKUP_CHUNK], deadline)
         return {e: self._open_ids[e.lower()][0] for e in emails}
@@ -86,39 +104,63 @@ class FeishuClient:
                  for item in (payload.get("data") or {}).get("user_list") or []
                  if isinstance(item, dict) and item.get("email") and item.get("user_id")}
         now = self._clock()
+        learned = {}
         for email in emails:
             open_id = found.get(email.lower())
             ttl = self._open_id_ttl if open_id else self._unknown_ttl
             self._open_ids[email.lower()] = (open_id, now + ttl)
+            learned[f"open_id:{email.lower()}"] = (open_id, ttl)
+        if self._shared:
+            self._shared.put(learned)
 
     def _tenant_token(self, deadline: float | None) -> str:
         token, refresh_at = self._token
         if token and self._clock() < refresh_at:
             return token
         # Holding the lock through the HTTP call makes concurrent cold callers share one token request.
-        what = "getting a tenant_access_token"
+        with self._token_turn(deadline, "getting a tenant_access_token"):
+            token, refresh_at = self._token
+            if token and self._clock() < refresh_at:
+                return token
+            if self._shared:
+                token, left = self._shared.get([self._token_key]).get(self._token_key, ("", 0.0))
+                if token and left > TOKEN_MIN_LEFT:
+                    self._keep_token(token, left)
+                    return token
+            return self._fetch_token(deadline)
+
+    @contextmanager
+    def _token_turn(self, deadline: float | None, what: str) -> Iterator[None]:
         remaining = self._remaining(deadline, what)
         if not self._token_lock.acquire(timeout=-1 if remaining is None else remaining):
             raise FeishuError(f"{what}: no time left before the deadline", retryable=True)
         try:
-            token, refresh_at = self._token
-            if token and self._clock() < refresh_at:
-                return token
-            payload = self._post(what, "/open-apis/auth/v3/tenant_access_token/internal",
-                                 {"app_id": self._app_id, "app_secret": self._app_secret}, deadline)
-            token, expire = payload.get("tenant_access_token"), payload.get("expire")
-            if not isinstance(token, str) or not token or not isinstance(expire, (int, float)):
-                raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
-            # `expire` is the token's remaining lifetime; refresh a little before it ends.
-            self._token = (token, self._clock() + expire - min(300.0, expire / 2))
-            return token
+            yield
         finally:
             self._token_lock.release()
+
+    def _fetch_token(self, deadline: float | None) -> str:
+        what = "getting a tenant_access_token"
+        payload = self._post(what, "/open-apis/auth/v3/tenant_access_token/internal",
+                             {"app_id": self._app_id, "app_secret": self._app_secret}, deadline)
+        token, expire = payload.get("tenant_access_token"), payload.get("expire")
+        if not isinstance(token, str) or not token or not isinstance(expire, (int, float)):
+            raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
+        self._keep_token(token, expire)
+        if self._shared:
+            self._shared.put({self._token_key: (token, expire)})
+        return token
+
+    def _keep_token(self, token: str, expire: float) -> None:
+        # `expire` is the token's remaining lifetime; refresh a little before it ends.
+        self._token = (token, self._clock() + expire - min(300.0, expire / 2))
 
     def _forget_token(self, stale: str) -> None:
         with self._token_lock:
             if self._token[0] == stale:   # another thread may already have fetched a fresh one
                 self._token = ("", 0.0)
+            if self._shared:
+                self._shared.forget(self._token_key, stale)
 
     def _authed_post(self, what: str, path: str, body: dict, deadline: float | None, params: dict) -> dict:
         token = self._tenant_token(deadline)

@@ -48,7 +48,7 @@ class CredentialCheck:
     def check(self) -> bool:
         """Ask Feishu once; True when the answer is definite (the credentials work, or are refused)."""
         try:
-            self.feishu.tenant_token(budget=self.budget)
+            self.feishu.check_credentials(budget=self.budget)
         except FeishuError as exc:
             self._set(*_judge(exc))
         else:

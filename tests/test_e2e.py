@@ -5,6 +5,9 @@ These are the few tests that run in real time; their waits are short polls with 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import time
 
 import pytest
@@ -26,11 +29,11 @@ def service_dir(tmp_path_factory):
     return folder
 
 
-def start_service(fake, folder) -> ServiceProcess:
+def start_service(fake, folder, **settings: str) -> ServiceProcess:
     env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="test-secret", FEISHU_BASE_URL=fake.url,
                       GITLAB_WEBHOOK_SECRET=SECRET, OWNERS_FILE=str(folder / "owners.json"),
                       DATA_DIR=str(folder / "data"), LOG_DIR=str(folder / "logs"),
-                      DELIVERY_DEADLINE_SECONDS=str(DEADLINE), RETRY_BASE_SECONDS=str(RETRY_BASE))
+                      DELIVERY_DEADLINE_SECONDS=str(DEADLINE), RETRY_BASE_SECONDS=str(RETRY_BASE), **settings)
     return ServiceProcess(env, folder / "service.log").start()
 
 
@@ -152,3 +155,24 @@ def test_sigkill_while_queued_delivers_once_after_restart(fake, tmp_path):
         assert len(fake.messages) == 1
     finally:
         second.stop()
+
+
+def test_warm_path_is_one_call_per_owner_whichever_worker_answers(fake, tmp_path):
+    """After one push, each push costs one send per owner, no token and no lookup, even in a worker that
+    has not talked to Feishu yet: the one that took the first push is killed, so every later push lands
+    in a process with nothing in memory."""
+    (tmp_path / "owners.json").write_text(json.dumps(OWNERS, ensure_ascii=False), encoding="utf-8")
+    server = start_service(fake, tmp_path)
+    try:
+        push(server, "chinese_push_redacted.json")                      # two owners
+        [warm_pid] = re.findall(r"gitlab_feishu\.service \[(\d+)\] push ", server.log())
+        checks = server.log().count("Feishu credentials ok")
+        os.kill(int(warm_pid), signal.SIGKILL)                          # gunicorn starts a fresh worker
+        assert wait_for(lambda: server.log().count("Feishu credentials ok") > checks)   # its start-up check
+        fake.reset()
+        for _ in range(4):
+            assert push(server, "chinese_push_redacted.json")[0].json()["status"] == "sent"
+        assert (fake.calls("token"), fake.calls("batch_get_id"), fake.calls("send")) == (0, 0, 8)
+        assert warm_pid not in re.findall(r"gitlab_feishu\.service \[(\d+)\] push ", server.log())[1:]
+    finally:
+        server.stop()

@@ -406,3 +406,60 @@ def test_own_session_pools_64_connections_and_never_retries_by_itself():
     assert adapter.poolmanager.connection_pool_kw["maxsize"] == 64
     assert adapter.max_retries.total == 0
     assert SECRET not in repr(client)
+
+
+# --- the cache shared with the other processes -----------------------------------------------------------------
+
+@pytest.fixture
+def shared(tmp_path, clock):
+    from gitlab_feishu.shared_cache import SharedCache
+
+    return SharedCache(tmp_path / "feishu_cache.sqlite3", clock=clock)
+
+
+def sharing(clock, shared) -> FeishuClient:
+    """Another process's client: its own memory, the same shared cache."""
+    return FeishuClient(BASE, "cli_app", SECRET, clock=clock, open_id_ttl=3600, unknown_ttl=300, shared=shared)
+
+
+@responses.activate
+def test_a_process_that_never_called_feishu_starts_warm(clock, shared):
+    token, lookup = token_ok(), lookup_echo()
+    first, second = sharing(clock, shared), sharing(clock, shared)
+    first.resolve_open_ids(["a@known.example", "ghost@else.example"])
+    assert second.tenant_token() == "t-1"
+    assert second.resolve_open_ids(["A@known.example", "ghost@else.example"]) == {
+        "A@known.example": "ou_a", "ghost@else.example": None}
+    assert token.call_count == 1 and lookup.call_count == 1
+
+
+@responses.activate
+def test_shared_answers_expire_like_the_process_own(clock, shared):
+    token, lookup = token_ok(expire=7200), lookup_echo()
+    sharing(clock, shared).resolve_open_ids(["a@known.example"])
+    clock.now += 3601                  # past open_id_ttl; the token still has an hour
+    later = sharing(clock, shared)
+    later.resolve_open_ids(["a@known.example"])
+    assert lookup.call_count == 2 and token.call_count == 1
+    clock.now += 7200 - 3601 - 30      # 30 s left on the shared token: too little to start with
+    sharing(clock, shared).tenant_token()
+    assert token.call_count == 2
+
+
+@responses.activate(registry=registries.OrderedRegistry)
+def test_a_token_feishu_refuses_is_dropped_for_every_process(clock, shared):
+    token_ok("t-old")
+    responses.post(SEND_URL, **feishu_error(99991663, "Invalid access token"))
+    token_ok("t-new")
+    send_ok()
+    sharing(clock, shared).send_card("ou_a", CARD, "u-1")
+    assert sharing(clock, shared).tenant_token() == "t-new"
+
+
+@responses.activate
+def test_checking_credentials_always_asks_feishu(clock, shared):
+    rsp = token_ok()
+    client = sharing(clock, shared)
+    client.tenant_token()
+    client.check_credentials()
+    assert rsp.call_count == 2

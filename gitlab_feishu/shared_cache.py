@@ -1,0 +1,50 @@
+"""Feishu answers every process can reuse: the tenant token, and which open_id an email is.
+
+Each gunicorn worker keeps these in memory too; this small file under DATA_DIR
+lets a worker that has not talked to Feishu yet start warm, so a push costs
+one call per owner whichever worker takes it, and a restart costs nothing.
+It holds a tenant token (valid two hours at most), so it is created readable
+by its owner only.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .db import Database
+
+
+class SharedCache:
+    """Values with a lifetime, shared by every process using the same file."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))   # before SQLite creates it world-readable
+        self.clock = clock
+        self._db = Database(path)
+        with self._db.write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT, expires_at REAL NOT NULL)")
+
+    def get(self, keys: Iterable[str]) -> dict[str, tuple[str | None, float]]:
+        """key -> (value, seconds it has left), for the keys present and not expired."""
+        keys = list(keys)
+        now = self.clock()
+        rows = self._db.connection().execute(
+            f"SELECT key, value, expires_at FROM cache WHERE key IN ({', '.join('?' * len(keys))})"
+            " AND expires_at > ?", (*keys, now)).fetchall()
+        return {row["key"]: (row["value"], row["expires_at"] - now) for row in rows}
+
+    def put(self, entries: dict[str, tuple[str | None, float]]) -> None:
+        """Store key -> (value, lifetime in seconds); None is a value too (an email Feishu does not know)."""
+        now = self.clock()
+        with self._db.write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
+                             [(key, value, now + ttl) for key, (value, ttl) in entries.items()])
+
+    def forget(self, key: str, value: str) -> None:
+        """Drop `key` if it still holds `value` (another process may have replaced it already)."""
+        with self._db.write() as conn:
+            conn.execute("DELETE FROM cache WHERE key = ? AND value = ?", (key, value))
