@@ -6,6 +6,7 @@ not JSON (400) get an error status; everything else is a 200 with a status.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import time
@@ -96,7 +97,8 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
             return _error(401, "missing, wrong or stale webhook-signature: set the hook's Signing token to "
                                "GITLAB_SIGNING_TOKEN and check this server's clock")
         try:
-            payload = json.loads(body)
+            # A UTF-8 BOM (what some Windows tools put in front of a hand-made test payload) is not an error.
+            payload = json.loads(body.removeprefix(codecs.BOM_UTF8))
         except (ValueError, RecursionError):
             return _error(400, "body is not JSON")
         return jsonify(notifier.notify(payload, request.headers, started))

@@ -106,6 +106,11 @@ def test_body_that_is_not_json_is_refused(client, body):
     assert response.status_code == 400 and response.json["reason"] == "body is not JSON"
 
 
+def test_json_after_a_utf8_bom_is_accepted(client, feishu):
+    body = b"\xef\xbb\xbf" + json.dumps(load_payload("chinese_push.json"), ensure_ascii=False).encode("utf-8")
+    assert post(client, body).json["status"] == "sent"
+
+
 def test_body_over_25_mb_is_refused_before_reading(client):
     response = client.post("/gitlab-webhook", data=b"{}", headers=gitlab_headers(),
                            environ_overrides={"CONTENT_LENGTH": str(25 * 1024 * 1024 + 1)})
