@@ -20,6 +20,10 @@ OWNERS = {
 }
 
 
+OWNER_EMAILS = tuple(dict.fromkeys(email for value in OWNERS.values()
+                                   for email in ([value] if isinstance(value, str) else value) if "@" in email))
+
+
 def load_payload(name: str) -> dict:
     """A GitLab payload from tests/fixtures/gitlab (the API-doc capture is unwrapped to its request body)."""
     data = json.loads((FIXTURES / "gitlab" / name).read_text(encoding="utf-8"))
