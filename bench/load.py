@@ -81,7 +81,8 @@ def run_wrk(url: str, body: bytes, token: str, *, connections: int, seconds: flo
         script.write_text(WRK_SCRIPT, encoding="utf-8")
         body_file.write_bytes(body)
         threads = max(1, min(2, connections))
-        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",   # wrk takes whole seconds
+        duration = f"{max(1, round(seconds))}s"          # wrk takes whole seconds
+        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", duration,
                               "--timeout", "10s", "-s", str(script), url, "--", str(body_file), token,
                               uuid.uuid4().hex],
                              capture_output=True, text=True, check=True).stdout
