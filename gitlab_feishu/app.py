@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from .access import protect
 from .alerts import Alerter
 from .chats import BotClient
+from .config_file import FileWatcher
 from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, signature_valid, token_matches
@@ -40,11 +41,16 @@ DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or m
 
 
 def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None = None,
-               clock: Callable[[], float] = time.time, start_worker: bool = True) -> Flask:
-    """Build the service. Without arguments, settings come from the environment and `.env`."""
+               clock: Callable[[], float] = time.time, background: bool = True) -> Flask:
+    """Build the service. Without arguments, settings come from the environment and `.env`.
+
+    `background` starts this process's threads: the retry worker, the credentials self-check and the
+    owners/users file watcher (tests that drive these by hand leave it off).
+    """
     settings = settings or Settings.from_env()
     owners = OwnersFile(settings.owners_file)
     users = UsersFile(settings.users_file)
+    watcher = FileWatcher([owners, users])
     lease_owner = process_owner()
     outbox = deliverer = worker = credentials = None
     if settings.dry_run:
@@ -63,9 +69,11 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
                              owner=lease_owner, watch_queue=alerter.watch_queue if alerter else None)
         deliverer.on_due = worker.wake
         credentials = CredentialCheck(feishu)
-        if start_worker:            # background threads: the retry worker and the credentials self-check
+        if background:
             worker.start()
             credentials.start()
+    if background:
+        watcher.start()
     if not settings.gitlab_webhook_secret:
         log.warning("GITLAB_WEBHOOK_SECRET is not set: anyone who can reach this service can make it send cards")
     notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock, users=users)
@@ -76,7 +84,8 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     app.json.ensure_ascii = False      # Chinese stays readable on GitLab's Recent events page
     app.json.sort_keys = False
     app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "users": users, "outbox": outbox,
-                                       "worker": worker, "notifier": notifier, "credentials": credentials}
+                                       "worker": worker, "notifier": notifier, "credentials": credentials,
+                                       "watcher": watcher}
     protect(app, settings)
 
     @app.post("/gitlab-webhook")

@@ -5,10 +5,12 @@ import argparse
 import datetime
 import errno
 import logging
+import socket
 import sys
 from dataclasses import dataclass
 
 from .events import Project
+from .hookplan import HOOK_PATH, desired_hook
 from .settings import EVENT_KINDS, ConfigError, Settings
 
 log = logging.getLogger("gitlab_feishu.cli")
@@ -79,13 +81,11 @@ def serve(settings: Settings) -> int:
         feishu_state = credentials.describe()
     else:
         feishu_state = "unknown: still checking (the log and /healthz will say)"
-    url_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     banner = [
         "GitLab -> Feishu notifier",
-        f"  mode:    {'dry run (FEISHU_APP_ID not set: cards are logged, not sent)' if settings.dry_run else 'live'}",
+        f"  mode:    {'dry-run (FEISHU_APP_ID not set: cards are logged, not sent)' if settings.dry_run else 'live'}",
         f"  owners:  {settings.owners_file} ({len(owners.current())} entries)",
-        f"  webhook: http://{url_host}:{settings.port}/gitlab-webhook  (GitLab: Settings > Webhooks > URL;"
-        " use this machine's address as GitLab sees it)",
+        f"  webhook: {webhook_url(settings)}  (GitLab: Settings > Webhooks > URL)",
         f"  secret:  {'set' if settings.gitlab_webhook_secret else 'NOT SET - anyone who can reach this port can send'}",
         f"  logs:    {settings.log_dir / 'webhook_server.log'}",
         f"  feishu:  credentials {feishu_state}",
@@ -103,6 +103,24 @@ def serve(settings: Settings) -> int:
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def webhook_url(settings: Settings) -> str:
+    """The URL to paste into GitLab: PUBLIC_URL when set, else this machine's address on its network."""
+    if settings.public_url:
+        return desired_hook(settings.public_url, settings.notify_events).url
+    host = _lan_address() if settings.host in ("0.0.0.0", "::") else settings.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}{HOOK_PATH}"
+
+
+def _lan_address() -> str:
+    """The address other machines reach this one at (the route's source address; nothing is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
 
 
 def show_outbox(settings: Settings) -> int:

@@ -186,5 +186,30 @@ class WatchedFile(Generic[Loaded]):
         return stat.st_mtime_ns, stat.st_size
 
 
+class FileWatcher:
+    """Checks watched files in the background, so an edit (a broken one too) is applied and logged
+    within seconds in every process, not only when a webhook happens to arrive."""
+
+    def __init__(self, files: list[WatchedFile], interval: float = 2.0) -> None:
+        self._files = files
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._interval + 1)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            for watched in self._files:
+                watched.current()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -25,7 +25,7 @@ def make_client(settings):
     """A test client for a dry-run app (nothing reaches Feishu) with these sources and proxies."""
     def make(allowed: str = GITLAB, proxies: str = ""):
         app = create_app(dataclasses.replace(settings, feishu_app_id="", allowed_sources=networks(allowed),
-                                             trusted_proxies=networks(proxies)))
+                                             trusted_proxies=networks(proxies)), background=False)
         return app.test_client()
     return make
 

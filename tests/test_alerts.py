@@ -38,7 +38,7 @@ def make_app(settings, feishu, clock, owners_file):
         owners_file.write_text(json.dumps({"mike/diaspora": list(owners)}), encoding="utf-8")
         changes.setdefault("admin_emails", (ADMIN,))
         app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, **changes), clock=clock,
-                         start_worker=False)
+                         background=False)
         apps.append(app)
         return app
     yield make

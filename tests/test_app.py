@@ -22,7 +22,7 @@ def feishu(fake):
 
 @pytest.fixture
 def app(settings, feishu):
-    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), start_worker=False)
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
     yield app
     app.extensions["gitlab_feishu"]["worker"].stop()
 
@@ -73,7 +73,7 @@ def test_warm_caches_make_one_feishu_call_per_owner(client, feishu):
 
 def test_unknown_email_is_reported_and_nothing_is_sent_to_it(client, feishu, owners_file):
     owners_file.write_text(json.dumps({"mike/diaspora": ["mike@example.com", "ghost@example.com"]}), "utf-8")
-    app = create_app(client.application.extensions["gitlab_feishu"]["settings"], start_worker=False)
+    app = create_app(client.application.extensions["gitlab_feishu"]["settings"], background=False)
     response = post(app.test_client(), load_payload("push.json"))
     assert response.json["status"] == "partial"
     ghost = response.json["deliveries"][1]
@@ -93,7 +93,7 @@ def test_missing_or_wrong_token_is_refused(client, feishu, token):
 def test_without_a_secret_any_token_is_accepted(settings, feishu, caplog):
     with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
         app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, gitlab_webhook_secret=""),
-                         start_worker=False)
+                         background=False)
     assert "GITLAB_WEBHOOK_SECRET is not set" in caplog.text
     assert post(app.test_client(), load_payload("push.json"), gitlab_headers(token=None)).status_code == 200
 
@@ -152,13 +152,13 @@ def test_system_hook_push_is_handled(client, feishu):
 
 def test_event_kind_turned_off_is_ignored(settings, feishu):
     app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, notify_events=frozenset({"pipeline"})),
-                     start_worker=False)
+                     background=False)
     response = post(app.test_client(), load_payload("push.json"))
     assert response.json["status"] == "ignored" and "NOTIFY_EVENTS" in response.json["reason"]
 
 
 def test_dry_run_logs_the_card_and_sends_nothing(settings, feishu, caplog):
-    app = create_app(dataclasses.replace(settings, feishu_app_id="", feishu_base_url=feishu.url))
+    app = create_app(dataclasses.replace(settings, feishu_app_id="", feishu_base_url=feishu.url), background=False)
     with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
         response = post(app.test_client(), load_payload("chinese_push.json"))
     assert response.json["status"] == "dry_run"

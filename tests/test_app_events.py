@@ -33,7 +33,7 @@ def settings(settings, feishu):
 
 
 def make_client(settings):
-    app = create_app(settings, start_worker=False)
+    app = create_app(settings, background=False)
     return app.test_client()
 
 
@@ -154,7 +154,7 @@ def test_without_a_users_file_only_owners_are_notified(settings, feishu):
 def test_invalid_users_file_stops_the_start(settings):
     settings.users_file.write_text('{"lisi": "not an email"}', encoding="utf-8")
     with pytest.raises(ConfigError, match="users.json, line 1"):
-        create_app(settings, start_worker=False)
+        create_app(settings, background=False)
 
 
 def test_healthz_shows_the_users_file_next_to_the_owners(client, settings):

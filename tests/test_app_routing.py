@@ -40,7 +40,7 @@ def make_client(settings, fake, bots):
 
     def make(owners: dict, **changes):
         settings.owners_file.write_text(json.dumps(owners, ensure_ascii=False), encoding="utf-8")
-        app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url, **changes), start_worker=False)
+        app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url, **changes), background=False)
         apps.append(app)
         return app.test_client()
     yield make

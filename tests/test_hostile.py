@@ -71,7 +71,7 @@ def client(tmp_path_factory, fake):
                         gitlab_webhook_secret=SECRET, owners_file=folder / "owners.json",
                         users_file=folder / "users.json", data_dir=folder / "data",
                         log_dir=folder / "logs", delivery_deadline_seconds=2)
-    app = create_app(settings, start_worker=False)
+    app = create_app(settings, background=False)
     yield app.test_client()
     app.extensions["gitlab_feishu"]["worker"].stop()
 

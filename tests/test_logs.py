@@ -39,7 +39,7 @@ def log_file(settings):
 
 @pytest.fixture
 def client(settings, feishu, log_file):
-    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), start_worker=False)
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
     yield app.test_client()
     app.extensions["gitlab_feishu"]["worker"].stop()
 

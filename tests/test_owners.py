@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import unicodedata
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from gitlab_feishu.config_file import FileWatcher
 from gitlab_feishu.events import Person, Project, PushEvent
 from gitlab_feishu.owners import Match, OwnersFile, load_owners
 from gitlab_feishu.settings import ConfigError
@@ -284,6 +286,23 @@ def test_broken_edit_keeps_last_good_routing_and_reports(watched, caplog):
     error = owners_file.state()["last_error"]
     assert str(path) in error and "line 3" in error
     assert caplog.records[-1].levelno == logging.ERROR and error in caplog.records[-1].getMessage()
+
+
+def test_watcher_checks_the_files_without_anyone_asking():
+    class Counting:
+        def __init__(self):
+            self.checked = threading.Event()
+
+        def current(self):
+            self.checked.set()
+
+    files = [Counting(), Counting()]
+    watcher = FileWatcher(files, interval=0.01)
+    watcher.start()
+    try:
+        assert all(f.checked.wait(5) for f in files)
+    finally:
+        watcher.stop()
 
 
 def test_next_good_save_clears_the_error(watched, caplog):

@@ -129,3 +129,15 @@ def test_broken_edits_keep_the_last_good_routing_show_on_healthz_and_the_next_go
     until_every_worker(service, since, "owners.json reloaded", ["lisi@example.com", "wangwu@example.com"],
                        old=last_good)
     healthz_agrees(service, lambda error: error is None)
+
+
+def test_a_broken_edit_is_logged_by_every_worker_before_any_webhook_arrives(service, owners):
+    """Ops see the mistake in the log right after saving, not at the next push."""
+    until_every_worker(service, 0, "Booting worker", push(service)[1])
+    for content, pattern in [(BROKEN_EDITS[0][0], "not valid JSON"), ({KEY: "zhangsan@example.com"}, "reloaded")]:
+        since = len(service.log())
+        save(owners, content)
+        deadline = time.monotonic() + FEW_SECONDS
+        while set(re.findall(rf"\[(\d+)\] [^\n]*{pattern}", service.log()[since:])) < workers(service):
+            assert time.monotonic() < deadline, service.log()[since:]
+            time.sleep(0.05)

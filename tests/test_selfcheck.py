@@ -28,8 +28,9 @@ def running():
     apps = []
     yield apps
     for app in apps:
-        app.extensions["gitlab_feishu"]["credentials"].stop()
-        app.extensions["gitlab_feishu"]["worker"].stop()
+        for thread in ("credentials", "worker", "watcher"):
+            if app.extensions["gitlab_feishu"][thread]:
+                app.extensions["gitlab_feishu"][thread].stop()
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_healthz_says_feishu_is_unreachable(settings, running):
 
 
 def test_healthz_in_dry_run_checks_nothing(settings):
-    app = create_app(dataclasses.replace(settings, feishu_app_id=""))
+    app = create_app(dataclasses.replace(settings, feishu_app_id=""), background=False)
     assert app.test_client().get("/healthz").json["feishu_credentials"] == "not checked: dry run"
 
 
@@ -135,3 +136,24 @@ def test_each_gunicorn_worker_checks_in_the_background(fake, tmp_path):
         state = requests.get(service.url + "/healthz", timeout=2).json()["feishu_credentials"]
     assert service.log().count("Feishu credentials rejected: 10014") == 2      # one per worker
     assert state.startswith("rejected: 10014 app secret invalid")
+
+
+def test_waitress_banner_in_dry_run(settings, serve):
+    banner = serve(dataclasses.replace(settings, feishu_app_id=""))
+    assert "  mode:    dry-run (FEISHU_APP_ID not set" in banner
+    assert "  feishu:  credentials not checked: dry run" in banner
+
+
+@pytest.mark.parametrize(("changes", "url"), [
+    ({"public_url": "https://hooks.example.cn"}, "https://hooks.example.cn/gitlab-webhook"),
+    ({"public_url": "https://example.cn/notify/gitlab-webhook/"}, "https://example.cn/notify/gitlab-webhook"),
+    ({"host": "192.168.1.20", "port": 8080}, "http://192.168.1.20:8080/gitlab-webhook"),
+    ({"host": "fd00::20", "port": 8080}, "http://[fd00::20]:8080/gitlab-webhook"),
+])
+def test_banner_webhook_url_is_the_one_to_paste_into_gitlab(settings, changes, url):
+    assert cli.webhook_url(dataclasses.replace(settings, **changes)) == url
+
+
+def test_banner_webhook_url_on_all_interfaces_names_this_machine(settings):
+    url = cli.webhook_url(dataclasses.replace(settings, host="0.0.0.0", port=5000))
+    assert url.startswith("http://") and url.endswith(":5000/gitlab-webhook") and "0.0.0.0" not in url

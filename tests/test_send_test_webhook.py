@@ -26,7 +26,7 @@ def service(settings, fake, owners_file):
                            encoding="utf-8")
     fake.reset()
     fake.add_user("test@example.com")
-    app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url), start_worker=False)
+    app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url), background=False)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     yield server

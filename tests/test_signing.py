@@ -161,7 +161,7 @@ def make_client(settings, fake):
 
     def make(**changes):
         fake.reset()
-        app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url, **changes), start_worker=False)
+        app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url, **changes), background=False)
         apps.append(app)
         return app.test_client()
     yield make
