@@ -5,6 +5,8 @@ test ever reads a developer's environment or `.env`.
 """
 from __future__ import annotations
 
+import codecs
+import io
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -63,10 +65,30 @@ class Settings:
         """Build settings from `environ` (default os.environ) over the `.env` file; the environment wins."""
         values: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            from dotenv import dotenv_values
-            values.update({k: v for k, v in dotenv_values(env_file, encoding="utf-8-sig").items() if v is not None})
+            values.update(_read_env_file(Path(env_file)))
         values.update(os.environ if environ is None else environ)
         return cls(**_parse(values))
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of `.env`, however Notepad saved it: UTF-8, "Unicode" (UTF-16) or "ANSI" (GBK)."""
+    from dotenv import dotenv_values
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror}") from None
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    for encoding in ("utf-16",) if utf16 else ("utf-8-sig", "gb18030"):
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise ConfigError(f"{path} is not readable as UTF-8, UTF-16 or GBK text: open it in Notepad, "
+                          "File > Save As, choose Encoding: UTF-8 and save")
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 def _parse(env: Mapping[str, str]) -> dict:

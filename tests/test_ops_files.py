@@ -65,9 +65,9 @@ def test_send_test_webhook_bat_runs_the_script_with_the_venv_and_passes_argument
 
 
 def env_example_lines() -> dict[str, str]:
-    """NAME -> value for every `NAME=value` or `# NAME=value` line of .env.example."""
+    """NAME -> value for every `NAME=value` line of .env.example."""
     text = (ROOT / ".env.example").read_text(encoding="utf-8")
-    return dict(re.findall(r"(?m)^(?:# )?([A-Z][A-Z0-9_]*)=(.*)$", text))
+    return dict(re.findall(r"(?m)^([A-Z][A-Z0-9_]*)=(.*)$", text))
 
 
 @pytest.mark.parametrize("name", ENV_NAMES)
@@ -75,16 +75,18 @@ def test_every_setting_is_in_env_example(name):
     assert name in env_example_lines()
 
 
-def test_env_example_shows_the_real_defaults(tmp_path):
-    """Uncommenting every line of .env.example changes nothing: its values are the defaults."""
-    text = (ROOT / ".env.example").read_text(encoding="utf-8")
-    uncommented = tmp_path / ".env"
-    uncommented.write_text(re.sub(r"(?m)^# ([A-Z][A-Z0-9_]*=)", r"\1", text), encoding="utf-8")
-    assert Settings.from_env({}, env_file=uncommented) == Settings()
+def test_env_example_as_copied_holds_the_real_defaults_and_runs_in_dry_run():
+    assert Settings.from_env({}, env_file=ROOT / ".env.example") == Settings()
+    assert Settings().dry_run
 
 
-def test_env_example_as_copied_runs_in_dry_run(tmp_path):
-    assert Settings.from_env({}, env_file=ROOT / ".env.example").dry_run
+@pytest.mark.parametrize("name", ENV_NAMES)
+def test_each_env_example_setting_has_a_one_line_explanation_above_it(name):
+    lines = (ROOT / ".env.example").read_text(encoding="utf-8").splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith(f"{name}="))
+    # The nearest line above that is not a setting (HOST and PORT share one explanation).
+    above = next(line for line in reversed(lines[:index]) if not re.match(r"[A-Z][A-Z0-9_]*=", line))
+    assert above.startswith("# ") and len(above) > 10
 
 
 def readme_settings() -> set[str]:

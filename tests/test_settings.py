@@ -1,0 +1,45 @@
+""".env as ops write it: any of Notepad's encodings, the real environment winning, secrets kept out of reprs."""
+from __future__ import annotations
+
+import codecs
+
+import pytest
+
+from gitlab_feishu.settings import ConfigError, Settings
+
+ENV_TEXT = "# 飞书应用\nFEISHU_APP_ID=cli_a1b2\nFEISHU_APP_SECRET=s3cr3t\nOWNERS_FILE=/srv/通知服务/owners.json\n"
+
+
+@pytest.mark.parametrize("data", [
+    ENV_TEXT.encode("utf-8"),
+    codecs.BOM_UTF8 + ENV_TEXT.encode("utf-8"),                   # Notepad's "UTF-8 with BOM"
+    codecs.BOM_UTF16_LE + ENV_TEXT.encode("utf-16-le"),           # Notepad's "Unicode"
+    ENV_TEXT.encode("gbk"),                                       # an "ANSI" save on a Chinese Windows
+], ids=["utf-8", "utf-8-bom", "utf-16", "gbk"])
+def test_env_file_is_read_whatever_notepad_saved_it_as(tmp_path, data):
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(data)
+    settings = Settings.from_env({}, env_file=env_file)
+    assert (settings.feishu_app_id, settings.feishu_app_secret) == ("cli_a1b2", "s3cr3t")
+    assert settings.owners_file.as_posix() == "/srv/通知服务/owners.json"
+
+
+def test_env_file_that_is_no_text_says_how_to_resave_it(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"FEISHU_APP_ID=\xff\xfe\xfa\n\x81")
+    with pytest.raises(ConfigError, match=r"\.env is not readable as UTF-8, UTF-16 or GBK.*Encoding: UTF-8"):
+        Settings.from_env({}, env_file=env_file)
+
+
+def test_the_environment_wins_over_env_file(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("FEISHU_APP_ID=from_file\nPORT=6000\n", encoding="utf-8")
+    settings = Settings.from_env({"FEISHU_APP_ID": "from_env"}, env_file=env_file)
+    assert (settings.feishu_app_id, settings.port) == ("from_env", 6000)
+
+
+def test_secrets_stay_out_of_the_repr():
+    settings = Settings(feishu_app_secret="app-secret-value", gitlab_webhook_secret="hook-secret-value",
+                        gitlab_api_token="glpat-secret-value")
+    assert not any(secret in repr(settings) for secret in ("app-secret-value", "hook-secret-value",
+                                                            "glpat-secret-value"))
