@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 600.0            # retries settle at one every 10 minutes
 INLINE_BACKOFF = 0.2           # first pause between inline retries
 INLINE_TURN_WAIT = 1.0         # how long a webhook waits for a turn under Feishu's quotas before queueing
+STALE_OPEN_ID = frozenset({230001, 230034})   # Feishu refuses the receive_id: the cached open_id is not this app's
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Deliverer:
         def timed(outcome: Outcome) -> Outcome:
             return replace(outcome, duration=self.clock() - started)
 
-        open_ids, lookup_failures = self._resolve(rows, deadline)
+        open_ids, lookup_failures = self._resolve(rows, deadline, retry_inline)
 
         def attempt(row: Delivery) -> Outcome:
             return timed(self._attempt(row, open_ids.get(row.id, row.recipient), deadline, retry_inline))
@@ -108,15 +109,23 @@ class Deliverer:
                                                          "retrying in the background"))
         return outcomes
 
-    def _resolve(self, rows: list[Delivery], deadline: float) -> tuple[dict[int, str], dict[int, FeishuError | str]]:
+    def _resolve(self, rows: list[Delivery], deadline: float,
+                 retry_inline: bool) -> tuple[dict[int, str], dict[int, FeishuError | str]]:
         """Map each DM row to an open_id with one lookup call for all uncached emails."""
         emails = sorted({row.recipient for row in rows if row.channel == "dm" and not is_open_id(row.recipient)})
         if not emails:
             return {}, {}
-        try:
-            found = self.feishu.resolve_open_ids(emails, budget=deadline - self.clock())
-        except FeishuError as exc:
-            return {}, {row.id: exc for row in rows if row.recipient in emails}
+        attempts = 0
+        while True:
+            try:
+                # The retry worker asks again about emails Feishu did not know: the account may be fixed.
+                found = self.feishu.resolve_open_ids(emails, budget=deadline - self.clock(),
+                                                     recheck_unknown=not retry_inline)
+                break
+            except FeishuError as exc:
+                attempts += 1
+                if not self._paused_for_retry(exc, attempts, deadline, retry_inline):
+                    return {}, {row.id: exc for row in rows if row.recipient in emails}
         open_ids: dict[int, str] = {}
         failures: dict[int, FeishuError | str] = {}
         for row in rows:
@@ -131,6 +140,7 @@ class Deliverer:
         """Send one card, retrying transient errors while the deadline allows (when asked to)."""
         attempts = 0
         error: FeishuError | None = None
+        looked_up_again = False
         while True:
             if deadline - self.clock() <= 0:
                 break
@@ -147,12 +157,16 @@ class Deliverer:
                 message_id = self._send(row, open_id, budget)
             except FeishuError as exc:
                 error = exc
-                if not (exc.retryable and retry_inline):
+                if exc.code in STALE_OPEN_ID and not looked_up_again and row.channel == "dm" \
+                        and not is_open_id(row.recipient):
+                    # A cached open_id Feishu refuses (another app's, say): look the email up once more.
+                    looked_up_again = True
+                    fresh = self._look_up_again(row.recipient, deadline)
+                    if fresh and fresh != open_id:
+                        open_id = fresh
+                        continue
+                if not self._paused_for_retry(exc, attempts, deadline, retry_inline):
                     break
-                pause = exc.retry_after if exc.retry_after is not None else INLINE_BACKOFF * 2 ** (attempts - 1)
-                if self.clock() + pause >= deadline:
-                    break
-                self.sleep(pause)
                 continue
             except Exception as exc:    # a bug must not leave the row leased forever
                 log.exception("unexpected error sending delivery %s", row.id)
@@ -163,6 +177,23 @@ class Deliverer:
         if error is None:
             error = FeishuError("no time left before the deadline", retryable=True)
         return self._record_failure(row, error, attempts=attempts)
+
+    def _paused_for_retry(self, error: FeishuError, attempts: int, deadline: float, retry_inline: bool) -> bool:
+        """Pause before another inline try when the error is transient and the deadline allows it."""
+        if not (error.retryable and retry_inline):
+            return False
+        pause = error.retry_after if error.retry_after is not None else INLINE_BACKOFF * 2 ** (attempts - 1)
+        if self.clock() + pause >= deadline:
+            return False
+        self.sleep(pause)
+        return True
+
+    def _look_up_again(self, email: str, deadline: float) -> str | None:
+        self.feishu.forget_open_id(email)
+        try:
+            return self.feishu.resolve_open_ids([email], budget=deadline - self.clock())[email]
+        except FeishuError:
+            return None
 
     def _send(self, row: Delivery, open_id: str, budget: float) -> str | None:
         """One HTTP attempt: a DM through the app, or a post through the group's bot (no message id)."""
@@ -177,12 +208,13 @@ class Deliverer:
         if isinstance(error, str) or not error.retryable:
             return self._fail(row, error, str(error), attempts)
         now = self.clock()
+        if now >= row.give_up_at:
+            return self._fail(row, error, f"gave up after retrying until the retry window closed; "
+                                          f"last error: {error}", attempts)
         next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
         if error.retry_after is not None:
             next_at = max(next_at, now + error.retry_after)
-        if next_at > row.give_up_at:
-            return self._fail(row, error, f"gave up after retrying until the retry window closed; "
-                                          f"last error: {error}", attempts)
+        next_at = min(next_at, row.give_up_at)      # one last try as the window closes
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)
         if next_at <= now:
             self.on_due()

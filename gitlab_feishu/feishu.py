@@ -51,8 +51,10 @@ class FeishuClient:
         self._token_lock = threading.Lock()
         self._open_ids: dict[str, tuple[str | None, float]] = {}  # email.lower() -> (open_id or None, expires at)
         self._shared = shared          # the same answers, for the other processes
-        # The secret's digest in the key: after a change of FEISHU_APP_SECRET no process uses the old token.
-        self._token_key = f"token:{app_id}:{hashlib.sha256(app_secret.encode('utf-8')).hexdigest()[:16]}"
+        # Shared answers belong to one app on one platform (open_ids differ per app); the secret's
+        # digest in the token's key: after a change of FEISHU_APP_SECRET no process uses the old token.
+        self._scope = f"{self._base_url}|{app_id}"
+        self._token_key = f"token:{self._scope}:{hashlib.sha256(app_secret.encode('utf-8')).hexdigest()[:16]}"
 
     def __repr__(self) -> str:
         return f"FeishuClient({self._base_url!r}, app_id={self._app_id!r})"
@@ -66,21 +68,38 @@ class FeishuClient:
         open_id, expires_at = self._open_ids.get(email.lower(), (None, 0.0))
         return open_id if self._clock() < expires_at else NOT_CACHED
 
+    def forget_open_id(self, email: str) -> None:
+        """Drop what is cached for `email` (Feishu refused the open_id, or it may know the email now)."""
+        open_id, _ = self._open_ids.pop(email.lower(), (None, 0.0))
+        if self._shared:
+            self._shared.forget(self._open_id_key(email), open_id)
+
     def check_credentials(self, budget: float | None = None) -> None:
         """Fetch a tenant token from Feishu whatever is cached: a FeishuError says what is wrong."""
         deadline = self._deadline(budget)
         with self._token_turn(deadline, "getting a tenant_access_token"):
             self._fetch_token(deadline)
 
-    def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None) -> dict[str, str | None]:
-        """Map each email to its open_id, or None when Feishu does not know it (see UNKNOWN_EMAIL)."""
+    def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None, *,
+                         recheck_unknown: bool = False) -> dict[str, str | None]:
+        """Map each email to its open_id, or None when Feishu does not know it (see UNKNOWN_EMAIL).
+
+        `recheck_unknown` asks Feishu again about emails cached as unknown (a retry after someone
+        fixed the account: `--retry-failed`).
+        """
         deadline = self._deadline(budget)
         emails = list(emails)
+        if recheck_unknown:
+            for email in emails:
+                if self.cached_open_id(email) is None:
+                    self.forget_open_id(email)
         missing = list({e.lower(): e for e in emails if self.cached_open_id(e) is NOT_CACHED}.values())
         if missing and self._shared:
             now = self._clock()
-            for key, (open_id, left) in self._shared.get(f"open_id:{e.lower()}" for e in missing).items():
-                self._open_ids[key.removeprefix("open_id:")] = (open_id, now + left)
+            by_key = {self._open_id_key(e): e.lower() for e in missing}
+            for key, (open_id, left) in self._shared.get(by_key).items():
+                if open_id or not recheck_unknown:
+                    self._open_ids[by_key[key]] = (open_id, now + left)
             missing = [e for e in missing if self.cached_open_id(e) is NOT_CACHED]
         for start in range(0, len(missing), LOOKUP_CHUNK):
             self._look_up(missing[start:start + LOOKUP_CHUNK], deadline)
@@ -109,9 +128,12 @@ class FeishuClient:
             open_id = found.get(email.lower())
             ttl = self._open_id_ttl if open_id else self._unknown_ttl
             self._open_ids[email.lower()] = (open_id, now + ttl)
-            learned[f"open_id:{email.lower()}"] = (open_id, ttl)
+            learned[self._open_id_key(email)] = (open_id, ttl)
         if self._shared:
             self._shared.put(learned)
+
+    def _open_id_key(self, email: str) -> str:
+        return f"open_id:{self._scope}:{email.lower()}"
 
     def _tenant_token(self, deadline: float | None) -> str:
         token, refresh_at = self._token

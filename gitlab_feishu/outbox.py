@@ -240,12 +240,12 @@ class Outbox:
         return [_delivery(row) for row in rows]
 
     def retry_failed(self, *, retry_window: float) -> int:
-        """Put failed deliveries back in the queue, due now and with a fresh retry window."""
+        """Put failed deliveries back in the queue, due now, with a fresh retry window and backoff."""
         now = self.clock()
         with self._write() as conn:
             return conn.execute(
-                "UPDATE deliveries SET status = 'queued', next_attempt_at = ?, give_up_at = ?, updated_at = ?"
-                " WHERE status = 'failed'", (now, now + retry_window, now)).rowcount
+                "UPDATE deliveries SET status = 'queued', rounds = 0, next_attempt_at = ?, give_up_at = ?,"
+                " updated_at = ? WHERE status = 'failed'", (now, now + retry_window, now)).rowcount
 
     def prune(self, *, keep_seconds: float) -> int:
         """Forget finished events (and their sent deliveries) older than keep_seconds."""

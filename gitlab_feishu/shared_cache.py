@@ -44,7 +44,7 @@ class SharedCache:
             conn.executemany("INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
                              [(key, value, now + ttl) for key, (value, ttl) in entries.items()])
 
-    def forget(self, key: str, value: str) -> None:
+    def forget(self, key: str, value: str | None) -> None:
         """Drop `key` if it still holds `value` (another process may have replaced it already)."""
         with self._db.write() as conn:
-            conn.execute("DELETE FROM cache WHERE key = ? AND value = ?", (key, value))
+            conn.execute("DELETE FROM cache WHERE key = ? AND value IS ?", (key, value))

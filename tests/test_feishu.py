@@ -463,3 +463,37 @@ def test_checking_credentials_always_asks_feishu(clock, shared):
     client.tenant_token()
     client.check_credentials()
     assert rsp.call_count == 2
+
+
+@responses.activate
+def test_shared_answers_belong_to_one_app(clock, shared):
+    """open_ids differ per app: after FEISHU_APP_ID changes nothing cached for the old app is used."""
+    token, lookup = token_ok(), lookup_echo()
+    sharing(clock, shared).resolve_open_ids(["a@known.example"])
+    other_app = FeishuClient(BASE, "cli_other", SECRET, clock=clock, shared=shared)
+    other_app.resolve_open_ids(["a@known.example"])
+    assert token.call_count == 2 and lookup.call_count == 2
+
+
+@responses.activate
+def test_rechecking_asks_again_about_an_email_cached_as_unknown(clock, shared):
+    lookup = lookup_echo()
+    token_ok()
+    sharing(clock, shared).resolve_open_ids(["ghost@else.example"])
+    again = sharing(clock, shared)
+    assert again.resolve_open_ids(["ghost@else.example"]) == {"ghost@else.example": None}
+    assert lookup.call_count == 1
+    again.resolve_open_ids(["ghost@else.example"], recheck_unknown=True)
+    sharing(clock, shared).resolve_open_ids(["ghost@else.example"])
+    assert lookup.call_count == 2          # the recheck's answer is shared in turn
+
+
+@responses.activate
+def test_a_forgotten_open_id_is_looked_up_again_by_every_process(clock, shared):
+    lookup = lookup_echo()
+    token_ok()
+    client = sharing(clock, shared)
+    client.resolve_open_ids(["a@known.example"])
+    client.forget_open_id("a@known.example")
+    sharing(clock, shared).resolve_open_ids(["a@known.example"])
+    assert lookup.call_count == 2

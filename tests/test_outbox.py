@@ -117,13 +117,14 @@ def test_counts_and_pending_list_queued_and_failed(outbox, clock):
                                                                    ("c@example.com", "queued")]
 
 
-def test_retry_failed_requeues_with_a_fresh_window(outbox, clock):
+def test_retry_failed_requeues_with_a_fresh_window_and_backoff(outbox, clock):
     _, [row] = begin(outbox)
+    outbox.finish(row.id, "queued", attempts=1, error="HTTP 503", next_attempt_at=clock())
     outbox.finish(row.id, "failed", attempts=3, error="Feishu 99991672: missing permission")
     clock.advance(2 * DAY)
     assert outbox.retry_failed(retry_window=DAY) == 1
     [claimed] = outbox.claim_due(owner="w", lease_seconds=60)
-    assert claimed.give_up_at == clock() + DAY
+    assert claimed.give_up_at == clock() + DAY and claimed.rounds == 0
 
 
 def test_prune_forgets_old_finished_events_only(outbox, clock):
