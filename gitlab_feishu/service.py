@@ -33,10 +33,10 @@ CARD_LIMITS = {"dm": cards.MAX_CARD_BYTES, "chat": chats.MAX_CARD_BYTES}   # a b
 
 def idempotency_key(headers: Mapping[str, str], event: Event) -> str:
     """GitLab's Idempotency-Key (17.4+, kept on Resend), else the event UUID, else one built from the payload."""
-    if headers.get("Idempotency-Key"):
-        return "idem:" + headers["Idempotency-Key"].strip()[:200]
-    if headers.get("X-Gitlab-Event-UUID"):
-        return "uuid:" + headers["X-Gitlab-Event-UUID"].strip()[:200]
+    for header, prefix in (("Idempotency-Key", "idem:"), ("X-Gitlab-Event-UUID", "uuid:")):
+        value = (headers.get(header) or "").strip()
+        if value:                   # a blank header must not merge unrelated events under one key
+            return prefix + value[:200]
     return "payload:" + event.idempotency_key
 
 

@@ -90,6 +90,14 @@ def test_missing_or_wrong_token_is_refused(client, feishu, token):
     assert feishu.calls("send") == 0
 
 
+@pytest.mark.parametrize("header", ["秘密token".encode("utf-8").decode("latin-1"),   # as a WSGI server hands it over
+                                    "秘密token"])                                     # as text
+def test_a_non_ascii_secret_matches_the_bytes_gitlab_sends(settings, feishu, header):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, gitlab_webhook_secret="秘密token"),
+                     background=False)
+    assert post(app.test_client(), load_payload("push.json"), gitlab_headers(token=header)).status_code == 200
+
+
 def test_without_a_secret_any_token_is_accepted(settings, feishu, caplog):
     with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
         app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, gitlab_webhook_secret=""),
@@ -179,6 +187,15 @@ def test_a_delivery_repeated_three_times_makes_one_card(client, feishu, drop):
     assert [r.json["status"] for r in responses] == ["sent"] * 3
     assert "repeat" in responses[2].json["reason"]
     assert len(feishu.messages) == 2          # two owners, once each
+
+
+def test_a_blank_idempotency_key_does_not_merge_different_events(client, feishu):
+    first, second = load_payload("push.json"), load_payload("push.json")
+    second["after"] = "f" * 40
+    headers = {**gitlab_headers(), "Idempotency-Key": " "}
+    del headers["X-Gitlab-Event-UUID"]
+    assert [post(client, payload, headers).json["status"] for payload in (first, second)] == ["sent", "sent"]
+    assert len(feishu.messages) == 4          # two owners, two events
 
 
 def test_healthz_reports_mode_owners_and_outbox_without_secrets(client):
