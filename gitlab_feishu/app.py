@@ -6,13 +6,11 @@ not JSON (400) get an error status; everything else is a 200 with a status.
 """
 from __future__ import annotations
 
-import codecs
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Mapping
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -23,7 +21,7 @@ from .chats import BotClient
 from .config_file import FileWatcher
 from .delivery import Deliverer
 from .feishu import FeishuClient
-from .gitlab import MAX_BODY_BYTES, signature_valid, token_matches
+from .gitlab import MAX_BODY_BYTES, decode_payload, signature_valid, token_matches
 from .outbox import Outbox
 from .owners import OwnersFile
 from .pacing import Pacer
@@ -40,14 +38,18 @@ TOO_LARGE = "body larger than GitLab's 25 MB limit"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
 
 
-def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None = None,
+def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: FeishuClient | None = None,
                clock: Callable[[], float] = time.time, background: bool = True) -> Flask:
-    """Build the service. Without arguments, settings come from the environment and `.env`.
+    """Build the service. Without arguments, settings come from the environment and `.env`;
+    a mapping of setting names (`{"FEISHU_APP_ID": ...}`) stands for the environment alone.
 
     `background` starts this process's threads: the retry worker, the credentials self-check and the
     owners/users file watcher (tests that drive these by hand leave it off).
     """
-    settings = settings or Settings.from_env()
+    if settings is None:
+        settings = Settings.from_env()
+    elif isinstance(settings, Mapping):
+        settings = Settings.from_env(settings, env_file=None)
     owners = OwnersFile(settings.owners_file)
     users = UsersFile(settings.users_file)
     watcher = FileWatcher([owners, users])
@@ -79,10 +81,10 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
     notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock, users=users)
 
     app = Flask(__name__)
-    # One byte over the limit lets a chunked body (no Content-Length) show that it is too large.
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.json.ensure_ascii = False      # Chinese stays readable on GitLab's Recent events page
     app.json.sort_keys = False
+    # One byte over the limit lets a chunked body (no Content-Length) show that it is too large.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "users": users, "outbox": outbox,
                                        "worker": worker, "notifier": notifier, "credentials": credentials,
                                        "watcher": watcher}
@@ -106,8 +108,7 @@ def create_app(settings: Settings | None = None, *, feishu: FeishuClient | None 
             return _error(401, "missing, wrong or stale webhook-signature: set the hook's Signing token to "
                                "GITLAB_SIGNING_TOKEN and check this server's clock")
         try:
-            # A UTF-8 BOM (what some Windows tools put in front of a hand-made test payload) is not an error.
-            payload = json.loads(body.removeprefix(codecs.BOM_UTF8))
+            payload = decode_payload(body)
         except (ValueError, RecursionError):
             return _error(400, "body is not JSON")
         return jsonify(notifier.notify(payload, request.headers, started))

@@ -25,7 +25,8 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
     if to_file:
         settings.log_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.handlers.RotatingFileHandler(
-            settings.log_dir / "webhook_server.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"))
+            settings.log_dir / "webhook_server.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8",
+            errors="backslashreplace"))   # a lone surrogate from a payload is written escaped, not refused
     formatter = logging.Formatter(FORMAT)
     package = logging.getLogger("gitlab_feishu")
     for handler in list(package.handlers):

@@ -198,6 +198,13 @@ def test_a_blank_idempotency_key_does_not_merge_different_events(client, feishu)
     assert len(feishu.messages) == 4          # two owners, two events
 
 
+def test_create_app_takes_the_settings_by_their_environment_names(settings):
+    app = create_app({"OWNERS_FILE": str(settings.owners_file), "DATA_DIR": str(settings.data_dir),
+                      "GITLAB_WEBHOOK_SECRET": SECRET}, background=False)
+    health = app.test_client().get("/healthz").json
+    assert health["mode"] == "dry-run" and health["owners"]["entries"] == len(OWNERS)
+
+
 def test_healthz_reports_mode_owners_and_outbox_without_secrets(client):
     response = client.get("/healthz")
     assert response.status_code == 200
