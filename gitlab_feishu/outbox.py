@@ -190,7 +190,7 @@ class Outbox:
         with self._write() as conn:
             rows = conn.execute(
                 "SELECT * FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ?"
-                " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?",
+                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, id LIMIT ?",
                 (now, now, limit)).fetchall()
             conn.executemany("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
                              [(owner, now + lease_seconds, row["id"]) for row in rows])
