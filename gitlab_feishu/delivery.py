@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 600.0            # retries settle at one every 10 minutes
 INLINE_BACKOFF = 0.2           # first pause between inline retries
-INLINE_TURN_WAIT = 1.0         # how long a webhook waits for a turn under Feishu's quotas before queueing
+INLINE_TURN_WAIT = 1.5         # a webhook waits this long for a turn under the quotas (wider than a
+                               # per-second window, so a sixth card to one person still goes inline)
 STALE_OPEN_ID = frozenset({230001, 230034})   # Feishu refuses the receive_id: the cached open_id is not this app's
 
 

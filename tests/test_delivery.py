@@ -10,6 +10,7 @@ from gitlab_feishu.delivery import Deliverer, backoff
 from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
 
 from gitlab_feishu.outbox import NewDelivery, Outbox
+from gitlab_feishu.pacing import Pacer
 from gitlab_feishu.worker import RetryWorker
 
 DAY = 24 * 3600.0
@@ -170,6 +171,17 @@ def test_a_refused_open_id_that_stays_the_same_fails_for_good(outbox, deliverer,
     feishu.answers["ou_a"] = [permanent(230001), permanent(230001)]
     [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
     assert outcome.status == "failed" and len(feishu.sends) == 1
+
+
+def test_a_sixth_card_to_one_person_within_a_second_still_goes_inline(tmp_path, outbox, feishu, clock):
+    """Feishu allows one person 5 cards a second: the sixth waits for its turn inside the request."""
+    pacer = Pacer(tmp_path / "pacing.sqlite3", clock=clock, sleep=clock.sleep)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=5.0, pacer=pacer, clock=clock,
+                              sleep=clock.sleep)
+        outcomes = [deliverer.deliver(record(outbox, "a@example.com", key=f"idem:{n}"), deadline=clock() + 5)
+                    for n in range(7)]
+    assert [outcome.status for result in outcomes for outcome in result.values()] == ["sent"] * 7
 
 
 def test_outage_longer_than_the_deadline_queues_with_backoff(outbox, deliverer, feishu, clock):
