@@ -200,8 +200,9 @@ class PipelineEvent:
     ref_protected: ClassVar[None] = None   # not in pipeline payloads
 
     @property
-    def branch(self) -> str | None:
-        return None if self.tag else self.ref
+    def branch(self) -> str:
+        """Branch filters compare the ref, a tag's included: `main` never lets a tag pipeline through."""
+        return self.ref
 
     @property
     def ref_url(self) -> str:

@@ -65,9 +65,9 @@ def test_every_event_offers_the_routing_interface(fixture, kind, actor, branch, 
     assert event.project.path
 
 
-def test_tag_pipeline_has_no_branch():
+def test_tag_pipeline_is_filtered_on_its_ref():
     event = parse(with_attributes("pipeline.json", ref="v1.0.0", tag=True))
-    assert event.tag and event.branch is None
+    assert event.tag and event.branch == "v1.0.0"
     assert event.ref_url == "http://192.168.64.1:3005/gitlab-org/gitlab-test/-/tags/v1.0.0"
 
 

@@ -70,7 +70,9 @@ def notified(owners, event) -> list[str]:
     ({"branches": ["main"]}, StandIn("pipeline", project(), "dev"), False),
     ({"branches": [":protected"]}, StandIn("pipeline", project(), "dev", ref_protected=True), True),
     ({"branches": ["main"]}, StandIn("tag_push", project(), None), True),          # tags ignore branches
-    ({"branches": ["main"]}, StandIn("pipeline", project(), None), True),          # a tag pipeline too
+    ({"branches": ["main"]}, StandIn("pipeline", project(), "v1.0"), False),       # a pipeline: its ref,
+    ({"branches": ["v*"]}, StandIn("pipeline", project(), "v1.0"), True),          # a tag's included
+    ({"branches": [":default"]}, StandIn("pipeline", project(), "v1.0"), False),
     ({"events": ["push"]}, StandIn("tag_push", project(), None), False),
     ({"branches": ["main"], "events": ["push"]}, push("main"), True),
     ({"branches": ["main"], "events": ["pipeline"]}, push("main"), False),
