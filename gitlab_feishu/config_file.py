@@ -128,10 +128,14 @@ def _syntax_hint(text: str, pos: int) -> str:
 
 
 class WatchedFile(Generic[Loaded]):
-    """Keeps the last good load of a file and reloads it when it changes."""
+    """Keeps the last good load of a file and reloads it when it changes.
+
+    By default every use looks at the file's size and mtime (one stat call), so the webhook that
+    follows a save already routes by it.
+    """
 
     def __init__(self, path: Path, load: Callable[[Path], Loaded], *, log: logging.Logger,
-                 clock: Callable[[], float] = time.monotonic, check_interval: float = 2.0) -> None:
+                 clock: Callable[[], float] = time.monotonic, check_interval: float = 0.0) -> None:
         self._path = Path(path)
         self._load = load
         self._log = log
@@ -145,7 +149,7 @@ class WatchedFile(Generic[Loaded]):
         self._next_check = clock() + check_interval
 
     def current(self) -> Loaded:
-        """The last good load, after reloading the file if it changed (checked every check_interval s)."""
+        """The last good load, after reloading the file if it changed (looked at every check_interval s)."""
         now = self._clock()
         if now >= self._next_check and self._lock.acquire(blocking=False):
             try:
@@ -190,7 +194,7 @@ class FileWatcher:
     """Checks watched files in the background, so an edit (a broken one too) is applied and logged
     within seconds in every process, not only when a webhook happens to arrive."""
 
-    def __init__(self, files: list[WatchedFile], interval: float = 2.0) -> None:
+    def __init__(self, files: list[WatchedFile], interval: float = 1.0) -> None:
         self._files = files
         self._interval = interval
         self._stop = threading.Event()

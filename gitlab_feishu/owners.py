@@ -230,5 +230,5 @@ class OwnersFile(WatchedFile[Owners]):
     """Keeps the last good Owners and reloads owners.json when it changes."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic,
-                 check_interval: float = 2.0) -> None:
+                 check_interval: float = 0.0) -> None:
         super().__init__(path, load_owners, log=log, clock=clock, check_interval=check_interval)

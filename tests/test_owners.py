@@ -270,6 +270,14 @@ def test_good_edit_applies_after_check_interval_not_before(watched):
     assert recipients(owners_file) == ["new@example.com"]
 
 
+def test_by_default_the_next_use_after_a_save_routes_by_it(tmp_path):
+    path = tmp_path / "owners.json"
+    save(path, {"client": "old@example.com"}, 1_700_000_000)
+    owners_file = OwnersFile(path)
+    save(path, {"client": "new@example.com"}, 1_700_000_001)
+    assert recipients(owners_file) == ["new@example.com"]
+
+
 def test_unchanged_file_is_not_reloaded(watched):
     _, clock, owners_file = watched
     before = owners_file.current()

@@ -1,7 +1,7 @@
 """Editing owners.json while the real service runs under gunicorn with 2 workers.
 
-Each worker checks the file at most every 2 s, so every stage here takes a
-couple of seconds of real time; the waits are short polls with a timeout.
+Each worker looks at the file on every webhook and, in the background, every
+second; the waits are short polls with a timeout.
 Which worker handled a push is read from the log, whose lines carry the pid.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.conftest import SECRET, gitlab_headers, load_payload
 from tests.fake_feishu import FakeFeishu
 from tests.servers import ServiceProcess, service_env
 
-FEW_SECONDS = 8.0                  # "within a few seconds": the 2 s check interval plus slack for a busy box
+FEW_SECONDS = 8.0                  # "within a few seconds", with slack for a busy box
 KEY = "Y_野水发财"                 # matches chinese_push.json's project, fuzzily
 
 
