@@ -196,6 +196,22 @@ class Outbox:
                              [(owner, now + lease_seconds, row["id"]) for row in rows])
         return [_delivery(row) for row in rows]
 
+    def lease_owners(self) -> set[str]:
+        """Who holds the leases still running on queued rows."""
+        rows = self._connect().execute("SELECT DISTINCT lease_owner FROM deliveries WHERE status = 'queued'"
+                                       " AND lease_owner IS NOT NULL AND lease_until > ?", (self.clock(),))
+        return {row[0] for row in rows}
+
+    def release_leases(self, owners: Iterable[str]) -> int:
+        """Free the queued rows leased to `owners` (processes that are gone): due again at once."""
+        owners = list(owners)
+        if not owners:
+            return 0
+        with self._write() as conn:
+            return conn.execute(
+                f"UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'queued'"
+                f" AND lease_owner IN ({', '.join('?' * len(owners))})", owners).rowcount
+
     def next_due_at(self) -> float | None:
         """When the earliest queued delivery becomes due (its lease included), or None."""
         row = self._connect().execute(

@@ -24,11 +24,31 @@ KEEP_EVENTS_SECONDS = 2 * 24 * 3600   # idempotency keys outlive GitLab's 24 h o
 STATUS_LOG_INTERVAL = 300.0
 PRUNE_INTERVAL = 3600.0
 QUEUE_WATCH_INTERVAL = 30.0
+LEASE_CHECK_INTERVAL = 1.0   # how often leases held by processes that are gone are freed
 
 
 def process_owner() -> str:
     """A name for this process's leases, unique across hosts, processes and restarts."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def is_gone(owner: str) -> bool:
+    """Whether `owner` (a process_owner) was a process on this host that no longer runs.
+
+    Its leases can then be taken at once rather than when they run out (a send cut short by
+    SIGKILL would otherwise wait up to LEASE_SECONDS). Only POSIX can ask cheaply; elsewhere: False.
+    """
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if os.name != "posix" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)         # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False                 # exists, owned by someone else
+    return False
 
 
 class RetryWorker:
@@ -48,6 +68,7 @@ class RetryWorker:
         self._thread: threading.Thread | None = None
         self._next_status_log = 0.0
         self._next_prune = 0.0
+        self._next_lease_check = 0.0
         self.watch_queue = watch_queue      # told the queued count now and then (the backlog alert)
         self._next_queue_watch = 0.0
 
@@ -61,7 +82,7 @@ class RetryWorker:
         return len(rows)
 
     def housekeeping(self) -> None:
-        """Log what is waiting now and then, and forget old finished events."""
+        """Log what is waiting now and then, free rows of dead processes, forget old finished events."""
         now = self.clock()
         if now >= self._next_status_log:
             self._next_status_log = now + STATUS_LOG_INTERVAL
@@ -69,6 +90,11 @@ class RetryWorker:
             if counts["queued"] or counts["failed"]:
                 log.warning("outbox: %d queued, %d failed (python webhook_server.py --outbox lists them)",
                             counts["queued"], counts["failed"])
+        if now >= self._next_lease_check:
+            self._next_lease_check = now + LEASE_CHECK_INTERVAL
+            gone = [owner for owner in self.outbox.lease_owners() if is_gone(owner)]
+            if self.outbox.release_leases(gone):
+                log.warning("took over deliveries leased to stopped processes: %s", ", ".join(gone))
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
             self.outbox.prune(keep_seconds=KEEP_EVENTS_SECONDS)

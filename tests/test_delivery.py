@@ -1,6 +1,10 @@
 """Delivering recorded cards: inline retries within the deadline, queueing, permanent failures, the worker."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -234,6 +238,29 @@ def test_worker_picks_up_what_a_crashed_process_left(tmp_path, outbox, feishu, c
         deliverer = Deliverer(restarted, feishu, pool=pool, retry_base=5.0, clock=clock, sleep=clock.sleep)
         assert RetryWorker(restarted, deliverer, retry_base=5.0, clock=clock).run_once() == 1
     assert status(restarted) == [("a@example.com", "sent")]
+
+
+def leased_to(outbox, owner: str) -> None:
+    """One delivery recorded by the process `owner`, its lease running for another minute."""
+    planned = [NewDelivery("dm", "a@example.com", "exact: demo", '{"schema":"2.0"}', "uuid-1")]
+    outbox.begin_event("idem:1", "push", "group/project", planned, lease_owner=owner, lease_seconds=60,
+                       retry_window=DAY)
+
+
+def test_worker_takes_over_at_once_what_a_killed_process_had_leased(outbox, deliverer, feishu, clock):
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    leased_to(outbox, f"{socket.gethostname()}:{dead_pid}:x")
+    worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock)
+    worker.housekeeping()                      # the clock stands still: the lease has not run out
+    assert worker.run_once() == 1 and status(outbox) == [("a@example.com", "sent")]
+
+
+def test_worker_leaves_the_leases_of_live_processes_alone(outbox, deliverer, clock):
+    leased_to(outbox, f"{socket.gethostname()}:{os.getpid()}:x")
+    worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock)
+    worker.housekeeping()
+    assert worker.run_once() == 0
 
 
 def test_worker_gives_up_after_the_retry_window(outbox, deliverer, feishu, clock):

@@ -8,12 +8,14 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import time
 
 import pytest
 import requests
 
 from tests.conftest import SECRET, gitlab_headers, load_payload
+from tests.fake_feishu import FakeFeishu
 from tests.servers import ServiceProcess, free_port, service_env
 
 DEADLINE = 3.0
@@ -156,6 +158,33 @@ def test_sigkill_while_queued_delivers_once_after_restart(fake, tmp_path):
         assert len(fake.messages) == 1
     finally:
         second.stop()
+
+
+def test_sigkill_during_a_hung_send_is_taken_over_at_once_after_restart(tmp_path):
+    """The killed process still held the row's lease; the restarted one sees it is gone and sends."""
+    (tmp_path / "owners.json").write_text(json.dumps(OWNERS, ensure_ascii=False), encoding="utf-8")
+    with FakeFeishu() as feishu:             # its own: the hung request outlives this test
+        feishu.add_user("zhangsan@example.com")
+        feishu.hang_sends(120)
+        first = start_service(feishu, tmp_path)
+        try:
+            assert push(first)[0].json()["status"] == "queued"
+            assert wait_for(lambda: lease_left(tmp_path) > 30)    # the retry worker has it, for a minute
+        finally:
+            first.kill()
+        feishu.hang_sends(None)
+        second = start_service(feishu, tmp_path)
+        try:
+            assert wait_for(lambda: len(feishu.messages) == 1, timeout=5.0), second.log()
+        finally:
+            second.stop()
+
+
+def lease_left(folder) -> float:
+    """Seconds left on the lease of the one delivery in `folder`'s outbox."""
+    with sqlite3.connect(folder / "data" / "outbox.sqlite3") as db:
+        [(lease_until,)] = db.execute("SELECT lease_until FROM deliveries").fetchall()
+    return (lease_until or 0) - time.time()
 
 
 def test_warm_path_is_one_call_per_owner_whichever_worker_answers(fake, tmp_path):
