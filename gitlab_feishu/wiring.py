@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections import Counter
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable
 
 import gitlab
 import requests
 
 from .events import Project
-from .hookplan import HookStatus, Listing, Step, check, desired_hook, plan
+from .hookplan import Listing, Step, check, check_report, desired_hook, plan, steps_report
 from .owners import Owners, load_owners
 from .settings import ConfigError, Settings
 
@@ -51,12 +50,14 @@ def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = 
     try:
         listings, unused_keys = client.owned_projects(owners)
         if check_only:
-            status = _report_check([check(listing, desired, now) for listing in listings])
+            lines, attention = check_report([check(listing, desired, now) for listing in listings])
         else:
             steps = [plan(listing, desired, now) for listing in listings]
             if not dry_run:
                 steps = [client.apply(step, settings.gitlab_webhook_secret) for step in steps]
-            status = _report_steps(steps, dry_run)
+            lines, attention = steps_report(steps, dry_run)
+        print("\n".join(lines))
+        status = int(attention)
     except WiringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -185,38 +186,3 @@ def _network_reason(exc: Exception) -> str:
     if isinstance(exc, requests.exceptions.ConnectionError):
         return "connection failed: wrong address or port, DNS, firewall or proxy"
     return type(exc).__name__
-
-
-def _report_steps(steps: list[Step], dry_run: bool) -> int:
-    _table(("project", "action", "details"), [(step.project.path, step.action, step.why) for step in steps])
-    counts = Counter(step.action for step in steps)
-    summary = ", ".join(f"{action} {count}" for action, count in counts.items())
-    print(f"{len(steps)} projects: {summary}." + (" Dry run: nothing was changed." if dry_run else ""))
-    _secret_note()
-    return 1 if counts.keys() & {"skip", "skipped", "failed"} else 0
-
-
-def _report_check(statuses: list[HookStatus]) -> int:
-    rows = [(s.project.path, s.hook, s.secret, s.triggers, s.state) for s in statuses]
-    _table(("project", "hook", "secret", "triggers", "state"), rows)
-    for status in statuses:
-        for hint in status.hints:
-            print(f"{status.project.path}: {hint}")
-    attention = sum(status.attention for status in statuses)
-    print(f"{len(statuses)} projects: {attention} need attention.")
-    if any(status.secret.startswith("unknown") for status in statuses):
-        _secret_note()
-    return 1 if attention else 0
-
-
-def _secret_note() -> None:
-    print("Secret token: sent with every hook created or updated. GitLab never shows it; before 19.0 it does not "
-          "even say whether a hook has one (\"unknown\").")
-
-
-def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> None:
-    rows = list(rows)
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths)] + [str(row[-1])]
-        print("  ".join(cells).rstrip())
