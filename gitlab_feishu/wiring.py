@@ -39,6 +39,7 @@ TOKEN_HELP = ("create a personal, group or project access token with the `api` s
               "Maintainer of the projects, and set it as GITLAB_API_TOKEN")
 NO_PERMISSION = "no permission: the token's user needs the Maintainer role here"
 DONE = {"create": "created", "update": "updated", "skip": "skipped"}
+NOT_DONE = "not done"
 # A key GitLab could have as a group or project path (ASCII segments joined by "/"); others are never looked up.
 PATH_KEY = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 LISTED = dict(get_all=True, archived=False, simple=True, order_by="id", sort="asc", per_page=PAGE_SIZE)
@@ -73,21 +74,19 @@ def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = 
         listings = [client.listing(project) for project in found.projects]
     except WiringError as exc:
         return _stopped(exc)
+    error = None
     if check_only:
         lines, attention = check_report([check(listing, desired, now) for listing in listings])
     else:
         steps = [plan(listing, desired, now) for listing in listings]
         if not dry_run:
-            try:
-                steps = [client.apply(step, settings.gitlab_webhook_secret) for step in steps]
-            except WiringError as exc:
-                return _stopped(exc)
+            steps, error = client.apply_all(steps, settings.gitlab_webhook_secret)
         lines, attention = steps_report(steps, dry_run)
     print("\n".join(lines))
     status = int(attention)
     _report_problems(owners, found)
     _report_unused(owners, found)
-    return max(status, 1 if found.problems else 0)
+    return _stopped(error) if error else max(status, 1 if found.problems else 0)
 
 
 class GitLab:
@@ -129,6 +128,21 @@ class GitLab:
         except _ProjectFailed as exc:
             return Listing(project, problem=str(exc))
         return Listing(project, tuple(hook.attributes for hook in found))
+
+    def apply_all(self, steps: list[Step], secret: str) -> tuple[list[Step], WiringError | None]:
+        """Apply the steps in order; after an error that stops the run, the changes left are not done."""
+        done: list[Step] = []
+        error = None
+        for step in steps:
+            if error is not None and step.action in ("create", "update"):
+                done.append(Step(step.project, NOT_DONE, f"{step.action} not tried after the error below; {step.why}"))
+                continue
+            try:
+                done.append(self.apply(step, secret))
+            except WiringError as exc:
+                error = exc
+                done.append(Step(step.project, NOT_DONE, f"{step.action} interrupted by the error below; {step.why}"))
+        return done, error
 
     def apply(self, step: Step, secret: str) -> Step:
         """Create or update the hook as planned (the secret token is sent every time); the step as done."""

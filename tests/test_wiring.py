@@ -348,3 +348,22 @@ def test_projects_are_listed_only_for_keys_that_can_match_fuzzily_or_by_pattern(
     assert run(with_owners(wiring_settings, tmp_path, {key: "lead@example.com"}), dry_run=True) == 0
     assert paths(capsys.readouterr().out) == ["x/app"]
     assert bool(requested(rsps, "/v4/projects?")) is listed and bool(requested(rsps, "/user")) is listed
+
+
+@pytest.mark.parametrize("failure", [
+    dict(body=requests.exceptions.ConnectionError("reset")),
+    dict(status=401, json={"message": "401 Unauthorized"}),           # the token revoked meanwhile
+])
+def test_an_error_that_stops_the_run_midway_still_shows_what_was_done(wiring_settings, rsps, capsys, failure):
+    rsps.add(responses.POST, f"{API}/projects/2/hooks", **failure)
+    test_project = gitlab_project(8, "qa/ceshi", "测试项目")
+    gitlab = FakeGitLab(rsps, [YESHUI, NAINA, DIASPORA, test_project], {3: [gitlab_hook(7, OURS, 3, **RIGHT)]})
+    assert run(wiring_settings) == 1
+    captured = capsys.readouterr()
+    assert [row(captured.out, path).split()[1:3] for path in paths(captured.out)] == [
+        ["created", "new"], ["not", "done"], ["ok", "hook"], ["not", "done"]]
+    assert "create interrupted by the error below" in row(captured.out, "grouptwogame/naina")
+    assert "create not tried after the error below" in row(captured.out, "qa/ceshi")
+    assert "4 projects: created 1, not done 2, ok 1." in captured.out and captured.err.startswith("error: ")
+    assert changes(rsps) == [("POST", "/api/v4/projects/1/hooks"), ("POST", "/api/v4/projects/2/hooks")]
+    assert len(gitlab.hooks[1]) == 1 and gitlab.hooks[8] == []
