@@ -3,7 +3,8 @@
 `wiring` reads projects and their hooks through GitLab's API (as the plain
 JSON objects GitLab returns) and hands them here. `plan` decides per project
 whether to create, update, leave (ok) or skip its hook; `check` describes the
-hook for `--wire-hooks --check`. Neither sees the API token or the secret
+hook for `--wire-hooks --check`; `steps_report` and `check_report` put either
+in a table for people. Neither sees the API token or the secret
 token: the secret is added by `wiring` when it sends a hook.
 
 A hook "points here" when its URL is ours up to a trailing slash, the case of
@@ -12,6 +13,7 @@ somebody else and are never changed.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Mapping, Sequence
@@ -27,6 +29,8 @@ TRIGGERS = {
     "merge_request": "merge_requests_events",
     "pipeline": "pipeline_events",
 }
+SECRET_NOTE = ("Secret token: sent with every hook created or updated. GitLab never shows it; before 19.0 it "
+               "does not even say whether a hook has one (\"unknown\").")
 REENABLE_HINT = ("once the service answers at PUBLIC_URL, re-enable it in GitLab: the project's "
                  "Settings > Webhooks > Test > Push events (a 2xx answer re-enables the hook)")
 
@@ -135,6 +139,28 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
                       state or "active", tuple(hints), attention=bool(hints))
 
 
+def steps_report(steps: Sequence[Step], dry_run: bool) -> tuple[list[str], bool]:
+    """The table of what was (or would be) done, and whether a project needs attention."""
+    lines = _table(("project", "action", "details"), [(step.project.path, step.action, step.why) for step in steps])
+    counts = Counter(step.action for step in steps)
+    summary = ", ".join(f"{action} {count}" for action, count in counts.items())
+    lines.append(f"{len(steps)} projects: {summary}." + (" Dry run: nothing was changed." if dry_run else ""))
+    lines.append(SECRET_NOTE)
+    return lines, bool(counts.keys() & {"skip", "skipped", "failed"})
+
+
+def check_report(statuses: Sequence[HookStatus]) -> tuple[list[str], bool]:
+    """The `--check` table, its hints and summary, and whether a project needs attention."""
+    rows = [(s.project.path, s.hook, s.secret, s.triggers, s.state) for s in statuses]
+    lines = _table(("project", "hook", "secret", "triggers", "state"), rows)
+    lines += [f"{status.project.path}: {hint}" for status in statuses for hint in status.hints]
+    attention = sum(status.attention for status in statuses)
+    lines.append(f"{len(statuses)} projects: {attention} need attention.")
+    if any(status.secret.startswith("unknown") for status in statuses):
+        lines.append(SECRET_NOTE)
+    return lines, bool(attention)
+
+
 def normalize_url(url: str) -> str:
     """The URL as compared: scheme and host lower-cased, default port and trailing slashes dropped."""
     parts = urlsplit(url.strip())
@@ -223,3 +249,11 @@ def _names(triggers: Iterable[str]) -> str:
     order = {name: i for i, name in enumerate(TRIGGERS.values())}
     names = sorted(triggers, key=lambda name: (order.get(name, len(order)), name))
     return ", ".join(names) or "no events (NOTIFY_EVENTS is empty)"
+
+
+def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
+    """Columns padded to their widest cell; the last one is left ragged."""
+    rows = list(rows)
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return ["  ".join([str(cell).ljust(width) for cell, width in zip(row, widths)] + [str(row[-1])]).rstrip()
+            for row in [header, *rows]]

@@ -1,24 +1,29 @@
 """`python webhook_server.py --wire-hooks [--dry-run | --check]`: the GitLab webhook of every owned project.
 
-Lists the projects the API token's user is a member of (not archived), asks
-owners.json (the same matcher the service uses) which of them it names, reads
-their hooks, and hands everything to `hookplan`, then creates or updates what
-the plan says and prints a table. GitLab's API is reached through
+Finds the projects owners.json names (the same matcher the service routes
+with), reads their hooks, and hands everything to `hookplan`, then creates or
+updates what the plan says and prints a table. GitLab's API is reached through
 python-gitlab; the API token and the secret token are never printed.
+
+Which projects: a key that can match fuzzily or by a `*` pattern needs a
+listing (every project for an instance admin, else the user's own); a key that
+is a group or project path is looked up too, adding the projects there the user
+is not a member of (an admin's listing holds them already).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
-from collections import Counter
+import unicodedata
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable
 
 import gitlab
 import requests
 
 from .events import Project
-from .hookplan import HookStatus, Listing, Step, check, desired_hook, plan
+from .hookplan import Listing, Step, check, check_report, desired_hook, plan, steps_report
 from .owners import Owners, load_owners
 from .settings import ConfigError, Settings
 
@@ -34,10 +39,23 @@ TOKEN_HELP = ("create a personal, group or project access token with the `api` s
               "Maintainer of the projects, and set it as GITLAB_API_TOKEN")
 NO_PERMISSION = "no permission: the token's user needs the Maintainer role here"
 DONE = {"create": "created", "update": "updated", "skip": "skipped"}
+NOT_DONE = "not done"
+# A key GitLab could have as a group or project path (ASCII segments joined by "/"); others are never looked up.
+PATH_KEY = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+LISTED = dict(get_all=True, archived=False, simple=True, order_by="id", sort="asc", per_page=PAGE_SIZE)
 
 
 class WiringError(Exception):
     """Stops the whole run (bad token, GitLab unreachable, nothing matched); the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """The projects owners.json names, and what the search saw on the way."""
+    projects: tuple[Project, ...]    # by id, each once
+    seen: int                        # distinct projects looked at, named or not
+    admin: bool | None               # whether the listing was an admin's; None when no listing was needed
+    problems: tuple[tuple[str, str], ...] = ()   # (key, why) for keys GitLab refused to expand
 
 
 def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = False,
@@ -49,21 +67,26 @@ def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = 
     now = (clock or (lambda: datetime.now(timezone.utc)))()
     client = GitLab(settings)
     try:
-        listings, unused_keys = client.owned_projects(owners)
-        if check_only:
-            status = _report_check([check(listing, desired, now) for listing in listings])
-        else:
-            steps = [plan(listing, desired, now) for listing in listings]
-            if not dry_run:
-                steps = [client.apply(step, settings.gitlab_webhook_secret) for step in steps]
-            status = _report_steps(steps, dry_run)
+        found = client.owned_projects(owners)
+        if not found.projects:
+            _report_problems(owners, found)
+            raise WiringError(_nothing_matched(found, owners))
+        listings = [client.listing(project) for project in found.projects]
     except WiringError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if unused_keys:
-        print(f"Keys of {owners.path} that name none of these projects: {', '.join(unused_keys)} "
-              "(projects the token's user is not a member of are not seen)")
-    return status
+        return _stopped(exc)
+    error = None
+    if check_only:
+        lines, attention = check_report([check(listing, desired, now) for listing in listings])
+    else:
+        steps = [plan(listing, desired, now) for listing in listings]
+        if not dry_run:
+            steps, error = client.apply_all(steps, settings.gitlab_webhook_secret)
+        lines, attention = steps_report(steps, dry_run)
+    print("\n".join(lines))
+    status = int(attention)
+    _report_problems(owners, found)
+    _report_unused(owners, found)
+    return _stopped(error) if error else max(status, 1 if found.problems else 0)
 
 
 class GitLab:
@@ -75,25 +98,51 @@ class GitLab:
         self._gl = gitlab.Gitlab(settings.gitlab_url, private_token=settings.gitlab_api_token,
                                  timeout=TIMEOUT_SECONDS, keep_base_url=True)
 
-    def owned_projects(self, owners: Owners) -> tuple[list[Listing], list[str]]:
-        """The projects owners.json names among those the token's user is a member of, with their hooks,
-        and the owners.json keys that named none of them."""
-        seen = 0
-        named: list[Project] = []
-        # get_all: every page is fetched inside _call, so a failure on page 2 is reported like one on page 1.
-        for project in self._call("list the projects", lambda: self._gl.projects.list(
-                get_all=True, membership=True, archived=False, simple=True, order_by="id", sort="asc",
-                per_page=PAGE_SIZE)):
-            seen += 1
-            candidate = Project(path=project.path_with_namespace, name=project.name,
-                                web_url=project.attributes.get("web_url", ""), id=project.id)
-            if owners.names(candidate):
-                named.append(candidate)
-        if not named:
-            raise WiringError(_nothing_matched(seen, owners))
-        unused = [entry.key for entry in owners.entries
-                  if not any(dataclasses.replace(owners, entries=(entry,)).names(p) for p in named)]
-        return [self._listing(project) for project in named], unused
+    def owned_projects(self, owners: Owners) -> Found:
+        """The projects owners.json names, found as the module docstring says, by id."""
+        seen: dict[int, object] = {}
+        admin = None
+        if any(entry.glob is not None or entry.fragments for entry in owners.entries):
+            # Such a key may name any project whose path or name holds it: only a listing finds them all.
+            self._call("identify the token's user", self._gl.auth)
+            admin = bool(self._gl.user.attributes.get("is_admin"))
+            # get_all: every page is fetched inside _call, so a failure on page 2 is reported like one on page 1.
+            listed = self._call("list the projects", lambda: self._gl.projects.list(
+                **LISTED, **({} if admin else {"membership": True})))
+            seen.update((project.id, project) for project in listed)
+        problems = []
+        if not admin:
+            for key, path in _path_keys(owners):
+                try:
+                    seen.update((project.id, project) for project in self._expand(path))
+                except _ProjectFailed as exc:
+                    problems.append((key, exc.failure))
+        named = (_project(found) for _, found in sorted(seen.items()))
+        return Found(tuple(p for p in named if owners.names(p)), len(seen), admin, tuple(problems))
+
+    def listing(self, project: Project) -> Listing:
+        """The project's hooks, or why they could not be read."""
+        hooks = self._gl.projects.get(project.id, lazy=True).hooks
+        try:
+            found = self._call("read its hooks", lambda: hooks.list(get_all=True), per_project=True)
+        except _ProjectFailed as exc:
+            return Listing(project, problem=str(exc))
+        return Listing(project, tuple(hook.attributes for hook in found))
+
+    def apply_all(self, steps: list[Step], secret: str) -> tuple[list[Step], WiringError | None]:
+        """Apply the steps in order; after an error that stops the run, the changes left are not done."""
+        done: list[Step] = []
+        error = None
+        for step in steps:
+            if error is not None and step.action in ("create", "update"):
+                done.append(Step(step.project, NOT_DONE, f"{step.action} not tried after the error below; {step.why}"))
+                continue
+            try:
+                done.append(self.apply(step, secret))
+            except WiringError as exc:
+                error = exc
+                done.append(Step(step.project, NOT_DONE, f"{step.action} interrupted by the error below; {step.why}"))
+        return done, error
 
     def apply(self, step: Step, secret: str) -> Step:
         """Create or update the hook as planned (the secret token is sent every time); the step as done."""
@@ -110,13 +159,24 @@ class GitLab:
             return Step(step.project, exc.action, str(exc))
         return Step(step.project, DONE[step.action], step.why)
 
-    def _listing(self, project: Project) -> Listing:
-        hooks = self._gl.projects.get(project.id, lazy=True).hooks
+    def _expand(self, path: str) -> list:
+        """The unarchived project at `path`, else the projects of the group there (subgroups included)."""
+        if "/" in path:                 # a project always has a namespace
+            try:
+                project = self._call("read the project", lambda: self._gl.projects.get(path), per_project=True)
+                return [] if project.attributes.get("archived") else [project]
+            except _ProjectFailed as exc:
+                if exc.code != 404:
+                    raise
+        # lazy: one request, GET /groups/:path/projects (404 when there is no such group the user can see).
+        group = self._gl.groups.get(path, lazy=True)
         try:
-            found = self._call("read its hooks", lambda: hooks.list(get_all=True), per_project=True)
+            return self._call("list the group's projects", lambda: group.projects.list(
+                **LISTED, include_subgroups=True, with_shared=False), per_project=True)
         except _ProjectFailed as exc:
-            return Listing(project, problem=str(exc))
-        return Listing(project, tuple(hook.attributes for hook in found))
+            if exc.code != 404:
+                raise
+            return []
 
     def _call(self, doing: str, call: Callable, *, per_project: bool = False):
         """Run one API call; a project-level refusal raises _ProjectFailed, anything else WiringError."""
@@ -135,21 +195,36 @@ class GitLab:
             if exc.response_code == 403 and "insufficient_scope" in str(exc.error_message):
                 raise WiringError(f"GITLAB_API_TOKEN lacks the `api` scope (it may be read_api); {TOKEN_HELP}") \
                     from None
-            answer = _answer(exc)
+            failure = f"could not {doing}: {_answer(exc)}"
             if not per_project:
-                raise WiringError(f"could not {doing}: {answer} (is GITLAB_URL={self.url} GitLab's address?)") \
-                    from None
+                raise WiringError(f"{failure} (is GITLAB_URL={self.url} GitLab's address?)") from None
             if exc.response_code == 403:
-                raise _ProjectFailed(NO_PERMISSION, "skipped") from None
-            raise _ProjectFailed(f"could not {doing}: {answer}", "failed") from None
+                raise _ProjectFailed(NO_PERMISSION, "skipped", 403, failure) from None
+            raise _ProjectFailed(failure, "failed", exc.response_code, failure) from None
 
 
 class _ProjectFailed(Exception):
-    """One project could not be read or changed; it is listed (as `action`) and the run goes on."""
+    """One project (or key) could not be read or changed; it is listed (as `action`) and the run goes on."""
 
-    def __init__(self, reason: str, action: str) -> None:
+    def __init__(self, reason: str, action: str, code: int | None, failure: str) -> None:
         super().__init__(reason)
-        self.action = action
+        self.action, self.code, self.failure = action, code, failure
+
+
+def _path_keys(owners: Owners) -> list[tuple[str, str]]:
+    """(key as written, path to look up) for each key that could be a group or project path."""
+    keys = {}
+    for entry in owners.entries:
+        path = unicodedata.normalize("NFKC", entry.key).strip().strip("/")
+        if entry.glob is None and PATH_KEY.fullmatch(path):
+            keys.setdefault(path.casefold(), (entry.key, path))     # GitLab's paths ignore case
+    return list(keys.values())
+
+
+def _project(found) -> Project:
+    """A project as the matcher sees it, from any of GitLab's project shapes."""
+    return Project(path=found.path_with_namespace, name=found.name,
+                   web_url=found.attributes.get("web_url", ""), id=found.id)
 
 
 def _require(settings: Settings) -> None:
@@ -161,12 +236,38 @@ def _require(settings: Settings) -> None:
         raise ConfigError(f"--wire-hooks needs these settings in .env or the environment:{lines}")
 
 
-def _nothing_matched(seen: int, owners: Owners) -> str:
-    if not seen:
-        return ("the token's user is a member of no (unarchived) project; add it as a Maintainer of the "
+def _stopped(exc: WiringError) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _nothing_matched(found: Found, owners: Owners) -> str:
+    if found.admin is None:
+        return f"no key of {owners.path} is the path of a group or project the token's user can see"
+    if not found.seen:
+        return ("GitLab has no (unarchived) project" if found.admin else
+                "the token's user is a member of no (unarchived) project; add it as a Maintainer of the "
                 "projects, or use a group access token")
-    return (f"none of the {seen} projects the token's user is a member of matches a key of {owners.path}; "
+    where = "on GitLab" if found.admin else "the token's user is a member of"
+    return (f"none of the {found.seen} projects {where} matches a key of {owners.path}; "
             "check the keys with --match GROUP/PROJECT")
+
+
+def _report_problems(owners: Owners, found: Found) -> None:
+    for key, why in found.problems:
+        print(f"Key {key} of {owners.path}: {why}")
+
+
+def _report_unused(owners: Owners, found: Found) -> None:
+    refused = {key for key, _ in found.problems}
+    unused = [entry.key for entry in owners.entries if entry.key not in refused and not any(
+        dataclasses.replace(owners, entries=(entry,)).names(project) for project in found.projects)]
+    if unused:
+        unseen = {True: "the token's user is an admin, so every unarchived project was seen",
+                  False: "projects the token's user is not a member of are not seen, unless a key is their "
+                         "group's or their own path",
+                  None: "no group or project the token's user can see has such a path"}[found.admin]
+        print(f"Keys of {owners.path} that name none of these projects: {', '.join(unused)} ({unseen})")
 
 
 def _answer(exc: gitlab.GitlabError) -> str:
@@ -185,38 +286,3 @@ def _network_reason(exc: Exception) -> str:
     if isinstance(exc, requests.exceptions.ConnectionError):
         return "connection failed: wrong address or port, DNS, firewall or proxy"
     return type(exc).__name__
-
-
-def _report_steps(steps: list[Step], dry_run: bool) -> int:
-    _table(("project", "action", "details"), [(step.project.path, step.action, step.why) for step in steps])
-    counts = Counter(step.action for step in steps)
-    summary = ", ".join(f"{action} {count}" for action, count in counts.items())
-    print(f"{len(steps)} projects: {summary}." + (" Dry run: nothing was changed." if dry_run else ""))
-    _secret_note()
-    return 1 if counts.keys() & {"skip", "skipped", "failed"} else 0
-
-
-def _report_check(statuses: list[HookStatus]) -> int:
-    rows = [(s.project.path, s.hook, s.secret, s.triggers, s.state) for s in statuses]
-    _table(("project", "hook", "secret", "triggers", "state"), rows)
-    for status in statuses:
-        for hint in status.hints:
-            print(f"{status.project.path}: {hint}")
-    attention = sum(status.attention for status in statuses)
-    print(f"{len(statuses)} projects: {attention} need attention.")
-    if any(status.secret.startswith("unknown") for status in statuses):
-        _secret_note()
-    return 1 if attention else 0
-
-
-def _secret_note() -> None:
-    print("Secret token: sent with every hook created or updated. GitLab never shows it; before 19.0 it does not "
-          "even say whether a hook has one (\"unknown\").")
-
-
-def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> None:
-    rows = list(rows)
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        cells = [str(cell).ljust(width) for cell, width in zip(row, widths)] + [str(row[-1])]
-        print("  ".join(cells).rstrip())

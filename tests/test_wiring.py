@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -23,6 +24,8 @@ YESHUI = gitlab_project(1, "grouptwogame/yeshui-client", "Y_野水发财（客�
 NAINA = gitlab_project(2, "grouptwogame/naina", "N_奶奶的小农院")                  # exact: N_奶奶的小农院
 DIASPORA = gitlab_project(3, "mike/diaspora", "Diaspora")                       # exact: mike/diaspora
 UNOWNED = gitlab_project(4, "other/tools", "Tools")                             # nobody's
+SUBTOOL = gitlab_project(5, "grouptwogame/sub/tool", "Tool")                    # in a subgroup
+LOOKALIKE = gitlab_project(6, "other/grouptwogame-tools", "GT tools")           # fuzzy: grouptwogame
 NOW = datetime(2030, 1, 1, 9, 0, tzinfo=timezone.utc)
 
 
@@ -51,6 +54,29 @@ def row(output: str, path: str) -> str:
     return next(line for line in output.splitlines() if line.startswith(path + " "))
 
 
+def paths(output: str) -> list[str]:
+    """The projects of the table, in its order."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("project ")) + 1
+    end = next(i for i, line in enumerate(lines) if re.match(r"\d+ projects: ", line))
+    return [line.split()[0] for line in lines[start:end]]
+
+
+def requested(rsps, part: str) -> list[str]:
+    return [call.request.url for call in rsps.calls if part in call.request.url]
+
+
+def with_owners(settings: Settings, tmp_path, owners: dict) -> Settings:
+    path = tmp_path / "wiring_owners.json"
+    path.write_text(json.dumps(owners, ensure_ascii=False), encoding="utf-8")
+    return dataclasses.replace(settings, owners_file=path)
+
+
+def every_api_get(rsps, **answer) -> None:
+    """GitLab (or whatever is at GITLAB_URL) answering every GET of the API the same way."""
+    rsps.add(responses.GET, re.compile(rf"{re.escape(API)}/.*"), **answer)
+
+
 def test_creates_the_hook_with_our_url_secret_and_triggers(wiring_settings, rsps, capsys):
     gitlab = FakeGitLab(rsps, [YESHUI, UNOWNED])
     assert run(wiring_settings) == 0
@@ -70,9 +96,9 @@ def test_never_asks_for_the_hooks_of_a_project_owners_json_does_not_name(wiring_
 def test_lists_only_unarchived_projects_the_tokens_user_is_a_member_of(wiring_settings, rsps):
     FakeGitLab(rsps, [YESHUI])
     run(wiring_settings, dry_run=True)
-    first = rsps.calls[0].request
-    assert first.headers["PRIVATE-TOKEN"] == API_TOKEN
-    assert all(part in first.url for part in ("membership=True", "archived=False", "per_page=100"))
+    listing = next(call.request for call in rsps.calls if call.request.path_url.startswith("/api/v4/projects?"))
+    assert listing.headers["PRIVATE-TOKEN"] == API_TOKEN
+    assert all(part in listing.url for part in ("membership=True", "archived=False", "per_page=100"))
 
 
 def test_updates_our_hook_when_its_triggers_are_wrong(wiring_settings, rsps, capsys):
@@ -161,7 +187,7 @@ def test_check_shows_a_disabled_hook_with_how_to_re_enable_it(wiring_settings, r
 
 def test_a_bad_token_says_so_and_which_scope_it_needs(wiring_settings, rsps, capsys, caplog):
     caplog.set_level(logging.DEBUG)
-    rsps.add(responses.GET, f"{API}/projects", status=401, json={"message": "401 Unauthorized"})
+    every_api_get(rsps, status=401, json={"message": "401 Unauthorized"})
     assert run(wiring_settings) == 1
     err = capsys.readouterr().err
     assert "GITLAB_API_TOKEN" in err and "invalid, expired or revoked" in err and "`api` scope" in err
@@ -183,7 +209,7 @@ def test_a_token_without_the_api_scope_stops_with_the_scope_it_needs(wiring_sett
     (requests.exceptions.ConnectTimeout("slow"), "no answer within"),
 ])
 def test_unreachable_gitlab_names_gitlab_url(wiring_settings, rsps, capsys, failure, reason):
-    rsps.add(responses.GET, f"{API}/projects", body=failure)
+    every_api_get(rsps, body=failure)
     assert run(wiring_settings) == 1
     err = capsys.readouterr().err
     assert f"GitLab at GITLAB_URL={BASE} is unreachable" in err and reason in err
@@ -199,10 +225,10 @@ def test_gitlab_failing_on_a_later_page_of_projects_is_reported_like_on_the_firs
 
 
 def test_a_gitlab_url_that_is_not_gitlab_says_so(wiring_settings, rsps, capsys):
-    rsps.add(responses.GET, f"{API}/projects", status=404, json={"message": "404 Not Found"})
+    every_api_get(rsps, status=404, json={"message": "404 Not Found"})
     assert run(wiring_settings) == 1
     err = capsys.readouterr().err
-    assert "could not list the projects: GitLab answered 404 Not Found" in err and "GITLAB_URL=" in err
+    assert "could not identify the token's user: GitLab answered 404 Not Found" in err and "GITLAB_URL=" in err
 
 
 def test_no_owners_json_match_at_all_is_an_error(wiring_settings, rsps, capsys):
@@ -260,3 +286,84 @@ def test_a_hook_gitlab_refuses_to_create_is_listed_and_the_rest_goes_on(wiring_s
     failed = row(capsys.readouterr().out, "grouptwogame/yeshui-client")
     assert "failed" in failed and "422" in failed and "Requests to the local network are not allowed" in failed
     assert len(gitlab.hooks[2]) == 1
+
+
+@pytest.mark.parametrize("key, wired", [
+    # the group and its subgroup through the API, and (as routing does) a member project whose path holds the key
+    ("grouptwogame", ["grouptwogame/naina", "grouptwogame/sub/tool", "other/grouptwogame-tools"]),
+    ("grouptwogame/sub", ["grouptwogame/sub/tool"]),
+])
+def test_a_group_key_covers_its_projects_and_subgroups_the_user_is_no_member_of(wiring_settings, rsps, capsys,
+                                                                                 tmp_path, key, wired):
+    FakeGitLab(rsps, [NAINA, SUBTOOL, LOOKALIKE, UNOWNED], members=(2, 4, 6))
+    assert run(with_owners(wiring_settings, tmp_path, {key: "lead@example.com"}), dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert paths(out) == wired and f"{len(wired)} projects: create {len(wired)}." in out   # naina once
+    [group] = requested(rsps, "/groups/")
+    assert all(part in group for part in ("include_subgroups=True", "with_shared=False", "archived=False"))
+
+
+def test_a_project_path_key_is_read_by_its_path_even_when_the_user_is_no_member(wiring_settings, rsps, capsys,
+                                                                                tmp_path):
+    archived = gitlab_project(7, "mike/old", "Old", archived=True)
+    FakeGitLab(rsps, [DIASPORA, archived], members=())
+    owners = {"mike/diaspora": "mike@example.com", "mike/old": "mike@example.com"}
+    assert run(with_owners(wiring_settings, tmp_path, owners), dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert paths(out) == ["mike/diaspora"] and "name none of these projects: mike/old (" in out
+    assert requested(rsps, "/projects/mike%2Fdiaspora") and not requested(rsps, "/groups/mike%2Fdiaspora")
+
+
+@pytest.mark.parametrize("admin, listed_with, wired", [
+    (True, "archived=False", ["grouptwogame/yeshui-client", "grouptwogame/naina", "mike/diaspora"]),
+    (False, "membership=True", ["grouptwogame/yeshui-client", "mike/diaspora"]),   # diaspora by its path
+])
+def test_an_admin_lists_every_project_anyone_else_their_own(wiring_settings, rsps, capsys, admin, listed_with,
+                                                             wired):
+    FakeGitLab(rsps, [YESHUI, NAINA, DIASPORA], admin=admin, members=(1,))
+    run(wiring_settings, dry_run=True)
+    [listing] = requested(rsps, "/v4/projects?")
+    assert listed_with in listing and ("membership" in listing) is not admin
+    assert paths(capsys.readouterr().out) == wired
+    assert bool(requested(rsps, "/projects/mike%2Fdiaspora")) is not admin    # an admin's listing has them all
+
+
+@pytest.mark.parametrize("refused, shown, status", [
+    ((), "name none of these projects: gone-group (", 0),            # 404: no such group the user can see
+    (("gone-group",), ": could not list the group's projects: GitLab answered 403 Forbidden", 1),
+])
+def test_a_group_key_gitlab_refuses_is_reported_and_the_rest_goes_on(wiring_settings, rsps, capsys, tmp_path,
+                                                                     refused, shown, status):
+    gitlab = FakeGitLab(rsps, [YESHUI], refused_groups=refused)
+    owners = {"gone-group": "lead@example.com", "Y_野水发财": "zhangsan@example.com"}
+    assert run(with_owners(wiring_settings, tmp_path, owners)) == status
+    out = capsys.readouterr().out
+    assert shown in out and "created" in row(out, "grouptwogame/yeshui-client") and len(gitlab.hooks[1]) == 1
+
+
+@pytest.mark.parametrize("key, listed", [("x", False), ("x/*", True)])
+def test_projects_are_listed_only_for_keys_that_can_match_fuzzily_or_by_pattern(wiring_settings, rsps, capsys,
+                                                                                tmp_path, key, listed):
+    FakeGitLab(rsps, [gitlab_project(9, "x/app", "App")])          # a 1-character key never matches fuzzily
+    assert run(with_owners(wiring_settings, tmp_path, {key: "lead@example.com"}), dry_run=True) == 0
+    assert paths(capsys.readouterr().out) == ["x/app"]
+    assert bool(requested(rsps, "/v4/projects?")) is listed and bool(requested(rsps, "/user")) is listed
+
+
+@pytest.mark.parametrize("failure", [
+    dict(body=requests.exceptions.ConnectionError("reset")),
+    dict(status=401, json={"message": "401 Unauthorized"}),           # the token revoked meanwhile
+])
+def test_an_error_that_stops_the_run_midway_still_shows_what_was_done(wiring_settings, rsps, capsys, failure):
+    rsps.add(responses.POST, f"{API}/projects/2/hooks", **failure)
+    test_project = gitlab_project(8, "qa/ceshi", "测试项目")
+    gitlab = FakeGitLab(rsps, [YESHUI, NAINA, DIASPORA, test_project], {3: [gitlab_hook(7, OURS, 3, **RIGHT)]})
+    assert run(wiring_settings) == 1
+    captured = capsys.readouterr()
+    assert [row(captured.out, path).split()[1:3] for path in paths(captured.out)] == [
+        ["created", "new"], ["not", "done"], ["ok", "hook"], ["not", "done"]]
+    assert "create interrupted by the error below" in row(captured.out, "grouptwogame/naina")
+    assert "create not tried after the error below" in row(captured.out, "qa/ceshi")
+    assert "4 projects: created 1, not done 2, ok 1." in captured.out and captured.err.startswith("error: ")
+    assert changes(rsps) == [("POST", "/api/v4/projects/1/hooks"), ("POST", "/api/v4/projects/2/hooks")]
+    assert len(gitlab.hooks[1]) == 1 and gitlab.hooks[8] == []
