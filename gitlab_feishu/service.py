@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 from . import cards, chats
 from .cards import card_content, render_card
 from .delivery import Deliverer, Outcome, shown
-from .events import Event, PipelineEvent
+from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
 from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox
 from .owners import Match, OwnersFile
@@ -98,7 +98,7 @@ class Notifier:
         contents = {channel: card_content(render_card(event, self.settings.card_lang, max_bytes=CARD_LIMITS[channel]))
                     for channel in dict.fromkeys(m.channel for m in matches)}
         if self.settings.dry_run:
-            return self._dry_run(event, key, matches, contents, base, skipped)
+            return self._dry_run(event, key, matches, contents, base, skipped, started)
 
         planned = [NewDelivery(m.channel, m.recipient, m.rule, contents[m.channel],
                                feishu_uuid(key, m.channel, m.recipient)) for m in matches]
@@ -111,7 +111,7 @@ class Notifier:
         outcomes = self.deliverer.deliver(rows, deadline)
         deliveries = [_delivery_json(row, outcomes[row.id]) for row in rows] + skipped
         response = {"status": overall_status([d["result"] for d in deliveries]), **base, "deliveries": deliveries}
-        self._log(event, key, rows, outcomes, started)
+        self._log(event, key, [_outcome_part(row, outcomes[row.id]) for row in rows], started)
         return response
 
     def _recipients(self, event: Event) -> list[Match]:
@@ -138,10 +138,11 @@ class Notifier:
         return {"status": "ignored", "reason": reason, **(base or {}), "deliveries": []}
 
     def _dry_run(self, event: Event, key: str, matches: list[Match], contents: dict[str, str], base: dict,
-                 skipped: list[dict]) -> dict:
+                 skipped: list[dict], started: float) -> dict:
         for match in matches:
             log.info("dry run: would send to %s (%s) for %s: %s", match.shown, match.rule, key,
                      contents[match.channel])
+        self._log(event, key, [f"{match.shown} ({match.rule}) dry_run" for match in matches], started)
         return {"status": "dry_run", "reason": "FEISHU_APP_ID is not set: cards were logged, not sent", **base,
                 "deliveries": [{"to": m.shown, "rule": m.rule, "result": "dry_run"} for m in matches] + skipped}
 
@@ -155,16 +156,22 @@ class Notifier:
         return {"status": overall_status([d["result"] for d in deliveries]), "reason": reason, **base,
                 "deliveries": deliveries}
 
-    def _log(self, event: Event, key: str, rows: list[Delivery], outcomes: dict[int, Outcome],
-             started: float) -> None:
-        parts = []
-        for row in rows:
-            outcome = outcomes[row.id]
-            part = f"{shown(row)} ({row.rule}) {outcome.status} in {outcome.duration * 1000:.0f} ms"
-            parts.append(part + (f": {outcome.error}" if outcome.error and outcome.status != SENT else ""))
-        log.info("%s %s %s by %s key=%s in %.0f ms -> %s", event.kind, event.project.path,
-                 getattr(event, "ref", ""), event.actor.label or "?", key,
-                 (self.clock() - started) * 1000, "; ".join(parts))
+    def _log(self, event: Event, key: str, parts: list[str], started: float) -> None:
+        """The one line per webhook: key, event, project, ref, who, then each recipient's rule and outcome."""
+        log.info("%s %s %s by %s key=%s in %.0f ms -> %s", event.kind, event.project.path, _ref(event),
+                 event.actor.label or "?", key, (self.clock() - started) * 1000, "; ".join(parts))
+
+
+def _outcome_part(row: Delivery, outcome: Outcome) -> str:
+    part = f"{shown(row)} ({row.rule}) {outcome.status} in {outcome.duration * 1000:.0f} ms"
+    return part + (f": {outcome.error}" if outcome.error and outcome.status != SENT else "")
+
+
+def _ref(event: Event) -> str:
+    """A push's, tag's or pipeline's ref; a merge request's source and target branches."""
+    if isinstance(event, MergeRequestEvent):
+        return f"{event.source_branch} into {event.target_branch}"
+    return getattr(event, "ref", "")
 
 
 def _delivery_json(row: Delivery, outcome: Outcome) -> dict:

@@ -174,6 +174,9 @@ def test_dry_run_logs_the_card_and_sends_nothing(settings, feishu, caplog):
                                             "result": "dry_run"}]
     assert "修复：登录界面在 1080p 下按钮错位" in caplog.text and '"schema":"2.0"' in caplog.text
     assert feishu.requests == []
+    [summary] = [r.getMessage() for r in caplog.records if " key=" in r.getMessage()]
+    assert summary.startswith("push grouptwogame/yeshui-client refs/heads/feature/登录界面 by 张三 (zhangsan) key=idem:")
+    assert summary.endswith("-> zhangsan@example.com (fuzzy: Y_野水发财) dry_run")
 
 
 @pytest.mark.parametrize("drop", [(), ("Idempotency-Key",), ("Idempotency-Key", "X-Gitlab-Event-UUID")])

@@ -63,6 +63,12 @@ def test_one_line_per_webhook_with_key_event_owners_outcomes_and_durations(clien
     assert re.search(r"wangwu@example\.com \(exact: N_奶奶的小农院\) failed in \d+ ms: .*230013", line)
 
 
+def test_a_merge_request_line_shows_where_the_change_goes(client, log_file):
+    post(client, "chinese_merge_request.json", gitlab_headers("Merge Request Hook", key=KEY))
+    [line] = [line for line in log_file.read_text(encoding="utf-8").splitlines() if f"key=idem:{KEY}" in line]
+    assert "merge_request grouptwogame/yeshui-client feature/登录界面 into main by 张三" in line
+
+
 def test_the_fallback_key_is_logged_without_an_idempotency_key(client, log_file):
     headers = gitlab_headers()
     del headers["Idempotency-Key"]
