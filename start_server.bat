@@ -1,6 +1,7 @@
 @echo off
 rem Start the GitLab -> Feishu notifier on Windows: double-click this file (or "Run as administrator").
-rem The first run creates .venv, installs requirements.txt and creates .env from .env.example.
+rem The first run creates .venv, installs requirements.txt and creates .env from .env.example;
+rem then every run starts the service: python webhook_server.py (with the .venv Python).
 rem Keep this file ASCII with CRLF line endings: cmd reads a batch file in the console's code page.
 setlocal
 chcp 65001 >nul
@@ -34,7 +35,7 @@ echo.
 start "" notepad ".env"
 
 :start
-"%VENV_PY%" webhook_server.py %*
+".venv\Scripts\python.exe" webhook_server.py %*
 if errorlevel 1 goto :stopped
 exit /b 0
 

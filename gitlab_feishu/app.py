@@ -76,7 +76,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
             credentials.start()
     if background:
         watcher.start()
-    if not settings.gitlab_webhook_secret:
+    if not settings.gitlab_webhook_secret and not settings.gitlab_signing_token:
         log.warning("GITLAB_WEBHOOK_SECRET is not set: anyone who can reach this service can make it send cards")
     notifier = Notifier(settings, owners, outbox, deliverer, lease_owner=lease_owner, clock=clock, users=users)
 

@@ -16,7 +16,7 @@ from .settings import EVENT_KINDS, ConfigError, Settings
 log = logging.getLogger("gitlab_feishu.cli")
 
 WAITRESS_THREADS = 32          # webhooks served at once; each may wait on Feishu for a round trip
-SELF_CHECK_WAIT = 4.0          # the banner waits this long for the Feishu credentials check
+SELF_CHECK_WAIT = 2.0          # the banner waits this long for the Feishu credentials check
 # Windows reports a taken port as WSAEADDRINUSE (10048), not EADDRINUSE.
 _ADDRESS_IN_USE = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)}
 
@@ -86,7 +86,7 @@ def serve(settings: Settings) -> int:
         f"  mode:    {'dry-run (FEISHU_APP_ID not set: cards are logged, not sent)' if settings.dry_run else 'live'}",
         f"  owners:  {settings.owners_file} ({len(owners.current())} entries)",
         f"  webhook: {webhook_url(settings)}  (GitLab: Settings > Webhooks > URL)",
-        f"  secret:  {'set' if settings.gitlab_webhook_secret else 'NOT SET - anyone who can reach this port can send'}",
+        f"  secret:  {_secret_state(settings)}",
         f"  logs:    {settings.log_dir / 'webhook_server.log'}",
         f"  feishu:  credentials {feishu_state}",
         f"  sources: {_networks(settings.allowed_sources) or 'anyone (ALLOWED_SOURCES not set)'}"
@@ -103,6 +103,15 @@ def serve(settings: Settings) -> int:
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def _secret_state(settings: Settings) -> str:
+    signed = " (and GITLAB_SIGNING_TOKEN: signatures verified)" if settings.gitlab_signing_token else ""
+    if settings.gitlab_webhook_secret:
+        return "set" + signed
+    if signed:
+        return "not set; deliveries must carry a valid GitLab 19 signature (GITLAB_SIGNING_TOKEN)"
+    return "NOT SET - anyone who can reach this port can send"
 
 
 def webhook_url(settings: Settings) -> str:

@@ -42,7 +42,7 @@ def test_batch_file_sets_up_the_console_and_folder(name, command):
     "copy /y requirements.txt .venv\\requirements.installed",
     'copy ".env.example" ".env"',                      # .env on the first run, opened for filling in
     "notepad",
-    '"%VENV_PY%" webhook_server.py %*',                # the service itself
+    '".venv\\Scripts\\python.exe" webhook_server.py %*',   # the service itself
     "if errorlevel 1 goto :stopped",                   # its failure keeps the window open
 ])
 def test_start_server_does_each_step(command):

@@ -157,3 +157,24 @@ def test_banner_webhook_url_is_the_one_to_paste_into_gitlab(settings, changes, u
 def test_banner_webhook_url_on_all_interfaces_names_this_machine(settings):
     url = cli.webhook_url(dataclasses.replace(settings, host="0.0.0.0", port=5000))
     assert url.startswith("http://") and url.endswith(":5000/gitlab-webhook") and "0.0.0.0" not in url
+
+
+SIGNING_TOKEN = "whsec_" + "a2V5LWZvci1zaWduaW5nLWV4YW1wbGVzLTMyYnl0ZXM="
+
+
+@pytest.mark.parametrize(("secret", "signing", "line"), [
+    ("s3cret", "", "  secret:  set\n"),
+    ("", "", "  secret:  NOT SET - anyone who can reach this port can send"),
+    ("", SIGNING_TOKEN, "  secret:  not set; deliveries must carry a valid GitLab 19 signature"),
+])
+def test_banner_says_how_deliveries_are_verified(settings, serve, secret, signing, line):
+    banner = serve(dataclasses.replace(settings, feishu_app_id="", gitlab_webhook_secret=secret,
+                                       gitlab_signing_token=signing))
+    assert line in banner
+
+
+def test_no_open_endpoint_warning_when_deliveries_are_signed(settings, caplog):
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        create_app(dataclasses.replace(settings, feishu_app_id="", gitlab_webhook_secret="",
+                                       gitlab_signing_token=SIGNING_TOKEN), background=False)
+    assert "GITLAB_WEBHOOK_SECRET is not set" not in caplog.text
