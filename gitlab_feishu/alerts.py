@@ -226,9 +226,9 @@ class Alerter:
         planned = [NewDelivery("dm", admin, f"admin alert: {problem.kind}", content, feishu_uuid(key, "dm", admin))
                    for admin in self.admins]
         # Not leased (lease_seconds=0): the retry worker picks it up within a second, off the request's path.
-        created, _ = self.outbox.begin_event(key, "alert", problem.key, planned, lease_owner=self.lease_owner,
-                                             lease_seconds=0, retry_window=RETRY_WINDOW)
-        if created:
+        new, _ = self.outbox.begin_event(key, "alert", problem.key, planned, lease_owner=self.lease_owner,
+                                         lease_seconds=0, retry_window=RETRY_WINDOW)
+        if new:
             log.warning("admin alert for %s to %s: %s", problem.key, ", ".join(self.admins), problem.detail or
                         TEXTS[problem.kind]["en"][0].format(**problem.values))
-        return created
+        return bool(new)

@@ -131,19 +131,23 @@ class Outbox:
     # -- events ----------------------------------------------------------------
 
     def begin_event(self, key: str, kind: str, project: str, deliveries: Iterable[NewDelivery], *,
-                    lease_owner: str, lease_seconds: float, retry_window: float) -> tuple[bool, list[Delivery]]:
-        """Record a new event and its deliveries, leased to the caller for an inline attempt.
+                    lease_owner: str, lease_seconds: float,
+                    retry_window: float) -> tuple[list[Delivery], list[Delivery]]:
+        """Record an event's deliveries, each new one leased to the caller for an inline attempt.
 
-        Returns (True, rows) for a new event, (False, its existing rows) for a repeat.
+        Returns (new rows, rows recorded earlier for the same key and recipient): a repeat of the event
+        makes no second card for anyone, yet reaches a recipient added to owners.json since.
         """
         now = self.clock()
         with self._write() as conn:
-            cursor = conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
-                                  (key, kind, project, now))
-            if cursor.rowcount == 0:
-                return False, self._event_rows(conn, key)
-            rows = []
+            conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
+                         (key, kind, project, now))
+            recorded = {(row.channel, row.recipient): row for row in self._event_rows(conn, key)}
+            new, earlier = [], []
             for d in deliveries:
+                if (d.channel, d.recipient) in recorded:
+                    earlier.append(recorded[d.channel, d.recipient])
+                    continue
                 row = Delivery(id=0, event_key=key, channel=d.channel, recipient=d.recipient, rule=d.rule,
                                content=d.content, uuid=d.uuid, status=QUEUED, attempts=0, rounds=0,
                                next_attempt_at=now, lease_until=now + lease_seconds, last_error=None,
@@ -154,8 +158,8 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                     (key, d.channel, d.recipient, d.rule, d.content, d.uuid, now, lease_owner, row.lease_until,
                      now, row.give_up_at, now))
-                rows.append(dataclasses.replace(row, id=cursor.lastrowid))
-            return True, rows
+                new.append(dataclasses.replace(row, id=cursor.lastrowid))
+            return new, earlier
 
     def event_summary(self, key: str) -> tuple[str, str] | None:
         """(kind, project) of a remembered event, or None."""

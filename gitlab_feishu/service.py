@@ -103,15 +103,21 @@ class Notifier:
         planned = [NewDelivery(m.channel, m.recipient, m.rule, contents[m.channel],
                                feishu_uuid(key, m.channel, m.recipient)) for m in matches]
         deadline = started + self.settings.delivery_deadline_seconds - DEADLINE_MARGIN
-        created, rows = self.outbox.begin_event(
+        new, earlier = self.outbox.begin_event(
             key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
             lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK, retry_window=RETRY_WINDOW)
-        if not created:
-            return self._repeat(key, rows, base)
-        outcomes = self.deliverer.deliver(rows, deadline)
+        if not new:
+            return self._repeat(key, earlier, base)
+        outcomes = self.deliverer.deliver(new, deadline)
+        outcomes.update({row.id: Outcome(row.status, row.last_error) for row in earlier})
+        by_recipient = {(row.channel, row.recipient): row for row in new + earlier}
+        rows = [by_recipient[d.channel, d.recipient] for d in planned]
         deliveries = [_delivery_json(row, outcomes[row.id]) for row in rows] + skipped
         response = {"status": overall_status([d["result"] for d in deliveries]), **base, "deliveries": deliveries}
-        self._log(event, key, [_outcome_part(row, outcomes[row.id]) for row in rows], started)
+        if earlier:
+            response["reason"] = ("repeat of an earlier delivery: cards only for recipients added since "
+                                  "(the others' results are from the first one)")
+        self._log(event, key, [_outcome_part(row, outcomes[row.id]) for row in new], started)
         return response
 
     def _recipients(self, event: Event) -> list[Match]:

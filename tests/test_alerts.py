@@ -157,7 +157,7 @@ def fill_queue(app, n: int, key: str = "idem:backlog") -> list[Delivery]:
     planned = [NewDelivery("dm", f"ou_{i}", "exact: demo", "{}", f"uuid-{key}-{i}") for i in range(n)]
     outbox = app.extensions["gitlab_feishu"]["outbox"]
     return outbox.begin_event(key, "push", "mike/diaspora", planned, lease_owner="elsewhere", lease_seconds=86400,
-                              retry_window=86400)[1]
+                              retry_window=86400)[0]
 
 
 def watch(app, clock, seconds: float) -> None:

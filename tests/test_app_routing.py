@@ -68,6 +68,18 @@ def results(response) -> list[tuple[str, str]]:
     return [(d["to"], d["result"]) for d in response.json["deliveries"]]
 
 
+# --- repeats ---------------------------------------------------------------------------------
+
+def test_a_resend_after_an_owner_was_added_reaches_only_the_new_owner(make_client, fake):
+    headers = gitlab_headers()
+    first = post(make_client({"mike/diaspora": "mike@example.com"}), push_payload(), **headers)
+    resent = post(make_client({"mike/diaspora": ["mike@example.com", "lead@example.com"]}), push_payload(), **headers)
+    assert results(first) == [("mike@example.com", "sent")]
+    assert results(resent) == [("mike@example.com", "sent"), ("lead@example.com", "sent")]
+    assert "added since" in resent.json["reason"]
+    assert [m["to_email"] for m in fake.messages] == ["mike@example.com", "lead@example.com"]
+
+
 # --- group chats ------------------------------------------------------------------------------
 
 def test_a_push_reaches_the_owner_by_dm_and_the_group_by_its_bot(make_client, fake, bots):

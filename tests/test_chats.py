@@ -183,7 +183,7 @@ def chat_setup(tmp_path, clock):
                               sleep=clock.sleep, chats=bots, chat_secret=secrets.get)
         rows = outbox.begin_event("idem:chat", "push", "g/p", [NewDelivery("chat", URL, "exact: g", json.dumps(CARD),
                                                                            "gf-unused")],
-                                  lease_owner="me", lease_seconds=15, retry_window=86400)[1]
+                                  lease_owner="me", lease_seconds=15, retry_window=86400)[0]
         yield deliverer, rows, bots, pacer, secrets, outbox
 
 

@@ -83,7 +83,7 @@ def deliverer(outbox, feishu, clock):
 def record(outbox, *recipients, key="idem:1"):
     planned = [NewDelivery("dm", r, "exact: demo", '{"schema":"2.0"}', f"uuid-{key}-{r}") for r in recipients]
     return outbox.begin_event(key, "push", "group/project", planned, lease_owner="me", lease_seconds=15,
-                              retry_window=DAY)[1]
+                              retry_window=DAY)[0]
 
 
 def status(outbox, key="idem:1"):

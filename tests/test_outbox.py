@@ -68,10 +68,16 @@ def test_processes_starting_together_share_one_database(tmp_path):
 
 
 def test_event_is_recorded_once(outbox):
-    created, rows = begin(outbox, "idem:1", "a@example.com", "b@example.com")
-    again, same_rows = begin(outbox, "idem:1", "a@example.com", "b@example.com")
-    assert created and not again
+    rows, none_earlier = begin(outbox, "idem:1", "a@example.com", "b@example.com")
+    none_new, same_rows = begin(outbox, "idem:1", "a@example.com", "b@example.com")
+    assert len(rows) == 2 and none_earlier == [] and none_new == []
     assert [r.id for r in rows] == [r.id for r in same_rows]
+
+
+def test_a_repeat_records_only_recipients_added_since(outbox):
+    [first], _ = begin(outbox, "idem:1", "a@example.com")
+    [added], [earlier] = begin(outbox, "idem:1", "a@example.com", "new@example.com")
+    assert added.recipient == "new@example.com" and earlier.id == first.id
 
 
 def test_inline_rows_are_leased_and_not_claimed_by_the_worker(outbox, clock):
@@ -82,7 +88,7 @@ def test_inline_rows_are_leased_and_not_claimed_by_the_worker(outbox, clock):
 
 
 def test_a_claimed_row_is_not_claimed_twice(outbox, tmp_path, clock):
-    _, [row] = begin(outbox)
+    [row], _ = begin(outbox)
     outbox.finish(row.id, "queued", attempts=1, error="503", next_attempt_at=clock())
     other_process = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
     first = outbox.claim_due(owner="one", lease_seconds=60)
@@ -91,7 +97,7 @@ def test_a_claimed_row_is_not_claimed_twice(outbox, tmp_path, clock):
 
 
 def test_queued_row_waits_for_its_next_attempt(outbox, clock):
-    _, [row] = begin(outbox)
+    [row], _ = begin(outbox)
     outbox.finish(row.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 30)
     assert outbox.claim_due(owner="w", lease_seconds=60) == []
     assert outbox.next_due_at() == clock() + 30
@@ -100,7 +106,7 @@ def test_queued_row_waits_for_its_next_attempt(outbox, clock):
 
 
 def test_sent_row_never_changes_again(outbox):
-    _, [row] = begin(outbox)
+    [row], _ = begin(outbox)
     outbox.finish(row.id, "sent", attempts=1, message_id="om_1")
     outbox.finish(row.id, "queued", attempts=1, error="late timeout", next_attempt_at=0)
     [after] = outbox.event_rows("idem:1")
@@ -108,7 +114,7 @@ def test_sent_row_never_changes_again(outbox):
 
 
 def test_counts_and_pending_list_queued_and_failed(outbox, clock):
-    _, rows = begin(outbox, "idem:1", "a@example.com", "b@example.com", "c@example.com")
+    rows, _ = begin(outbox, "idem:1", "a@example.com", "b@example.com", "c@example.com")
     outbox.finish(rows[0].id, "sent", attempts=1, message_id="om_1")
     outbox.finish(rows[1].id, "failed", attempts=1, error="Feishu 230013: outside the availability range")
     outbox.finish(rows[2].id, "queued", attempts=1, error="HTTP 503", next_attempt_at=clock() + 5)
@@ -118,7 +124,7 @@ def test_counts_and_pending_list_queued_and_failed(outbox, clock):
 
 
 def test_retry_failed_requeues_with_a_fresh_window_and_backoff(outbox, clock):
-    _, [row] = begin(outbox)
+    [row], _ = begin(outbox)
     outbox.finish(row.id, "queued", attempts=1, error="HTTP 503", next_attempt_at=clock())
     outbox.finish(row.id, "failed", attempts=3, error="Feishu 99991672: missing permission")
     clock.advance(2 * DAY)
@@ -128,9 +134,9 @@ def test_retry_failed_requeues_with_a_fresh_window_and_backoff(outbox, clock):
 
 
 def test_prune_forgets_old_finished_events_only(outbox, clock):
-    _, [done] = begin(outbox, "idem:done")
+    [done], _ = begin(outbox, "idem:done")
     outbox.finish(done.id, "sent", attempts=1, message_id="om_1")
-    _, [waiting] = begin(outbox, "idem:waiting")
+    [waiting], _ = begin(outbox, "idem:waiting")
     outbox.finish(waiting.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 5)
     clock.advance(3 * DAY)
     assert outbox.prune(keep_seconds=2 * DAY) == 1
