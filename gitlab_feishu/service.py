@@ -75,7 +75,7 @@ class Notifier:
         """Handle one delivery whose token and JSON have been checked; returns the response body."""
         event = parse_event(payload, headers.get("X-Gitlab-Event"))
         if isinstance(event, Ignored):
-            return self._ignored(event.reason, headers)
+            return self._ignored(event.reason, headers, _named_in(payload))
         base = {"event": event.kind, "project": event.project.path}
         if event.kind not in self.settings.notify_events:
             return self._ignored(f"{event.kind} events are turned off (NOTIFY_EVENTS)", headers, base)
@@ -178,6 +178,16 @@ def _ref(event: Event) -> str:
     if isinstance(event, MergeRequestEvent):
         return f"{event.source_branch} into {event.target_branch}"
     return getattr(event, "ref", "")
+
+
+def _named_in(payload: Any) -> dict:
+    """The event kind and project a payload names, if it does, for an answer that ignores it."""
+    if not isinstance(payload, dict):
+        return {}
+    project = payload.get("project")
+    named = {"event": payload.get("object_kind"),
+             "project": project.get("path_with_namespace") if isinstance(project, dict) else None}
+    return {name: value for name, value in named.items() if isinstance(value, str) and value}
 
 
 def _delivery_json(row: Delivery, outcome: Outcome) -> dict:

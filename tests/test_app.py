@@ -147,6 +147,12 @@ def test_unhandled_or_odd_payloads_are_ignored_with_a_reason(client, feishu, pay
     assert feishu.calls("send") == 0
 
 
+def test_an_ignored_answer_names_the_event_and_project_the_payload_gives(client):
+    payload = {"object_kind": "issue", "project": {"path_with_namespace": "mike/diaspora"}}
+    response = post(client, payload, gitlab_headers("Issue Hook"))
+    assert (response.json["event"], response.json["project"]) == ("issue", "mike/diaspora")
+
+
 def test_push_to_a_project_nobody_owns_is_ignored(client, feishu):
     payload = load_payload("push.json")
     payload["project"].update(path_with_namespace="other/thing", name="Thing")
