@@ -42,6 +42,9 @@ def main() -> None:
     cards = {name: card_for(fixture) for name, fixture in PICTURES.items()}
     # The service marks a success "fixed" when the ref's previous pipeline failed (see pipelines.py).
     cards["card-pipeline-fixed"] = card_for("chinese_pipeline_failed.json", status="success", fixed=True)
+    # A deleted tag: GitLab sends the all-zero SHA as `after`, and no commit.
+    cards["card-tag-deleted"] = card_for("chinese_tag_push.json", after="0" * 40, commit_sha="", commit=None,
+                                         message=None)
     (DOCS / "cards.json").write_text(json.dumps(cards, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     if len(sys.argv) > 1:
         for name, card in cards.items():
