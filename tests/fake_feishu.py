@@ -209,6 +209,7 @@ class FakeFeishu:
         self._tokens: dict[str, float] = {}      # token -> expiry
         self._current_token: str | None = None
         self._server: _Server | None = None
+        self._answering = 0
         self.reset()
 
     def start(self) -> "FakeFeishu":
@@ -344,8 +345,21 @@ class FakeFeishu:
             result.update(actions[name](argument) or {})
         return result
 
+    def answering(self) -> int:
+        """How many API requests are being answered right now (a hung send counts until it is done)."""
+        return self._answering
+
     def answer(self, req: Request) -> tuple[int, dict | bytes, dict]:
         """Answer one request: HTTP status, JSON payload (or a raw page) and headers."""
+        with self._lock:
+            self._answering += 1
+        try:
+            return self._answer(req)
+        finally:
+            with self._lock:
+                self._answering -= 1
+
+    def _answer(self, req: Request) -> tuple[int, dict | bytes, dict]:
         if req.path.startswith("/_fake/"):
             return self._answer_control(req)
         kind, endpoint = self._route(req)
