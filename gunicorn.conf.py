@@ -24,3 +24,11 @@ backlog = 512
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 preload_app = False            # each worker starts its own retry thread after the fork
+
+
+def on_starting(server):
+    # With --preload the app, its threads and its SQLite connections would be made once in the
+    # master and copied into each worker by fork, where the threads no longer run.
+    if server.cfg.preload_app:
+        sys.exit("error: do not run this service with --preload (preload_app): each worker must build "
+                 "the app itself, after the fork")

@@ -87,3 +87,12 @@ def test_an_invalid_setting_stops_either_server_with_one_line(command):
     assert result.returncode != 0
     assert result.stderr.decode("utf-8").strip() == \
         "error: PORT='abc' is not valid: invalid literal for int() with base 10: 'abc'"
+
+
+def test_gunicorn_with_preload_is_refused_with_one_line(tmp_path):
+    """Each worker must build the app after the fork: its threads would not survive one."""
+    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"))
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--preload", "--bind",
+                             "127.0.0.1:0", "webhook_server:app"], cwd=ROOT, capture_output=True, env=env, timeout=30)
+    assert result.returncode != 0
+    assert "error: do not run this service with --preload" in result.stderr.decode("utf-8")
