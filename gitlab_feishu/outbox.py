@@ -66,6 +66,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 QUEUED, SENT, FAILED = "queued", "sent", "failed"
 
 
+def recipient_identity(channel: str, recipient: str) -> tuple[str, str]:
+    """Who a recipient is: an email whatever its case (Feishu's lookup ignores case), else as written."""
+    return channel, recipient.casefold() if channel == "dm" and "@" in recipient else recipient
+
+
 @dataclass(frozen=True)
 class NewDelivery:
     channel: str          # "dm" (email or open_id) or "chat" (a group bot webhook)
@@ -142,11 +147,11 @@ class Outbox:
         with self._write() as conn:
             conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
                          (key, kind, project, now))
-            recorded = {(row.channel, row.recipient): row for row in self._event_rows(conn, key)}
+            recorded = {recipient_identity(row.channel, row.recipient): row for row in self._event_rows(conn, key)}
             new, earlier = [], []
             for d in deliveries:
-                if (d.channel, d.recipient) in recorded:
-                    earlier.append(recorded[d.channel, d.recipient])
+                if recipient_identity(d.channel, d.recipient) in recorded:
+                    earlier.append(recorded[recipient_identity(d.channel, d.recipient)])
                     continue
                 row = Delivery(id=0, event_key=key, channel=d.channel, recipient=d.recipient, rule=d.rule,
                                content=d.content, uuid=d.uuid, status=QUEUED, attempts=0, rounds=0,

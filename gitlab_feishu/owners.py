@@ -21,6 +21,7 @@ from typing import Callable, Protocol
 from .chats import mask_chat_url
 from .config_file import WatchedFile
 from .events import Project
+from .outbox import recipient_identity
 from .owners_format import Entry, fold, read_owners
 
 log = logging.getLogger("gitlab_feishu.owners")
@@ -161,7 +162,7 @@ class Owners:
                 continue
             for channel, recipient in entry.recipients():
                 match = Match(recipient, rule, channel)
-                identity = (channel, recipient.casefold() if "@" in recipient else recipient)
+                identity = recipient_identity(channel, recipient)
                 if identity in first_rule:
                     notes.append(f"{label} -> {match.shown} (already notified through {first_rule[identity]})")
                     continue

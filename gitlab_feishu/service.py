@@ -16,7 +16,7 @@ from .cards import card_content, render_card
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
-from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox
+from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox, recipient_identity
 from .owners import Match, OwnersFile
 from .pipelines import pipeline_to_notify
 from .quiet import SELF_SKIPPED, quiet_reason, split_self
@@ -42,7 +42,8 @@ def idempotency_key(headers: Mapping[str, str], event: Event) -> str:
 
 def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
     """Feishu's dedupe key for one card to one recipient: the same on every retry, at most 50 chars."""
-    digest = hashlib.sha256(f"{event_key}\n{channel}\n{recipient}".encode("utf-8")).hexdigest()
+    channel, identity = recipient_identity(channel, recipient)
+    digest = hashlib.sha256(f"{event_key}\n{channel}\n{identity}".encode("utf-8")).hexdigest()
     return "gf-" + digest[:40]
 
 
@@ -110,8 +111,8 @@ class Notifier:
             return self._repeat(key, earlier, base)
         outcomes = self.deliverer.deliver(new, deadline)
         outcomes.update({row.id: Outcome(row.status, row.last_error) for row in earlier})
-        by_recipient = {(row.channel, row.recipient): row for row in new + earlier}
-        rows = [by_recipient[d.channel, d.recipient] for d in planned]
+        by_recipient = {recipient_identity(row.channel, row.recipient): row for row in new + earlier}
+        rows = [by_recipient[recipient_identity(d.channel, d.recipient)] for d in planned]
         deliveries = [_delivery_json(row, outcomes[row.id]) for row in rows] + skipped
         response = {"status": overall_status([d["result"] for d in deliveries]), **base, "deliveries": deliveries}
         if earlier:

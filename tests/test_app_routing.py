@@ -80,6 +80,13 @@ def test_a_resend_after_an_owner_was_added_reaches_only_the_new_owner(make_clien
     assert [m["to_email"] for m in fake.messages] == ["mike@example.com", "lead@example.com"]
 
 
+def test_a_resend_after_an_email_changed_case_makes_no_second_card(make_client, fake):
+    headers = gitlab_headers()
+    post(make_client({"mike/diaspora": "Mike@Example.com"}), push_payload(), **headers)
+    resent = post(make_client({"mike/diaspora": "mike@example.com"}), push_payload(), **headers)
+    assert "no new card" in resent.json["reason"] and len(fake.messages) == 1
+
+
 # --- group chats ------------------------------------------------------------------------------
 
 def test_a_push_reaches_the_owner_by_dm_and_the_group_by_its_bot(make_client, fake, bots):
