@@ -67,8 +67,15 @@ def token_matches(received: str | None, expected: str) -> bool:
 
 
 def signing_key(token: str) -> bytes:
-    """The HMAC key in a `whsec_<base64>` signing token, read as the Standard Webhooks libraries do
-    (the prefix optional, any non-empty key); ValueError says what is wrong, never the token."""
+    """The HMAC key in a `whsec_<base64>` signing token; ValueError says what is wrong, never the token.
+
+    Any non-empty key is used, as the Standard Webhooks libraries do. The prefix, which GitLab always
+    shows, is required: without it a Secret token pasted here by mistake may well decode as base64,
+    and every delivery would then be refused.
+    """
+    if not token.startswith("whsec_"):
+        raise ValueError("it must start with whsec_ (copy the signing token from GitLab's webhook page, "
+                         "not the Secret token)")
     encoded = token.removeprefix("whsec_")
     try:
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
