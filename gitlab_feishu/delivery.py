@@ -26,7 +26,7 @@ MAX_BACKOFF = 600.0            # retries settle at one every 10 minutes
 INLINE_BACKOFF = 0.2           # first pause between inline retries
 INLINE_TURN_WAIT = 1.5         # a webhook waits this long for a turn under the quotas (wider than a
                                # per-second window, so a sixth card to one person still goes inline)
-STALE_OPEN_ID = frozenset({230001, 230034})   # Feishu refuses the receive_id: the cached open_id is not this app's
+STALE_OPEN_ID = frozenset({230001, 230034})   # Feishu refuses the receive_id (or another parameter)
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,11 @@ class Outcome:
 
 def is_open_id(recipient: str) -> bool:
     return recipient.startswith("ou_")
+
+
+def needs_lookup(row: Delivery) -> bool:
+    """A DM addressed by email: its open_id comes from Feishu's lookup (or the cache)."""
+    return row.channel == "dm" and not is_open_id(row.recipient)
 
 
 def shown(row: Delivery) -> str:
@@ -83,24 +88,22 @@ class Deliverer:
         def timed(outcome: Outcome) -> Outcome:
             return replace(outcome, duration=self.clock() - started)
 
-        open_ids, lookup_failures = self._resolve(rows, deadline, retry_inline)
+        def attempt(row: Delivery, open_id: str) -> Outcome:
+            return timed(self._attempt(row, open_id, deadline, retry_inline))
 
-        def attempt(row: Delivery) -> Outcome:
-            return timed(self._attempt(row, open_ids.get(row.id, row.recipient), deadline, retry_inline))
-
-        outcomes: dict[int, Outcome] = {}
-        ready = []
-        for row in rows:
-            failure = lookup_failures.get(row.id)
-            if failure is not None:
-                outcomes[row.id] = timed(self._record_failure(row, failure, attempts=1))
-            else:
-                ready.append(row)
-        if len(ready) == 1:                      # the common case: no thread hop
-            row = ready[0]
-            outcomes[row.id] = attempt(row)
-            return outcomes
-        futures = {self.pool.submit(attempt, row): row for row in ready}
+        lookups = [row for row in rows if needs_lookup(row)]
+        if len(rows) == 1:                       # the common case: no thread hop
+            [row] = rows
+            open_ids, failures = self._resolve(lookups, deadline, retry_inline)
+            if row.id in failures:
+                return {row.id: timed(self._record_failure(row, failures[row.id], attempts=1))}
+            return {row.id: attempt(row, open_ids.get(row.id, row.recipient))}
+        # Rows that need no lookup go at once; the others as soon as it has answered.
+        futures = {self.pool.submit(attempt, row, row.recipient): row for row in rows if not needs_lookup(row)}
+        open_ids, failures = self._resolve(lookups, deadline, retry_inline)
+        outcomes = {row.id: timed(self._record_failure(row, failures[row.id], attempts=1))
+                    for row in lookups if row.id in failures}
+        futures.update({self.pool.submit(attempt, row, open_ids[row.id]): row for row in lookups if row.id in open_ids})
         done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
         for future, row in futures.items():
             if future in done:
@@ -112,8 +115,9 @@ class Deliverer:
 
     def _resolve(self, rows: list[Delivery], deadline: float,
                  retry_inline: bool) -> tuple[dict[int, str], dict[int, FeishuError | str]]:
-        """Map each DM row to an open_id with one lookup call for all uncached emails."""
-        emails = sorted({row.recipient for row in rows if row.channel == "dm" and not is_open_id(row.recipient)})
+        """Map each row (a DM to an email) to an open_id: one lookup call for all uncached emails,
+        retried like a send while the deadline allows."""
+        emails = sorted({row.recipient for row in rows})
         if not emails:
             return {}, {}
         attempts = 0
@@ -160,7 +164,9 @@ class Deliverer:
                 error = exc
                 if exc.code in STALE_OPEN_ID and not looked_up_again and row.channel == "dm" \
                         and not is_open_id(row.recipient):
-                    # A cached open_id Feishu refuses (another app's, say): look the email up once more.
+                    # The cached open_id may be stale (cached before the app or the user changed): look
+                    # the email up once more. 230001 also covers other bad parameters: then this costs
+                    # one lookup before the row fails for good.
                     looked_up_again = True
                     fresh = self._look_up_again(row.recipient, deadline)
                     if fresh and fresh != open_id:

@@ -158,8 +158,20 @@ def test_a_transient_lookup_error_is_retried_within_the_request(outbox, delivere
     assert outcome.status == "sent" and len(feishu.lookups) == 2 and feishu.sends == [("ou_a", "uuid-idem:1-a@example.com")]
 
 
+def test_rows_that_need_no_lookup_do_not_wait_for_it(outbox, deliverer, feishu, clock):
+    sent = threading.Event()
+    feishu.answers["ou_direct"] = [lambda budget: (sent.set(), "om_x")[1]]
+
+    def slow_lookup(emails, budget=None, *, recheck_unknown=False):
+        assert sent.wait(5), "the open_id row waited for the email lookup"
+        return {email: feishu.directory.get(email) for email in emails}
+    feishu.resolve_open_ids = slow_lookup
+    outcomes = deliverer.deliver(record(outbox, "ou_direct", "a@example.com"), deadline=clock() + 5)
+    assert [outcome.status for outcome in outcomes.values()] == ["sent", "sent"]
+
+
 def test_a_refused_cached_open_id_is_looked_up_again_once(outbox, deliverer, feishu, clock):
-    """An open_id cached for another app (FEISHU_APP_ID changed) is refused with 230001."""
+    """A cached open_id that Feishu no longer accepts is refused with 230001."""
     feishu.answers["ou_a"] = [permanent(230001)]
 
     def forget(email):                  # what a fresh lookup returns for this app
