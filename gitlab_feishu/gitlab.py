@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import hashlib
 import hmac
 import json
@@ -18,7 +17,7 @@ from .events import Event, Ignored   # Ignored: what parse_event returns for a d
 from .parsers import parse_merge_request, parse_pipeline, parse_push, parse_tag_push
 
 MAX_BODY_BYTES = 25 * 1024 * 1024   # GitLab's own cap on a webhook body
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")   # \ud800-\udfff in the raw JSON
+_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")   # U+D800-U+DFFF, raw or escaped
 
 # object_kind -> the X-Gitlab-Event header a project hook sends with it
 EVENT_HEADERS = {
@@ -38,11 +37,12 @@ def decode_payload(body: bytes) -> Any:
     """The JSON body as Python values; ValueError (or RecursionError) when it is not JSON.
 
     A UTF-8 BOM, which Windows tools put in front of a hand-made test payload, is skipped. A lone
-    surrogate escape (valid JSON, not encodable as UTF-8) becomes "?", so it cannot break the
-    outbox, a log line or the answer.
+    surrogate (a `\\ud800` escape, or its raw bytes: valid JSON, not encodable as UTF-8) becomes "?",
+    so it cannot break the outbox, a log line or the answer.
     """
-    payload = json.loads(body.removeprefix(codecs.BOM_UTF8))
-    return _without_surrogates(payload) if _SURROGATE_ESCAPE.search(body) else payload
+    text = body.decode(json.detect_encoding(body), "surrogatepass")   # as json.loads(bytes) reads it
+    payload = json.loads(text)
+    return _without_surrogates(payload) if _SURROGATE.search(text) else payload
 
 
 def _without_surrogates(value: Any) -> Any:
