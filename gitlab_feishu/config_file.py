@@ -26,6 +26,10 @@ _FULL_WIDTH_PUNCTUATION = "“”‘’，：｛｝［］"   # what a Chinese in
 Loaded = TypeVar("Loaded", bound=Sized)
 
 
+class UnreadableFile(ConfigError):
+    """The file is there but could not be read just now (an editor or a virus scanner holding it)."""
+
+
 def read_config_text(path: Path, missing_hint: str, log: logging.Logger) -> tuple[str, list[str]]:
     """The file's text and any encoding warnings (also logged); a ConfigError says what to fix."""
     try:
@@ -33,7 +37,7 @@ def read_config_text(path: Path, missing_hint: str, log: logging.Logger) -> tupl
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: {missing_hint}") from None
     except OSError as exc:
-        raise ConfigError(f"{path} cannot be read: {exc.strerror}") from None
+        raise UnreadableFile(f"{path} cannot be read: {exc.strerror}") from None
     text, warnings = _decode(data, path)
     for warning in warnings:
         log.warning("%s", warning)
@@ -55,6 +59,9 @@ def object_members(text: str, path: Path, example: str) -> Iterator[tuple[str, A
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}, line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
                           f"{_syntax_hint(text, exc.pos)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested far too deeply to be this file; it must be a JSON object such as "
+                          f"{example}") from None
     if not isinstance(top, dict):
         raise ConfigError(f"{path}, line 1: the top level must be a JSON object such as {example}, "
                           f"not {describe(top)}")
@@ -148,18 +155,19 @@ class WatchedFile(Generic[Loaded]):
         self._last_error: str | None = None
         self._next_check = clock() + check_interval
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self._path)!r})"
+
     def current(self) -> Loaded:
         """The last good load, after reloading the file if it changed (looked at every check_interval s)."""
         now = self._clock()
-        if now >= self._next_check and self._lock.acquire(blocking=False):
-            try:
-                self._next_check = now + self._check_interval
-                signature = self._stat()
-                if signature != self._signature:
-                    self._signature = signature
-                    self._reload()
-            finally:
-                self._lock.release()
+        if now >= self._next_check:
+            self._next_check = now + self._check_interval
+            if self._stat() != self._signature:
+                with self._lock:                 # a webhook arriving during a reload waits for its result
+                    signature = self._stat()
+                    if signature != self._signature:
+                        self._reload(signature)
         return self._loaded
 
     def state(self) -> dict:
@@ -171,13 +179,17 @@ class WatchedFile(Generic[Loaded]):
         return {"path": str(self._path), "entries": len(self._loaded),
                 "loaded_at": self._loaded_at, "last_error": self._last_error}
 
-    def _reload(self) -> None:
+    def _reload(self, signature: tuple[int, int] | None) -> None:
         try:
             loaded = self._load(self._path)
         except ConfigError as exc:
+            if not isinstance(exc, UnreadableFile):
+                self._signature = signature      # broken until the next save; unreadable: tried again
+            if str(exc) != self._last_error:     # said once, not at every use
+                self._log.error("%s; still routing with the last good version (%d entries)", exc, len(self._loaded))
             self._last_error = str(exc)
-            self._log.error("%s; still routing with the last good version (%d entries)", exc, len(self._loaded))
             return
+        self._signature = signature              # read before the load, so an edit during it is seen later
         self._loaded, self._loaded_at, self._last_error = loaded, _now(), None
         self._log.info("%s reloaded: %d entries", self._path, len(loaded))
 
@@ -212,7 +224,10 @@ class FileWatcher:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             for watched in self._files:
-                watched.current()
+                try:
+                    watched.current()
+                except Exception:                # a surprise in one check must not end the watching
+                    logging.getLogger(__name__).exception("checking %r failed", watched)
 
 
 def _now() -> str:

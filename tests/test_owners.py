@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gitlab_feishu.config_file import FileWatcher
+from gitlab_feishu.config_file import FileWatcher, WatchedFile
 from gitlab_feishu.events import Person, Project, PushEvent
 from gitlab_feishu.owners import Match, OwnersFile, load_owners
 from gitlab_feishu.settings import ConfigError
@@ -309,6 +309,73 @@ def test_watcher_checks_the_files_without_anyone_asking():
     watcher.start()
     try:
         assert all(f.checked.wait(5) for f in files)
+    finally:
+        watcher.stop()
+
+
+def test_a_save_that_cannot_be_read_yet_is_read_at_the_next_use(watched, monkeypatch, caplog):
+    """An editor or a virus scanner may hold the file a moment after it was saved."""
+    path, clock, owners_file = watched
+    save(path, {"client": "new@example.com"}, 1_700_000_100)
+    clock.now += 2
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "in use")))
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        assert recipients(owners_file) == ["old@example.com"]
+        clock.now += 2
+        assert recipients(owners_file) == ["old@example.com"]
+        monkeypatch.setattr(Path, "read_bytes", real_read)
+        clock.now += 2
+        assert recipients(owners_file) == ["new@example.com"]
+    assert [r.getMessage().count("cannot be read") for r in caplog.records] == [1, 0]   # said once, then reloaded
+
+
+def test_a_file_nested_too_deeply_is_refused_with_its_name(tmp_path):
+    path = write_owners(tmp_path, ("[" * 100_000 + "]" * 100_000).encode())
+    with pytest.raises(ConfigError, match="nested far too deeply"):
+        load_owners(path)
+
+
+def test_a_use_during_a_reload_waits_for_the_new_version(tmp_path):
+    path = tmp_path / "slow.json"
+    path.write_text("1", encoding="utf-8")
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load(p: Path) -> list[str]:
+        text = p.read_text(encoding="utf-8")
+        if text == "22":
+            loading.set()
+            release.wait(5)
+        return [text]
+    watched = WatchedFile(path, slow_load, log=logging.getLogger(LOGGER))
+    path.write_text("22", encoding="utf-8")
+    seen: list = []
+    first = threading.Thread(target=lambda: seen.append(watched.current()))
+    first.start()
+    assert loading.wait(5)
+    second = threading.Thread(target=lambda: seen.append(watched.current()))
+    second.start()
+    release.set()
+    first.join(5), second.join(5)
+    assert seen == [["22"], ["22"]]
+
+
+def test_the_watcher_survives_a_check_that_fails():
+    class FailingOnce:
+        def __init__(self):
+            self.calls, self.checked = 0, threading.Event()
+
+        def current(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("surprise")
+            self.checked.set()
+
+    failing = FailingOnce()
+    watcher = FileWatcher([failing], interval=0.01)
+    watcher.start()
+    try:
+        assert failing.checked.wait(5)
     finally:
         watcher.stop()
 
