@@ -29,18 +29,21 @@ LEASE_CHECK_INTERVAL = 1.0   # how often leases held by processes that are gone 
 
 def process_owner() -> str:
     """A name for this process's leases, unique across hosts, processes and restarts."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}:{_pid_namespace()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def is_gone(owner: str) -> bool:
-    """Whether `owner` (a process_owner) was a process on this host that no longer runs.
+    """Whether `owner` (a process_owner) was a process on this host, in this PID namespace, that no
+    longer runs.
 
-    Its leases can then be taken at once rather than when they run out (a send cut short by
-    SIGKILL would otherwise wait up to LEASE_SECONDS). Only POSIX can ask cheaply; elsewhere: False.
+    Its leases can then be taken at once rather than when they run out (a send cut short by SIGKILL
+    would otherwise wait up to LEASE_SECONDS). Containers sharing a DATA_DIR and a hostname have
+    their own PID namespaces, so a pid is only judged where it means the same process. Only POSIX
+    can ask cheaply (on Windows, os.kill would end the process): elsewhere, False.
     """
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if os.name != "posix" or host != socket.gethostname() or not pid.isdigit():
+    host, namespace, pid, *_ = owner.split(":") + ["", "", ""]
+    if os.name != "posix" or not namespace or (host, namespace) != (socket.gethostname(), _pid_namespace()) \
+            or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)         # signal 0: only asks whether the process exists
@@ -49,6 +52,13 @@ def is_gone(owner: str) -> bool:
     except OSError:
         return False                 # exists, owned by someone else
     return False
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")   # Linux
+    except OSError:
+        return ""
 
 
 class RetryWorker:
@@ -120,6 +130,9 @@ class RetryWorker:
         while not self._stop.is_set():
             try:
                 self.housekeeping()
+            except Exception:          # a housekeeping failure must not hold up the retries
+                log.exception("retry worker housekeeping failed")
+            try:
                 while self.run_once() and not self._stop.is_set():
                     pass
             except Exception:          # keep retrying; a bad round must not end the thread

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
 
 from gitlab_feishu.outbox import NewDelivery, Outbox
 from gitlab_feishu.pacing import Pacer
-from gitlab_feishu.worker import RetryWorker
+from gitlab_feishu.worker import RetryWorker, is_gone, process_owner
 
 DAY = 24 * 3600.0
 OPEN_IDS = {"a@example.com": "ou_a", "b@example.com": "ou_b", "c@example.com": "ou_c"}
@@ -262,17 +261,30 @@ def leased_to(outbox, owner: str) -> None:
 def test_worker_takes_over_at_once_what_a_killed_process_had_leased(outbox, deliverer, feishu, clock):
     dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout.strip()
-    leased_to(outbox, f"{socket.gethostname()}:{dead_pid}:x")
+    leased_to(outbox, process_owner().replace(f":{os.getpid()}:", f":{dead_pid}:"))
     worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock)
     worker.housekeeping()                      # the clock stands still: the lease has not run out
     assert worker.run_once() == 1 and status(outbox) == [("a@example.com", "sent")]
 
 
 def test_worker_leaves_the_leases_of_live_processes_alone(outbox, deliverer, clock):
-    leased_to(outbox, f"{socket.gethostname()}:{os.getpid()}:x")
+    leased_to(outbox, process_owner())
     worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock)
     worker.housekeeping()
     assert worker.run_once() == 0
+
+
+@pytest.mark.parametrize("owner", [
+    "other-host:{ns}:{pid}:x",          # another machine
+    "{host}:4026531999:{pid}:x",        # another container with the same hostname
+    "{host}:{pid}:x",                   # a lease from before namespaces were recorded
+])
+def test_a_pid_is_only_judged_where_it_means_the_same_process(owner):
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    mine = process_owner().split(":")
+    assert is_gone(process_owner().replace(f":{os.getpid()}:", f":{dead_pid}:"))
+    assert not is_gone(owner.format(host=mine[0], ns=mine[1], pid=dead_pid))
 
 
 def test_worker_gives_up_after_the_retry_window(outbox, deliverer, feishu, clock):
