@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import io
 import ipaddress
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,10 @@ def _read_env_file(path: Path) -> dict[str, str]:
     else:
         raise ConfigError(f"{path} is not readable as UTF-8, UTF-16 or GBK text: open it in Notepad, "
                           "File > Save As, choose Encoding: UTF-8 and save")
+    if encoding != "utf-8-sig":
+        logging.getLogger(__name__).warning(
+            "%s was read as %s; if a value looks garbled, open it in Notepad, File > Save As, choose "
+            "Encoding: UTF-8 and save", path, "UTF-16" if utf16 else "GBK")
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 

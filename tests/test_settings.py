@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import codecs
+import logging
 
 import pytest
 
@@ -22,6 +23,16 @@ def test_env_file_is_read_whatever_notepad_saved_it_as(tmp_path, data):
     settings = Settings.from_env({}, env_file=env_file)
     assert (settings.feishu_app_id, settings.feishu_app_secret) == ("cli_a1b2", "s3cr3t")
     assert settings.owners_file.as_posix() == "/srv/通知服务/owners.json"
+
+
+@pytest.mark.parametrize(("data", "read_as"), [(codecs.BOM_UTF16_LE + ENV_TEXT.encode("utf-16-le"), "UTF-16"),
+                                               (ENV_TEXT.encode("gbk"), "GBK")])
+def test_env_file_not_in_utf8_is_read_with_a_warning(tmp_path, caplog, data, read_as):
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        Settings.from_env({}, env_file=env_file)
+    assert f"was read as {read_as}" in caplog.text and "Encoding: UTF-8" in caplog.text
 
 
 def test_env_file_that_is_no_text_says_how_to_resave_it(tmp_path):
