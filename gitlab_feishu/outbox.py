@@ -145,9 +145,10 @@ class Outbox:
         """
         now = self.clock()
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
-                         (key, kind, project, now))
-            recorded = {recipient_identity(row.channel, row.recipient): row for row in self._event_rows(conn, key)}
+            is_new = conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
+                                  (key, kind, project, now)).rowcount == 1
+            recorded = {} if is_new else {recipient_identity(row.channel, row.recipient): row
+                                          for row in self._event_rows(conn, key)}
             new, earlier = [], []
             for d in deliveries:
                 if recipient_identity(d.channel, d.recipient) in recorded:
