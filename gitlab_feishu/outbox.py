@@ -151,8 +151,9 @@ class Outbox:
                                           for row in self._event_rows(conn, key)}
             new, earlier = [], []
             for d in deliveries:
-                if recipient_identity(d.channel, d.recipient) in recorded:
-                    earlier.append(recorded[recipient_identity(d.channel, d.recipient)])
+                identity = recipient_identity(d.channel, d.recipient)
+                if identity in recorded:
+                    earlier.append(recorded[identity])
                     continue
                 row = Delivery(id=0, event_key=key, channel=d.channel, recipient=d.recipient, rule=d.rule,
                                content=d.content, uuid=d.uuid, status=QUEUED, attempts=0, rounds=0,

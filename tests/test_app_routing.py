@@ -11,7 +11,6 @@ import pytest
 from gitlab_feishu.app import create_app
 from gitlab_feishu.chats import MAX_BODY_BYTES
 from tests.conftest import gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu
 
 BOT_TOKEN = "grp1-0a1b2c3d-plain-token"
 SIGNED_TOKEN = "sgn2-4e5f6a7b-signed-token"
@@ -20,11 +19,10 @@ PEOPLE = ("mike@example.com", "john@example.com", "lead@example.com", "zhangsan@
 
 
 @pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        for email in PEOPLE:
-            server.add_user(email)
-        yield server
+def fake(fake):
+    for email in PEOPLE:
+        fake.add_user(email)
+    return fake
 
 
 @pytest.fixture

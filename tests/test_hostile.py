@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from gitlab_feishu.app import create_app
 from gitlab_feishu.gitlab import MAX_BODY_BYTES
 from tests.conftest import SECRET, gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu
 
 PAYLOADS = [load_payload(name) for name in (
     "push.json", "chinese_push.json", "chinese_push_redacted.json", "zulip_push_hook.json",
@@ -50,9 +49,9 @@ def mutated_payloads(draw):
 
 
 @pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu(auto_users=True) as server:
-        yield server
+def fake(fake):
+    fake.set_auto_users(True)
+    return fake
 
 
 @pytest.fixture(scope="module")

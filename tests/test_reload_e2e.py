@@ -15,7 +15,6 @@ import pytest
 import requests
 
 from tests.conftest import SECRET, gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu
 from tests.servers import ServiceProcess, service_env
 
 FEW_SECONDS = 8.0                  # "within a few seconds", with slack for a busy box
@@ -23,11 +22,10 @@ KEY = "Y_野水发财"                 # matches chinese_push.json's project, fu
 
 
 @pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        for email in ("zhangsan@example.com", "lisi@example.com", "wangwu@example.com"):
-            server.add_user(email)
-        yield server
+def fake(fake):
+    for email in ("zhangsan@example.com", "lisi@example.com", "wangwu@example.com"):
+        fake.add_user(email)
+    return fake
 
 
 @pytest.fixture(scope="module")

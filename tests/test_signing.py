@@ -15,7 +15,6 @@ from gitlab_feishu.app import create_app
 from gitlab_feishu.gitlab import SIGNATURE_TOLERANCE, signature_valid, signing_key
 from gitlab_feishu.settings import ConfigError, Settings
 from tests.conftest import OWNER_EMAILS, SECRET, gitlab_headers, load_payload
-from tests.fake_feishu import FakeFeishu
 
 # The test vector of the standardwebhooks package (libraries/python/tests/test_webhooks.py, MIT):
 # its Webhook.sign() gives SIGNATURE for these inputs.
@@ -148,11 +147,10 @@ def test_settings_refuse_a_malformed_token_without_echoing_it():
 # --- through the app ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def fake():
-    with FakeFeishu() as server:
-        for email in OWNER_EMAILS:
-            server.add_user(email)
-        yield server
+def fake(fake):
+    for email in OWNER_EMAILS:
+        fake.add_user(email)
+    return fake
 
 
 @pytest.fixture
