@@ -18,10 +18,18 @@ OWNERS = {
     "测试项目": "test@example.com",
     "mike/diaspora": ["mike@example.com", "ou_0123456789abcdef0123456789abcdef"],
 }
+OWNER_OPEN_ID = "ou_0123456789abcdef0123456789abcdef"    # an owner written as an open_id: sent to without a lookup
 
 
 OWNER_EMAILS = tuple(dict.fromkeys(email for value in OWNERS.values()
                                    for email in ([value] if isinstance(value, str) else value) if "@" in email))
+
+
+def add_owners(fake: FakeFeishu, *, unavailable: tuple[str, ...] = ()) -> None:
+    """Make every owner in OWNERS a user of `fake`, so any test can run alone (its users outlive reset())."""
+    for email in OWNER_EMAILS:
+        fake.add_user(email, available=email not in unavailable)
+    fake.add_user("open-id-owner@example.com", OWNER_OPEN_ID)
 
 
 def load_payload(name: str) -> dict:

@@ -8,15 +8,14 @@ import logging
 import pytest
 
 from gitlab_feishu.app import create_app
-from tests.conftest import OWNER_EMAILS, OWNERS, SECRET, gitlab_headers, load_payload
+from tests.conftest import OWNER_OPEN_ID, OWNERS, SECRET, add_owners, gitlab_headers, load_payload
 
 
 @pytest.fixture
 def feishu(fake):
     """The fake Feishu, emptied, knowing every owner in the test owners.json."""
     fake.reset()
-    for email in OWNER_EMAILS:
-        fake.add_user(email)
+    add_owners(fake)
     return fake
 
 
@@ -56,10 +55,10 @@ def test_every_owner_of_the_project_gets_a_card(client, feishu):
 
 
 def test_open_id_owner_is_sent_to_without_lookup(client, feishu):
-    feishu.add_user("nobody-by-email@example.com", "ou_0123456789abcdef0123456789abcdef")
     response = post(client, load_payload("push.json"))
     assert {d["to"]: d["result"] for d in response.json["deliveries"]} == {
-        "mike@example.com": "sent", "ou_0123456789abcdef0123456789abcdef": "sent"}
+        "mike@example.com": "sent", OWNER_OPEN_ID: "sent"}
+    assert [r["kind"] for r in feishu.requests].count("batch_get_id") == 1     # for mike only
 
 
 def test_warm_caches_make_one_feishu_call_per_owner(client, feishu):

@@ -11,7 +11,7 @@ import requests
 
 from gitlab_feishu.app import create_app
 from gitlab_feishu.logs import configure_logging
-from tests.conftest import OWNER_EMAILS, SECRET, gitlab_headers, load_payload
+from tests.conftest import SECRET, add_owners, gitlab_headers, load_payload
 
 KEY = "6d3c1b0e-7a51-4c55-9b8e-2f0c4be1d7aa"
 
@@ -20,8 +20,7 @@ KEY = "6d3c1b0e-7a51-4c55-9b8e-2f0c4be1d7aa"
 def feishu(fake):
     """The fake Feishu knowing every owner; wangwu is outside the app's availability range (230013)."""
     fake.reset()
-    for email in OWNER_EMAILS:
-        fake.add_user(email, available=email != "wangwu@example.com")
+    add_owners(fake, unavailable=("wangwu@example.com",))
     return fake
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from gitlab_feishu.app import create_app
 from gitlab_feishu.gitlab import SIGNATURE_TOLERANCE, signature_valid, signing_key
 from gitlab_feishu.settings import ConfigError, Settings
-from tests.conftest import OWNER_EMAILS, SECRET, gitlab_headers, load_payload
+from tests.conftest import SECRET, add_owners, gitlab_headers, load_payload
 
 # The test vector of the standardwebhooks package (libraries/python/tests/test_webhooks.py, MIT):
 # its Webhook.sign() gives SIGNATURE for these inputs.
@@ -148,8 +148,7 @@ def test_settings_refuse_a_malformed_token_without_echoing_it():
 
 @pytest.fixture(scope="module")
 def fake(fake):
-    for email in OWNER_EMAILS:
-        fake.add_user(email)
+    add_owners(fake)
     return fake
 
 
