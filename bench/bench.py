@@ -65,8 +65,8 @@ def push_body(path: str, name: str, n: int = 0) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode("utf-8")
 
 
-def process_tree_rss(pid: int) -> int:
-    """Resident memory of a process and all its descendants, in bytes (Linux /proc)."""
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -75,17 +75,37 @@ def process_tree_rss(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    tree, todo = [], [pid]
     while todo:
         current = todo.pop()
+        tree.append(current)
         todo += children.get(current, [])
+    return tree
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total = 0
+    for member in process_tree(pid):
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             pass
     return total
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its living descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])         # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class MemorySampler:
@@ -138,7 +158,9 @@ def capacity(server: ServiceProcess, fake: FakeFeishuProcess, args, body: bytes)
     drive(url, body, args, args.warmup)
     before, handled_before = settled_state(fake, server)
     sampler = MemorySampler(server.process.pid)
+    cpu_before = process_tree_cpu(server.process.pid)
     result = drive(url, body, args, args.duration)
+    cpu = process_tree_cpu(server.process.pid) - cpu_before
     peak = sampler.stop()
     after, handled_after = settled_state(fake, server)
     # Counted from the server's access log: wrk's tally leaves out requests in flight when it stops.
@@ -148,6 +170,7 @@ def capacity(server: ServiceProcess, fake: FakeFeishuProcess, args, body: bytes)
             "feishu_calls_per_webhook": calls / handled,
             "cards_per_webhook": (after["delivered"] - before["delivered"]) / handled,
             "non_2xx": result.non_2xx + result.errors, "refused_by_feishu": after["refused"] - before["refused"],
+            "cpu_ms_per_webhook": cpu * 1000 / max(result.requests, 1),
             "peak_rss_mb": peak / 2 ** 20, "requests": result.requests}
 
 
@@ -267,7 +290,8 @@ def run(args) -> dict:
 ROWS = [("webhooks/s", "webhooks_per_s", "{:.1f}"), ("ack latency p50 (ms)", "ack_p50_ms", "{:.1f}"),
         ("ack latency p99 (ms)", "ack_p99_ms", "{:.1f}"), ("Feishu calls per webhook", "feishu_calls_per_webhook", "{:.2f}"),
         ("cards delivered per webhook", "cards_per_webhook", "{:.2f}"), ("non-2xx", "non_2xx", "{:d}"),
-        ("requests Feishu refused", "refused_by_feishu", "{:d}"), ("peak memory (MB)", "peak_rss_mb", "{:.1f}")]
+        ("requests Feishu refused", "refused_by_feishu", "{:d}"),
+        ("server CPU per webhook (ms)", "cpu_ms_per_webhook", "{:.2f}"), ("peak memory (MB)", "peak_rss_mb", "{:.1f}")]
 
 
 def table(results: dict) -> str:
