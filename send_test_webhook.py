@@ -79,7 +79,7 @@ def local_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}/gitlab-webhook"
 
 
-def gitlab_headers(token: str, instance: str) -> dict[str, str]:
+def gitlab_headers(token: str, instance: str) -> dict[str, str | bytes]:
     """The headers GitLab sends with a project hook delivery, with fresh ids (so it is never a repeat)."""
     headers = {
         "Content-Type": "application/json",
@@ -91,7 +91,8 @@ def gitlab_headers(token: str, instance: str) -> dict[str, str]:
         "Idempotency-Key": str(uuid.uuid4()),
     }
     if token:
-        headers["X-Gitlab-Token"] = token
+        # GitLab sends the Secret token's UTF-8 bytes; a str header would have to be Latin-1.
+        headers["X-Gitlab-Token"] = token.encode("utf-8")
     return headers
 
 
@@ -127,7 +128,7 @@ def push_payload(instance: str, path: str, name: str, *, user: str, username: st
     }
 
 
-def send(url: str, payload: dict, headers: dict[str, str], *, timeout: float) -> tuple[bool, list[str]]:
+def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: float) -> tuple[bool, list[str]]:
     """POST the payload; (answered 2xx with JSON, the lines that say what happened)."""
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     started = time.monotonic()

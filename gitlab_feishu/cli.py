@@ -95,8 +95,10 @@ def serve(settings: Settings) -> int:
     ]
     print("\n".join(banner), flush=True)
     try:
+        # clear_untrusted_proxy_headers=False: waitress would drop X-Forwarded-For before the app sees it;
+        # the app itself believes it only from TRUSTED_PROXIES (access.py).
         waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
-                       ident="gitlab-feishu", channel_timeout=60)
+                       ident="gitlab-feishu", channel_timeout=60, clear_untrusted_proxy_headers=False)
     except OSError as exc:
         hint = (f": another program, or this service already running, uses port {settings.port}; stop it or set"
                 " PORT in .env to a free port") if exc.errno in _ADDRESS_IN_USE else ""

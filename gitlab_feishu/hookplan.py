@@ -40,6 +40,7 @@ class DesiredHook:
     """The hook every owned project should have (the secret token is added when sending)."""
     url: str
     triggers: frozenset[str]      # trigger fields to switch on, e.g. {"push_events", "tag_push_events"}
+    signed: bool = False          # GITLAB_SIGNING_TOKEN is set: the service refuses unsigned deliveries
 
     @property
     def verifies_ssl(self) -> bool:
@@ -54,11 +55,11 @@ class DesiredHook:
         return attributes
 
 
-def desired_hook(public_url: str, notify_events: frozenset[str]) -> DesiredHook:
+def desired_hook(public_url: str, notify_events: frozenset[str], *, signed: bool = False) -> DesiredHook:
     """Our hook URL (PUBLIC_URL + /gitlab-webhook; a PUBLIC_URL that already ends with it is kept)."""
     base = public_url.rstrip("/")
     url = base if base.lower().endswith(HOOK_PATH) else base + HOOK_PATH
-    return DesiredHook(url, frozenset(TRIGGERS[kind] for kind in notify_events if kind in TRIGGERS))
+    return DesiredHook(url, frozenset(TRIGGERS[kind] for kind in notify_events if kind in TRIGGERS), signed)
 
 
 @dataclass(frozen=True)
@@ -129,13 +130,14 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
     wrong = ([f"missing {_names(missing)}"] if missing else []) + ([f"extra {_names(extra)}"] if extra else [])
     if desired.verifies_ssl and hook.get("enable_ssl_verification") is False:
         wrong.append("SSL verification off")
-    if hook.get("token_present") is False or wrong:
+    if hook.get("token_present") is False or _lacks_signing(hook, desired) or wrong:
         hints.append("run --wire-hooks to fix it")
     state = _disabled(hook, now)
     if state:
         hints.append("GitLab stopped sending to it after failed deliveries (events meanwhile are lost); "
                      + REENABLE_HINT)
-    return HookStatus(listing.project, f"#{hook.get('id')}", _secret(hook), ", ".join(wrong) or "ok",
+    secret = _secret(hook) + (", no signing token" if _lacks_signing(hook, desired) else "")
+    return HookStatus(listing.project, f"#{hook.get('id')}", secret, ", ".join(wrong) or "ok",
                       state or "active", tuple(hints), attention=bool(hints))
 
 
@@ -199,7 +201,14 @@ def _differences(hook: Mapping, desired: DesiredHook) -> list[str]:
         changes.append("switch on SSL verification")
     if hook.get("token_present") is False:
         changes.append("set the secret token")
+    if _lacks_signing(hook, desired):
+        changes.append("set the signing token")
     return changes
+
+
+def _lacks_signing(hook: Mapping, desired: DesiredHook) -> bool:
+    """Signatures are required but GitLab (19.0+, which says so) reports the hook has no signing token."""
+    return desired.signed and hook.get("signing_token_present") is False
 
 
 def _missing_triggers(hook: Mapping, desired: DesiredHook) -> list[str]:

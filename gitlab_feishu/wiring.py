@@ -63,7 +63,7 @@ def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = 
     """Run `--wire-hooks`; 0 when every project is fine, 1 when one needs attention or the run stopped."""
     _require(settings)
     owners = load_owners(settings.owners_file)
-    desired = desired_hook(settings.public_url, settings.notify_events)
+    desired = desired_hook(settings.public_url, settings.notify_events, signed=bool(settings.gitlab_signing_token))
     now = (clock or (lambda: datetime.now(timezone.utc)))()
     client = GitLab(settings)
     try:
@@ -80,7 +80,7 @@ def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = 
     else:
         steps = [plan(listing, desired, now) for listing in listings]
         if not dry_run:
-            steps, error = client.apply_all(steps, settings.gitlab_webhook_secret)
+            steps, error = client.apply_all(steps, settings.gitlab_webhook_secret, settings.gitlab_signing_token)
         lines, attention = steps_report(steps, dry_run)
     print("\n".join(lines))
     status = int(attention)
@@ -129,7 +129,8 @@ class GitLab:
             return Listing(project, problem=str(exc))
         return Listing(project, tuple(hook.attributes for hook in found))
 
-    def apply_all(self, steps: list[Step], secret: str) -> tuple[list[Step], WiringError | None]:
+    def apply_all(self, steps: list[Step], secret: str,
+                  signing_token: str = "") -> tuple[list[Step], WiringError | None]:
         """Apply the steps in order; after an error that stops the run, the changes left are not done."""
         done: list[Step] = []
         error = None
@@ -138,18 +139,20 @@ class GitLab:
                 done.append(Step(step.project, NOT_DONE, f"{step.action} not tried after the error below; {step.why}"))
                 continue
             try:
-                done.append(self.apply(step, secret))
+                done.append(self.apply(step, secret, signing_token))
             except WiringError as exc:
                 error = exc
                 done.append(Step(step.project, NOT_DONE, f"{step.action} interrupted by the error below; {step.why}"))
         return done, error
 
-    def apply(self, step: Step, secret: str) -> Step:
-        """Create or update the hook as planned (the secret token is sent every time); the step as done."""
+    def apply(self, step: Step, secret: str, signing_token: str = "") -> Step:
+        """Create or update the hook as planned (the secret and signing tokens are sent every time); the step
+        as done."""
         if step.action not in ("create", "update"):
             return dataclasses.replace(step, action=DONE.get(step.action, step.action))
         hooks = self._gl.projects.get(step.project.id, lazy=True).hooks
-        attributes = {**step.attributes, "token": secret}
+        # Without the signing token, a hook made here would send unsigned deliveries the service refuses.
+        attributes = {**step.attributes, "token": secret, **({"signing_token": signing_token} if signing_token else {})}
         try:
             if step.action == "create":
                 self._call("create the hook", lambda: hooks.create(attributes), per_project=True)

@@ -5,8 +5,8 @@ doc/api/users.md): GET /user (`is_admin` only for an admin, as GitLab says it on
 (`membership=true`: only the member projects) and GET /groups/:id/projects (`include_subgroups`) with offset
 pagination headers (x-page, x-per-page, x-next-page, x-total, x-total-pages and a Link header),
 GET /projects/:id by id or URL-encoded path, GET/POST /projects/:id/hooks and PUT
-/projects/:id/hooks/:hook_id. Groups are the namespaces of the projects. A hook never shows its token; with
-`reports_token=True` it says `token_present`, as GitLab 19.0+ does.
+/projects/:id/hooks/:hook_id. Groups are the namespaces of the projects. A hook never shows its tokens; with
+`reports_token=True` it says `token_present` and `signing_token_present`, as GitLab 19.0+ does.
 """
 from __future__ import annotations
 
@@ -141,7 +141,8 @@ class FakeGitLab:
         project_id = _project_id(request)
         self._next_id += 1
         fields = json.loads(request.body)
-        hook = gitlab_hook(self._next_id, fields.pop("url"), project_id, token=fields.pop("token", ""), **fields)
+        hook = gitlab_hook(self._next_id, fields.pop("url"), project_id, token=fields.pop("token", ""),
+                           signing_token=fields.pop("signing_token", ""), **fields)
         self.hooks[project_id].append(hook)
         return 201, {}, json.dumps(self._shown(hook))
 
@@ -153,10 +154,11 @@ class FakeGitLab:
         return 200, {}, json.dumps(self._shown(hook))
 
     def _shown(self, hook: dict) -> dict:
-        """GitLab never returns the token; 19.0+ says whether one is set."""
-        shown = {k: v for k, v in hook.items() if k != "token"}
+        """GitLab never returns the tokens; 19.0+ says whether each is set."""
+        shown = {k: v for k, v in hook.items() if k not in ("token", "signing_token")}
         if self.reports_token:
             shown["token_present"] = bool(hook.get("token"))
+            shown["signing_token_present"] = bool(hook.get("signing_token"))
         return shown
 
 

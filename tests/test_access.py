@@ -5,13 +5,16 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import sys
 
 import pytest
+import requests
 
 from gitlab_feishu.access import client_address, parse_address
 from gitlab_feishu.app import create_app
 from gitlab_feishu.settings import ConfigError, Settings
 from tests.conftest import gitlab_headers, load_payload
+from tests.servers import ROOT, ServiceProcess, free_port, service_env
 
 GITLAB = "10.20.0.0/16, 192.168.1.7, 2001:db8:1::/48"     # e.g. the GitLab runners' subnet and host
 
@@ -167,3 +170,18 @@ def test_settings_read_sources_and_proxies():
     assert settings.trusted_proxies == networks("127.0.0.1")
     with pytest.raises(ConfigError, match="ALLOWED_SOURCES"):
         Settings.from_env({"ALLOWED_SOURCES": "10.20.0.0/33"}, env_file=None)
+
+
+@pytest.mark.parametrize("server", ["waitress", "gunicorn"])
+def test_either_server_hands_x_forwarded_for_from_a_trusted_proxy_to_the_allowlist(tmp_path, server):
+    """waitress drops X-Forwarded-For unless told not to: behind nginx every caller looked like the proxy."""
+    port = free_port()
+    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"),
+                      ALLOWED_SOURCES="10.20.0.0/16", TRUSTED_PROXIES="127.0.0.1")
+    command = [sys.executable, "webhook_server.py"] if server == "waitress" else None
+    with ServiceProcess(env, tmp_path / "service.log", port=port, command=command) as service:
+        headers = {**gitlab_headers(token=None), "X-Forwarded-For": "10.20.3.4"}
+        response = requests.post(service.url + "/gitlab-webhook", json=load_payload("push.json"), headers=headers,
+                                 timeout=10)
+    assert response.status_code == 200, response.text

@@ -46,6 +46,25 @@ def test_plan(hooks, action, why):
     assert why in step.why
 
 
+SIGNED = desired_hook("https://hooks.example.cn", frozenset(EVENT_KINDS), signed=True)
+
+
+@pytest.mark.parametrize("hook, action, why", [
+    (our_hook(token_present=True, signing_token_present=False), "update", "hook #12: set the signing token"),
+    (our_hook(token_present=True, signing_token_present=True), "ok", "secret set, signing token set"),
+    (our_hook(), "ok", "up to date, secret unknown"),          # before 19.0 GitLab does not say: left alone
+])
+def test_plan_with_signing_required(hook, action, why):
+    step = plan(Listing(PROJECT, (hook,)), SIGNED, NOW)
+    assert step.action == action and why in step.why
+
+
+def test_check_flags_a_hook_without_the_signing_token_when_signing_is_required():
+    status = check(Listing(PROJECT, (our_hook(token_present=True, signing_token_present=False),)), SIGNED, NOW)
+    assert status.attention and status.secret == "set, no signing token"
+    assert "run --wire-hooks to fix it" in status.hints
+
+
 def test_plan_skips_a_project_whose_hooks_could_not_be_read():
     step = plan(Listing(PROJECT, problem="no permission: needs Maintainer"), DESIRED, NOW)
     assert (step.action, step.why) == ("skip", "no permission: needs Maintainer")

@@ -77,6 +77,17 @@ def test_wrong_token_is_one_line_and_fails(run, service, fake):
     assert fake.messages == []
 
 
+class TestANonAsciiSecret:
+    @pytest.fixture
+    def settings(self, settings):
+        return dataclasses.replace(settings, gitlab_webhook_secret="密钥-s3cret")
+
+    def test_is_sent_as_its_utf8_bytes_and_accepted(self, run, service):
+        code, out, err = run(port=service.server_port)
+        assert code == 0, err
+        assert "HTTP 200" in out and "Traceback" not in err
+
+
 def test_closed_port_is_one_line_and_fails(run):
     code, _, err = run(port=free_port())
     assert code == 1
@@ -123,7 +134,7 @@ def test_a_url_that_is_not_http_is_refused(run):
 def test_headers_are_gitlabs_with_fresh_ids():
     first = send_test_webhook.gitlab_headers(SECRET, "https://git.example.cn")
     second = send_test_webhook.gitlab_headers(SECRET, "https://git.example.cn")
-    assert first["X-Gitlab-Event"] == "Push Hook" and first["X-Gitlab-Token"] == SECRET
+    assert first["X-Gitlab-Event"] == "Push Hook" and first["X-Gitlab-Token"] == SECRET.encode()
     assert first["User-Agent"].startswith("GitLab/") and first["X-Gitlab-Instance"] == "https://git.example.cn"
     for name in ("Idempotency-Key", "X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID"):
         assert first[name] != second[name]

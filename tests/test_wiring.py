@@ -165,6 +165,27 @@ def test_a_second_run_changes_nothing(wiring_settings, rsps, capsys):
     assert "3 projects: ok 3." in out and "secret set" in row(out, "grouptwogame/naina")
 
 
+SIGNING_TOKEN = "whsec_" + "c2lnbmluZy1rZXktb2YtMzItYnl0ZXMtZm9yLXRlc3Q="
+
+
+def test_with_signing_required_hooks_get_the_signing_token(wiring_settings, rsps):
+    """Otherwise every delivery of a hook made here would be refused with 401."""
+    gitlab = FakeGitLab(rsps, [YESHUI, NAINA], {2: [gitlab_hook(7, OURS, 2, **RIGHT, token="x")]},
+                        reports_token=True)
+    assert run(dataclasses.replace(wiring_settings, gitlab_signing_token=SIGNING_TOKEN)) == 0
+    assert [hook["signing_token"] for hook in gitlab.hooks[1] + gitlab.hooks[2]] == [SIGNING_TOKEN] * 2
+
+
+def test_with_signing_required_a_second_run_changes_nothing(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [YESHUI, NAINA], reports_token=True)
+    signed = dataclasses.replace(wiring_settings, gitlab_signing_token=SIGNING_TOKEN)
+    run(signed)
+    first = len(changes(rsps))
+    capsys.readouterr()
+    assert run(signed) == 0 and len(changes(rsps)) == first == 2
+    assert "secret set, signing token set" in row(capsys.readouterr().out, "grouptwogame/naina")
+
+
 def test_check_reports_each_hook_and_exits_zero_when_all_is_well(wiring_settings, rsps, capsys):
     FakeGitLab(rsps, [NAINA], {2: [gitlab_hook(7, OURS, 2, **RIGHT, token="x")]}, reports_token=True)
     assert run(wiring_settings, check_only=True) == 0
