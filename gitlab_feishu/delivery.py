@@ -17,7 +17,7 @@ from typing import Callable
 from .chats import BotClient, mask_chat_url
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import FeishuError
-from .outbox import FAILED, QUEUED, SENT, Delivery, Outbox
+from .outbox import FAILED, QUEUED, SENT, Delivery, Outbox, feishu_uuid
 from .pacing import Pacer, bot_quotas, dm_quotas
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,10 @@ class Deliverer:
             secret = self.chat_secret(row.recipient)
             self.chats.post_card(row.recipient, secret, json.loads(row.content), budget=budget)
             return None
-        return self.feishu.send_card(open_id, row.content, row.uuid, budget=budget)
+        # A row addressed by email sends under the uuid of the open_id it resolved to, so a person whom
+        # owners.json or users.json names once by email and once by open_id gets the card once.
+        uuid = row.uuid if is_open_id(row.recipient) else feishu_uuid(row.event_key, "dm", open_id)
+        return self.feishu.send_card(open_id, row.content, uuid, budget=budget)
 
     def _record_failure(self, row: Delivery, error: FeishuError | str, *, attempts: int) -> Outcome:
         """Mark a row failed for good, or queue it for the retry worker."""

@@ -10,6 +10,7 @@ makes nothing new.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -69,6 +70,13 @@ QUEUED, SENT, FAILED = "queued", "sent", "failed"
 def recipient_identity(channel: str, recipient: str) -> tuple[str, str]:
     """Who a recipient is: an email whatever its case (Feishu's lookup ignores case), else as written."""
     return channel, recipient.casefold() if channel == "dm" and "@" in recipient else recipient
+
+
+def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
+    """Feishu's dedupe key for one card to one recipient: the same on every retry, at most 50 chars."""
+    channel, identity = recipient_identity(channel, recipient)
+    digest = hashlib.sha256(f"{event_key}\n{channel}\n{identity}".encode("utf-8")).hexdigest()
+    return "gf-" + digest[:40]
 
 
 @dataclass(frozen=True)

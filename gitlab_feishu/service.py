@@ -6,7 +6,6 @@ stay in app.py.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import Any, Callable, Mapping
@@ -16,7 +15,7 @@ from .cards import card_content, render_card
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
-from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox, recipient_identity
+from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, recipient_identity
 from .owners import Match, OwnersFile
 from .pipelines import pipeline_to_notify
 from .quiet import SELF_SKIPPED, quiet_reason, split_self
@@ -38,13 +37,6 @@ def idempotency_key(headers: Mapping[str, str], event: Event) -> str:
         if value:                   # a blank header must not merge unrelated events under one key
             return prefix + value[:200]
     return "payload:" + event.idempotency_key
-
-
-def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
-    """Feishu's dedupe key for one card to one recipient: the same on every retry, at most 50 chars."""
-    channel, identity = recipient_identity(channel, recipient)
-    digest = hashlib.sha256(f"{event_key}\n{channel}\n{identity}".encode("utf-8")).hexdigest()
-    return "gf-" + digest[:40]
 
 
 def overall_status(results: list[str]) -> str:

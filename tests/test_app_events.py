@@ -79,6 +79,15 @@ def test_merge_request_card_goes_to_owner_reviewer_and_assignee_once_each(client
     assert sent_to(feishu) == ["lisi@example.com", "wangwu@example.com", "zhangsan@example.com"]
 
 
+def test_a_reviewer_whom_owners_json_names_by_open_id_gets_one_card(settings, feishu):
+    open_id = feishu.add_user("lisi@example.com", "ou_lisi")      # users.json names lisi by email
+    settings.owners_file.write_text(json.dumps({"grouptwogame/yeshui-client": open_id}), encoding="utf-8")
+    response = post(make_client(settings), load_payload("chinese_merge_request.json"))
+    assert [(d["to"], d["result"]) for d in response["deliveries"]] == [
+        ("ou_lisi", "sent"), ("lisi@example.com", "sent"), ("wangwu@example.com", "sent")]
+    assert sent_to(feishu) == ["lisi@example.com", "wangwu@example.com"]
+
+
 def test_failed_pipeline_goes_to_owner_and_whoever_triggered_it(client, feishu):
     response = post(client, pipeline(5031, "failed", name="李四", username="lisi"))
     assert response["deliveries"] == [ZHANGSAN, {"to": "lisi@example.com", "rule": "triggered: lisi",
