@@ -93,14 +93,18 @@ def _decode(data: bytes, path: Path) -> tuple[str, list[str]]:
         return data.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:
         utf8_error = exc
+    line = data.count(b"\n", 0, utf8_error.start) + 1
+    not_utf8 = f"{path} is not UTF-8 (byte 0x{data[utf8_error.start]:02x} on line {line})"
     try:
         # An old Notepad "ANSI" save on a Chinese Windows; trusted only when it also parses as JSON.
         text = data.decode("gb18030")
         json.loads(text)
-    except (UnicodeDecodeError, ValueError):
-        line = data.count(b"\n", 0, utf8_error.start) + 1
-        raise ConfigError(f"{path} is not UTF-8 (byte 0x{data[utf8_error.start]:02x} on line {line}) "
-                          f"nor readable as GBK; {_RESAVE}") from None
+    except json.JSONDecodeError as exc:
+        # Readable as GBK but with a typo: say where, or the person re-saves and still has the typo.
+        raise ConfigError(f"{not_utf8}; read as GBK (an \"ANSI\" save), line {exc.lineno} column {exc.colno} "
+                          f"is not valid JSON: {exc.msg}{_syntax_hint(text, exc.pos)}; {_RESAVE}") from None
+    except (ValueError, RecursionError):
+        raise ConfigError(f"{not_utf8} nor readable as GBK; {_RESAVE}") from None
     return text, [f"{path} was decoded as GBK (an \"ANSI\" save); to avoid garbled names, {_RESAVE}"]
 
 

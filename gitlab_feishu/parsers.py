@@ -27,14 +27,15 @@ def parse_push(payload: dict) -> PushEvent | Ignored:
     ref = text(payload.get("ref"))
     if not ref:
         return Ignored("push payload has no ref")
-    commits = _commits(payload)
+    after = text(payload.get("after"))
+    commits = _oldest_first(_commits(payload), after)
     total = integer(payload.get("total_commits_count"))
     return PushEvent(
         project=project,
         actor=parse_pusher(payload),
         ref=ref,
         before=text(payload.get("before")),
-        after=text(payload.get("after")),
+        after=after,
         commits=commits,
         total_commits=max(total if total and total > 0 else 0, len(commits)),
         ref_protected=optional_bool(payload.get("ref_protected")),
@@ -138,6 +139,13 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
 
 def _commits(payload: dict) -> tuple[Commit, ...]:
     return tuple(c for c in (parse_commit(raw) for raw in as_list(payload.get("commits"))) if c)
+
+
+def _oldest_first(commits: tuple[Commit, ...], after: str) -> tuple[Commit, ...]:
+    """A push lists its commits oldest first; the Test button's sample lists them newest first (`after` leads)."""
+    if len(commits) > 1 and commits[0].id == after and commits[-1].id != after:
+        return commits[::-1]
+    return commits
 
 
 def _draft_made_ready(changes: dict) -> bool:

@@ -179,6 +179,12 @@ def test_at_most_five_commits_newest_first():
     assert "还有 3 个更早的提交" in markdown(card)
 
 
+def test_test_button_sample_newest_first_still_shows_the_pushed_commit_first():
+    # GitLab's Test > Push events lists the default branch's last commits newest first (after = the first).
+    card = card_for(load("gitlab_api_doc_webhook_event_push.json"))
+    assert [line.split("]")[0] for line in commit_lines(card)] == ["[f15b3227", "[8749d499", "[468abc80"]
+
+
 def test_more_counts_commits_beyond_the_twenty_in_the_payload():
     assert "还有 52 个更早的提交" in markdown(card_for(with_commits(20, 57)))
 

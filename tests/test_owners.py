@@ -232,6 +232,22 @@ def test_gbk_bytes_that_do_not_parse_are_refused_not_guessed(tmp_path):
         load_owners(path)
 
 
+def test_gbk_save_with_a_typo_names_the_encoding_and_the_line(tmp_path):
+    text = '{\r\n  "Y_野水发财": "zhangsan@example.com",\r\n  "测试项目"： "test@example.com"\r\n}\r\n'
+    path = write_owners(tmp_path, text.encode("gbk"))
+    with pytest.raises(ConfigError) as raised:
+        load_owners(path)
+    message = str(raised.value)
+    assert str(path) in message and "read as GBK" in message and "line 3 column 9" in message
+    assert "Chinese" in message and "nor readable as GBK" not in message
+
+
+def test_deeply_nested_non_utf8_file_is_refused_not_a_traceback(tmp_path):
+    path = write_owners(tmp_path, '{"测试": '.encode("gbk") + b"[" * 100_000)
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_owners(path)
+
+
 # --- hot reload -------------------------------------------------------------------------------
 
 class FakeClock:
