@@ -16,8 +16,8 @@ _CREDENTIALS = ("check FEISHU_APP_ID and FEISHU_APP_SECRET against the app's 凭
                 "(Credentials & Basic Info) page in the Feishu developer console")
 _PUBLISH = "and publish a new version of the app"
 _BAD_ID = "the open_id is invalid for this app (open_ids differ per app): look the user up again by email"
-_TOKEN_REJECTED = ("Feishu rejected a freshly fetched tenant_access_token: retry later; if it persists, "
-                   "check that the app is enabled in the Feishu developer console")
+_TOKEN_REJECTED = ("Feishu rejected the tenant_access_token (expired or revoked): a fresh one is fetched and the "
+                   "call tried again; if this repeats, check that the app is enabled in the Feishu developer console")
 _BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): see the sub-code in the message"
 
 # code -> (retryable, hint). Codes not listed are permanent (see _UNKNOWN_CODE).
@@ -89,7 +89,7 @@ def code_error(what: str, rsp: requests.Response, payload: dict) -> FeishuError:
     retry_after_ = retry_after(rsp) if retryable else None
     if code == 230020 and retry_after_ is None:
         retry_after_ = 1.0
-    return FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=rsp.status_code, log_id=log_id,
+    return FeishuError(f"{what}: Feishu {code}" + (f": {msg}" if msg else ""), code=code, http_status=rsp.status_code, log_id=log_id,
                        retryable=retryable, retry_after=retry_after_, hint=hint)
 
 

@@ -335,6 +335,15 @@ def test_error_names_code_msg_log_id_and_hint_in_one_line_and_logs_it(client, ca
 
 
 @responses.activate
+def test_an_empty_msg_leaves_no_dangling_colon(client):
+    token_ok()
+    responses.post(SEND_URL, **feishu_error(230013, "", log_id="2024ABC"))
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1")
+    assert str(caught.value).startswith("sending the card: Feishu 230013 (log id 2024ABC): ")
+
+
+@responses.activate
 def test_log_id_falls_back_to_the_response_header(client):
     token_ok()
     responses.post(SEND_URL, **feishu_error(230013, headers={"X-Tt-Logid": "2024HDR"}))
