@@ -278,6 +278,8 @@ def _answer(exc: gitlab.GitlabError) -> str:
     code, message = exc.response_code, str(exc.error_message)
     if code is None:
         return str(exc)
+    if message.lstrip().startswith("<"):       # a web page (a proxy, or GITLAB_URL not GitLab): not worth printing
+        return f"GitLab answered {code} with a web page instead of an API answer"
     return f"GitLab answered {message}" if message.startswith(str(code)) else f"GitLab answered {code} {message}"
 
 

@@ -252,6 +252,14 @@ def test_a_gitlab_url_that_is_not_gitlab_says_so(wiring_settings, rsps, capsys):
     assert "could not identify the token's user: GitLab answered 404 Not Found" in err and "GITLAB_URL=" in err
 
 
+def test_a_web_page_instead_of_the_api_is_not_printed(wiring_settings, rsps, capsys):
+    every_api_get(rsps, status=404, body="<!DOCTYPE html>\n<html><head><title>Not Found</title></head></html>")
+    assert run(wiring_settings) == 1
+    err = capsys.readouterr().err
+    assert "GitLab answered 404 with a web page instead of an API answer" in err and "GITLAB_URL=" in err
+    assert "<html" not in err
+
+
 def test_no_owners_json_match_at_all_is_an_error(wiring_settings, rsps, capsys):
     FakeGitLab(rsps, [UNOWNED])
     assert run(wiring_settings) == 1
