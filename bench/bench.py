@@ -294,6 +294,15 @@ ROWS = [("webhooks/s", "webhooks_per_s", "{:.1f}"), ("ack latency p50 (ms)", "ac
         ("server CPU per webhook (ms)", "cpu_ms_per_webhook", "{:.2f}"), ("peak memory (MB)", "peak_rss_mb", "{:.1f}")]
 
 
+def summarize(results: dict) -> None:
+    """Add what the table derives: the ratios to the naive server and the share of the synchronous limit."""
+    service, baseline = results["service"], results.get("baseline")
+    if baseline:
+        results["ratios"] = {key: service[key] / baseline[key] for _, key, _ in ROWS if baseline[key]}
+    results["synchronous_limit_per_s"] = results["connections"] / (results["rtt_ms"] / 1000)
+    results["share_of_limit"] = service["webhooks_per_s"] / results["synchronous_limit_per_s"]
+
+
 def table(results: dict) -> str:
     service, baseline = results["service"], results.get("baseline")
     lines = [f"{results['cores']} cores, Feishu RTT {results['rtt_ms']:.0f} ms, {results['connections']} connections, "
@@ -301,11 +310,10 @@ def table(results: dict) -> str:
              f"{'':<30}{'this service':>14}{'naive server':>14}{'ratio':>9}"]
     for label, key, fmt in ROWS:
         other = fmt.format(baseline[key]) if baseline else "-"
-        ratio = f"{service[key] / baseline[key]:.1f}x" if baseline and baseline[key] else ""
+        ratio = f"{results['ratios'][key]:.1f}x" if key in results.get("ratios", {}) else ""
         lines.append(f"{label:<30}{fmt.format(service[key]):>14}{other:>14}{ratio:>9}")
-    limit = results["connections"] / (results["rtt_ms"] / 1000)
-    lines += ["", f"synchronous limit (connections / RTT): {limit:.0f}/s; this service reached "
-                  f"{service['webhooks_per_s'] / limit:.0%}"]
+    lines += ["", f"synchronous limit (connections / RTT): {results['synchronous_limit_per_s']:.0f}/s; "
+                  f"this service reached {results['share_of_limit']:.0%}"]
     ten = results["ten_owners"]
     lines.append(f"10 owners, warm caches: acked in {ten['ack_ms']:.0f} ms = {ten['ack_rtts']:.2f} RTT")
     hang = results["hanging_feishu"]
@@ -333,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
     args = parser.parse_args(argv)
     results = run(args)
+    summarize(results)
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")

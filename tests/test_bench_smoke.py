@@ -18,4 +18,4 @@ def test_a_tiny_benchmark_run_prints_its_table(tmp_path):
                 "non-2xx", "server CPU per webhook (ms)", "peak memory (MB)", "10 owners", "Feishu hanging", "burst of 10 pushes"):
         assert row in run.stdout
     measured = json.loads(results.read_text(encoding="utf-8"))
-    assert {"service", "ten_owners", "hanging_feishu", "burst"} <= set(measured)
+    assert {"service", "ten_owners", "hanging_feishu", "burst", "share_of_limit"} <= set(measured)
