@@ -34,7 +34,7 @@ _STEPS = (_Detail(5, 72, 80, 200), _Detail(5, 40, 80, 120), _Detail(3, 40, 60, 8
           _Detail(0, 0, 30, 0))
 
 # Characters that start markdown or tag syntax, written as entities as Feishu documents.
-_ENTITIES = {c: f"&#{ord(c)};" for c in "&<>*_~`[]()#\\!+-$\"':|"}
+_ENTITIES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>*_~`[]()#\\!+-$\"':|"})
 _WHITESPACE = re.compile(r"[\x00-\x20\x7f\x85\u2028\u2029]+")   # line breaks and controls: one space
 _LIST_NUMBER = re.compile(r"^(\d+)\.")                           # "1." would start an ordered list
 _URL_SAFE = "/:@!$&'*+,;=%?"        # kept in links; spaces, parentheses and non-ASCII are percent-encoded
@@ -61,7 +61,7 @@ def card_content(card: dict) -> str:
 def escape_markdown(text: str) -> str:
     """User text as inline markdown that renders literally (line breaks become spaces)."""
     text = _WHITESPACE.sub(" ", _clean(text)).strip(" ")
-    text = "".join(_ENTITIES.get(c, c) for c in text)
+    text = text.translate(_ENTITIES)
     return _LIST_NUMBER.sub(r"\1&#46;", text)
 
 
