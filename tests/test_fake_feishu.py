@@ -210,7 +210,7 @@ def deep(element, levels=3) -> dict:
     ("{not json", 230099, "200621"),
     (json.dumps({"header": {"title": {"tag": "plain_text", "content": "1.0"}}}), 230099, "elements"),
     (json.dumps({**card(), "schema": "3.0"}), 230099, "schema"),
-    (json.dumps(card(elements=[])), 230099, "unknown property"),
+    (json.dumps(card(elements=[])), 230099, "unsupported properties"),
     (json.dumps(card({"tag": "action", "actions": [button(url="https://x.example")]})), 230099, "200861"),
     (json.dumps(card(deep({"tag": "note", "elements": []}))), 230099, "200861"),
     (json.dumps(card({"tag": "collapsible_panel", "elements": [{"tag": "action", "actions": []}]})),
