@@ -170,7 +170,10 @@ def _url(raw: str) -> str:
 
 
 def _words(raw: str) -> list[str]:
-    return [word.strip() for word in raw.replace(";", ",").split(",") if word.strip()]
+    # A Chinese input method types the full-width ， ； or 、 between the words.
+    for separator in (";", "，", "；", "、"):
+        raw = raw.replace(separator, ",")
+    return [word.strip() for word in raw.split(",") if word.strip()]
 
 
 def _event_kinds(raw: str) -> frozenset[str]:
