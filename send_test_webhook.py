@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import requests
 
-from gitlab_feishu.settings import ConfigError, Settings
+from gitlab_feishu.settings import ConfigError, Settings, os_text
 
 GITLAB_VERSION = "18.6.0"                # what the User-Agent claims; any GitLab/<version> is fine
 DEFAULT_PROJECT = ("demo/ceshi-xiangmu", "测试项目")   # named like the shipped owners.json's "测试项目"
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")   # a console that cannot show Chinese must not crash
     args = _parser().parse_args(argv)
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            setattr(args, name, os_text(value))      # a C locale hands Chinese over as surrogate escapes
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

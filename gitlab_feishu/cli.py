@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .events import Project
 from .hookplan import HOOK_PATH, desired_hook
-from .settings import EVENT_KINDS, ConfigError, Settings
+from .settings import EVENT_KINDS, ConfigError, Settings, os_text
 
 log = logging.getLogger("gitlab_feishu.cli")
 
@@ -84,10 +84,10 @@ def serve(settings: Settings) -> int:
     banner = [
         "GitLab -> Feishu notifier",
         f"  mode:    {'dry-run (FEISHU_APP_ID not set: cards are logged, not sent)' if settings.dry_run else 'live'}",
-        f"  owners:  {settings.owners_file} ({len(owners.current())} entries)",
+        f"  owners:  {os_text(str(settings.owners_file))} ({len(owners.current())} entries)",
         f"  webhook: {webhook_url(settings)}  (GitLab: Settings > Webhooks > URL)",
         f"  secret:  {_secret_state(settings)}",
-        f"  logs:    {settings.log_dir / 'webhook_server.log'}",
+        f"  logs:    {os_text(str(settings.log_dir / 'webhook_server.log'))}",
         f"  feishu:  credentials {feishu_state}",
         f"  sources: {_networks(settings.allowed_sources) or 'anyone (ALLOWED_SOURCES not set)'}"
         + (f" (trusted proxies: {_networks(settings.trusted_proxies)})" if settings.trusted_proxies else ""),

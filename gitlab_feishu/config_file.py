@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, Sized, TypeVar
 
-from .settings import ConfigError
+from .settings import ConfigError, os_text
 
 _JSON_SPACE = " \t\r\n"
 _RESAVE = "open it in Notepad, File > Save As, choose Encoding: UTF-8 and save"
@@ -180,7 +180,7 @@ class WatchedFile(Generic[Loaded]):
         The file is checked first, as for routing, so a worker that routed nothing since an edit reports it too.
         """
         self.current()
-        return {"path": str(self._path), "entries": len(self._loaded),
+        return {"path": os_text(str(self._path)), "entries": len(self._loaded),
                 "loaded_at": self._loaded_at, "last_error": self._last_error}
 
     def _reload(self, signature: tuple[int, int] | None) -> None:

@@ -18,9 +18,10 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
     console, where systemd's journal collects them.
     """
     for stream in (sys.stdout, sys.stderr):
-        # A Windows console in GBK must not turn a Chinese name into a crash.
+        # Keep the console's own encoding (a GBK pipe in PowerShell shows GBK, not UTF-8 mojibake); what it
+        # cannot show is escaped instead of crashing. The log file below is UTF-8 whatever the console.
         if hasattr(stream, "reconfigure"):
-            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+            stream.reconfigure(errors="backslashreplace")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if to_file:
         settings.log_dir.mkdir(parents=True, exist_ok=True)

@@ -106,13 +106,31 @@ def _parse(env: Mapping[str, str]) -> dict:
         raw = get(name)
         if raw is not None:
             try:
-                parsed[attr] = convert(raw)
+                parsed[attr] = convert(raw if convert is _path else os_text(raw))
             except ValueError as exc:
                 raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
     return parsed
 
 
+def os_text(value: str) -> str:
+    """A value from the environment or the command line as it was typed.
+
+    Under a locale that cannot decode it (LC_ALL=C with PYTHONUTF8=0 on Linux) Python hands non-ASCII
+    bytes over as surrogate escapes, which no encoder accepts; they were UTF-8 text. A path keeps its
+    escapes, because the file system wants the same bytes back, and goes through here only to be shown.
+    """
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _path(raw: str) -> Path:
+    if any(ch < " " for ch in raw):
+        # python-dotenv reads \n, \t, \b... inside double quotes as escapes: "C:\服务\new" loses its \n.
+        raise ValueError("it contains a control character; in .env write a Windows path without quotes "
+                         "or in single quotes")
     path = Path(raw).expanduser()
     return path if path.is_absolute() else PROJECT_DIR / path
 
@@ -156,7 +174,10 @@ def _url(raw: str) -> str:
 
 
 def _words(raw: str) -> list[str]:
-    return [word.strip() for word in raw.replace(";", ",").split(",") if word.strip()]
+    # A Chinese input method types the full-width ， ； or 、 between the words.
+    for separator in (";", "，", "；", "、"):
+        raw = raw.replace(separator, ",")
+    return [word.strip() for word in raw.split(",") if word.strip()]
 
 
 def _event_kinds(raw: str) -> frozenset[str]:

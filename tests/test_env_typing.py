@@ -1,0 +1,28 @@
+"""What Notepad with a Chinese input method does to .env values, read as the person meant them."""
+from __future__ import annotations
+
+import pytest
+
+from gitlab_feishu.settings import ConfigError, Settings
+
+
+def from_env_file(tmp_path, text: str) -> Settings:
+    env_file = tmp_path / ".env"
+    env_file.write_text(text, encoding="utf-8-sig")
+    return Settings.from_env({}, env_file=env_file)
+
+
+@pytest.mark.parametrize("separator", ["，", "；", "、"])
+def test_full_width_separators_split_a_list(tmp_path, separator):
+    settings = from_env_file(tmp_path, f"ADMIN_EMAILS=张三@example.com{separator}lisi@example.com\n")
+    assert settings.admin_emails == ("张三@example.com", "lisi@example.com")
+
+
+def test_a_double_quoted_windows_path_that_lost_a_backslash_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match=r"OWNERS_FILE=.*\\n.*without quotes or in single quotes"):
+        from_env_file(tmp_path, 'OWNERS_FILE="C:\\服务\\new\\owners.json"\n')
+
+
+def test_a_windows_path_without_quotes_keeps_its_backslashes(tmp_path):
+    settings = from_env_file(tmp_path, "OWNERS_FILE=C:\\服务\\new\\owners.json\n")
+    assert "C:\\服务\\new\\owners.json" in str(settings.owners_file)
