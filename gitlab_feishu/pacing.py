@@ -24,6 +24,10 @@ APP_MESSAGES: tuple[Window, ...] = ((50, 1.1), (1000, 62.0))
 ONE_USER: tuple[Window, ...] = ((5, 1.2),)
 ONE_BOT: tuple[Window, ...] = ((5, 1.2), (100, 62.0))
 LOG_SECONDS = 62.0                       # the longest window: older entries are forgotten
+# Entries stamped later than this past now are from before the clock was stepped back (NTP): counting
+# them would hold every send back by the size of the step, an hour for an hour. A write waiting for the
+# lock may log a send a few milliseconds ahead of another's `now`: that is well inside the slack.
+CLOCK_SLACK = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,9 @@ class Pacer:
             wait = 0.0
             for quota in quotas:
                 for count, seconds in quota.windows:
-                    rows = conn.execute("SELECT at FROM sends WHERE key = ? AND at > ? ORDER BY at DESC LIMIT ?",
-                                        (quota.key, now - seconds, count)).fetchall()
+                    rows = conn.execute("SELECT at FROM sends WHERE key = ? AND at > ? AND at <= ?"
+                                        " ORDER BY at DESC LIMIT ?",
+                                        (quota.key, now - seconds, now + CLOCK_SLACK, count)).fetchall()
                     if len(rows) >= count:
                         wait = max(wait, rows[-1][0] + seconds - now)
             if wait > 0:

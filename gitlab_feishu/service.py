@@ -7,6 +7,7 @@ stay in app.py.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -28,6 +29,12 @@ RETRY_WINDOW = 24 * 3600.0     # how long a queued delivery is retried before it
 LEASE_SLACK = 10.0             # an inline attempt's lease outlives the deadline by this much
 DEADLINE_MARGIN = 0.3          # answer GitLab this long before the deadline, for the reply itself
 CARD_LIMITS = {"dm": cards.MAX_CARD_BYTES, "chat": chats.MAX_CARD_BYTES}   # a bot's body holds its card
+# Webhooks that may try their cards inline at once, per process: fewer than the server's 32 threads
+# (gunicorn.conf.py, cli.py), so that while Feishu is down or hanging, and every inline attempt holds
+# its thread until the deadline, a burst still finds threads that answer at once. The others leave
+# their cards to the retry worker; without this, 200 webhooks at once waited past GitLab's 10 s.
+INLINE_SLOTS = 24
+BUSY = "many webhooks in flight: left to the retry worker"
 
 
 def idempotency_key(headers: Mapping[str, str], event: Event) -> str:
@@ -63,6 +70,7 @@ class Notifier:
         self.deliverer = deliverer
         self.lease_owner = lease_owner
         self.clock = clock
+        self.inline_slots = threading.BoundedSemaphore(INLINE_SLOTS)
 
     def notify(self, payload: Any, headers: Mapping[str, str], started: float) -> dict:
         """Handle one delivery whose token and JSON have been checked; returns the response body."""
@@ -96,12 +104,23 @@ class Notifier:
         planned = [NewDelivery(m.channel, m.recipient, m.rule, contents[m.channel],
                                feishu_uuid(key, m.channel, m.recipient)) for m in matches]
         deadline = started + self.settings.delivery_deadline_seconds - DEADLINE_MARGIN
-        new, earlier = self.outbox.begin_event(
-            key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
-            lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK, retry_window=RETRY_WINDOW)
-        if not new:
-            return self._repeat(key, earlier, base)
-        outcomes = self.deliverer.deliver(new, deadline)
+        inline = self.inline_slots.acquire(blocking=False)
+        try:
+            # Rows left to the retry worker are recorded unleased, so it may claim them at once.
+            new, earlier = self.outbox.begin_event(
+                key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
+                lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK if inline else 0.0,
+                retry_window=RETRY_WINDOW)
+            if not new:
+                return self._repeat(key, earlier, base)
+            if inline:
+                outcomes = self.deliverer.deliver(new, deadline)
+            else:
+                outcomes = {row.id: Outcome(QUEUED, BUSY) for row in new}
+                self.deliverer.on_due()
+        finally:
+            if inline:
+                self.inline_slots.release()
         outcomes.update({row.id: Outcome(row.status, row.last_error) for row in earlier})
         by_recipient = {recipient_identity(row.channel, row.recipient): row for row in new + earlier}
         rows = [by_recipient[recipient_identity(d.channel, d.recipient)] for d in planned]

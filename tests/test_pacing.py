@@ -87,3 +87,12 @@ def test_bot_quota_never_records_the_webhook_url(pacer):
     [quota] = bot_quotas(url)
     assert "secret-token" not in quota.key
     assert quota == Quota(quota.key, quota.windows)
+
+
+def test_a_clock_stepped_back_does_not_hold_sends_back_for_the_size_of_the_step(pacer, clock):
+    start = clock()
+    for _ in range(5):
+        assert pacer.try_turn(dm_quotas("ou_a")) == 0
+    clock.now = start - 3600                      # NTP steps the clock back an hour
+    assert pacer.wait_turn(dm_quotas("ou_a"), deadline=clock() + 5)
+    assert clock() == start - 3600
