@@ -23,6 +23,7 @@ except ImportError:        # Windows: one waitress process, so the thread lock i
     fcntl = None
 
 CHECKPOINT_INTERVAL = 1.0  # seconds between background checkpoints while there are writes
+BUSY_TIMEOUT = 30.0        # seconds a write waits for a lock another program holds, unless told less
 
 
 class Database:
@@ -44,18 +45,26 @@ class Database:
             # writer takes the lock up front instead of failing on upgrade.
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint = 0")     # see _checkpoint_forever
-            self._local.conn = conn
+            self._local.conn, self._local.busy_ms = conn, None
         return conn
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on this thread's connection."""
+    def write(self, timeout: float = BUSY_TIMEOUT) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on this thread's connection.
+
+        Our own processes take turns on the locks below; only another program (an sqlite3 shell left
+        in a transaction, a backup tool) makes SQLite itself wait, for at most `timeout` (whole seconds),
+        then sqlite3.OperationalError ("database is locked").
+        """
+        conn = self.connection()
+        busy_ms = int(max(timeout, 0)) * 1000
+        if self._local.busy_ms != busy_ms:       # set outside the locks, and only when it changes
+            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            self._local.busy_ms = busy_ms
         with self._write_lock, self._between_processes():
-            conn = self.connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

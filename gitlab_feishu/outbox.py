@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .db import Database
+from .db import BUSY_TIMEOUT, Database
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+OUTCOME_WAIT = 2.0     # seconds an outcome waits for a lock another program holds on the outbox
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -72,6 +76,11 @@ def recipient_identity(channel: str, recipient: str) -> tuple[str, str]:
     return channel, recipient.casefold() if channel == "dm" and "@" in recipient else recipient
 
 
+def is_locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLite gave up waiting for a lock (another program holds the file in a transaction)."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
     """Feishu's dedupe key for one card to one recipient: the same on every retry, at most 50 chars."""
     channel, identity = recipient_identity(channel, recipient)
@@ -121,8 +130,8 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         return self._db.connection()
 
-    def _write(self):
-        return self._db.write()
+    def _write(self, timeout: float = BUSY_TIMEOUT):
+        return self._db.write(timeout)
 
     def _migrate(self) -> None:
         # Processes starting together all get here; BEGIN IMMEDIATE lets one
@@ -144,15 +153,16 @@ class Outbox:
     # -- events ----------------------------------------------------------------
 
     def begin_event(self, key: str, kind: str, project: str, deliveries: Iterable[NewDelivery], *,
-                    lease_owner: str, lease_seconds: float,
-                    retry_window: float) -> tuple[list[Delivery], list[Delivery]]:
+                    lease_owner: str, lease_seconds: float, retry_window: float,
+                    timeout: float = BUSY_TIMEOUT) -> tuple[list[Delivery], list[Delivery]]:
         """Record an event's deliveries, each new one leased to the caller for an inline attempt.
 
         Returns (new rows, rows recorded earlier for the same key and recipient): a repeat of the event
-        makes no second card for anyone, yet reaches a recipient added to owners.json since.
+        makes no second card for anyone, yet reaches a recipient added to owners.json since. Raises
+        sqlite3.OperationalError when another program holds the outbox locked for `timeout`.
         """
         now = self.clock()
-        with self._write() as conn:
+        with self._write(timeout) as conn:
             is_new = conn.execute("INSERT OR IGNORE INTO events (key, kind, project, created_at) VALUES (?, ?, ?, ?)",
                                   (key, kind, project, now)).rowcount == 1
             recorded = {} if is_new else {recipient_identity(row.channel, row.recipient): row
@@ -195,11 +205,19 @@ class Outbox:
                message_id: str | None = None, next_attempt_at: float | None = None) -> None:
         """Record the outcome of a round of attempts and release the lease; a sent row never changes again."""
         values = (status, attempts, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id)
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
-                " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
-                " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'", values)
+        try:
+            with self._write(OUTCOME_WAIT) as conn:
+                conn.execute(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
+                    " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
+                    " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'", values)
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc):
+                raise
+            # The row keeps its lease and is tried again when it runs out; a card already sent is not
+            # sent twice, because Feishu keeps one message per uuid for an hour.
+            log.warning("could not record that delivery %s is %s: %s is locked by another program", delivery_id,
+                        status, self.path)
 
     # -- the retry worker ------------------------------------------------------
 

@@ -7,6 +7,7 @@ stay in app.py.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -16,7 +17,7 @@ from .cards import card_content, render_card
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
-from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, recipient_identity
+from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, is_locked, recipient_identity
 from .owners import Match, OwnersFile
 from .pipelines import pipeline_to_notify
 from .quiet import SELF_SKIPPED, quiet_reason, split_self
@@ -110,7 +111,7 @@ class Notifier:
             new, earlier = self.outbox.begin_event(
                 key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
                 lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK if inline else 0.0,
-                retry_window=RETRY_WINDOW)
+                retry_window=RETRY_WINDOW, timeout=deadline - self.clock())
             if not new:
                 return self._repeat(key, earlier, base)
             if inline:
@@ -118,6 +119,10 @@ class Notifier:
             else:
                 outcomes = {row.id: Outcome(QUEUED, BUSY) for row in new}
                 self.deliverer.on_due()
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc):
+                raise
+            return self._outbox_locked(key, matches, base, skipped)
         finally:
             if inline:
                 self.inline_slots.release()
@@ -163,6 +168,17 @@ class Notifier:
         self._log(event, key, [f"{match.shown} ({match.rule}) dry_run" for match in matches], started)
         return {"status": "dry_run", "reason": "FEISHU_APP_ID is not set: cards were logged, not sent", **base,
                 "deliveries": [{"to": m.shown, "rule": m.rule, "result": "dry_run"} for m in matches] + skipped}
+
+    def _outbox_locked(self, key: str, matches: list[Match], base: dict, skipped: list[dict]) -> dict:
+        """Nothing could be recorded in time: answer GitLab anyway (a 5xx would count towards disabling
+        the hook) and say how to get the cards out."""
+        error = (f"{self.outbox.path} stayed locked by another program (an sqlite3 shell or a backup tool in "
+                 "a transaction?): nothing was recorded or sent; once it is free, resend this delivery from "
+                 "GitLab (Settings > Webhooks > Edit > Recent events)")
+        log.error("%s for %s: %s", key, base["project"], error)
+        return {"status": "failed", "reason": error, **base,
+                "deliveries": [{"to": m.shown, "rule": m.rule, "result": "failed", "error": error}
+                               for m in matches] + skipped}
 
     def _repeat(self, key: str, rows: list[Delivery], base: dict) -> dict:
         now = self.clock()

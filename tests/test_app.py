@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 import logging
 
 import pytest
@@ -79,6 +80,22 @@ def test_unknown_email_is_reported_and_nothing_is_sent_to_it(client, feishu, own
     assert ghost["result"] == "failed" and "not found in Feishu" in ghost["error"]
     assert [m["to_email"] for m in feishu.messages] == ["mike@example.com"]
 
+
+
+def test_an_outbox_another_program_keeps_locked_is_answered_in_time_with_what_to_do(settings, feishu):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, delivery_deadline_seconds=0.5),
+                     background=False)
+    shell = sqlite3.connect(settings.data_dir / "outbox.sqlite3", isolation_level=None)
+    shell.execute("BEGIN EXCLUSIVE")
+    try:
+        response = post(app.test_client(), load_payload("chinese_push.json"))
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+    assert response.status_code == 200 and response.json["status"] == "failed"
+    assert "locked by another program" in response.json["reason"] and "resend" in response.json["reason"]
+    assert [d["result"] for d in response.json["deliveries"]] == ["failed"]
+    assert feishu.messages == []
 
 @pytest.mark.parametrize("token", [None, "", "wrong", SECRET + " ", SECRET.upper(), "tökén",
                                    "令牌".encode("utf-8").decode("latin-1")])

@@ -1,6 +1,7 @@
 """The durable outbox: schema, idempotent events, leases across processes, operator commands."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 
@@ -171,3 +172,31 @@ def test_an_older_pipeline_does_not_replace_a_newer_one(outbox):
     outbox.record_finished_pipeline("42", "refs/heads/main", 10, "failed")
     assert outbox.record_finished_pipeline("42", "refs/heads/main", 9, "success") == (10, "failed")
     assert outbox.record_finished_pipeline("42", "refs/heads/main", 11, "success") == (10, "failed")
+
+
+@contextlib.contextmanager
+def another_program_locks(path):
+    """An sqlite3 shell left in a write transaction on the outbox file."""
+    shell = sqlite3.connect(path, isolation_level=None)
+    shell.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+
+
+def test_recording_an_event_gives_up_after_its_timeout_when_another_program_holds_the_lock(outbox):
+    with another_program_locks(outbox.path), pytest.raises(sqlite3.OperationalError, match="locked"):
+        outbox.begin_event("idem:1", "push", "group/project", planned("a@example.com"), lease_owner="me",
+                           lease_seconds=10, retry_window=DAY, timeout=0)
+
+
+def test_an_outcome_that_cannot_be_recorded_is_logged_and_the_row_keeps_its_lease(outbox, monkeypatch, caplog):
+    [row], _ = begin(outbox)
+    monkeypatch.setattr("gitlab_feishu.outbox.OUTCOME_WAIT", 0)
+    with another_program_locks(outbox.path):
+        outbox.finish(row.id, "sent", attempts=1, message_id="om_1")
+    assert "is locked by another program" in caplog.text
+    [still] = outbox.event_rows("idem:1")
+    assert still.status == "queued" and still.lease_until == row.lease_until
