@@ -56,15 +56,17 @@ class Database:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on this thread's connection.
 
         Our own processes take turns on the locks below; only another program (an sqlite3 shell left
-        in a transaction, a backup tool) makes SQLite itself wait, for at most `timeout` (whole seconds),
-        then sqlite3.OperationalError ("database is locked").
+        in a transaction, a backup tool) makes SQLite itself wait: until `timeout` seconds after the
+        call (in whole seconds), then sqlite3.OperationalError ("database is locked"). Counted from the
+        call, so writers queued behind one that waited give up at their own time, not one after another.
         """
-        conn = self.connection()
-        busy_ms = int(max(timeout, 0)) * 1000
-        if self._local.busy_ms != busy_ms:       # set outside the locks, and only when it changes
-            conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            self._local.busy_ms = busy_ms
+        deadline = time.monotonic() + timeout
         with self._write_lock, self._between_processes():
+            conn = self.connection()
+            busy_ms = int(max(deadline - time.monotonic(), 0)) * 1000
+            if self._local.busy_ms != busy_ms:      # whole seconds: almost always the same as last time
+                conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+                self._local.busy_ms = busy_ms
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

@@ -23,7 +23,9 @@ from .db import BUSY_TIMEOUT, Database
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-OUTCOME_WAIT = 2.0     # seconds an outcome waits for a lock another program holds on the outbox
+# Seconds an outbox write waits for a lock another program holds (an sqlite3 shell in a transaction):
+# meanwhile it holds up every writer of the service behind it, webhooks included.
+LOCK_WAIT = 2.0
 
 # Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -130,13 +132,13 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         return self._db.connection()
 
-    def _write(self, timeout: float = BUSY_TIMEOUT):
-        return self._db.write(timeout)
+    def _write(self, timeout: float | None = None):
+        return self._db.write(LOCK_WAIT if timeout is None else timeout)
 
     def _migrate(self) -> None:
         # Processes starting together all get here; BEGIN IMMEDIATE lets one
         # create or upgrade the schema while the others wait, then find it done.
-        with self._write() as conn:
+        with self._write(BUSY_TIMEOUT) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} was written by a newer release (schema {version}); "
@@ -154,12 +156,12 @@ class Outbox:
 
     def begin_event(self, key: str, kind: str, project: str, deliveries: Iterable[NewDelivery], *,
                     lease_owner: str, lease_seconds: float, retry_window: float,
-                    timeout: float = BUSY_TIMEOUT) -> tuple[list[Delivery], list[Delivery]]:
+                    timeout: float | None = None) -> tuple[list[Delivery], list[Delivery]]:
         """Record an event's deliveries, each new one leased to the caller for an inline attempt.
 
         Returns (new rows, rows recorded earlier for the same key and recipient): a repeat of the event
         makes no second card for anyone, yet reaches a recipient added to owners.json since. Raises
-        sqlite3.OperationalError when another program holds the outbox locked for `timeout`.
+        sqlite3.OperationalError when another program holds the outbox locked for `timeout` (LOCK_WAIT).
         """
         now = self.clock()
         with self._write(timeout) as conn:
@@ -206,7 +208,7 @@ class Outbox:
         """Record the outcome of a round of attempts and release the lease; a sent row never changes again."""
         values = (status, attempts, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id)
         try:
-            with self._write(OUTCOME_WAIT) as conn:
+            with self._write() as conn:
                 conn.execute(
                     "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
                     " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"

@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
 from typing import Callable
 
 from .delivery import Deliverer
-from .outbox import Outbox
+from .outbox import Outbox, is_locked
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +127,22 @@ class RetryWorker:
         if self._thread is not None:
             self._thread.join(timeout=BATCH_BUDGET + 5)
 
+    def _report(self, exc: Exception, what: str) -> None:
+        if isinstance(exc, sqlite3.OperationalError) and is_locked(exc):
+            log.warning("retry worker %s: %s is locked by another program; trying again", what, self.outbox.path)
+        else:
+            log.exception("retry worker %s failed", what)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.housekeeping()
-            except Exception:          # a housekeeping failure must not hold up the retries
-                log.exception("retry worker housekeeping failed")
+            except Exception as exc:   # a housekeeping failure must not hold up the retries
+                self._report(exc, "housekeeping")
             try:
                 while self.run_once() and not self._stop.is_set():
                     pass
-            except Exception:          # keep retrying; a bad round must not end the thread
-                log.exception("retry worker round failed")
+            except Exception as exc:   # keep retrying; a bad round must not end the thread
+                self._report(exc, "round")
             self._wake.wait(self.poll_interval)
             self._wake.clear()

@@ -194,7 +194,7 @@ def test_recording_an_event_gives_up_after_its_timeout_when_another_program_hold
 
 def test_an_outcome_that_cannot_be_recorded_is_logged_and_the_row_keeps_its_lease(outbox, monkeypatch, caplog):
     [row], _ = begin(outbox)
-    monkeypatch.setattr("gitlab_feishu.outbox.OUTCOME_WAIT", 0)
+    monkeypatch.setattr("gitlab_feishu.outbox.LOCK_WAIT", 0)
     with another_program_locks(outbox.path):
         outbox.finish(row.id, "sent", attempts=1, message_id="om_1")
     assert "is locked by another program" in caplog.text
