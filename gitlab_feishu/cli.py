@@ -6,6 +6,7 @@ import datetime
 import errno
 import logging
 import socket
+import sqlite3
 import sys
 from dataclasses import dataclass
 
@@ -62,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.OperationalError as exc:
+        from .outbox import is_locked
+
+        if not is_locked(exc):
+            raise
+        print(f"error: {settings.data_dir / 'outbox.sqlite3'} is locked by another program (an sqlite3 shell or "
+              "a backup tool in a transaction?); close it and try again", file=sys.stderr)
+        return 1
 
 
 def serve(settings: Settings) -> int:

@@ -10,6 +10,7 @@ fill the log.
 """
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -57,14 +58,16 @@ class Database:
 
         Our own processes take turns on the locks below; only another program (an sqlite3 shell left
         in a transaction, a backup tool) makes SQLite itself wait: until `timeout` seconds after the
-        call (in whole seconds), then sqlite3.OperationalError ("database is locked"). Counted from the
-        call, so writers queued behind one that waited give up at their own time, not one after another.
+        call, then sqlite3.OperationalError ("database is locked"). Counted from the call, so writers
+        queued behind one that waited give up at their own time, not one after another: as long as
+        every writer's timeout is short, none waits much longer than its own.
         """
         deadline = time.monotonic() + timeout
         with self._write_lock, self._between_processes():
             conn = self.connection()
-            busy_ms = int(max(deadline - time.monotonic(), 0)) * 1000
-            if self._local.busy_ms != busy_ms:      # whole seconds: almost always the same as last time
+            # In steps of 0.1 s, rounded up: the same as last time unless this write waited its turn.
+            busy_ms = math.ceil(max(deadline - time.monotonic(), 0) * 10) * 100
+            if self._local.busy_ms != busy_ms:
                 conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 self._local.busy_ms = busy_ms
             conn.execute("BEGIN IMMEDIATE")

@@ -13,62 +13,20 @@ import dataclasses
 import hashlib
 import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .db import BUSY_TIMEOUT, Database
+from .schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 # Seconds an outbox write waits for a lock another program holds (an sqlite3 shell in a transaction):
 # meanwhile it holds up every writer of the service behind it, webhooks included.
 LOCK_WAIT = 2.0
-
-# Each entry upgrades the schema from version N-1 to N; never edit a shipped one.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE events (
-               key TEXT PRIMARY KEY,
-               kind TEXT NOT NULL,
-               project TEXT NOT NULL,
-               created_at REAL NOT NULL)""",
-        """CREATE TABLE deliveries (
-               id INTEGER PRIMARY KEY,
-               event_key TEXT NOT NULL REFERENCES events(key),
-               channel TEXT NOT NULL,
-               recipient TEXT NOT NULL,
-               rule TEXT NOT NULL,
-               content TEXT NOT NULL,
-               uuid TEXT NOT NULL,
-               status TEXT NOT NULL,
-               attempts INTEGER NOT NULL DEFAULT 0,
-               rounds INTEGER NOT NULL DEFAULT 0,
-               next_attempt_at REAL NOT NULL,
-               lease_owner TEXT,
-               lease_until REAL,
-               last_error TEXT,
-               message_id TEXT,
-               created_at REAL NOT NULL,
-               give_up_at REAL NOT NULL,
-               updated_at REAL NOT NULL,
-               UNIQUE (event_key, channel, recipient))""",
-        "CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at)",
-        "CREATE INDEX events_created ON events (created_at)",
-    ),
-    2: (
-        # The newest finished pipeline on each ref, so a success after a failure can say "fixed".
-        """CREATE TABLE pipeline_refs (
-               project TEXT NOT NULL,
-               ref TEXT NOT NULL,
-               pipeline_id INTEGER NOT NULL,
-               status TEXT NOT NULL,
-               updated_at REAL NOT NULL,
-               PRIMARY KEY (project, ref))""",
-    ),
-}
 
 QUEUED, SENT, FAILED = "queued", "sent", "failed"
 
@@ -78,9 +36,15 @@ def recipient_identity(channel: str, recipient: str) -> tuple[str, str]:
     return channel, recipient.casefold() if channel == "dm" and "@" in recipient else recipient
 
 
+_FINISH = ("UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
+           " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
+           " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'")
+
+
 def is_locked(exc: sqlite3.OperationalError) -> bool:
     """SQLite gave up waiting for a lock (another program holds the file in a transaction)."""
-    return "locked" in str(exc) or "busy" in str(exc)
+    name = getattr(exc, "sqlite_errorname", None)             # Python 3.11+
+    return name in ("SQLITE_BUSY", "SQLITE_LOCKED") if name else "database is locked" in str(exc)
 
 
 def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
@@ -125,6 +89,10 @@ class Outbox:
         self.path = Path(path)
         self.clock = clock
         self._db = Database(self.path)
+        # Outcomes a lock held by another program kept us from writing: written before the next claim,
+        # so the retry worker never re-sends a row whose card went out (group bots take no uuid).
+        self._unrecorded: dict[int, tuple] = {}
+        self._unrecorded_lock = threading.Lock()
         self._migrate()
 
     # -- connection and schema -------------------------------------------------
@@ -209,30 +177,34 @@ class Outbox:
         values = (status, attempts, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id)
         try:
             with self._write() as conn:
-                conn.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
-                    " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
-                    " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'", values)
+                conn.execute(_FINISH, values)
         except sqlite3.OperationalError as exc:
             if not is_locked(exc):
                 raise
-            # The row keeps its lease and is tried again when it runs out; a card already sent is not
-            # sent twice, because Feishu keeps one message per uuid for an hour.
-            log.warning("could not record that delivery %s is %s: %s is locked by another program", delivery_id,
-                        status, self.path)
+            with self._unrecorded_lock:
+                self._unrecorded[delivery_id] = values
+            log.warning("could not record yet that delivery %s is %s: %s is locked by another program; "
+                        "kept until it is free", delivery_id, status, self.path)
 
     # -- the retry worker ------------------------------------------------------
 
     def claim_due(self, *, owner: str, lease_seconds: float, limit: int = 50) -> list[Delivery]:
         """Lease up to `limit` due deliveries to `owner`; another process never gets the same row."""
         now = self.clock()
+        with self._unrecorded_lock:
+            unrecorded = dict(self._unrecorded)
         with self._write() as conn:
+            conn.executemany(_FINISH, unrecorded.values())
             rows = conn.execute(
                 "SELECT * FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ?"
                 " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, id LIMIT ?",
                 (now, now, limit)).fetchall()
             conn.executemany("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
                              [(owner, now + lease_seconds, row["id"]) for row in rows])
+        with self._unrecorded_lock:
+            for delivery_id, values in unrecorded.items():
+                if self._unrecorded.get(delivery_id) is values:
+                    del self._unrecorded[delivery_id]
         return [_delivery(row) for row in rows]
 
     def lease_owners(self) -> set[str]:

@@ -17,7 +17,8 @@ from .cards import card_content, render_card
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
-from .outbox import QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, is_locked, recipient_identity
+from .outbox import (LOCK_WAIT, QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, is_locked,
+                     recipient_identity)
 from .owners import Match, OwnersFile
 from .pipelines import pipeline_to_notify
 from .quiet import SELF_SKIPPED, quiet_reason, split_self
@@ -84,7 +85,12 @@ class Notifier:
         key = idempotency_key(headers, event)
         if isinstance(event, PipelineEvent):
             # Before the quiet rules: a silenced failure still counts when its fix arrives.
-            event = pipeline_to_notify(event, self.outbox, key)
+            try:
+                event = pipeline_to_notify(event, self.outbox, key)
+            except sqlite3.OperationalError as exc:
+                if not is_locked(exc):
+                    raise
+                return self._outbox_locked(key, [], base, [])
             if isinstance(event, Ignored):
                 return self._ignored(event.reason, headers, base)
         quiet = quiet_reason(event, self.settings.ignore_pushers)
@@ -107,11 +113,16 @@ class Notifier:
         deadline = started + self.settings.delivery_deadline_seconds - DEADLINE_MARGIN
         inline = self.inline_slots.acquire(blocking=False)
         try:
-            # Rows left to the retry worker are recorded unleased, so it may claim them at once.
-            new, earlier = self.outbox.begin_event(
-                key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
-                lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK if inline else 0.0,
-                retry_window=RETRY_WINDOW, timeout=deadline - self.clock())
+            try:
+                # Rows left to the retry worker are recorded unleased, so it may claim them at once.
+                new, earlier = self.outbox.begin_event(
+                    key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
+                    lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK if inline else 0.0,
+                    retry_window=RETRY_WINDOW, timeout=min(LOCK_WAIT, deadline - self.clock()))
+            except sqlite3.OperationalError as exc:
+                if not is_locked(exc):
+                    raise
+                return self._outbox_locked(key, matches, base, skipped)
             if not new:
                 return self._repeat(key, earlier, base)
             if inline:
@@ -119,10 +130,6 @@ class Notifier:
             else:
                 outcomes = {row.id: Outcome(QUEUED, BUSY) for row in new}
                 self.deliverer.on_due()
-        except sqlite3.OperationalError as exc:
-            if not is_locked(exc):
-                raise
-            return self._outbox_locked(key, matches, base, skipped)
         finally:
             if inline:
                 self.inline_slots.release()
@@ -172,10 +179,10 @@ class Notifier:
     def _outbox_locked(self, key: str, matches: list[Match], base: dict, skipped: list[dict]) -> dict:
         """Nothing could be recorded in time: answer GitLab anyway (a 5xx would count towards disabling
         the hook) and say how to get the cards out."""
-        error = (f"{self.outbox.path} stayed locked by another program (an sqlite3 shell or a backup tool in "
-                 "a transaction?): nothing was recorded or sent; once it is free, resend this delivery from "
-                 "GitLab (Settings > Webhooks > Edit > Recent events)")
-        log.error("%s for %s: %s", key, base["project"], error)
+        error = (f"DATA_DIR/{self.outbox.path.name} stayed locked by another program (an sqlite3 shell or a "
+                 "backup tool in a transaction?): nothing was recorded or sent; once it is free, resend this "
+                 "delivery from GitLab (Settings > Webhooks > Edit > Recent events)")
+        log.error("%s for %s: %s (%s)", key, base["project"], error, self.outbox.path)
         return {"status": "failed", "reason": error, **base,
                 "deliveries": [{"to": m.shown, "rule": m.rule, "result": "failed", "error": error}
                                for m in matches] + skipped}

@@ -1,14 +1,17 @@
 """POST /gitlab-webhook and GET /healthz through Flask's test client, against the fake Feishu."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import sqlite3
 import logging
+import sqlite3
+import time
 
 import pytest
 
 from gitlab_feishu.app import create_app
+from gitlab_feishu.outbox import LOCK_WAIT
 from tests.conftest import OWNER_OPEN_ID, OWNERS, SECRET, add_owners, gitlab_headers, load_payload
 
 
@@ -82,20 +85,31 @@ def test_unknown_email_is_reported_and_nothing_is_sent_to_it(client, feishu, own
 
 
 
-def test_an_outbox_another_program_keeps_locked_is_answered_in_time_with_what_to_do(settings, feishu):
-    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, delivery_deadline_seconds=0.5),
-                     background=False)
-    shell = sqlite3.connect(settings.data_dir / "outbox.sqlite3", isolation_level=None)
+@contextlib.contextmanager
+def another_program_locks(path):
+    """An sqlite3 shell left in a write transaction on the outbox."""
+    shell = sqlite3.connect(path, isolation_level=None)
     shell.execute("BEGIN EXCLUSIVE")
     try:
-        response = post(app.test_client(), load_payload("chinese_push.json"))
+        yield
     finally:
         shell.execute("ROLLBACK")
         shell.close()
+
+
+@pytest.mark.parametrize("fixture", ["chinese_push.json", "chinese_pipeline_failed.json"])
+def test_an_outbox_another_program_keeps_locked_is_answered_in_time_with_what_to_do(settings, feishu, fixture):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
+    payload = load_payload(fixture)
+    started = time.monotonic()
+    with another_program_locks(settings.data_dir / "outbox.sqlite3"):
+        response = post(app.test_client(), payload, gitlab_headers(f"{payload['object_kind'].title()} Hook"))
+    assert time.monotonic() - started < LOCK_WAIT + 0.5         # GitLab gives up after 10 s
     assert response.status_code == 200 and response.json["status"] == "failed"
     assert "locked by another program" in response.json["reason"] and "resend" in response.json["reason"]
-    assert [d["result"] for d in response.json["deliveries"]] == ["failed"]
+    assert all(d["result"] == "failed" for d in response.json["deliveries"])
     assert feishu.messages == []
+
 
 @pytest.mark.parametrize("token", [None, "", "wrong", SECRET + " ", SECRET.upper(), "tökén",
                                    "令牌".encode("utf-8").decode("latin-1")])

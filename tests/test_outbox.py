@@ -192,11 +192,14 @@ def test_recording_an_event_gives_up_after_its_timeout_when_another_program_hold
                            lease_seconds=10, retry_window=DAY, timeout=0)
 
 
-def test_an_outcome_that_cannot_be_recorded_is_logged_and_the_row_keeps_its_lease(outbox, monkeypatch, caplog):
+def test_an_outcome_a_lock_kept_out_is_written_before_the_next_claim_so_the_card_is_not_sent_again(
+        outbox, monkeypatch, caplog, clock):
     [row], _ = begin(outbox)
     monkeypatch.setattr("gitlab_feishu.outbox.LOCK_WAIT", 0)
     with another_program_locks(outbox.path):
         outbox.finish(row.id, "sent", attempts=1, message_id="om_1")
     assert "is locked by another program" in caplog.text
-    [still] = outbox.event_rows("idem:1")
-    assert still.status == "queued" and still.lease_until == row.lease_until
+    clock.advance(60)                              # the inline attempt's lease has run out
+    assert outbox.claim_due(owner="worker", lease_seconds=30) == []
+    [sent] = outbox.event_rows("idem:1")
+    assert sent.status == "sent"
