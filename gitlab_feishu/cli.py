@@ -187,7 +187,7 @@ def show_match(settings: Settings, path: str, name: str | None, *, branch: str |
     if routing.matches:
         print("notifies: " + ", ".join(match.shown for match in routing.matches))
     else:
-        print(f"nobody is notified (see {settings.owners_file})")
+        print(f"nobody is notified (see {os_text(str(settings.owners_file))})")
     return 0
 
 

@@ -60,7 +60,8 @@ class NewDelivery:
     recipient: str
     rule: str
     content: str          # the card as the JSON string Feishu receives
-    uuid: str             # Feishu's dedupe key: the same on every attempt
+    uuid: str             # Feishu's dedupe key: the same on every attempt (a DM to an email is sent under
+                          # its resolved open_id's key instead: delivery.py)
 
 
 @dataclass(frozen=True)
