@@ -155,11 +155,13 @@ class GitLab:
         attributes = {**step.attributes, "token": secret, **({"signing_token": signing_token} if signing_token else {})}
         try:
             if step.action == "create":
-                self._call("create the hook", lambda: hooks.create(attributes), per_project=True)
+                answer = self._call("create the hook", lambda: hooks.create(attributes), per_project=True).attributes
             else:
-                self._call("update the hook", lambda: hooks.update(step.hook_id, attributes), per_project=True)
+                answer = self._call("update the hook", lambda: hooks.update(step.hook_id, attributes), per_project=True)
         except _ProjectFailed as exc:
             return Step(step.project, exc.action, str(exc))
+        if signing_token and answer.get("signing_token_present") is False:
+            return Step(step.project, "failed", f"{step.why}; but {SIGNING_IGNORED}")
         return Step(step.project, DONE[step.action], step.why)
 
     def _expand(self, path: str) -> list:
@@ -271,6 +273,11 @@ def _report_unused(owners: Owners, found: Found) -> None:
                          "group's or their own path",
                   None: "no group or project the token's user can see has such a path"}[found.admin]
         print(f"Keys of {owners.path} that name none of these projects: {', '.join(unused)} ({unseen})")
+
+
+SIGNING_IGNORED = ("GitLab ignored the signing token (webhook signing not enabled on this GitLab?), so the "
+                   "service will refuse this hook's deliveries: ask a GitLab administrator, or unset "
+                   "GITLAB_SIGNING_TOKEN")
 
 
 def _answer(exc: gitlab.GitlabError) -> str:

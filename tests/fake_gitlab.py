@@ -58,7 +58,7 @@ class FakeGitLab:
     def __init__(self, rsps: responses.RequestsMock, projects: list[dict], hooks: dict[int, list[dict]] | None = None,
                  *, page_size: int = 100, forbidden: tuple[int, ...] = (), reports_token: bool = False,
                  admin: bool = False, members: tuple[int, ...] | None = None,
-                 refused_groups: tuple[str, ...] = ()) -> None:
+                 refused_groups: tuple[str, ...] = (), signs: bool = True) -> None:
         self.projects = projects      # every project the token's user can see (all of them for an admin)
         self.admin = admin
         self.members = members        # the ids of those it is a member of; None: all of them
@@ -67,6 +67,7 @@ class FakeGitLab:
         self.page_size = page_size
         self.forbidden = forbidden
         self.reports_token = reports_token
+        self.signs = signs            # False: the webhook_signing_token feature flag is off, signing_token ignored
         self._next_id = 1000
         hooks_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks$")
         hook_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks/(\d+)$")
@@ -140,7 +141,7 @@ class FakeGitLab:
     def _create_hook(self, request):
         project_id = _project_id(request)
         self._next_id += 1
-        fields = json.loads(request.body)
+        fields = self._accepted(json.loads(request.body))
         hook = gitlab_hook(self._next_id, fields.pop("url"), project_id, token=fields.pop("token", ""),
                            signing_token=fields.pop("signing_token", ""), **fields)
         self.hooks[project_id].append(hook)
@@ -150,8 +151,13 @@ class FakeGitLab:
         ids = re.search(r"projects/(\d+)/hooks/(\d+)", request.path_url)
         project_id, hook_id = int(ids[1]), int(ids[2])
         hook = next(h for h in self.hooks[project_id] if h["id"] == hook_id)
-        hook.update(json.loads(request.body))
+        hook.update(self._accepted(json.loads(request.body)))
         return 200, {}, json.dumps(self._shown(hook))
+
+    def _accepted(self, fields: dict) -> dict:
+        if not self.signs:
+            fields.pop("signing_token", None)
+        return fields
 
     def _shown(self, hook: dict) -> dict:
         """GitLab never returns the tokens; 19.0+ says whether each is set."""

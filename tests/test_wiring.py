@@ -186,6 +186,14 @@ def test_with_signing_required_a_second_run_changes_nothing(wiring_settings, rsp
     assert "secret set, signing token set" in row(capsys.readouterr().out, "grouptwogame/naina")
 
 
+def test_a_gitlab_that_ignores_the_signing_token_is_reported_not_updated_silently_each_run(
+        wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [NAINA], reports_token=True, signs=False)
+    assert run(dataclasses.replace(wiring_settings, gitlab_signing_token=SIGNING_TOKEN)) == 1
+    line = row(capsys.readouterr().out, "grouptwogame/naina")
+    assert "failed" in line and "GitLab ignored the signing token" in line
+
+
 def test_check_reports_each_hook_and_exits_zero_when_all_is_well(wiring_settings, rsps, capsys):
     FakeGitLab(rsps, [NAINA], {2: [gitlab_hook(7, OURS, 2, **RIGHT, token="x")]}, reports_token=True)
     assert run(wiring_settings, check_only=True) == 0
