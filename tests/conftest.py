@@ -1,12 +1,17 @@
 """Shared fixtures: settings built explicitly (never from the developer's environment), fake clocks, payloads."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import sqlite3
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from gitlab_feishu.app import create_app
 from gitlab_feishu.settings import Settings
 from tests.fake_feishu import FakeFeishu
 
@@ -30,6 +35,18 @@ def add_owners(fake: FakeFeishu, *, unavailable: tuple[str, ...] = ()) -> None:
     for email in OWNER_EMAILS:
         fake.add_user(email, available=email not in unavailable)
     fake.add_user("open-id-owner@example.com", OWNER_OPEN_ID)
+
+
+@contextlib.contextmanager
+def another_program_locks(path: Path) -> Iterator[None]:
+    """An sqlite3 shell left in a write transaction on a database file (the outbox)."""
+    shell = sqlite3.connect(path, isolation_level=None)
+    shell.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
 
 
 def load_payload(name: str) -> dict:
@@ -74,6 +91,22 @@ def fake():
     """A fake Feishu for one test module: a real HTTP server on 127.0.0.1 (modules add their users)."""
     with FakeFeishu() as server:
         yield server
+
+
+@pytest.fixture
+def feishu(fake):
+    """The fake Feishu, emptied, knowing every owner in the test owners.json (modules may define their own)."""
+    fake.reset()
+    add_owners(fake)
+    return fake
+
+
+@pytest.fixture
+def app(settings, feishu):
+    """The app in-process, sending to the fake Feishu; no background threads."""
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
+    yield app
+    app.extensions["gitlab_feishu"]["worker"].stop()
 
 
 @pytest.fixture

@@ -1,33 +1,16 @@
 """POST /gitlab-webhook and GET /healthz through Flask's test client, against the fake Feishu."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import sqlite3
 import time
 
 import pytest
 
 from gitlab_feishu.app import create_app
 from gitlab_feishu.outbox import LOCK_WAIT
-from tests.conftest import OWNER_OPEN_ID, OWNERS, SECRET, add_owners, gitlab_headers, load_payload
-
-
-@pytest.fixture
-def feishu(fake):
-    """The fake Feishu, emptied, knowing every owner in the test owners.json."""
-    fake.reset()
-    add_owners(fake)
-    return fake
-
-
-@pytest.fixture
-def app(settings, feishu):
-    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
-    yield app
-    app.extensions["gitlab_feishu"]["worker"].stop()
+from tests.conftest import OWNER_OPEN_ID, OWNERS, SECRET, another_program_locks, gitlab_headers, load_payload
 
 
 @pytest.fixture
@@ -83,18 +66,6 @@ def test_unknown_email_is_reported_and_nothing_is_sent_to_it(client, feishu, own
     assert ghost["result"] == "failed" and "not found in Feishu" in ghost["error"]
     assert [m["to_email"] for m in feishu.messages] == ["mike@example.com"]
 
-
-
-@contextlib.contextmanager
-def another_program_locks(path):
-    """An sqlite3 shell left in a write transaction on the outbox."""
-    shell = sqlite3.connect(path, isolation_level=None)
-    shell.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        shell.execute("ROLLBACK")
-        shell.close()
 
 
 @pytest.mark.parametrize("fixture", ["chinese_push.json", "chinese_pipeline_failed.json"])

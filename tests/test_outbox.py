@@ -1,13 +1,13 @@
 """The durable outbox: schema, idempotent events, leases across processes, operator commands."""
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import sqlite3
 
 import pytest
 
 from gitlab_feishu.outbox import SCHEMA_VERSION, NewDelivery, Outbox
+from tests.conftest import another_program_locks
 
 DAY = 24 * 3600.0
 
@@ -172,18 +172,6 @@ def test_an_older_pipeline_does_not_replace_a_newer_one(outbox):
     outbox.record_finished_pipeline("42", "refs/heads/main", 10, "failed")
     assert outbox.record_finished_pipeline("42", "refs/heads/main", 9, "success") == (10, "failed")
     assert outbox.record_finished_pipeline("42", "refs/heads/main", 11, "success") == (10, "failed")
-
-
-@contextlib.contextmanager
-def another_program_locks(path):
-    """An sqlite3 shell left in a write transaction on the outbox file."""
-    shell = sqlite3.connect(path, isolation_level=None)
-    shell.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        shell.execute("ROLLBACK")
-        shell.close()
 
 
 def test_recording_an_event_gives_up_after_its_timeout_when_another_program_holds_the_lock(outbox):

@@ -1,28 +1,10 @@
 """Answering GitLab in time when the process is saturated: cards beyond the inline slots go to the retry worker."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
-import pytest
-
-from gitlab_feishu.app import create_app
 from gitlab_feishu.service import INLINE_SLOTS
-from tests.conftest import add_owners, gitlab_headers, load_payload
-
-
-@pytest.fixture
-def feishu(fake):
-    fake.reset()
-    add_owners(fake)
-    return fake
-
-
-@pytest.fixture
-def app(settings, feishu):
-    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
-    yield app
-    app.extensions["gitlab_feishu"]["worker"].stop()
+from tests.conftest import gitlab_headers, load_payload
 
 
 def post(app, payload_name="chinese_push_redacted.json"):
