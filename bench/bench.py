@@ -32,6 +32,10 @@ TOKEN = "bench-secret"
 DEADLINE = 5.0
 TEN_OWNERS = [f"owner{i}@example.com" for i in range(10)]
 BURST_PROJECTS = 10
+# How each server's log shows a handled webhook: the service's one line per webhook (the load's
+# Idempotency-Keys start with "bench-"), the naive server's access log.
+SERVICE_HANDLED = " key=idem:bench-"
+BASELINE_HANDLED = '"POST /gitlab-webhook'
 
 
 class FakeFeishuProcess:
@@ -141,29 +145,30 @@ def wait_delivered(fake: FakeFeishuProcess, count: int, timeout: float) -> float
     return None
 
 
-def settled_state(fake: FakeFeishuProcess, server: ServiceProcess) -> tuple[dict, int]:
-    """The fake's counters and the webhooks the server has handled, once nothing moves any more."""
+def settled_state(fake: FakeFeishuProcess, server: ServiceProcess, handled_line: str) -> tuple[dict, int]:
+    """The fake's counters and the webhooks the server has handled (its log lines that contain
+    `handled_line`), once nothing moves any more."""
     previous = None
     while True:
-        current = (fake.state(), server.log().count('"POST /gitlab-webhook'))
+        current = (fake.state(), server.log().count(handled_line))
         if current == previous:
             return current
         previous = current
         time.sleep(0.5)
 
 
-def capacity(server: ServiceProcess, fake: FakeFeishuProcess, args, body: bytes) -> dict:
+def capacity(server: ServiceProcess, fake: FakeFeishuProcess, args, body: bytes, handled_line: str) -> dict:
     """Warm up, then measure webhooks/s, ack latency, Feishu calls and cards per webhook, memory."""
     url = server.url + "/gitlab-webhook"
     drive(url, body, args, args.warmup)
-    before, handled_before = settled_state(fake, server)
+    before, handled_before = settled_state(fake, server, handled_line)
     sampler = MemorySampler(server.process.pid)
     cpu_before = process_tree_cpu(server.process.pid)
     result = drive(url, body, args, args.duration)
     peak = sampler.stop()
-    after, handled_after = settled_state(fake, server)
+    after, handled_after = settled_state(fake, server, handled_line)
     cpu = process_tree_cpu(server.process.pid) - cpu_before     # the webhooks in flight at the end included
-    # Counted from the server's access log: wrk's tally leaves out requests in flight when it stops.
+    # Counted from the server's log: wrk's tally leaves out requests in flight when it stops.
     handled = max(handled_after - handled_before, 1)
     calls = sum(after["counts"].values()) - sum(before["counts"].values())
     return {"webhooks_per_s": result.rate, "ack_p50_ms": result.p50_ms, "ack_p99_ms": result.p99_ms,
@@ -268,7 +273,7 @@ def run(args) -> dict:
             service = start_service(folder, fake.url, pacing=False)
             try:
                 url = service.url + "/gitlab-webhook"
-                results["service"] = capacity(service, fake, args, body)
+                results["service"] = capacity(service, fake, args, body, SERVICE_HANDLED)
                 results["ten_owners"] = ten_owners(url, args.rtt)
                 results["hanging_feishu"] = hanging_feishu(url, fake)
             finally:
@@ -277,7 +282,7 @@ def run(args) -> dict:
                 fake.control(reset=True)
                 baseline = start_baseline(folder, fake.url)
                 try:
-                    results["baseline"] = capacity(baseline, fake, args, body)
+                    results["baseline"] = capacity(baseline, fake, args, body, BASELINE_HANDLED)
                 finally:
                     baseline.stop()
         finally:

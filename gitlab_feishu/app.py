@@ -94,14 +94,14 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
     def gitlab_webhook():
         started = clock()
         if (request.content_length or 0) > MAX_BODY_BYTES:
-            return _error(413, TOO_LARGE)
+            return _refused(413, TOO_LARGE)
         if settings.gitlab_webhook_secret and not token_matches(request.headers.get("X-Gitlab-Token"),
                                                                 settings.gitlab_webhook_secret):
             log.warning("refused a delivery from %s: missing or wrong X-Gitlab-Token", request.remote_addr)
             return _error(401, "missing or wrong X-Gitlab-Token: set the hook's Secret token to GITLAB_WEBHOOK_SECRET")
         body = request.get_data(cache=False)
         if len(body) > MAX_BODY_BYTES:
-            return _error(413, TOO_LARGE)
+            return _refused(413, TOO_LARGE)
         if settings.gitlab_signing_token and not signature_valid(settings.gitlab_signing_token, request.headers,
                                                                  body, clock()):
             log.warning("refused a delivery from %s: missing, wrong or stale webhook-signature", request.remote_addr)
@@ -110,7 +110,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
         try:
             payload = decode_payload(body)
         except (ValueError, RecursionError):
-            return _error(400, "body is not JSON")
+            return _refused(400, "body is not JSON")
         return jsonify(notifier.notify(payload, request.headers, started))
 
     @app.get("/healthz")
@@ -127,7 +127,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return _error(exc.code or 500, exc.description or exc.name)
+        return _refused(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
@@ -148,3 +148,9 @@ def _iso(timestamp: float | None) -> str | None:
 
 def _error(status: int, reason: str):
     return jsonify({"status": "error", "reason": reason}), status
+
+
+def _refused(status: int, reason: str):
+    """An error answer, logged: with no access log, this line is where a wrong hook URL or body shows."""
+    log.warning("refused %s %s from %s: %d %s", request.method, request.path, request.remote_addr, status, reason)
+    return _error(status, reason)

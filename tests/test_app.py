@@ -229,3 +229,28 @@ def test_healthz_reports_mode_owners_and_outbox_without_secrets(client):
 def test_http_errors_are_json(client, method, path, status):
     response = client.open(path, method=method)
     assert response.status_code == status and response.json["status"] == "error"
+
+
+@pytest.mark.parametrize(("request_kwargs", "expected"), [
+    ({"path": "/gitlab-webhook", "method": "POST", "data": b"not json"}, "POST /gitlab-webhook from 127.0.0.1: 400 "),
+    ({"path": "/gitlab-webhook", "method": "POST", "data": b"{}",
+      "environ_overrides": {"CONTENT_LENGTH": str(26 * 1024 * 1024)}}, "POST /gitlab-webhook from 127.0.0.1: 413 "),
+    ({"path": "/", "method": "POST", "data": b"{}"}, "POST / from 127.0.0.1: 404 "),     # the hook's URL lacks the path
+    ({"path": "/gitlab-webhook", "method": "GET"}, "GET /gitlab-webhook from 127.0.0.1: 405 "),
+    ({"path": "/gitlab-webhook", "method": "POST", "data": b"{}", "token": "wrong"}, "missing or wrong X-Gitlab-Token"),
+])
+def test_every_refused_request_makes_one_warning_line(client, caplog, request_kwargs, expected):
+    """gunicorn runs without an access log: the service's own log is where a misconfigured hook shows."""
+    request_kwargs = dict(request_kwargs)
+    headers = gitlab_headers(token=request_kwargs.pop("token", SECRET))
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        response = client.open(headers=headers, **request_kwargs)
+    assert response.status_code >= 400
+    [line] = [record.getMessage() for record in caplog.records]
+    assert expected in line
+
+
+def test_healthz_makes_no_log_line(client, caplog):
+    with caplog.at_level(logging.DEBUG, logger="gitlab_feishu"):
+        assert client.get("/healthz").status_code == 200
+    assert caplog.records == []

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gitlab_feishu import cli
-from tests.servers import ROOT, service_env
+from tests.servers import ROOT, ServiceProcess, free_port, service_env
 
 
 @pytest.fixture
@@ -77,6 +77,34 @@ def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{port}:" in stderr and "set PORT in .env" in stderr
     assert "Traceback" not in stderr
+
+
+def gunicorn_on(port: int, tmp_path) -> subprocess.CompletedProcess:
+    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"))
+    return subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+                           "webhook_server:app"], cwd=ROOT, capture_output=True, env=env, timeout=30)
+
+
+def test_gunicorn_on_a_port_another_program_holds_stops_with_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = gunicorn_on(port, tmp_path)
+    stderr = result.stderr.decode("utf-8")
+    assert result.returncode != 0
+    assert f"error: cannot listen on 127.0.0.1:{port}:" in stderr and "set PORT in .env" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_second_copy_under_gunicorn_does_not_share_the_port_of_the_first(tmp_path):
+    """The workers listen with SO_REUSEPORT, which alone would let a second copy take half the webhooks."""
+    port = free_port()
+    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "first"))
+    with ServiceProcess(env, tmp_path / "first.log", port=port, workers=None):
+        result = gunicorn_on(port, tmp_path)
+    assert result.returncode != 0
+    assert f"error: cannot listen on 127.0.0.1:{port}:" in result.stderr.decode("utf-8")
 
 
 @pytest.mark.parametrize("command", [["webhook_server.py"], ["-m", "gunicorn", "-c", "gunicorn.conf.py",
