@@ -210,7 +210,7 @@ def start_baseline(folder: Path, fake_url: str) -> ServiceProcess:
 def ten_owners(url: str, rtt: float) -> dict:
     """One push to a project with 10 owners, caches warm: deliveries run concurrently."""
     body = push_body("bench/ten-owners", "十人项目")
-    for _ in range(4):                       # warm both workers' token and open_id caches
+    for _ in range(4):                       # warm the workers' token and open_id caches
         one_push_latency(url, body)
     seconds = statistics.median(one_push_latency(url, body) for _ in range(7))
     return {"ack_ms": seconds * 1000, "ack_rtts": seconds / rtt if rtt else None}
@@ -232,7 +232,7 @@ def burst(folder: Path, args) -> dict:
     service = start_service(folder, fake.url, pacing=True)
     try:
         url = service.url + "/gitlab-webhook"
-        for i in range(BURST_PROJECTS):      # warm both workers' caches, as on a service that has been running
+        for i in range(BURST_PROJECTS):      # warm the workers' caches, as on a service that has been running
             for n in range(2):
                 one_push_latency(url, push_body(f"bench/burst-{i}", f"压测项目{i}", 10_000 + 10 * i + n))
         time.sleep(1.5)                      # let the warm-up leave the quota windows
