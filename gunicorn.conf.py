@@ -53,11 +53,11 @@ def refuse_a_taken_port(host: str, port: int) -> None:
 
     A plain bind, without SO_REUSEPORT, fails where the workers' sockets would join the other one.
     """
-    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET       # as gunicorn picks it: a name is IPv4
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gunicorn binds: TIME_WAIT is no user
         try:
-            probe.bind(sockaddr)
+            probe.bind((host, port))
         except OSError as exc:
             sys.exit(f"error: cannot listen on {host}:{port}: {exc}: another program, or this service already "
                      f"running, uses port {port}; stop it or set PORT in .env to a free port")
