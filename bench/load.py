@@ -116,7 +116,7 @@ def run_python(url: str, bodies: list[bytes], token: str, *, connections: int, s
         nonlocal errors
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
         while (body := next_body()) is not None:
-            key = str(uuid.uuid4())
+            key = f"bench-{uuid.uuid4()}"      # as wrk's keys: bench.py counts the service's lines by this prefix
             headers = {"Content-Type": "application/json", "User-Agent": "GitLab/18.6.0",
                        "X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": token, "Idempotency-Key": key,
                        "X-Gitlab-Event-UUID": key}

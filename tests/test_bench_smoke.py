@@ -19,3 +19,4 @@ def test_a_tiny_benchmark_run_prints_its_table(tmp_path):
         assert row in run.stdout
     measured = json.loads(results.read_text(encoding="utf-8"))
     assert {"service", "ten_owners", "hanging_feishu", "burst", "share_of_limit"} <= set(measured)
+    assert measured["service"]["cards_per_webhook"] == 1.0      # the per-webhook rows count the right webhooks
