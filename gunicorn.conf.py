@@ -35,6 +35,9 @@ reuse_port = True
 accesslog = None
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 preload_app = False            # each worker starts its own retry thread after the fork
+# gunicorn 25.1+ opens a control socket under $HOME/.gunicorn; the service user's home in the README's
+# systemd unit is not writable, so every start logged an ERROR for a feature this service does not use.
+control_socket_disable = True
 
 
 def on_starting(server):
@@ -46,6 +49,15 @@ def on_starting(server):
     for address in server.cfg.address:
         if isinstance(address, tuple):
             refuse_a_taken_port(*address[:2])
+
+
+def when_ready(server):
+    # With a socket per worker, gunicorn's own "Listening at:" line lists none.
+    for address in server.cfg.address:
+        if isinstance(address, tuple):
+            host, port = address[:2]
+            server.log.info("Serving GitLab webhooks at http://%s:%s/gitlab-webhook (%d workers, a socket each)",
+                            f"[{host}]" if ":" in host else host, port, server.num_workers)
 
 
 def refuse_a_taken_port(host: str, port: int) -> None:

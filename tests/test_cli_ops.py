@@ -124,3 +124,14 @@ def test_gunicorn_with_preload_is_refused_with_one_line(tmp_path):
                              "127.0.0.1:0", "webhook_server:app"], cwd=ROOT, capture_output=True, env=env, timeout=30)
     assert result.returncode != 0
     assert "error: do not run this service with --preload" in result.stderr.decode("utf-8")
+
+
+def test_gunicorn_start_up_names_the_webhook_url_and_logs_no_error(tmp_path):
+    """A system user's home is not writable (README's unit): gunicorn's control socket must not be tried."""
+    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"), HOME="/proc")
+    env.pop("XDG_RUNTIME_DIR", None)
+    service = ServiceProcess(env, tmp_path / "service.log", workers=None)
+    with service:
+        log = service.log()
+    assert f"Serving GitLab webhooks at http://127.0.0.1:{service.port}/gitlab-webhook" in log
+    assert "[ERROR]" not in log
