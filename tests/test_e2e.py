@@ -188,6 +188,12 @@ def lease_left(folder) -> float:
     return (lease_until or 0) - time.time()
 
 
+def every_worker_checked(server) -> bool:
+    """Each worker gunicorn booted has logged its start-up check of the Feishu credentials."""
+    log = server.log()
+    return log.count("Booting worker") == log.count("Feishu credentials ok")
+
+
 def test_warm_path_is_one_call_per_owner_whichever_worker_answers(fake, tmp_path):
     """After one push, each push costs one send per owner, no token and no lookup, even in a worker that
     has not talked to Feishu yet: the one that took the first push is killed, so every later push lands
@@ -197,9 +203,11 @@ def test_warm_path_is_one_call_per_owner_whichever_worker_answers(fake, tmp_path
     try:
         push(server, "chinese_push_redacted.json")                      # two owners
         [warm_pid] = re.findall(r"gitlab_feishu\.service \[(\d+)\] push ", server.log())
-        checks = server.log().count("Feishu credentials ok")
+        assert wait_for(lambda: every_worker_checked(server))
+        boots = server.log().count("Booting worker")
         os.kill(int(warm_pid), signal.SIGKILL)                          # gunicorn starts a fresh worker
-        assert wait_for(lambda: server.log().count("Feishu credentials ok") > checks)   # its start-up check
+        # ... which has made its start-up check before the fake starts counting
+        assert wait_for(lambda: server.log().count("Booting worker") > boots and every_worker_checked(server))
         fake.reset()
         for _ in range(4):
             assert push(server, "chinese_push_redacted.json")[0].json()["status"] == "sent"
