@@ -17,7 +17,7 @@ except ConfigError as exc:
 
 bind = f"{_settings.host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
-# short (about 4% more webhooks/s than with two; about 45 MB each).
+# short (with no access log, below: 2-3% more webhooks/s than two workers with one; 45 MB each).
 workers = 4
 worker_class = "gthread"
 threads = 32                   # webhooks in flight per process, each waiting about one Feishu round trip
@@ -25,11 +25,10 @@ timeout = 30                   # well above DELIVERY_DEADLINE_SECONDS: a worker 
 graceful_timeout = 30
 keepalive = 5
 backlog = 512
-# Each worker listens on its own socket and the kernel spreads connections evenly. On one shared socket
-# the first worker to wake took most kept-alive connections (89% of them in a run) and its threads
-# queued for its GIL (about 4% fewer webhooks/s). on_starting keeps a second copy of the service from
-# silently sharing the port, as SO_REUSEPORT alone would allow.
-reuse_port = True
+# No reuse_port: a socket per worker spreads kept-alive connections more evenly (about 3% more
+# webhooks/s), but a reload (HUP) then resets the connections queued at the old workers' sockets, and
+# GitLab counts each as a failed delivery.
+reuse_port = False
 # No access log: each request to /gitlab-webhook makes one line of its own (its outcome, or why it was
 # refused), and a second line per webhook cost about 3% of throughput. `--access-logfile -` adds it back.
 accesslog = None
@@ -51,20 +50,9 @@ def on_starting(server):
             refuse_a_taken_port(*address[:2])
 
 
-def when_ready(server):
-    # With a socket per worker, gunicorn's own "Listening at:" line lists none.
-    for address in server.cfg.address:
-        if isinstance(address, tuple):
-            host, port = address[:2]
-            server.log.info("Serving GitLab webhooks at http://%s:%s/gitlab-webhook (%d workers, a socket each)",
-                            f"[{host}]" if ":" in host else host, port, server.num_workers)
-
-
 def refuse_a_taken_port(host: str, port: int) -> None:
-    """Exit with one line if something listens on host:port already, this service included.
-
-    A plain bind, without SO_REUSEPORT, fails where the workers' sockets would join the other one.
-    """
+    """Exit with one line if something listens on host:port already, this service included (gunicorn
+    itself would retry for five seconds and print a traceback-like pair of lines)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET       # as gunicorn picks it: a name is IPv4
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gunicorn binds: TIME_WAIT is no user

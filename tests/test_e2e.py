@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import threading
 import sqlite3
 import time
 
@@ -215,3 +216,32 @@ def test_warm_path_is_one_call_per_owner_whichever_worker_answers(fake, tmp_path
         assert warm_pid not in re.findall(r"gitlab_feishu\.service \[(\d+)\] push ", server.log())[1:]
     finally:
         server.stop()
+
+
+def test_a_reload_while_gitlab_keeps_sending_answers_every_delivery(fake, tmp_path):
+    """`systemctl reload` (HUP) replaces every worker; GitLab opens a connection per delivery meanwhile,
+    and a connection reset would count toward disabling the hook."""
+    (tmp_path / "owners.json").write_text(json.dumps(OWNERS, ensure_ascii=False), encoding="utf-8")
+    server = start_service(fake, tmp_path)
+    answers: list[int | str] = []
+    stop_at = time.monotonic() + 4.0
+
+    def gitlab():
+        while time.monotonic() < stop_at:
+            try:
+                answers.append(push(server, headers={**gitlab_headers(), "Connection": "close"})[0].status_code)
+            except requests.RequestException as exc:
+                answers.append(type(exc).__name__)
+
+    senders = [threading.Thread(target=gitlab) for _ in range(6)]
+    try:
+        for sender in senders:
+            sender.start()
+        for _ in range(2):
+            time.sleep(1.0)
+            os.kill(server.process.pid, signal.SIGHUP)
+        for sender in senders:
+            sender.join()
+    finally:
+        server.stop()
+    assert len(answers) > 20 and set(answers) == {200}
