@@ -5,6 +5,7 @@ a few processes with many threads each. HOST and PORT come from the service's
 own settings (environment or .env); command-line flags override this file.
 The choices below were measured with bench/bench.py (README, Performance).
 """
+import os
 import socket
 import sys
 
@@ -45,6 +46,8 @@ def on_starting(server):
     if server.cfg.preload_app:
         sys.exit("error: do not run this service with --preload (preload_app): each worker must build "
                  "the app itself, after the fork")
+    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return         # listening sockets handed over (USR2 upgrade, systemd): the port is ours already
     for address in server.cfg.address:
         if isinstance(address, tuple):
             refuse_a_taken_port(*address[:2])

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -134,3 +137,19 @@ def test_gunicorn_starts_without_an_error_line_where_home_is_not_writable(tmp_pa
         log = service.log()
     assert f"Listening at: http://127.0.0.1:{service.port}" in log
     assert "[ERROR]" not in log
+
+
+def test_a_usr2_upgrade_starts_the_new_gunicorn_on_the_port_the_old_one_holds(tmp_path):
+    """gunicorn's zero-downtime upgrade: the new master inherits the socket; the taken-port check must not stop it."""
+    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"))
+    service = ServiceProcess(env, tmp_path / "service.log")
+    with service:
+        os.kill(service.process.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 15
+        while service.log().count("Starting gunicorn") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        while service.log().count("Booting worker") < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = service.log()
+    assert log.count("Starting gunicorn") == 2 and log.count("Booting worker") >= 4
+    assert "error: cannot listen" not in log
