@@ -55,7 +55,7 @@ def on_starting(server):
 
 def refuse_a_taken_port(host: str, port: int) -> None:
     """Exit with one line if something listens on host:port already, this service included (gunicorn
-    itself would retry for five seconds and print a traceback-like pair of lines)."""
+    itself would retry for five seconds, then print "Connection in use" and "Can't connect")."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET       # as gunicorn picks it: a name is IPv4
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gunicorn binds: TIME_WAIT is no user

@@ -97,16 +97,14 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
             return _refused(413, TOO_LARGE)
         if settings.gitlab_webhook_secret and not token_matches(request.headers.get("X-Gitlab-Token"),
                                                                 settings.gitlab_webhook_secret):
-            log.warning("refused a delivery from %s: missing or wrong X-Gitlab-Token", request.remote_addr)
-            return _error(401, "missing or wrong X-Gitlab-Token: set the hook's Secret token to GITLAB_WEBHOOK_SECRET")
+            return _refused(401, "missing or wrong X-Gitlab-Token: set the hook's Secret token to GITLAB_WEBHOOK_SECRET")
         body = request.get_data(cache=False)
         if len(body) > MAX_BODY_BYTES:
             return _refused(413, TOO_LARGE)
         if settings.gitlab_signing_token and not signature_valid(settings.gitlab_signing_token, request.headers,
                                                                  body, clock()):
-            log.warning("refused a delivery from %s: missing, wrong or stale webhook-signature", request.remote_addr)
-            return _error(401, "missing, wrong or stale webhook-signature: set the hook's Signing token to "
-                               "GITLAB_SIGNING_TOKEN and check this server's clock")
+            return _refused(401, "missing, wrong or stale webhook-signature: set the hook's Signing token to "
+                                 "GITLAB_SIGNING_TOKEN and check this server's clock")
         try:
             payload = decode_payload(body)
         except (ValueError, RecursionError):

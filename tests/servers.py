@@ -22,6 +22,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for(condition, timeout=8.0) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 def service_env(**settings: str) -> dict[str, str]:
     """The process environment with every service setting blanked (so a developer's .env cannot leak in)."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}

@@ -8,8 +8,8 @@ import json
 import os
 import re
 import signal
-import threading
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -17,7 +17,7 @@ import requests
 
 from tests.conftest import SECRET, gitlab_headers, load_payload
 from tests.fake_feishu import FakeFeishu
-from tests.servers import ServiceProcess, free_port, service_env
+from tests.servers import ServiceProcess, free_port, service_env, wait_for
 
 DEADLINE = 3.0
 RETRY_BASE = 0.3
@@ -63,15 +63,6 @@ def push(service, payload_name="chinese_push.json", headers=None):
     response = requests.post(service.url + "/gitlab-webhook", data=body, headers=headers or gitlab_headers(),
                              timeout=10)
     return response, time.monotonic() - started
-
-
-def wait_for(condition, timeout=8.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def queue_is_empty(service):
