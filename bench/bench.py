@@ -63,7 +63,7 @@ def push_body(path: str, name: str, n: int = 0) -> bytes:
     payload = json.loads((ROOT / "tests/fixtures/gitlab/chinese_push.json").read_text(encoding="utf-8"))
     web_url = f"https://git.example.cn/{path}"
     payload["project"].update(path_with_namespace=path, name=name, web_url=web_url, homepage=web_url)
-    payload["after"] = f"{n:040x}"
+    payload["after"] = f"{n + 1:040x}"           # never forty zeros: that would be a branch deletion, no commits
     for commit in payload["commits"]:
         commit["url"] = f"{web_url}/-/commit/{commit['id']}"
     return json.dumps(payload, ensure_ascii=False).encode("utf-8")
