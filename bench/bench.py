@@ -4,8 +4,10 @@
 
 Both servers run under their production commands on this machine, in the same
 run, against the fake Feishu from the tests with an injected round-trip time.
-Then: one push to a project with 10 owners, a push while Feishu hangs, and a
-burst of 300 pushes against a fake that enforces Feishu's quotas.
+Then: one push to a project with 10 owners, a push while Feishu hangs, the same
+load on a bare Flask app that only makes the one Feishu call (bench/bare_app.py,
+the stack's own rate on this machine), and a burst of 300 pushes against a fake
+that enforces Feishu's quotas.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,10 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.load import LoadResult, have_wrk, run_python, run_wrk  # noqa: E402
-from tests.servers import ServiceProcess, free_port, service_env  # noqa: E402
+from bench.processes import (TOKEN, FakeFeishuProcess, MemorySampler, process_tree_cpu,  # noqa: E402
+                             start_bare_app, start_baseline, start_service)
+from gitlab_feishu.cards import render_card  # noqa: E402
+from gitlab_feishu.gitlab import decode_payload, parse_event  # noqa: E402
+from tests.servers import ServiceProcess  # noqa: E402
 
 BASELINE = ROOT.parent / "shared" / "baseline" / "seed_server.py"
-TOKEN = "bench-secret"
 DEADLINE = 5.0
 TEN_OWNERS = [f"owner{i}@example.com" for i in range(10)]
 BURST_PROJECTS = 10
@@ -36,26 +40,6 @@ BURST_PROJECTS = 10
 # Idempotency-Keys start with "bench-"), the naive server's access log.
 SERVICE_HANDLED = " key=idem:bench-"
 BASELINE_HANDLED = '"POST /gitlab-webhook'
-
-
-class FakeFeishuProcess:
-    """The tests' fake Feishu in its own process, so it does not share a GIL with the load generator."""
-
-    def __init__(self, rtt: float, *, quotas: bool = False):
-        command = [sys.executable, "-m", "tests.fake_feishu", "--rtt", str(rtt), "--auto-users"]
-        self.process = subprocess.Popen(command + (["--quotas"] if quotas else []), cwd=ROOT,
-                                        stdout=subprocess.PIPE, text=True)
-        self.url = self.process.stdout.readline().strip()
-
-    def state(self) -> dict:
-        return requests.get(self.url + "/_fake/state?summary=1", timeout=10).json()
-
-    def control(self, **commands) -> None:
-        requests.post(self.url + "/_fake/control", json=commands, timeout=10).raise_for_status()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 def push_body(path: str, name: str, n: int = 0) -> bytes:
@@ -67,66 +51,6 @@ def push_body(path: str, name: str, n: int = 0) -> bytes:
     for commit in payload["commits"]:
         commit["url"] = f"{web_url}/-/commit/{commit['id']}"
     return json.dumps(payload, ensure_ascii=False).encode("utf-8")
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and all its descendants (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += children.get(current, [])
-    return tree
-
-
-def process_tree_rss(pid: int) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
-
-
-def process_tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and its living descendants."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])         # utime, stime in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-class MemorySampler:
-    def __init__(self, pid: int):
-        import threading
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, process_tree_rss(self.pid))
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, process_tree_rss(self.pid))
 
 
 def drive(url: str, body: bytes, args, seconds: float) -> LoadResult:
@@ -189,22 +113,20 @@ def one_push_latency(url: str, body: bytes) -> float:
     return time.perf_counter() - started
 
 
-def start_service(folder: Path, fake_url: str, *, pacing: bool) -> ServiceProcess:
-    env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="test-secret", FEISHU_BASE_URL=fake_url,
-                      GITLAB_WEBHOOK_SECRET=TOKEN, OWNERS_FILE=str(folder / "owners.json"),
-                      DATA_DIR=str(folder / f"data-{time.monotonic_ns()}"), LOG_DIR=str(folder / "logs"),
-                      FEISHU_PACING="on" if pacing else "off")
-    return ServiceProcess(env, folder / "service.log", workers=None).start()
-
-
-def start_baseline(folder: Path, fake_url: str) -> ServiceProcess:
-    env = {**os.environ, "FEISHU_BASE_URL": fake_url, "FEISHU_APP_ID": "cli_test_app",
-           "FEISHU_APP_SECRET": "test-secret", "OWNERS_FILE": str(folder / "owners.json")}
-    port = free_port()
-    # Its own folder as the working directory, so gunicorn does not pick up this project's gunicorn.conf.py.
-    command = [sys.executable, "-m", "gunicorn", "-w", "4", "-b", f"127.0.0.1:{port}", "--access-logfile", "-",
-               "seed_server:app"]
-    return ServiceProcess(env, folder / "baseline.log", command=command, port=port, cwd=BASELINE.parent).start()
+def stack_alone(folder: Path, fake: FakeFeishuProcess, args, body: bytes) -> dict:
+    """The same load on bench/bare_app.py, under the service's command and settings: the stack's own rate."""
+    card = json.dumps(render_card(parse_event(decode_payload(body), "Push Hook")), ensure_ascii=False)
+    server = start_bare_app(folder, fake.url, card=card, owner="owner@example.com")
+    try:
+        url = server.url + "/gitlab-webhook"
+        drive(url, body, args, args.warmup)
+        cpu_before = process_tree_cpu(server.process.pid)
+        result = drive(url, body, args, args.duration)
+        cpu = process_tree_cpu(server.process.pid) - cpu_before
+    finally:
+        server.stop()
+    return {"webhooks_per_s": result.rate, "ack_p50_ms": result.p50_ms, "ack_p99_ms": result.p99_ms,
+            "non_2xx": result.non_2xx + result.errors, "cpu_ms_per_webhook": cpu * 1000 / max(result.requests, 1)}
 
 
 def ten_owners(url: str, rtt: float) -> dict:
@@ -278,9 +200,11 @@ def run(args) -> dict:
                 results["hanging_feishu"] = hanging_feishu(url, fake)
             finally:
                 service.stop()
+            fake.control(reset=True)
+            results["stack_alone"] = stack_alone(folder, fake, args, body)
             if args.baseline and Path(args.baseline).is_file():
                 fake.control(reset=True)
-                baseline = start_baseline(folder, fake.url)
+                baseline = start_baseline(Path(args.baseline), folder, fake.url)
                 try:
                     results["baseline"] = capacity(baseline, fake, args, body, BASELINE_HANDLED)
                 finally:
@@ -306,6 +230,10 @@ def summarize(results: dict) -> None:
         results["ratios"] = {key: service[key] / baseline[key] for _, key, _ in ROWS if baseline[key]}
     results["synchronous_limit_per_s"] = results["connections"] / (results["rtt_ms"] / 1000)
     results["share_of_limit"] = service["webhooks_per_s"] / results["synchronous_limit_per_s"]
+    if results.get("stack_alone"):
+        bare = results["stack_alone"]
+        bare["share_of_limit"] = bare["webhooks_per_s"] / results["synchronous_limit_per_s"]
+        results["share_of_stack_alone"] = service["webhooks_per_s"] / bare["webhooks_per_s"]
 
 
 def table(results: dict) -> str:
@@ -319,6 +247,11 @@ def table(results: dict) -> str:
         lines.append(f"{label:<30}{fmt.format(service[key]):>14}{other:>14}{ratio:>9}")
     lines += ["", f"synchronous limit (connections / RTT): {results['synchronous_limit_per_s']:.0f}/s; "
                   f"this service reached {results['share_of_limit']:.0%}"]
+    if results.get("stack_alone"):
+        bare = results["stack_alone"]
+        lines.append(f"the stack alone (bench/bare_app.py: one Feishu call, same command and settings): "
+                     f"{bare['webhooks_per_s']:.1f}/s = {bare['share_of_limit']:.0%} of the limit, "
+                     f"p99 {bare['ack_p99_ms']:.1f} ms; this service reached {results['share_of_stack_alone']:.0%} of it")
     ten = results["ten_owners"]
     lines.append(f"10 owners, warm caches: acked in {ten['ack_ms']:.0f} ms = {ten['ack_rtts']:.2f} RTT")
     hang = results["hanging_feishu"]

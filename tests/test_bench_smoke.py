@@ -15,8 +15,9 @@ def test_a_tiny_benchmark_run_prints_its_table(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     for row in ("webhooks/s", "ack latency p99 (ms)", "Feishu calls per webhook", "cards delivered per webhook",
-                "non-2xx", "server CPU per webhook (ms)", "peak memory (MB)", "10 owners", "Feishu hanging", "burst of 10 pushes"):
+                "non-2xx", "server CPU per webhook (ms)", "peak memory (MB)", "the stack alone", "10 owners", "Feishu hanging",
+                "burst of 10 pushes"):
         assert row in run.stdout
     measured = json.loads(results.read_text(encoding="utf-8"))
-    assert {"service", "ten_owners", "hanging_feishu", "burst", "share_of_limit"} <= set(measured)
+    assert {"service", "stack_alone", "ten_owners", "hanging_feishu", "burst", "share_of_limit"} <= set(measured)
     assert measured["service"]["cards_per_webhook"] == 1.0      # the per-webhook rows count the right webhooks
