@@ -10,17 +10,15 @@ import json
 import os
 import uuid
 
-import requests
 from flask import Flask, request
-from requests.adapters import HTTPAdapter
+
+from gitlab_feishu.feishu import _pooled_session
 
 BASE_URL = os.environ["FEISHU_BASE_URL"]
 CARD = os.environ["BARE_APP_CARD"]
 TIMEOUT = 5
 
-session = requests.Session()
-session.trust_env = False               # as the service's session: no proxy lookups per call
-session.mount("http://", HTTPAdapter(pool_maxsize=64, max_retries=0))
+session = _pooled_session(BASE_URL)     # the service's own: pooled, no proxy lookups per call
 token = session.post(f"{BASE_URL}/open-apis/auth/v3/tenant_access_token/internal", timeout=TIMEOUT,
                      json={"app_id": os.environ["FEISHU_APP_ID"], "app_secret": os.environ["FEISHU_APP_SECRET"]},
                      ).json()["tenant_access_token"]
