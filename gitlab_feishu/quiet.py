@@ -11,6 +11,7 @@ import unicodedata
 from typing import Callable, Iterable, Protocol, TypeVar
 
 from .events import Person
+from .users import TRIGGERED
 
 # Compared after NFKC + casefold, so "[Skip Notify]" and the full-width "［通知跳过］" count too;
 # 【】 are the brackets a Chinese input method types for [ ].
@@ -23,6 +24,7 @@ AddressOf = Callable[[str], str | None]     # GitLab username -> email or open_i
 class _Recipient(Protocol):
     recipient: str
     channel: str
+    rule: str
 
 
 GITLAB_COMMIT_CAP = 20           # commits GitLab lists in a push payload at most
@@ -75,11 +77,16 @@ def is_self(recipient: str, actor: Person, address_of: AddressOf | None = None) 
 
 
 def split_self(matches: list[R], actor: Person, address_of: AddressOf | None = None) -> tuple[list[R], list[R]]:
-    """(kept, skipped): people who caused the event themselves are skipped; group chats never are."""
+    """(kept, skipped): people who caused the event themselves are skipped; group chats never are.
+
+    Nor is whoever triggered a failed pipeline, in that role (users.json): they are always its actor,
+    and the card is news about their own pipeline, so skipping them would turn that rule off.
+    """
     kept: list[R] = []
     skipped: list[R] = []
     for match in matches:
-        mine = match.channel == "dm" and is_self(match.recipient, actor, address_of)
+        spared = match.channel != "dm" or match.rule.startswith(f"{TRIGGERED}: ")
+        mine = not spared and is_self(match.recipient, actor, address_of)
         (skipped if mine else kept).append(match)
     return kept, skipped
 

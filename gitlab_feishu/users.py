@@ -26,6 +26,7 @@ log = logging.getLogger("gitlab_feishu.users")
 
 _USERNAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")   # the characters GitLab allows in a username
 EXAMPLE = '{"zhangsan": "zhangsan@example.com"}'
+TRIGGERED = "triggered"      # the role, and rule prefix, of whoever triggered a failed pipeline
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def _concerned(event: Event) -> list[tuple[str, Person]]:
     if isinstance(event, MergeRequestEvent):
         return [("reviewer", p) for p in event.reviewers] + [("assignee", p) for p in event.assignees]
     if isinstance(event, PipelineEvent) and event.status == "failed":
-        return [("triggered", event.actor)]
+        return [(TRIGGERED, event.actor)]
     return []
 
 

@@ -99,6 +99,15 @@ def test_owner_who_triggered_the_failure_gets_one_card(client, feishu):
     assert post(client, pipeline(5031, "failed"))["deliveries"] == [ZHANGSAN]
 
 
+def test_whoever_triggered_a_failed_pipeline_gets_its_card_even_with_notify_self_false(settings, feishu):
+    """NOTIFY_SELF=false spares owners what they did themselves; the trigger's card is about their own pipeline."""
+    client = make_client(dataclasses.replace(settings, notify_self=False))
+    response = post(client, pipeline(5031, "failed", name="李四", username="lisi"))
+    assert response["deliveries"] == [ZHANGSAN, {"to": "lisi@example.com", "rule": "triggered: lisi",
+                                                  "result": "sent"}]
+    assert sent_to(feishu) == ["lisi@example.com", "zhangsan@example.com"]
+
+
 def test_success_after_a_failure_says_fixed(client, feishu):
     post(client, pipeline(5031, "failed"))
     response = post(client, pipeline(5032, "success"))
