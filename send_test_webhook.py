@@ -11,7 +11,9 @@ answered 2xx, 1 when it refused or could not be reached, 2 for a settings error.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import hmac
 import json
 import sys
 import time
@@ -20,6 +22,7 @@ from datetime import datetime, timezone
 
 import requests
 
+from gitlab_feishu.gitlab import signing_key
 from gitlab_feishu.settings import ConfigError, Settings, os_text
 
 GITLAB_VERSION = "18.6.0"                # what the User-Agent claims; any GitLab/<version> is fine
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = push_payload(instance, path, name, user=args.user, username=args.username,
                            message=args.message, branch=args.branch)
     print(f"POST {url}: a push to {path} ({name}), branch {args.branch}, by {args.user}")
-    ok, lines = send(url, payload, gitlab_headers(token, instance), timeout=args.timeout)
+    ok, lines = send(url, payload, gitlab_headers(token, instance), timeout=args.timeout,
+                     signing_token=settings.gitlab_signing_token)
     print("\n".join(lines), file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
@@ -99,6 +103,14 @@ def gitlab_headers(token: str, instance: str) -> dict[str, str | bytes]:
     return headers
 
 
+def signature_headers(signing_token: str, message_id: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """GitLab 19's Standard Webhooks signature of `body`: with GITLAB_SIGNING_TOKEN set the service refuses
+    every delivery without it. GitLab uses the Idempotency-Key as the message id."""
+    digest = hmac.new(signing_key(signing_token), f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256)
+    return {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": "v1," + base64.b64encode(digest.digest()).decode("ascii")}
+
+
 def push_payload(instance: str, path: str, name: str, *, user: str, username: str, message: str,
                  branch: str) -> dict:
     """A one-commit push in the shape GitLab 17/18 sends (Push Hook; see tests/fixtures/gitlab)."""
@@ -131,9 +143,14 @@ def push_payload(instance: str, path: str, name: str, *, user: str, username: st
     }
 
 
-def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: float) -> tuple[bool, list[str]]:
-    """POST the payload; (answered 2xx with JSON, the lines that say what happened)."""
+def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: float,
+         signing_token: str = "") -> tuple[bool, list[str]]:
+    """POST the payload (signed when a signing token is given); (answered 2xx with JSON, the lines that say
+    what happened)."""
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    if signing_token:
+        headers = {**headers, **signature_headers(signing_token, str(headers["Idempotency-Key"]), body,
+                                                  int(time.time()))}
     started = time.monotonic()
     try:
         rsp = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
@@ -155,8 +172,10 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
         return False, [f"error: HTTP {rsp.status_code} from {url}, but not this service's JSON answer ({text!r}):"
                        " is --url right? It ends with /gitlab-webhook"]
     if rsp.status_code == 401:
-        return False, [f"error: HTTP 401 from {url}: the token sent (--token, default GITLAB_WEBHOOK_SECRET"
-                       " in .env) is not the service's GITLAB_WEBHOOK_SECRET"]
+        # The service says whether the token or (GitLab 19) the signature was wrong.
+        return False, [f"error: HTTP 401 from {url}: {answer.get('reason') or 'refused'} (this script sends"
+                       " --token, default GITLAB_WEBHOOK_SECRET in .env, and signs with GITLAB_SIGNING_TOKEN"
+                       " from .env when it is set)"]
     if not 200 <= rsp.status_code < 300:
         return False, [f"error: HTTP {rsp.status_code} from {url}: {answer.get('reason', answer)}"]
     return True, [f"HTTP {rsp.status_code} in {took:.0f} ms: {describe(answer)}"]

@@ -1,6 +1,7 @@
 """send_test_webhook.py against real local servers: the service, a closed port, one that never answers."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import socket
@@ -37,8 +38,8 @@ def service(settings, fake, owners_file):
 @pytest.fixture
 def run(settings, monkeypatch, capsys):
     """send_test_webhook.main with the test settings (never the developer's .env); returns (code, out, err)."""
-    def run(*argv: str, port: int | None = None):
-        local = dataclasses.replace(settings, host="127.0.0.1", port=port or free_port())
+    def run(*argv: str, port: int | None = None, **changed):
+        local = dataclasses.replace(settings, host="127.0.0.1", port=port or free_port(), **changed)
         monkeypatch.setattr(send_test_webhook.Settings, "from_env", classmethod(lambda cls: local))
         code = send_test_webhook.main(list(argv))
         out, err = capsys.readouterr()
@@ -86,6 +87,26 @@ class TestANonAsciiSecret:
         code, out, err = run(port=service.server_port)
         assert code == 0, err
         assert "HTTP 200" in out and "Traceback" not in err
+
+
+class TestWithASigningToken:
+    """GitLab 19 signs every delivery; with GITLAB_SIGNING_TOKEN set the service refuses anything unsigned."""
+    TOKEN = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+
+    @pytest.fixture
+    def settings(self, settings):
+        return dataclasses.replace(settings, gitlab_signing_token=self.TOKEN)
+
+    def test_the_push_is_signed_as_gitlab_signs_it_and_accepted(self, run, service, fake):
+        code, out, err = run(port=service.server_port)
+        assert code == 0, err
+        assert "HTTP 200" in out and "test@example.com  [exact: 测试项目]  sent" in out
+
+    def test_an_unsigned_push_is_refused_with_the_services_reason_not_a_guess(self, run, service):
+        code, _, err = run(port=service.server_port, gitlab_signing_token="")   # the script's .env lacks it
+        assert code == 1
+        assert err.count("\n") == 1 and "HTTP 401" in err and "webhook-signature" in err
+        assert "is not the service's GITLAB_WEBHOOK_SECRET" not in err
 
 
 def test_closed_port_is_one_line_and_fails(run):
