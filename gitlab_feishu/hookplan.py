@@ -31,6 +31,11 @@ TRIGGERS = {
 }
 SECRET_NOTE = ("Secret token: sent with every hook created or updated. GitLab never shows it; before 19.0 it "
                "does not even say whether a hook has one (\"unknown\").")
+# GitLab answers a URL its validation refuses with only 422 "Invalid url given"; the usual cause is a private
+# address while GitLab blocks webhooks to the local network (its default).
+URL_REFUSED_HINT = ("GitLab refused PUBLIC_URL/gitlab-webhook as a hook URL: if that address is on your local "
+                    "network, a GitLab administrator must tick Admin > Settings > Network > Outbound requests > "
+                    "Allow requests to the local network from webhooks and integrations")
 REENABLE_HINT = ("once the service answers at PUBLIC_URL, re-enable it in GitLab: the project's "
                  "Settings > Webhooks > Test > Push events (a 2xx answer re-enables the hook)")
 

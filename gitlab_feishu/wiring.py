@@ -23,7 +23,7 @@ import gitlab
 import requests
 
 from .events import Project
-from .hookplan import Listing, Step, check, check_report, desired_hook, plan, steps_report
+from .hookplan import URL_REFUSED_HINT, Listing, Step, check, check_report, desired_hook, plan, steps_report
 from .owners import Owners, load_owners
 from .settings import ConfigError, Settings
 
@@ -159,7 +159,8 @@ class GitLab:
             else:
                 answer = self._call("update the hook", lambda: hooks.update(step.hook_id, attributes), per_project=True)
         except _ProjectFailed as exc:
-            return Step(step.project, exc.action, str(exc))
+            url_refused = exc.code == 422 and "url" in exc.failure.lower()
+            return Step(step.project, exc.action, f"{exc}; {URL_REFUSED_HINT}" if url_refused else str(exc))
         if signing_token and answer.get("signing_token_present") is False:
             return Step(step.project, "failed", f"{step.why}; but {SIGNING_IGNORED}")
         return Step(step.project, DONE[step.action], step.why)

@@ -325,6 +325,17 @@ def test_a_hook_gitlab_refuses_to_create_is_listed_and_the_rest_goes_on(wiring_s
     assert len(gitlab.hooks[2]) == 1
 
 
+def test_a_hook_url_gitlab_blocks_says_which_admin_setting_allows_it(wiring_settings, rsps, capsys):
+    # GitLab's own answer (lib/api/helpers/web_hooks_helpers.rb, save_hook) when the URL fails its
+    # validation, e.g. a private address while "Allow requests to the local network" is off.
+    rsps.add(responses.POST, f"{API}/projects/1/hooks", status=422, json={"message": "Invalid url given"})
+    FakeGitLab(rsps, [YESHUI, NAINA])
+    assert run(wiring_settings) == 1
+    failed = row(capsys.readouterr().out, "grouptwogame/yeshui-client")
+    assert "Invalid url given" in failed and "PUBLIC_URL" in failed
+    assert "Allow requests to the local network from webhooks and integrations" in failed
+
+
 @pytest.mark.parametrize("key, wired", [
     # the group and its subgroup through the API, and (as routing does) a member project whose path holds the key
     ("grouptwogame", ["grouptwogame/naina", "grouptwogame/sub/tool", "other/grouptwogame-tools"]),
