@@ -37,6 +37,9 @@ NEEDS = {
 }
 TOKEN_HELP = ("create a personal, group or project access token with the `api` scope whose user is a "
               "Maintainer of the projects, and set it as GITLAB_API_TOKEN")
+# requests, under python-gitlab, reads REQUESTS_CA_BUNDLE from the process environment (not from .env).
+CA_HELP = ("if GitLab's certificate is self-signed or from your company's own CA, set REQUESTS_CA_BUNDLE to "
+           "that CA certificate (a .pem file) in the environment and run again")
 NO_PERMISSION = "no permission: the token's user needs the Maintainer role here"
 DONE = {"create": "created", "update": "updated", "skip": "skipped"}
 NOT_DONE = "not done"
@@ -192,8 +195,9 @@ class GitLab:
             raise WiringError(f"GitLab refused GITLAB_API_TOKEN ({exc.error_message}): it is invalid, expired "
                               f"or revoked; {TOKEN_HELP}") from None
         except requests.exceptions.RequestException as exc:
+            advice = CA_HELP if isinstance(exc, requests.exceptions.SSLError) else "check GITLAB_URL and the network"
             raise WiringError(f"GitLab at GITLAB_URL={self.url} is unreachable ({_network_reason(exc)}) "
-                              "while trying to " + doing + "; check GITLAB_URL and the network") from None
+                              f"while trying to {doing}; {advice}") from None
         except gitlab.GitlabParsingError:
             raise WiringError(f"GITLAB_URL={self.url} does not answer like GitLab's API; set it to "
                               "GitLab's address without /api/v4") from None

@@ -244,6 +244,15 @@ def test_unreachable_gitlab_names_gitlab_url(wiring_settings, rsps, capsys, fail
     assert f"GitLab at GITLAB_URL={BASE} is unreachable" in err and reason in err
 
 
+def test_a_gitlab_certificate_python_does_not_trust_says_how_to_trust_it(wiring_settings, rsps, capsys):
+    # A self-signed certificate or a company CA: requests (python-gitlab) trusts a CA file named by
+    # REQUESTS_CA_BUNDLE in the environment.
+    every_api_get(rsps, body=requests.exceptions.SSLError("certificate verify failed: self-signed certificate"))
+    assert run(wiring_settings) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TLS certificate" in err and "REQUESTS_CA_BUNDLE" in err
+
+
 def test_gitlab_failing_on_a_later_page_of_projects_is_reported_like_on_the_first(wiring_settings, rsps, capsys):
     rsps.add(responses.GET, f"{API}/projects", body=requests.exceptions.ConnectionError("reset"),
              match=[matchers.query_param_matcher({"page": "2"}, strict_match=False)])
