@@ -81,9 +81,10 @@ class Notifier:
             return self._ignored(event.reason, headers, _named_in(payload))
         base = {"event": event.kind, "project": event.project.path}
         if event.kind not in self.settings.notify_events:
-            return self._ignored(f"{event.kind} events are turned off (NOTIFY_EVENTS)", headers, base)
+            return self._ignored(f"{event.kind} events are turned off (NOTIFY_EVENTS)", headers, base, event)
         key = idempotency_key(headers, event)
         if isinstance(event, PipelineEvent):
+            pipeline = event
             # Before the quiet rules: a silenced failure still counts when its fix arrives.
             try:
                 event = pipeline_to_notify(event, self.outbox, key)
@@ -92,17 +93,17 @@ class Notifier:
                     raise
                 return self._outbox_locked(key, [], base, [])
             if isinstance(event, Ignored):
-                return self._ignored(event.reason, headers, base)
+                return self._ignored(event.reason, headers, base, pipeline)
         quiet = quiet_reason(event, self.settings.ignore_pushers)
         if quiet:
-            return self._ignored(quiet, headers, base)
+            return self._ignored(quiet, headers, base, event)
         matches = self._recipients(event)
         if not matches:
-            return self._ignored(self.owners.current().why_nobody(event), headers, base)
+            return self._ignored(self.owners.current().why_nobody(event), headers, base, event)
         matches, skipped = self._skip_self(event, matches)
         if not matches:
             return {**self._ignored(f"only {event.actor.label or 'its author'} would be notified, and NOTIFY_SELF "
-                                    "is false", headers, base), "deliveries": skipped}
+                                    "is false", headers, base, event), "deliveries": skipped}
         contents = {channel: card_content(render_card(event, self.settings.card_lang, max_bytes=CARD_LIMITS[channel]))
                     for channel in dict.fromkeys(m.channel for m in matches)}
         if self.settings.dry_run:
@@ -163,8 +164,13 @@ class Notifier:
         """Where users.json says a GitLab user gets their cards, to know them when GitLab hides their email."""
         return self.users.current().recipient(username) if self.users else None
 
-    def _ignored(self, reason: str, headers: Mapping[str, str], base: dict | None = None) -> dict:
-        log.info("ignored %s (%s): %s", headers.get("X-Gitlab-Event", "?"), _key_for_log(headers), reason)
+    def _ignored(self, reason: str, headers: Mapping[str, str], base: dict | None = None,
+                 event: Event | None = None) -> dict:
+        if event is None:             # not an event we parse: the header and key are all there is to say
+            log.info("ignored %s (%s): %s", headers.get("X-Gitlab-Event", "?"), _key_for_log(headers), reason)
+        else:                         # like the line of a notifying webhook, so "why no card?" is found the same way
+            log.info("ignored %s %s %s by %s key=%s: %s", event.kind, event.project.path, _ref(event),
+                     event.actor.label or "?", idempotency_key(headers, event), reason)
         return {"status": "ignored", "reason": reason, **(base or {}), "deliveries": []}
 
     def _dry_run(self, event: Event, key: str, matches: list[Match], contents: dict[str, str], base: dict,

@@ -68,6 +68,15 @@ def test_a_merge_request_line_shows_where_the_change_goes(client, log_file):
     assert "merge_request grouptwogame/yeshui-client feature/登录界面 into main by 张三" in line
 
 
+def test_an_ignored_webhook_line_still_names_its_key_project_ref_and_pusher(client, log_file):
+    payload = load_payload("chinese_push_redacted.json")
+    payload["project"].update(path_with_namespace="other/unowned", name="无人项目")
+    client.post("/gitlab-webhook", json=payload, headers=gitlab_headers(key=KEY))
+    [line] = [line for line in log_file.read_text(encoding="utf-8").splitlines() if f"key=idem:{KEY}" in line]
+    assert "ignored push other/unowned refs/heads/main by 王五 (wangwu)" in line
+    assert "no entry in owners.json matches other/unowned (无人项目)" in line
+
+
 def test_the_fallback_key_is_logged_without_an_idempotency_key(client, log_file):
     headers = gitlab_headers()
     del headers["Idempotency-Key"]
