@@ -27,6 +27,7 @@ INLINE_BACKOFF = 0.2           # first pause between inline retries
 INLINE_TURN_WAIT = 1.5         # a webhook waits this long for a turn under the quotas (wider than a
                                # per-second window, so a sixth card to one person still goes inline)
 STALE_OPEN_ID = frozenset({230001, 230034})   # Feishu refuses the receive_id (or another parameter)
+STILL_SENDING = "still sending when the deadline came; retrying in the background"
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,7 @@ class Deliverer:
             if future in done:
                 outcomes[row.id] = future.result()
             else:
-                outcomes[row.id] = timed(Outcome(QUEUED, "still sending when the deadline came; "
-                                                         "retrying in the background"))
+                outcomes[row.id] = timed(Outcome(QUEUED, STILL_SENDING))
         return outcomes
 
     def _resolve(self, rows: list[Delivery], deadline: float,

@@ -115,6 +115,7 @@ class Request:
         self.method, self.path, self.query = method, split.path, dict(parse_qsl(split.query))
         self.headers, self.body = headers, body
         self.received_at = time.monotonic() if received_at is None else received_at
+        self.kind = ""            # which endpoint it reached (KINDS), once routed
 
     def json(self) -> dict:
         if not self.headers.get("Content-Type", "").startswith("application/json"):
@@ -233,6 +234,16 @@ class FakeFeishu:
         with self._lock:
             self._faults[kind].append([Refusal(code, msg, status, headers, plain=True), times])
 
+    def trickle(self, kind: str, seconds: float | None) -> None:
+        """Answers to `kind` come a few bytes at a time over `seconds`: each read is quick, so no socket
+        timeout fires, yet the whole answer takes that long (a slow link, or a proxy feeding it slowly)."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        self._trickles[kind] = seconds or 0.0
+
+    def trickle_seconds(self, kind: str) -> float:
+        return self._trickles.get(kind, 0.0)
+
     def hang_sends(self, seconds: float | None) -> None:
         """Deliveries sleep this long, then are processed anyway (a client's read timeout posts nothing back)."""
         self._hang = seconds or 0.0
@@ -260,6 +271,7 @@ class FakeFeishu:
             self._counts, self._refused, self._rate_limited = Counter(), 0, 0
             self._faults = {kind: deque() for kind in KINDS}
             self._hang, self._down = 0.0, False
+            self._trickles: dict[str, float] = {}
             self._uuids: OrderedDict[str, dict] = OrderedDict()
             self._app_windows = {kind: (RateWindow(50, 1), RateWindow(1000, 60)) for kind in APP_QUOTA_KINDS}
             self._user_windows: dict[str, RateWindow] = {}
@@ -272,6 +284,7 @@ class FakeFeishu:
         actions = {"add_user": lambda a: {"open_id": self.add_user(**a)},
                    "add_bot": lambda a: {"bot_url": self.add_bot(**a)},
                    "fail_next": lambda a: self.fail_next(**a), "hang_sends": self.hang_sends,
+                   "trickle": lambda a: self.trickle(**a),
                    "down": lambda a: self.set_down(bool(a)), "rtt": lambda a: self.set_rtt(float(a)),
                    "revoke_tokens": lambda a: a and self.revoke_tokens(), "reset": lambda a: a and self.reset(),
                    "auto_users": lambda a: self.set_auto_users(bool(a))}
@@ -300,6 +313,7 @@ class FakeFeishu:
         if req.path.startswith("/_fake/"):
             return self._answer_control(req)
         kind, endpoint = self._route(req)
+        req.kind = kind
         log_id = time.strftime("%Y%m%d%H%M%S") + "%020X" % next(self._log_ids)
         try:
             self._inject_faults(kind)
@@ -582,12 +596,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self.write(411, {"error": "send a Content-Length"}, {})
         request = Request(self.command, self.path, self.headers, self.rfile.read(length), self.received_at)
-        self.write(*self.server.fake.answer(request))
+        answer = self.server.fake.answer(request)
+        self.write(*answer, spread_over=self.server.fake.trickle_seconds(request.kind))
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = serve
 
-    def write(self, status: int, payload: dict | bytes, headers: dict) -> None:
-        """Send the whole response in one write (status line, headers and body)."""
+    def write(self, status: int, payload: dict | bytes, headers: dict, spread_over: float = 0.0) -> None:
+        """Send the whole response in one write (status line, headers and body), or in pieces over
+        `spread_over` seconds (trickle)."""
         if isinstance(payload, bytes):
             body, content_type = payload, "text/html"
         else:
@@ -596,8 +612,15 @@ class _Handler(BaseHTTPRequestHandler):
                  f"Content-Length: {len(body)}", *(f"{name}: {value}" for name, value in headers.items())]
         if self.close_connection:
             lines.append("Connection: close")
+        data = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
+        pieces = 20 if spread_over else 1
+        size = -(-len(data) // pieces)
         try:
-            self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body)
+            for start in range(0, len(data), size):
+                self.wfile.write(data[start:start + size])
+                if spread_over:
+                    self.wfile.flush()
+                    time.sleep(spread_over / pieces)
         except OSError:  # the client gave up waiting (a hung send): what it asked for was still done
             self.close_connection = True
 

@@ -254,3 +254,19 @@ def test_healthz_makes_no_log_line(client, caplog):
     with caplog.at_level(logging.DEBUG, logger="gitlab_feishu"):
         assert client.get("/healthz").status_code == 200
     assert caplog.records == []
+
+
+@pytest.mark.parametrize(("fixture", "slow"), [
+    ("chinese_push.json", "send"),                  # one owner: the card's answer
+    ("chinese_push_redacted.json", "batch_get_id"),  # two owners: the email lookup they wait for
+])
+def test_a_feishu_answer_trickling_in_is_cut_off_at_the_deadline(settings, feishu, fixture, slow):
+    # Each piece of the answer arrives well within any socket timeout; only the whole takes too long.
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, delivery_deadline_seconds=1),
+                     background=False)
+    feishu.trickle(slow, 3.0)
+    started = time.monotonic()
+    response = post(app.test_client(), load_payload(fixture))
+    assert time.monotonic() - started < 1.5
+    assert response.status_code == 200 and response.json["status"] == "queued"
+    assert all(d["result"] == "queued" for d in response.json["deliveries"])
