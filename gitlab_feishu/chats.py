@@ -20,8 +20,9 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
+from . import cutoff
+from .cutoff import CUTOFF
 from .feishu_errors import FeishuError, logged   # the URL's token and the secret never enter a message
 
 HOOK_PATH = "/open-apis/bot/v2/hook/"
@@ -88,7 +89,7 @@ class BotClient:
 
     def __init__(self, *, session: requests.Session | None = None, clock: Callable[[], float] = time.time,
                  connect_timeout: float = 3.05, read_timeout: float = 10.0):
-        self._session = session or _session()
+        self._session = session or cutoff.session(pool_maxsize=32)
         self._clock = clock            # wall time: the sign's timestamp must be within Feishu's hour
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -108,17 +109,24 @@ class BotClient:
             raise FeishuError(f"{what}: no time left before the deadline", retryable=True)
         timeout = (self._connect_timeout, self._read_timeout) if budget is None else \
             (min(self._connect_timeout, budget), min(self._read_timeout, budget))
-        try:
-            rsp = self._session.post(url, data=data, timeout=timeout,
-                                     headers={"Content-Type": "application/json; charset=utf-8"})
-        except requests.Timeout as exc:
-            posted = (" (it may have been posted: a retry can show the card twice in the group)"
-                      if isinstance(exc, requests.ReadTimeout) else "")
-            raise logged(FeishuError(f"{what}: {type(exc).__name__}{posted}", retryable=True)) from None
-        except requests.RequestException as exc:
-            detail = _scrub(" ".join(str(exc).split()), url)
-            raise logged(FeishuError(f"{what}: cannot reach Feishu ({type(exc).__name__}: {detail})",
-                                      retryable=True)) from None
+        posted = " (it may have been posted: a retry can show the card twice in the group)"
+        failure = None
+        with CUTOFF.after(budget) as call:
+            try:
+                rsp = self._session.post(url, data=data, timeout=timeout,
+                                         headers={"Content-Type": "application/json; charset=utf-8"})
+            except requests.RequestException as exc:
+                failure = exc
+        if call.cut:                  # the socket was shut mid-answer: what came, if anything, is not all of it
+            raise logged(FeishuError(f"{what}: no whole answer before the deadline{posted}", retryable=True))
+        if isinstance(failure, requests.Timeout):
+            raise logged(FeishuError(f"{what}: {type(failure).__name__}"
+                                     f"{posted if isinstance(failure, requests.ReadTimeout) else ''}",
+                                     retryable=True))
+        if failure is not None:
+            detail = _scrub(" ".join(str(failure).split()), url)
+            raise logged(FeishuError(f"{what}: cannot reach Feishu ({type(failure).__name__}: {detail})",
+                                      retryable=True))
         _check(what, url, rsp)
 
 
@@ -154,13 +162,3 @@ def _scrub(text: str, url: str) -> str:
     """`text` with the URL's token masked: requests' messages and Feishu's own quote it."""
     token = url.partition(HOOK_PATH)[2]
     return text.replace(token, token[:4] + "…") if token else text
-
-
-def _session() -> requests.Session:
-    session = requests.Session()
-    # No urllib3 retries: bots have no uuid, so a retried POST would post the card twice.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-

@@ -27,7 +27,6 @@ INLINE_BACKOFF = 0.2           # first pause between inline retries
 INLINE_TURN_WAIT = 1.5         # a webhook waits this long for a turn under the quotas (wider than a
                                # per-second window, so a sixth card to one person still goes inline)
 STALE_OPEN_ID = frozenset({230001, 230034})   # Feishu refuses the receive_id (or another parameter)
-STILL_SENDING = "still sending when the deadline came; retrying in the background"
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,8 @@ class Deliverer:
             if future in done:
                 outcomes[row.id] = future.result()
             else:
-                outcomes[row.id] = timed(Outcome(QUEUED, STILL_SENDING))
+                outcomes[row.id] = timed(Outcome(QUEUED, "still sending when the deadline came; "
+                                                         "retrying in the background"))
         return outcomes
 
     def _resolve(self, rows: list[Delivery], deadline: float,

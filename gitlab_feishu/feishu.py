@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Literal
 
 import requests
-from requests.adapters import HTTPAdapter
 
+from . import cutoff
+from .cutoff import CUTOFF
 from .feishu_errors import FeishuError, code_error, logged, status_error
 from .shared_cache import SharedCache
 
@@ -209,19 +210,27 @@ class FeishuClient:
         request.prepare_headers(headers)
         # ensure_ascii=False: Chinese stays 3 bytes a character instead of a 6-byte \u escape.
         request.prepare_body(json.dumps(body, ensure_ascii=False).encode("utf-8"), None)
-        try:
-            # Straight to the session's adapter: no cookies, redirects or hooks to merge on every call
-            # (a quarter of requests' cost per card); the proxies were read when the session was made.
-            rsp = self._session.get_adapter(request.url).send(request, timeout=timeout,
-                                                              proxies=self._session.proxies)
-        except requests.Timeout as exc:
-            may_have = " (it may have gone through: retry with the same uuid)" \
-                if isinstance(exc, requests.ReadTimeout) else ""
-            raise logged(FeishuError(f"{what}: {type(exc).__name__}{may_have}", retryable=True)) from None
-        except requests.RequestException as exc:
-            detail = " ".join(str(exc).split())
-            raise logged(FeishuError(f"{what}: cannot reach Feishu ({type(exc).__name__}: {detail})",
-                                      retryable=True)) from None
+        may_have = " (it may have gone through: retry with the same uuid)"
+        failure = None
+        with CUTOFF.after(remaining) as call:
+            try:
+                # Straight to the session's adapter: no cookies, redirects or hooks to merge on every call
+                # (a quarter of requests' cost per card); the proxies were read when the session was made.
+                rsp = self._session.get_adapter(request.url).send(request, timeout=timeout,
+                                                                  proxies=self._session.proxies)
+                rsp.content           # the whole answer, inside the cutoff
+            except requests.RequestException as exc:
+                failure = exc
+        if call.cut:                  # the socket was shut mid-answer: what came, if anything, is not all of it
+            raise logged(FeishuError(f"{what}: no whole answer before the deadline{may_have}", retryable=True))
+        if isinstance(failure, requests.Timeout):
+            raise logged(FeishuError(f"{what}: {type(failure).__name__}"
+                                     f"{may_have if isinstance(failure, requests.ReadTimeout) else ''}",
+                                     retryable=True))
+        if failure is not None:
+            detail = " ".join(str(failure).split())
+            raise logged(FeishuError(f"{what}: cannot reach Feishu ({type(failure).__name__}: {detail})",
+                                      retryable=True))
         try:
             payload = rsp.json()
         except ValueError:
@@ -260,14 +269,10 @@ class FeishuClient:
 
 
 def _pooled_session(base_url: str) -> requests.Session:
-    session = requests.Session()
+    session = cutoff.session(pool_maxsize=64)       # many delivery threads share it
     # HTTPS_PROXY / NO_PROXY are read once here: requests would otherwise walk the whole
     # environment on every call, about a millisecond of CPU a card.
     session.trust_env = False
     if not requests.utils.should_bypass_proxies(base_url, no_proxy=None):
         session.proxies.update(requests.utils.getproxies())
-    # Many delivery threads share the session; no urllib3 retries: a retried POST could post a card twice.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
     return session

@@ -10,13 +10,11 @@ import logging
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Mapping
 
 from . import cards, chats
 from .cards import card_content, render_card
-from .delivery import STILL_SENDING, Deliverer, Outcome, shown
+from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
 from .outbox import (LOCK_WAIT, QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, is_locked,
@@ -35,9 +33,8 @@ DEADLINE_MARGIN = 0.3          # answer GitLab this long before the deadline, fo
 CARD_LIMITS = {"dm": cards.MAX_CARD_BYTES, "chat": chats.MAX_CARD_BYTES}   # a bot's body holds its card
 # Webhooks that may try their cards inline at once, per process: fewer than the server's 32 threads
 # (gunicorn.conf.py, cli.py), so that while Feishu is down or hanging, and every inline attempt holds
-# its thread until the deadline (and its slot until it ends), a burst still finds threads that answer at
-# once. The others leave their cards to the retry worker; without this, 200 webhooks at once waited
-# past GitLab's 10 s.
+# its thread until the deadline, a burst still finds threads that answer at once. The others leave
+# their cards to the retry worker; without this, 200 webhooks at once waited past GitLab's 10 s.
 INLINE_SLOTS = 24
 BUSY = "many webhooks in flight: left to the retry worker"
 
@@ -76,7 +73,6 @@ class Notifier:
         self.lease_owner = lease_owner
         self.clock = clock
         self.inline_slots = threading.BoundedSemaphore(INLINE_SLOTS)
-        self.inline_pool = ThreadPoolExecutor(max_workers=INLINE_SLOTS, thread_name_prefix="inline")
 
     def notify(self, payload: Any, headers: Mapping[str, str], started: float) -> dict:
         """Handle one delivery whose token and JSON have been checked; returns the response body."""
@@ -117,7 +113,6 @@ class Notifier:
                                feishu_uuid(key, m.channel, m.recipient)) for m in matches]
         deadline = started + self.settings.delivery_deadline_seconds - DEADLINE_MARGIN
         inline = self.inline_slots.acquire(blocking=False)
-        slot_handed_over = False
         try:
             try:
                 # Rows left to the retry worker are recorded unleased, so it may claim them at once.
@@ -132,13 +127,12 @@ class Notifier:
             if not new:
                 return self._repeat(key, earlier, base)
             if inline:
-                slot_handed_over = True
-                outcomes = self._deliver_inline(new, deadline)
+                outcomes = self.deliverer.deliver(new, deadline)
             else:
                 outcomes = {row.id: Outcome(QUEUED, BUSY) for row in new}
                 self.deliverer.on_due()
         finally:
-            if inline and not slot_handed_over:
+            if inline:
                 self.inline_slots.release()
         outcomes.update({row.id: Outcome(row.status, row.last_error) for row in earlier})
         by_recipient = {recipient_identity(row.channel, row.recipient): row for row in new + earlier}
@@ -150,20 +144,6 @@ class Notifier:
                                   "(the others' results are from the first one)")
         self._log(event, key, [_outcome_part(row, outcomes[row.id]) for row in new], started)
         return response
-
-    def _deliver_inline(self, rows: list[Delivery], deadline: float) -> dict[int, Outcome]:
-        """Deliver on a thread of its own and wait for it only until the deadline.
-
-        Socket timeouts bound each read, not a whole answer: a Feishu reply trickling in a few bytes at a
-        time would otherwise keep GitLab waiting past its 10 s. An attempt still running at the deadline
-        records its own outcome later, and keeps its inline slot until then.
-        """
-        future = self.inline_pool.submit(self.deliverer.deliver, rows, deadline)
-        future.add_done_callback(lambda _: self.inline_slots.release())
-        try:
-            return future.result(timeout=max(deadline - self.clock(), 0))
-        except FutureTimeout:
-            return {row.id: Outcome(QUEUED, STILL_SENDING) for row in rows}
 
     def _recipients(self, event: Event) -> list[Match]:
         """Who hears about this event, each once, with the rule that chose them."""

@@ -1,0 +1,162 @@
+"""A deadline on a whole HTTP answer, for the calls a webhook waits for.
+
+Socket timeouts bound each read, not a whole answer: a reply trickling in a few
+bytes at a time (a slow link, a proxy feeding it slowly) would hold a webhook's
+thread, and GitLab, as long as it lasts, past GitLab's 10 s. A call made inside
+`CUTOFF.after(seconds)` on a `session()` has its socket shut once that time is
+up, by one watcher thread per process, so the call fails as a timeout and the
+card is retried in the background. The call itself stays on the caller's
+thread: handing every card to another thread cost about 7% of throughput.
+"""
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import connection, connectionpool, poolmanager
+
+TICK = 0.05      # seconds between the watcher's looks: how late past its deadline a call is cut off at most
+
+
+@dataclass(eq=False)
+class Call:
+    deadline: float
+    sock: socket.socket | None = None     # while the call has a request out on it
+    cut: bool = False
+
+
+class Cutoff:
+    """Shuts the socket of a call still unanswered at its deadline."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, tick: float = TICK):
+        self._clock = clock
+        self._tick = tick
+        self._local = threading.local()
+        self._calls: set[Call] = set()
+        self._lock = threading.Lock()
+        self._busy = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @contextmanager
+    def after(self, seconds: float | None) -> Iterator[Call]:
+        """Calls this thread makes in the block are cut off `seconds` from now (never, for None)."""
+        call = Call(math.inf if seconds is None else self._clock() + seconds)
+        self._local.call = call
+        try:
+            yield call
+        finally:
+            self._local.call = None
+            self._release(call)
+
+    def watch(self, conn: connection.HTTPConnection) -> None:
+        """A connection has sent this thread's request: its socket is the one to shut if need be."""
+        call = getattr(self._local, "call", None)
+        if call is None or call.deadline == math.inf or conn.sock is None:
+            return
+        with self._lock:
+            call.sock = conn.sock
+            conn.cutoff_call = call
+            self._calls.add(call)
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch_forever, daemon=True, name="cutoff")
+                self._watcher.start()
+        self._busy.set()
+
+    def returned(self, conn: connection.HTTPConnection) -> None:
+        """The connection's answer has been read: from now on it may carry someone else's call."""
+        call = getattr(conn, "cutoff_call", None)
+        if call is not None:
+            conn.cutoff_call = None
+            self._release(call)
+
+    def cut_overdue(self) -> int:
+        """Shut the sockets of calls past their deadline; how many."""
+        now = self._clock()
+        with self._lock:       # held while shutting, so a socket is never shut after its call let it go
+            overdue = [call for call in self._calls if call.deadline <= now]
+            for call in overdue:
+                self._calls.discard(call)
+                call.cut = True
+                try:
+                    call.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass          # closed already
+        return len(overdue)
+
+    def _release(self, call: Call) -> None:
+        with self._lock:
+            self._calls.discard(call)
+            call.sock = None
+
+    def _watch_forever(self) -> None:
+        while True:
+            self._busy.wait()
+            time.sleep(self._tick)
+            self.cut_overdue()
+            with self._lock:
+                if not self._calls:
+                    self._busy.clear()
+
+
+CUTOFF = Cutoff()
+
+
+class _Watched:
+    def request(self, *args, **kwargs):
+        super().request(*args, **kwargs)
+        CUTOFF.watch(self)
+
+
+class _WatchedHTTPConnection(_Watched, connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, connection.HTTPSConnection):
+    pass
+
+
+class _ReturnsWatched:
+    def _put_conn(self, conn):
+        if conn is not None:
+            CUTOFF.returned(conn)
+        super()._put_conn(conn)
+
+
+class _HTTPPool(_ReturnsWatched, connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(_ReturnsWatched, connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if manager.pool_classes_by_scheme is poolmanager.pool_classes_by_scheme:   # not SOCKS: its own pools
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+def session(*, pool_maxsize: int) -> requests.Session:
+    """A Session whose calls inside `CUTOFF.after()` are cut off at their deadline; no urllib3 retries,
+    since a retried POST could post a card twice."""
+    adapter = _Adapter(pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
+    result = requests.Session()
+    result.mount("https://", adapter)
+    result.mount("http://", adapter)
+    return result

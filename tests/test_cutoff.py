@@ -1,0 +1,116 @@
+"""A call's whole answer is cut off at its deadline, not only each read (gitlab_feishu/cutoff.py)."""
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from gitlab_feishu.cards import card_content, render_card
+from gitlab_feishu.chats import BotClient
+from gitlab_feishu.cutoff import Cutoff
+from gitlab_feishu.feishu import FeishuClient
+from gitlab_feishu.feishu_errors import FeishuError
+from gitlab_feishu.gitlab import parse_event
+from tests.conftest import FakeClock, load_payload
+
+CARD = card_content(render_card(parse_event(load_payload("chinese_push.json"), "Push Hook")))
+
+
+@pytest.fixture
+def connection():
+    """A connection with its request out: our end of a socket pair, the peer still to answer."""
+    ours, peer = socket.socketpair()
+    yield SimpleNamespace(sock=ours)
+    ours.close()
+    peer.close()
+
+
+def is_shut(sock: socket.socket) -> bool:
+    sock.settimeout(0)
+    try:
+        return sock.recv(1) == b""        # shut for reading: end of stream at once
+    except BlockingIOError:
+        return False
+
+
+def test_a_call_still_unanswered_at_its_deadline_has_its_socket_shut(connection):
+    clock = FakeClock()
+    cutoff = Cutoff(clock=clock)
+    with cutoff.after(1.0) as call:
+        cutoff.watch(connection)
+        clock.now += 1.0
+        assert cutoff.cut_overdue() == 1
+    assert call.cut and is_shut(connection.sock)
+
+
+def test_a_call_before_its_deadline_is_left_alone(connection):
+    clock = FakeClock()
+    cutoff = Cutoff(clock=clock)
+    with cutoff.after(1.0) as call:
+        cutoff.watch(connection)
+        clock.now += 0.9
+        assert cutoff.cut_overdue() == 0
+    assert not call.cut and not is_shut(connection.sock)
+
+
+@pytest.mark.parametrize("how", ["call ended", "connection back in the pool"])
+def test_a_socket_is_never_shut_once_its_call_let_it_go(connection, how):
+    # The connection may already carry someone else's call.
+    clock = FakeClock()
+    cutoff = Cutoff(clock=clock)
+    with cutoff.after(1.0):
+        cutoff.watch(connection)
+        if how == "connection back in the pool":
+            cutoff.returned(connection)
+            clock.now += 5
+            assert cutoff.cut_overdue() == 0
+    clock.now += 5
+    assert cutoff.cut_overdue() == 0
+    assert not is_shut(connection.sock)
+
+
+@pytest.mark.parametrize("seconds", [None, "outside"])
+def test_calls_without_a_deadline_are_not_watched(connection, seconds):
+    clock = FakeClock()
+    cutoff = Cutoff(clock=clock)
+    if seconds is None:
+        with cutoff.after(None) as call:
+            cutoff.watch(connection)
+        assert not call.cut
+    else:
+        cutoff.watch(connection)
+    clock.now += 3600
+    assert cutoff.cut_overdue() == 0
+
+
+def test_a_card_whose_answer_trickles_in_fails_at_the_deadline_as_retryable(feishu):
+    open_id = feishu.add_user("zhangsan@example.com")
+    feishu.trickle("send", 3.0)                # every piece within any socket timeout
+    client = FeishuClient(feishu.url, "cli_test_app", "test-secret")
+    started = time.monotonic()
+    with pytest.raises(FeishuError) as raised:
+        client.send_card(open_id, CARD, "uuid-trickle", budget=0.5)
+    assert time.monotonic() - started < 1.0
+    assert raised.value.retryable
+    assert "no whole answer before the deadline" in str(raised.value)
+    assert "retry with the same uuid" in str(raised.value)
+
+
+def test_a_group_post_whose_answer_trickles_in_fails_at_the_deadline_as_retryable(feishu):
+    url = feishu.add_bot("trickle-bot")
+    feishu.trickle("bot", 3.0)
+    started = time.monotonic()
+    with pytest.raises(FeishuError) as raised:
+        BotClient().post_card(url, None, {"schema": "2.0", "body": {"elements": []}}, budget=0.5)
+    assert time.monotonic() - started < 1.0
+    assert raised.value.retryable and "no whole answer before the deadline" in str(raised.value)
+
+
+def test_the_next_call_on_the_pool_after_a_cut_off_one_goes_through(feishu):
+    open_id = feishu.add_user("zhangsan@example.com")
+    client = FeishuClient(feishu.url, "cli_test_app", "test-secret")
+    feishu.trickle("send", 3.0)
+    with pytest.raises(FeishuError):
+        client.send_card(open_id, CARD, "uuid-first", budget=0.5)
+    feishu.trickle("send", None)
+    assert client.send_card(open_id, CARD, "uuid-second", budget=2.0)
