@@ -30,9 +30,10 @@ backlog = 512
 # webhooks/s), but a reload (HUP) then resets the connections queued at the old workers' sockets, and
 # GitLab counts each as a failed delivery.
 reuse_port = False
-# No access log: each request to /gitlab-webhook makes one line of its own (its outcome, or why it was
-# refused), and a second line per webhook cost about 3% of throughput. `--access-logfile -` adds it back.
-accesslog = None
+# gunicorn's access log on the console (systemd's journal), beside the service's own line per webhook:
+# it also shows what never reaches the app's routes (a hook URL without /gitlab-webhook, scanners).
+# It costs about 3% of webhooks/s (bench/bench.py); `--access-logfile /dev/null` turns it off.
+accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 preload_app = False            # each worker starts its own retry thread after the fork
 # gunicorn 25.1+ opens a control socket under $HOME/.gunicorn; the service user's home in the README's

@@ -240,7 +240,7 @@ def test_http_errors_are_json(client, method, path, status):
     ({"path": "/gitlab-webhook", "method": "POST", "data": b"{}", "token": "wrong"}, "missing or wrong X-Gitlab-Token"),
 ])
 def test_every_refused_request_makes_one_warning_line(client, caplog, request_kwargs, expected):
-    """gunicorn runs without an access log: the service's own log is where a misconfigured hook shows."""
+    """The service's own log shows a misconfigured hook, whatever serves it (waitress keeps no access log)."""
     request_kwargs = dict(request_kwargs)
     headers = gitlab_headers(token=request_kwargs.pop("token", SECRET))
     with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):

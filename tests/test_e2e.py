@@ -78,6 +78,14 @@ def test_chinese_push_reaches_the_owner_intact(service, fake):
     assert "张三" in card_text and "修复：登录界面在 1080p 下按钮错位" in card_text
 
 
+def test_gunicorn_keeps_an_access_log_beside_the_line_per_webhook(service, fake):
+    response, _ = push(service, headers=gitlab_headers(key="access-log-check"))
+    assert response.status_code == 200
+    log = service.log()
+    assert '"POST /gitlab-webhook HTTP/1.1" 200' in log
+    assert "key=idem:access-log-check" in log
+
+
 @pytest.mark.parametrize("fault", [
     {"kind": "send", "status": 500, "times": 1},
     {"kind": "send", "status": 429, "code": 99991400, "times": 2, "headers": {"x-ogw-ratelimit-reset": "1"}},
