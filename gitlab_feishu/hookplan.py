@@ -52,7 +52,7 @@ class DesiredHook:
         return self.url.lower().startswith("https://")
 
     def attributes(self) -> dict:
-        """The fields sent on create and update: our URL and triggers (and SSL verification for https)."""
+        """The fields a new hook gets: our URL and triggers (and SSL verification for https)."""
         attributes: dict = {"url": self.url}
         attributes.update({name: name in self.triggers for name in TRIGGERS.values()})
         if self.verifies_ssl:
@@ -103,6 +103,8 @@ def plan(listing: Listing, desired: DesiredHook, now: datetime) -> Step:
         return Step(listing.project, "ok",
                     "; ".join([f"hook #{hook.get('id')} up to date, secret {_secret(hook)}"] + notes))
     attributes = desired.attributes()
+    # An existing hook keeps its SSL choice: cleared, it is how GitLab reaches a self-signed certificate.
+    attributes.pop("enable_ssl_verification", None)
     attributes.update({name: False for name in _extra_triggers(hook, desired)})
     return Step(listing.project, "update", "; ".join([f"hook #{hook.get('id')}: " + "; ".join(changes)] + notes),
                 hook_id=hook.get("id"), attributes=attributes)
@@ -133,10 +135,10 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
     hints = _duplicates(ours)
     missing, extra = _missing_triggers(hook, desired), _extra_triggers(hook, desired)
     wrong = ([f"missing {_names(missing)}"] if missing else []) + ([f"extra {_names(extra)}"] if extra else [])
-    if desired.verifies_ssl and hook.get("enable_ssl_verification") is False:
-        wrong.append("SSL verification off")
     if hook.get("token_present") is False or _lacks_signing(hook, desired) or wrong:
         hints.append("run --wire-hooks to fix it")
+    if desired.verifies_ssl and hook.get("enable_ssl_verification") is False:
+        wrong.append("SSL verification off (right only for a self-signed certificate)")
     state = _disabled(hook, now)
     if state:
         hints.append("GitLab stopped sending to it after failed deliveries (events meanwhile are lost); "
@@ -202,8 +204,6 @@ def _duplicates(ours: list[Mapping]) -> list[str]:
 def _differences(hook: Mapping, desired: DesiredHook) -> list[str]:
     missing, extra = _missing_triggers(hook, desired), _extra_triggers(hook, desired)
     changes = ([f"switch on {_names(missing)}"] if missing else []) + ([f"switch off {_names(extra)}"] if extra else [])
-    if desired.verifies_ssl and hook.get("enable_ssl_verification") is False:
-        changes.append("switch on SSL verification")
     if hook.get("token_present") is False:
         changes.append("set the secret token")
     if _lacks_signing(hook, desired):

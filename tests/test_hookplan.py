@@ -35,7 +35,7 @@ def our_hook(id: int = 12, url: str = OURS, **fields) -> dict:
     ([our_hook(push_events=False)], "update", "hook #12: switch on push_events"),
     ([our_hook(pipeline_events=False, push_events=False, note_events=True, job_events=True)], "update",
      "hook #12: switch on push_events, pipeline_events; switch off job_events, note_events"),
-    ([our_hook(enable_ssl_verification=False)], "update", "hook #12: switch on SSL verification"),
+    ([our_hook(enable_ssl_verification=False)], "ok", "hook #12 up to date"),   # cleared for a self-signed certificate
     ([our_hook(token_present=False)], "update", "hook #12: set the secret token"),
     ([our_hook(13), our_hook(12)], "ok", "hooks #13 also point here, so GitLab sends every event twice"),
     ([our_hook(alert_status="disabled")], "ok", "GitLab has disabled it, see --check"),
@@ -80,8 +80,15 @@ def test_a_new_hook_gets_our_url_the_handled_triggers_and_ssl_verification():
 def test_an_update_switches_off_every_trigger_the_service_does_not_handle():
     step = plan(Listing(PROJECT, (our_hook(note_events=True, emoji_events=True),)), DESIRED, NOW)
     assert step.hook_id == 12
-    assert step.attributes == {"url": OURS, **RIGHT, "enable_ssl_verification": True,
-                               "note_events": False, "emoji_events": False}
+    assert step.attributes == {"url": OURS, **RIGHT, "note_events": False, "emoji_events": False}
+
+
+@pytest.mark.parametrize("verifies", [True, False])
+def test_an_update_leaves_the_hooks_ssl_verification_as_it_is(verifies):
+    # Cleared, as the README's setup says for a self-signed certificate, it must stay cleared.
+    hook = our_hook(push_events=False, enable_ssl_verification=verifies)
+    step = plan(Listing(PROJECT, (hook,)), DESIRED, NOW)
+    assert step.action == "update" and "enable_ssl_verification" not in step.attributes
 
 
 def test_the_plan_never_holds_a_secret():
@@ -124,7 +131,8 @@ def test_normalize_url(url, normalized):
     ([our_hook(token_present=False)], ("#12", "missing", "ok", "active"), True),
     ([our_hook(pipeline_events=False, note_events=True)],
      ("#12", "unknown", "missing pipeline_events, extra note_events", "active"), True),
-    ([our_hook(enable_ssl_verification=False)], ("#12", "unknown", "SSL verification off", "active"), True),
+    ([our_hook(enable_ssl_verification=False)],
+     ("#12", "unknown", "SSL verification off (right only for a self-signed certificate)", "active"), False),
     ([our_hook(alert_status="temporarily_disabled", disabled_until="2030-01-01T10:30:00.000Z")],
      ("#12", "unknown", "ok", "disabled until 2030-01-01 10:30 UTC"), True),
     ([our_hook(alert_status="temporarily_disabled", disabled_until=None)],
