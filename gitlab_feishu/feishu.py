@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -217,7 +218,8 @@ class FeishuClient:
                 # Straight to the session's adapter: no cookies, redirects or hooks to merge on every call
                 # (a quarter of requests' cost per card); the proxies were read when the session was made.
                 rsp = self._session.get_adapter(request.url).send(request, timeout=timeout,
-                                                                  proxies=self._session.proxies)
+                                                                  proxies=self._session.proxies,
+                                                                  verify=self._session.verify)
                 rsp.content           # the whole answer, inside the cutoff
             except requests.RequestException as exc:
                 failure = exc
@@ -275,4 +277,6 @@ def _pooled_session(base_url: str) -> requests.Session:
     session.trust_env = False
     if not requests.utils.should_bypass_proxies(base_url, no_proxy=None):
         session.proxies.update(requests.utils.getproxies())
+    # Likewise the CA bundle requests would read: a network that re-signs HTTPS names its CA here.
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     return session

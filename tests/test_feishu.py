@@ -506,3 +506,24 @@ def test_a_forgotten_open_id_is_looked_up_again_by_every_process(clock, shared):
     client.forget_open_id("a@known.example")
     sharing(clock, shared).resolve_open_ids(["a@known.example"])
     assert lookup.call_count == 2
+
+
+@responses.activate
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_the_ca_bundle_requests_reads_from_the_environment_is_trusted(monkeypatch, clock, variable):
+    # A network that re-signs HTTPS names its CA there, as for any program using requests.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv(variable, "/etc/ssl/company-ca.pem")
+    token_ok()
+    FeishuClient(BASE, "cli_app", SECRET, clock=clock).tenant_token()
+    assert responses.calls[0].request.req_kwargs["verify"] == "/etc/ssl/company-ca.pem"
+
+
+@responses.activate
+def test_certificates_are_verified_without_a_ca_bundle(monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    token_ok()
+    FeishuClient(BASE, "cli_app", SECRET).tenant_token()
+    assert responses.calls[0].request.req_kwargs["verify"] is True
