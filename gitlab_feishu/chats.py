@@ -23,7 +23,8 @@ import requests
 
 from . import cutoff
 from .cutoff import CUTOFF
-from .feishu_errors import FeishuError, logged   # the URL's token and the secret never enter a message
+# The URL's token and the secret never enter a message (see _scrub).
+from .feishu_errors import FeishuError, logged, no_answer_error
 
 HOOK_PATH = "/open-apis/bot/v2/hook/"
 FEISHU_HOSTS = ("open.feishu.cn", "open.larksuite.com", "open.larkoffice.com")
@@ -117,16 +118,9 @@ class BotClient:
                                          headers={"Content-Type": "application/json; charset=utf-8"})
             except requests.RequestException as exc:
                 failure = exc
-        if call.cut:                  # the socket was shut mid-answer: what came, if anything, is not all of it
-            raise logged(FeishuError(f"{what}: no whole answer before the deadline{posted}", retryable=True))
-        if isinstance(failure, requests.Timeout):
-            raise logged(FeishuError(f"{what}: {type(failure).__name__}"
-                                     f"{posted if isinstance(failure, requests.ReadTimeout) else ''}",
-                                     retryable=True))
-        if failure is not None:
-            detail = _scrub(" ".join(str(failure).split()), url)
-            raise logged(FeishuError(f"{what}: cannot reach Feishu ({type(failure).__name__}: {detail})",
-                                      retryable=True))
+        error = no_answer_error(what, failure, cut=call.cut, may_have=posted, detail=lambda text: _scrub(text, url))
+        if error:
+            raise error
         _check(what, url, rsp)
 
 

@@ -18,7 +18,7 @@ import requests
 
 from . import cutoff
 from .cutoff import CUTOFF
-from .feishu_errors import FeishuError, code_error, logged, status_error
+from .feishu_errors import FeishuError, code_error, logged, no_answer_error, status_error
 from .shared_cache import SharedCache
 
 UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
@@ -223,16 +223,9 @@ class FeishuClient:
                 rsp.content           # the whole answer, inside the cutoff
             except requests.RequestException as exc:
                 failure = exc
-        if call.cut:                  # the socket was shut mid-answer: what came, if anything, is not all of it
-            raise logged(FeishuError(f"{what}: no whole answer before the deadline{may_have}", retryable=True))
-        if isinstance(failure, requests.Timeout):
-            raise logged(FeishuError(f"{what}: {type(failure).__name__}"
-                                     f"{may_have if isinstance(failure, requests.ReadTimeout) else ''}",
-                                     retryable=True))
-        if failure is not None:
-            detail = " ".join(str(failure).split())
-            raise logged(FeishuError(f"{what}: cannot reach Feishu ({type(failure).__name__}: {detail})",
-                                      retryable=True))
+        error = no_answer_error(what, failure, cut=call.cut, may_have=may_have)
+        if error:
+            raise error
         try:
             payload = rsp.json()
         except ValueError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Callable
 
 import requests
 
@@ -102,6 +103,21 @@ def status_error(what: str, rsp: requests.Response) -> FeishuError:
     return FeishuError(f"{what}: Feishu answered HTTP {status} without an error code", http_status=status,
                        log_id=rsp.headers.get("X-Tt-Logid", ""), retryable=retryable,
                        retry_after=retry_after(rsp) if status == 429 else None, hint=hint)
+
+
+def no_answer_error(what: str, failure: requests.RequestException | None, *, cut: bool, may_have: str,
+                    detail: Callable[[str], str] = lambda text: text) -> FeishuError | None:
+    """Why a call got no usable answer (None when it got one): cut off at the deadline, timed out, or
+    Feishu unreachable. `may_have` says what a retry risks when the request may have gone through."""
+    if cut:          # the socket was shut mid-answer: what came, if anything, is not all of it
+        return logged(FeishuError(f"{what}: no whole answer before the deadline{may_have}", retryable=True))
+    if isinstance(failure, requests.Timeout):
+        read = isinstance(failure, requests.ReadTimeout)
+        return logged(FeishuError(f"{what}: {type(failure).__name__}{may_have if read else ''}", retryable=True))
+    if failure is not None:
+        return logged(FeishuError(f"{what}: cannot reach Feishu ({type(failure).__name__}: "
+                                  f"{detail(' '.join(str(failure).split()))})", retryable=True))
+    return None
 
 
 def retry_after(rsp: requests.Response) -> float | None:

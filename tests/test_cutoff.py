@@ -33,24 +33,15 @@ def is_shut(sock: socket.socket) -> bool:
         return False
 
 
-def test_a_call_still_unanswered_at_its_deadline_has_its_socket_shut(connection):
+@pytest.mark.parametrize("elapsed, shut", [(1.0, True), (0.9, False)])
+def test_a_call_still_unanswered_at_its_deadline_has_its_socket_shut(connection, elapsed, shut):
     clock = FakeClock()
     cutoff = Cutoff(clock=clock)
     with cutoff.after(1.0) as call:
         cutoff.watch(connection)
-        clock.now += 1.0
-        assert cutoff.cut_overdue() == 1
-    assert call.cut and is_shut(connection.sock)
-
-
-def test_a_call_before_its_deadline_is_left_alone(connection):
-    clock = FakeClock()
-    cutoff = Cutoff(clock=clock)
-    with cutoff.after(1.0) as call:
-        cutoff.watch(connection)
-        clock.now += 0.9
-        assert cutoff.cut_overdue() == 0
-    assert not call.cut and not is_shut(connection.sock)
+        clock.now += elapsed
+        assert cutoff.cut_overdue() == int(shut)
+    assert call.cut is shut and is_shut(connection.sock) is shut
 
 
 @pytest.mark.parametrize("how", ["call ended", "connection back in the pool"])
