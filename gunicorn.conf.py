@@ -18,7 +18,7 @@ except ConfigError as exc:
 
 bind = f"{_settings.host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
-# short (with no access log, below: 2-3% more webhooks/s than two workers with one; 45 MB each).
+# short (measured without the access log: 2-3% more webhooks/s than two workers; 45 MB each).
 workers = 4
 worker_class = "gthread"
 threads = 32                   # webhooks in flight per process, each waiting about one Feishu round trip

@@ -149,6 +149,7 @@ def _error(status: int, reason: str):
 
 
 def _refused(status: int, reason: str):
-    """An error answer, logged: with no access log, this line is where a wrong hook URL or body shows."""
+    """An error answer, logged: the service's own log shows a wrong hook URL or body, whatever serves it
+    (waitress keeps no access log)."""
     log.warning("refused %s %s from %s: %d %s", request.method, request.path, request.remote_addr, status, reason)
     return _error(status, reason)

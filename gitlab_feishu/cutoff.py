@@ -4,7 +4,7 @@ Socket timeouts bound each read, not a whole answer: a reply trickling in a few
 bytes at a time (a slow link, a proxy feeding it slowly) would hold a webhook's
 thread, and GitLab, as long as it lasts, past GitLab's 10 s. A call made inside
 `CUTOFF.after(seconds)` on a `session()` has its socket shut once that time is
-up, by one watcher thread per process, so the call fails as a timeout and the
+up, by one watcher thread per process, so the call fails as retryable and the
 card is retried in the background. The call itself stays on the caller's
 thread: handing every card to another thread cost about 7% of throughput.
 """

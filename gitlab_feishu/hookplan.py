@@ -51,11 +51,12 @@ class DesiredHook:
     def verifies_ssl(self) -> bool:
         return self.url.lower().startswith("https://")
 
-    def attributes(self) -> dict:
-        """The fields a new hook gets: our URL and triggers (and SSL verification for https)."""
+    def attributes(self, *, new: bool) -> dict:
+        """The fields sent: our URL and triggers, and SSL verification for a new https hook (an existing one
+        keeps its choice: cleared, it is how GitLab reaches a self-signed certificate)."""
         attributes: dict = {"url": self.url}
         attributes.update({name: name in self.triggers for name in TRIGGERS.values()})
-        if self.verifies_ssl:
+        if new and self.verifies_ssl:
             attributes["enable_ssl_verification"] = True
         return attributes
 
@@ -93,7 +94,7 @@ def plan(listing: Listing, desired: DesiredHook, now: datetime) -> Step:
     left_alone = [f"{others} other hook{'s' if others > 1 else ''} left alone"] if others else []
     if not ours:
         return Step(listing.project, "create", "; ".join([f"new hook: {_names(desired.triggers)}"] + left_alone),
-                    attributes=desired.attributes())
+                    attributes=desired.attributes(new=True))
     hook = ours[0]
     notes = left_alone + _duplicates(ours)
     if _disabled(hook, now):
@@ -102,9 +103,7 @@ def plan(listing: Listing, desired: DesiredHook, now: datetime) -> Step:
     if not changes:
         return Step(listing.project, "ok",
                     "; ".join([f"hook #{hook.get('id')} up to date, secret {_secret(hook)}"] + notes))
-    attributes = desired.attributes()
-    # An existing hook keeps its SSL choice: cleared, it is how GitLab reaches a self-signed certificate.
-    attributes.pop("enable_ssl_verification", None)
+    attributes = desired.attributes(new=False)
     attributes.update({name: False for name in _extra_triggers(hook, desired)})
     return Step(listing.project, "update", "; ".join([f"hook #{hook.get('id')}: " + "; ".join(changes)] + notes),
                 hook_id=hook.get("id"), attributes=attributes)
@@ -137,14 +136,15 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
     wrong = ([f"missing {_names(missing)}"] if missing else []) + ([f"extra {_names(extra)}"] if extra else [])
     if hook.get("token_present") is False or _lacks_signing(hook, desired) or wrong:
         hints.append("run --wire-hooks to fix it")
-    if desired.verifies_ssl and hook.get("enable_ssl_verification") is False:
-        wrong.append("SSL verification off (right only for a self-signed certificate)")
+    # Shown, not to be fixed: cleared, it is how GitLab reaches a self-signed certificate.
+    ssl_off = ["SSL verification off (right only for a self-signed certificate)"] \
+        if desired.verifies_ssl and hook.get("enable_ssl_verification") is False else []
     state = _disabled(hook, now)
     if state:
         hints.append("GitLab stopped sending to it after failed deliveries (events meanwhile are lost); "
                      + REENABLE_HINT)
     secret = _secret(hook) + (", no signing token" if _lacks_signing(hook, desired) else "")
-    return HookStatus(listing.project, f"#{hook.get('id')}", secret, ", ".join(wrong) or "ok",
+    return HookStatus(listing.project, f"#{hook.get('id')}", secret, ", ".join(wrong + ssl_off) or "ok",
                       state or "active", tuple(hints), attention=bool(hints))
 
 

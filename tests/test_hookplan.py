@@ -106,7 +106,7 @@ def test_the_plan_never_holds_a_secret():
 def test_desired_hook_url(public_url, url, ssl):
     desired = desired_hook(public_url, frozenset(EVENT_KINDS))
     assert desired.url == url
-    assert ("enable_ssl_verification" in desired.attributes()) is ssl
+    assert ("enable_ssl_verification" in desired.attributes(new=True)) is ssl
 
 
 @pytest.mark.parametrize("url, normalized", [
