@@ -263,7 +263,8 @@ def table(results: dict) -> str:
                   f"  acked 2xx {b['acked_2xx']}/{b['pushes']}, slowest ack {b['slowest_ack_ms']:.0f} ms; "
                   f"drained in {drain} (quota-bound minimum {b['quota_bound_s']:.1f} s); "
                   f"{b['delivered']} cards",
-                  f"  send attempts per card {b['attempts_per_card']:.2f}, rate-limit refusals {b['rate_limited']}"]
+                  f"  send attempts per card {b['attempts_per_card']:.2f}, "
+                  f"429s received (rate-limit refusals) {b['rate_limited']}"]
     return "\n".join(lines)
 
 
