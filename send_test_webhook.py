@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
@@ -154,10 +155,16 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
     started = time.monotonic()
     try:
         rsp = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-    except requests.Timeout:
-        return False, [f"error: no answer from {url} within {timeout:g} s (GitLab waits 10 s): the service is"
-                       " stuck, or a firewall drops the packets"]
-    except requests.ConnectionError as exc:
+    except (requests.Timeout, requests.ConnectionError) as exc:
+        plain = plain_http_instead(url, timeout)
+        if plain:
+            # A TLS handshake at a plain-HTTP port: waitress waits for a request line that never comes,
+            # other servers answer 400, which the handshake takes for garbage.
+            return False, [f"error: no HTTPS at {url}: the service there speaks plain HTTP; use {plain} (in GitLab's"
+                           " hook URL too), or put nginx with TLS in front (README, HTTPS in front: nginx)"]
+        if isinstance(exc, requests.Timeout):
+            return False, [f"error: no answer from {url} within {timeout:g} s (GitLab waits 10 s): the service is"
+                           " stuck, or a firewall drops the packets"]
         return False, [f"error: cannot connect to {url} ({_why(exc)}): is the service running (start_server.bat"
                        " or python webhook_server.py) and are the address and port right?"]
     except requests.RequestException as exc:
@@ -179,6 +186,19 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
     if not 200 <= rsp.status_code < 300:
         return False, [f"error: HTTP {rsp.status_code} from {url}: {answer.get('reason', answer)}"]
     return True, [f"HTTP {rsp.status_code} in {took:.0f} ms: {describe(answer)}"]
+
+
+def plain_http_instead(url: str, timeout: float) -> str | None:
+    """`url` with http:// when it is an https:// URL whose port answers plain HTTP, else None."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        return None
+    plain = urlunsplit(parts._replace(scheme="http", netloc=parts.netloc if parts.port else f"{parts.netloc}:443"))
+    try:
+        requests.get(urljoin(plain, "/healthz"), timeout=min(timeout, 2.0), allow_redirects=False)
+    except requests.RequestException:
+        return None
+    return plain
 
 
 def describe(answer: dict) -> str:

@@ -124,6 +124,13 @@ def test_a_server_that_never_answers_times_out(run):
     assert err.count("\n") == 1 and "no answer" in err and "0.3 s" in err
 
 
+def test_an_https_url_at_a_plain_http_port_says_to_use_http(run, service):
+    port = service.server_port
+    code, _, err = run("--url", f"https://127.0.0.1:{port}/gitlab-webhook", "--timeout", "0.5")
+    assert code == 1
+    assert err.count("\n") == 1 and "speaks plain HTTP" in err and f"http://127.0.0.1:{port}/gitlab-webhook" in err
+
+
 class _HtmlPage(BaseHTTPRequestHandler):
     def do_POST(self):
         self.send_response(200)
