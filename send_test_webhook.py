@@ -162,6 +162,10 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
             # other servers answer 400, which the handshake takes for garbage.
             return False, [f"error: no HTTPS at {url}: the service there speaks plain HTTP; use {plain} (in GitLab's"
                            " hook URL too), or put nginx with TLS in front (README, HTTPS in front: nginx)"]
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return False, [f"error: the certificate at {url} is not trusted: if it is self-signed or from your"
+                           " company's own CA, set REQUESTS_CA_BUNDLE to that CA certificate (a .pem file) in the"
+                           " environment and run again"]
         if isinstance(exc, requests.Timeout):
             return False, [f"error: no answer from {url} within {timeout:g} s (GitLab waits 10 s): the service is"
                            " stuck, or a firewall drops the packets"]
@@ -195,10 +199,11 @@ def plain_http_instead(url: str, timeout: float) -> str | None:
         return None
     plain = urlunsplit(parts._replace(scheme="http", netloc=parts.netloc if parts.port else f"{parts.netloc}:443"))
     try:
-        requests.get(urljoin(plain, "/healthz"), timeout=min(timeout, 2.0), allow_redirects=False)
-    except requests.RequestException:
+        answer = requests.get(urljoin(plain, "/healthz"), timeout=min(timeout, 2.0), allow_redirects=False).json()
+    except (requests.RequestException, ValueError):
         return None
-    return plain
+    # This service's JSON, not a TLS proxy's "plain HTTP request was sent to HTTPS port" page.
+    return plain if isinstance(answer, dict) and "status" in answer else None
 
 
 def describe(answer: dict) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,6 +130,42 @@ def test_an_https_url_at_a_plain_http_port_says_to_use_http(run, service):
     code, _, err = run("--url", f"https://127.0.0.1:{port}/gitlab-webhook", "--timeout", "0.5")
     assert code == 1
     assert err.count("\n") == 1 and "speaks plain HTTP" in err and f"http://127.0.0.1:{port}/gitlab-webhook" in err
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A certificate for 127.0.0.1 that no CA signed: (certificate, key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def https_service(service, self_signed):
+    """The same app behind TLS with a self-signed certificate, as behind an nginx with one."""
+    server = make_server("127.0.0.1", 0, service.app, threaded=True, ssl_context=tuple(map(str, self_signed)))
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_a_self_signed_certificate_says_how_to_trust_it(run, https_service, monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    code, _, err = run("--url", f"https://127.0.0.1:{https_service.server_port}/gitlab-webhook")
+    assert code == 1
+    assert err.count("\n") == 1 and "not trusted" in err and "REQUESTS_CA_BUNDLE" in err
+
+
+def test_requests_ca_bundle_trusts_a_self_signed_certificate(run, https_service, self_signed, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(self_signed[0]))
+    code, out, err = run("--url", f"https://127.0.0.1:{https_service.server_port}/gitlab-webhook")
+    assert code == 0, err
+    assert "HTTP 200" in out and "test@example.com  [exact: 测试项目]  sent" in out
 
 
 class _HtmlPage(BaseHTTPRequestHandler):
