@@ -207,12 +207,13 @@ def _networks(raw: str) -> tuple:
     return tuple(ipaddress.ip_network(word, strict=False) for word in _words(raw))
 
 
-def _emails(raw: str) -> tuple[str, ...]:
-    emails = tuple(_words(raw))
-    for email in emails:
-        if "@" not in email:
-            raise ValueError(f"{email!r} is not an email address")
-    return emails
+def _admins(raw: str) -> tuple[str, ...]:
+    # An open_id needs no lookup, so it still gets the alert when the app lacks the contact permission.
+    admins = tuple(_words(raw))
+    for admin in admins:
+        if "@" not in admin and not admin.startswith("ou_"):
+            raise ValueError(f"{admin!r} is neither an email address nor a Feishu open_id (ou_...)")
+    return admins
 
 
 _FIELDS = (
@@ -237,7 +238,7 @@ _FIELDS = (
     ("CARD_LANG", "card_lang", _card_lang),
     ("ALLOWED_SOURCES", "allowed_sources", _networks),
     ("TRUSTED_PROXIES", "trusted_proxies", _networks),
-    ("ADMIN_EMAILS", "admin_emails", _emails),
+    ("ADMIN_EMAILS", "admin_emails", _admins),
     ("ALERT_QUEUE_THRESHOLD", "alert_queue_threshold", _positive_int),
     ("GITLAB_URL", "gitlab_url", _url),
     ("GITLAB_API_TOKEN", "gitlab_api_token", str),

@@ -119,6 +119,18 @@ def test_a_missing_permission_is_one_problem_naming_the_scope(make_app, feishu, 
     assert "权限管理" in text(card)
 
 
+def test_an_admin_given_by_open_id_hears_that_the_contact_permission_is_missing(make_app, feishu, clock):
+    # Every email lookup fails, an admin's too: only one named by open_id can be told.
+    admin_open_id = feishu.add_user("lead@example.com")
+    app = make_app(admin_emails=(admin_open_id,))
+    feishu.fail_next("batch_get_id", status=400, code=99991672, times=10,
+                     msg="Access denied. One of the following scopes is required: [contact:user.id:readonly].")
+    assert [d["result"] for d in push(app)["deliveries"]] == ["failed"]
+    run_worker(app)
+    [card] = alert_cards(feishu, to="lead@example.com")
+    assert title(card) == "飞书应用缺少权限 contact:user.id:readonly"
+
+
 def test_a_refused_card_is_alerted(make_app, feishu, clock):
     app = make_app(card_lang="en")
     feishu.fail_next("send", status=400, code=230099, msg="Failed to create card content, ext=ErrCode: 200621")

@@ -26,3 +26,13 @@ def test_a_double_quoted_windows_path_that_lost_a_backslash_is_refused_with_what
 def test_a_windows_path_without_quotes_keeps_its_backslashes(tmp_path):
     settings = from_env_file(tmp_path, "OWNERS_FILE=C:\\服务\\new\\owners.json\n")
     assert "C:\\服务\\new\\owners.json" in str(settings.owners_file)
+
+
+def test_an_admin_may_be_an_open_id(tmp_path):
+    settings = from_env_file(tmp_path, "ADMIN_EMAILS=ops@example.com, ou_7d8a6e6df7621556ce0d21922b676706\n")
+    assert settings.admin_emails == ("ops@example.com", "ou_7d8a6e6df7621556ce0d21922b676706")
+
+
+def test_an_admin_that_is_neither_email_nor_open_id_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"ADMIN_EMAILS.*'张三' is neither an email address nor a Feishu open_id"):
+        from_env_file(tmp_path, "ADMIN_EMAILS=张三\n")
