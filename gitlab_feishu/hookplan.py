@@ -92,6 +92,7 @@ def plan(listing: Listing, desired: DesiredHook, now: datetime) -> Step:
         return Step(listing.project, "skip", listing.problem)
     ours, others = _split(listing.hooks, desired)
     left_alone = [f"{others} other hook{'s' if others > 1 else ''} left alone"] if others else []
+    left_alone += _lookalikes(listing.hooks, desired)
     if not ours:
         return Step(listing.project, "create", "; ".join([f"new hook: {_names(desired.triggers)}"] + left_alone),
                     attributes=desired.attributes(new=True))
@@ -129,7 +130,7 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
     if not ours:
         elsewhere = f" ({others} other hook{'s' if others > 1 else ''})" if others else ""
         return HookStatus(listing.project, "missing" + elsewhere, "-", "-", "-",
-                          ("run --wire-hooks to create it",), attention=True)
+                          ("run --wire-hooks to create it", *_lookalikes(listing.hooks, desired)), attention=True)
     hook = ours[0]
     hints = _duplicates(ours)
     missing, extra = _missing_triggers(hook, desired), _extra_triggers(hook, desired)
@@ -144,8 +145,10 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
         hints.append("GitLab stopped sending to it after failed deliveries (events meanwhile are lost); "
                      + REENABLE_HINT)
     secret = _secret(hook) + (", no signing token" if _lacks_signing(hook, desired) else "")
+    # Shown, not counted as needing attention: only a person knows whether that address is this service.
+    notes = _lookalikes(listing.hooks, desired)
     return HookStatus(listing.project, f"#{hook.get('id')}", secret, ", ".join(wrong + ssl_off) or "ok",
-                      state or "active", tuple(hints), attention=bool(hints))
+                      state or "active", tuple(hints + notes), attention=bool(hints))
 
 
 def steps_report(steps: Sequence[Step], dry_run: bool) -> tuple[list[str], bool]:
@@ -191,6 +194,21 @@ def _split(hooks: Sequence[Mapping], desired: DesiredHook) -> tuple[list[Mapping
     ours = sorted((h for h in hooks if normalize_url(str(h.get("url") or "")) == target),
                   key=lambda h: h.get("id") or 0)
     return ours, len(hooks) - len(ours)
+
+
+def _lookalikes(hooks: Sequence[Mapping], desired: DesiredHook) -> list[str]:
+    """Other hooks that also end in /gitlab-webhook: often this service at an earlier PUBLIC_URL, which
+    GitLab still sends every event to (a second card each time, if that address still reaches it)."""
+    target = normalize_url(desired.url)
+    notes = []
+    for hook in hooks:
+        url = normalize_url(str(hook.get("url") or ""))
+        parts = urlsplit(url)
+        if url != target and parts.path.lower().endswith(HOOK_PATH):
+            shown = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"    # no credentials
+            notes.append(f"hook #{hook.get('id')} at {shown} also ends in {HOOK_PATH}: if that is this service's "
+                         "earlier address, delete it in Settings > Webhooks (GitLab sends every event to both)")
+    return notes
 
 
 def _duplicates(ours: list[Mapping]) -> list[str]:

@@ -147,6 +147,29 @@ def test_check(hooks, columns, attention):
     assert status.attention is attention
 
 
+OLD_ADDRESS = "http://user:pw@10.0.0.5:5000/gitlab-webhook"
+
+
+def test_plan_points_at_a_hook_to_an_earlier_address_of_the_service_without_touching_it():
+    step = plan(Listing(PROJECT, (gitlab_hook(3, OLD_ADDRESS), our_hook())), DESIRED, NOW)
+    assert step.action == "ok"
+    assert "hook #3 at http://10.0.0.5:5000/gitlab-webhook also ends in /gitlab-webhook" in step.why
+    assert "pw" not in step.why
+
+
+@pytest.mark.parametrize("hooks", [(gitlab_hook(3, OLD_ADDRESS), our_hook()), (gitlab_hook(3, OLD_ADDRESS),)],
+                         ids=["beside ours", "ours missing"])
+def test_check_points_at_a_hook_to_an_earlier_address_of_the_service(hooks):
+    status = check(Listing(PROJECT, hooks), DESIRED, NOW)
+    [note] = [hint for hint in status.hints if "hook #3" in hint]
+    assert "http://10.0.0.5:5000/gitlab-webhook" in note and "GitLab sends every event to both" in note
+    assert "pw" not in note
+
+
+def test_a_hook_to_an_earlier_address_alone_needs_no_attention():
+    assert check(Listing(PROJECT, (gitlab_hook(3, OLD_ADDRESS), our_hook())), DESIRED, NOW).attention is False
+
+
 def test_check_tells_how_to_re_enable_a_disabled_hook():
     status = check(Listing(PROJECT, (our_hook(alert_status="disabled"),)), DESIRED, NOW)
     assert any("Settings > Webhooks > Test > Push events" in hint for hint in status.hints)
