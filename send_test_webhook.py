@@ -156,16 +156,16 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
     try:
         rsp = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
     except (requests.Timeout, requests.ConnectionError) as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return False, [f"error: the certificate at {url} is not trusted: if it is self-signed or from your"
+                           " company's own CA, set REQUESTS_CA_BUNDLE to that CA certificate (a .pem file) in the"
+                           " environment and run again"]
         plain = plain_http_instead(url, timeout)
         if plain:
             # A TLS handshake at a plain-HTTP port: waitress waits for a request line that never comes,
             # other servers answer 400, which the handshake takes for garbage.
             return False, [f"error: no HTTPS at {url}: the service there speaks plain HTTP; use {plain} (in GitLab's"
                            " hook URL too), or put nginx with TLS in front (README, HTTPS in front: nginx)"]
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return False, [f"error: the certificate at {url} is not trusted: if it is self-signed or from your"
-                           " company's own CA, set REQUESTS_CA_BUNDLE to that CA certificate (a .pem file) in the"
-                           " environment and run again"]
         if isinstance(exc, requests.Timeout):
             return False, [f"error: no answer from {url} within {timeout:g} s (GitLab waits 10 s): the service is"
                            " stuck, or a firewall drops the packets"]
