@@ -527,3 +527,17 @@ def test_certificates_are_verified_without_a_ca_bundle(monkeypatch):
     token_ok()
     FeishuClient(BASE, "cli_app", SECRET).tenant_token()
     assert responses.calls[0].request.req_kwargs["verify"] is True
+
+
+@responses.activate
+@pytest.mark.parametrize("no_proxy, proxied", [("", True), ("127.0.0.1", False)],
+                         ids=["through the proxy", "NO_PROXY names Feishu's host"])
+def test_the_proxy_requests_reads_from_the_environment_is_used(monkeypatch, no_proxy, proxied):
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp.example:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    token_ok()
+    FeishuClient(BASE, "cli_app", SECRET).tenant_token()
+    used = responses.calls[0].request.req_kwargs["proxies"].get("http")
+    assert used == ("http://proxy.corp.example:3128" if proxied else None)
