@@ -15,7 +15,7 @@ from gitlab_feishu.app import create_app
 from gitlab_feishu.feishu import FeishuClient
 from gitlab_feishu.selfcheck import CredentialCheck
 from tests.fake_feishu import FakeFeishu
-from tests.servers import ServiceProcess, free_port, service_env
+from tests.servers import ServiceProcess, free_port, service_env, wait_for
 
 
 def check(url: str, app_id: str = "cli_test_app", secret: str = "test-secret") -> CredentialCheck:
@@ -130,9 +130,7 @@ def test_each_gunicorn_worker_checks_in_the_background(fake, tmp_path):
     env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="wrong-secret", FEISHU_BASE_URL=fake.url,
                       OWNERS_FILE=str(tmp_path / "owners.json"), DATA_DIR=str(tmp_path / "data"))
     with ServiceProcess(env, tmp_path / "service.log") as service:
-        deadline = time.monotonic() + 10
-        while service.log().count("Feishu credentials rejected: 10014") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: service.log().count("Feishu credentials rejected: 10014") >= 2, timeout=10)
         state = requests.get(service.url + "/healthz", timeout=2).json()["feishu_credentials"]
     assert service.log().count("Feishu credentials rejected: 10014") == 2      # one per worker
     assert state.startswith("rejected: 10014 app secret invalid")
