@@ -156,8 +156,9 @@ def steps_report(steps: Sequence[Step], dry_run: bool) -> tuple[list[str], bool]
     lines = _table(("project", "action", "details"), [(step.project.path, step.action, step.why) for step in steps])
     counts = Counter(step.action for step in steps)
     summary = ", ".join(f"{action} {count}" for action, count in counts.items())
-    lines.append(f"{len(steps)} projects: {summary}." + (" Dry run: nothing was changed." if dry_run else ""))
-    lines.append(SECRET_NOTE)
+    lines.append(f"{_projects(len(steps))}: {summary}." + (" Dry run: nothing was changed." if dry_run else ""))
+    if counts.keys() & {"create", "update", "created", "updated"} or any("secret unknown" in s.why for s in steps):
+        lines.append(SECRET_NOTE)
     return lines, bool(counts.keys() & {"skip", "skipped", "failed"})
 
 
@@ -167,7 +168,7 @@ def check_report(statuses: Sequence[HookStatus]) -> tuple[list[str], bool]:
     lines = _table(("project", "hook", "secret", "triggers", "state"), rows)
     lines += [f"{status.project.path}: {hint}" for status in statuses for hint in status.hints]
     attention = sum(status.attention for status in statuses)
-    lines.append(f"{len(statuses)} projects: {attention} need attention.")
+    lines.append(f"{_projects(len(statuses))}: {attention} need{'s' if attention == 1 else ''} attention.")
     if any(status.secret.startswith("unknown") for status in statuses):
         lines.append(SECRET_NOTE)
     return lines, bool(attention)
@@ -281,6 +282,10 @@ def _names(triggers: Iterable[str]) -> str:
     order = {name: i for i, name in enumerate(TRIGGERS.values())}
     names = sorted(triggers, key=lambda name: (order.get(name, len(order)), name))
     return ", ".join(names) or "no events (NOTIFY_EVENTS is empty)"
+
+
+def _projects(count: int) -> str:
+    return f"{count} project{'' if count == 1 else 's'}"
 
 
 def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:

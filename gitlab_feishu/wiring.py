@@ -1,64 +1,30 @@
 """`python webhook_server.py --wire-hooks [--dry-run | --check]`: the GitLab webhook of every owned project.
 
 Finds the projects owners.json names (the same matcher the service routes
-with), reads their hooks, and hands everything to `hookplan`, then creates or
-updates what the plan says and prints a table. GitLab's API is reached through
-python-gitlab; the API token and the secret token are never printed.
-
-Which projects: a key that can match fuzzily or by a `*` pattern needs a
-listing (every project for an instance admin, else the user's own); a key that
-is a group or project path is looked up too, adding the projects there the user
-is not a member of (an admin's listing holds them already).
+with) through `gitlab_api`, reads their hooks, and hands everything to
+`hookplan`, then creates or updates what the plan says and prints a table.
+The API token and the secret token are never printed.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
-import unicodedata
 from datetime import datetime, timezone
 from typing import Callable
 
-import gitlab
-import requests
-
-from .events import Project
-from .hookplan import URL_REFUSED_HINT, Listing, Step, check, check_report, desired_hook, plan, steps_report
+from .gitlab_api import Found, GitLab, WiringError
+from .hookplan import check, check_report, desired_hook, plan, steps_report
 from .owners import Owners, load_owners
 from .settings import ConfigError, Settings
 
-TIMEOUT_SECONDS = 15
-PAGE_SIZE = 100                # GitLab's maximum per page
 NEEDS = {
     "GITLAB_URL": "the address of your GitLab, e.g. https://gitlab.example.com",
     "GITLAB_API_TOKEN": "an access token with the `api` scope, of a Maintainer of the projects",
     "PUBLIC_URL": "the address GitLab reaches this service at, e.g. https://hooks.example.com",
     "GITLAB_WEBHOOK_SECRET": "the secret token every hook is given",
 }
-TOKEN_HELP = ("create a personal, group or project access token with the `api` scope whose user is a "
-              "Maintainer of the projects, and set it as GITLAB_API_TOKEN")
-# requests, under python-gitlab, reads REQUESTS_CA_BUNDLE from the process environment (not from .env).
-CA_HELP = ("if GitLab's certificate is self-signed or from your company's own CA, set REQUESTS_CA_BUNDLE to "
-           "that CA certificate (a .pem file) in the environment and run again")
-NO_PERMISSION = "no permission: the token's user needs the Maintainer role here"
-DONE = {"create": "created", "update": "updated", "skip": "skipped"}
-NOT_DONE = "not done"
-# A key GitLab could have as a group or project path (ASCII segments joined by "/"); others are never looked up.
-PATH_KEY = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
-LISTED = dict(get_all=True, archived=False, simple=True, order_by="id", sort="asc", per_page=PAGE_SIZE)
-
-
-class WiringError(Exception):
-    """Stops the whole run (bad token, GitLab unreachable, nothing matched); the message says what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Found:
-    """The projects owners.json names, and what the search saw on the way."""
-    projects: tuple[Project, ...]    # by id, each once
-    seen: int                        # distinct projects looked at, named or not
-    admin: bool | None               # whether the listing was an admin's; None when no listing was needed
-    problems: tuple[tuple[str, str], ...] = ()   # (key, why) for keys GitLab refused to expand
+HIDDEN = ("GitLab answered 404: no such project, or a private one the token's user is not a member of; add the "
+          "user as a Maintainer, or correct the key")
 
 
 def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = False,
@@ -85,156 +51,11 @@ def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = 
         if not dry_run:
             steps, error = client.apply_all(steps, settings.gitlab_webhook_secret, settings.gitlab_signing_token)
         lines, attention = steps_report(steps, dry_run)
-    print("\n".join(lines))
+    print("\n".join([f"Hook URL: {desired.url}", *lines]))
     status = int(attention)
     _report_problems(owners, found)
     _report_unused(owners, found)
     return _stopped(error) if error else max(status, 1 if found.problems else 0)
-
-
-class GitLab:
-    """The few GitLab API calls wiring makes, with errors turned into sentences a person can act on."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.url = settings.gitlab_url
-        # keep_base_url: follow pagination links at GITLAB_URL even if GitLab's external_url differs.
-        self._gl = gitlab.Gitlab(settings.gitlab_url, private_token=settings.gitlab_api_token,
-                                 timeout=TIMEOUT_SECONDS, keep_base_url=True)
-
-    def owned_projects(self, owners: Owners) -> Found:
-        """The projects owners.json names, found as the module docstring says, by id."""
-        seen: dict[int, object] = {}
-        admin = None
-        if any(entry.glob is not None or entry.fragments for entry in owners.entries):
-            # Such a key may name any project whose path or name holds it: only a listing finds them all.
-            self._call("identify the token's user", self._gl.auth)
-            admin = bool(self._gl.user.attributes.get("is_admin"))
-            # get_all: every page is fetched inside _call, so a failure on page 2 is reported like one on page 1.
-            listed = self._call("list the projects", lambda: self._gl.projects.list(
-                **LISTED, **({} if admin else {"membership": True})))
-            seen.update((project.id, project) for project in listed)
-        problems = []
-        if not admin:
-            for key, path in _path_keys(owners):
-                try:
-                    seen.update((project.id, project) for project in self._expand(path))
-                except _ProjectFailed as exc:
-                    problems.append((key, exc.failure))
-        named = (_project(found) for _, found in sorted(seen.items()))
-        return Found(tuple(p for p in named if owners.names(p)), len(seen), admin, tuple(problems))
-
-    def listing(self, project: Project) -> Listing:
-        """The project's hooks, or why they could not be read."""
-        hooks = self._gl.projects.get(project.id, lazy=True).hooks
-        try:
-            found = self._call("read its hooks", lambda: hooks.list(get_all=True), per_project=True)
-        except _ProjectFailed as exc:
-            return Listing(project, problem=str(exc))
-        return Listing(project, tuple(hook.attributes for hook in found))
-
-    def apply_all(self, steps: list[Step], secret: str,
-                  signing_token: str = "") -> tuple[list[Step], WiringError | None]:
-        """Apply the steps in order; after an error that stops the run, the changes left are not done."""
-        done: list[Step] = []
-        error = None
-        for step in steps:
-            if error is not None and step.action in ("create", "update"):
-                done.append(Step(step.project, NOT_DONE, f"{step.action} not tried after the error below; {step.why}"))
-                continue
-            try:
-                done.append(self.apply(step, secret, signing_token))
-            except WiringError as exc:
-                error = exc
-                done.append(Step(step.project, NOT_DONE, f"{step.action} interrupted by the error below; {step.why}"))
-        return done, error
-
-    def apply(self, step: Step, secret: str, signing_token: str = "") -> Step:
-        """Create or update the hook as planned (the secret and signing tokens are sent every time); the step
-        as done."""
-        if step.action not in ("create", "update"):
-            return dataclasses.replace(step, action=DONE.get(step.action, step.action))
-        hooks = self._gl.projects.get(step.project.id, lazy=True).hooks
-        # Without the signing token, a hook made here would send unsigned deliveries the service refuses.
-        attributes = {**step.attributes, "token": secret, **({"signing_token": signing_token} if signing_token else {})}
-        try:
-            if step.action == "create":
-                answer = self._call("create the hook", lambda: hooks.create(attributes), per_project=True).attributes
-            else:
-                answer = self._call("update the hook", lambda: hooks.update(step.hook_id, attributes), per_project=True)
-        except _ProjectFailed as exc:
-            url_refused = exc.code == 422 and "url" in exc.failure.lower()
-            return Step(step.project, exc.action, f"{exc}; {URL_REFUSED_HINT}" if url_refused else str(exc))
-        if signing_token and answer.get("signing_token_present") is False:
-            return Step(step.project, "failed", f"{step.why}; but {SIGNING_IGNORED}")
-        return Step(step.project, DONE[step.action], step.why)
-
-    def _expand(self, path: str) -> list:
-        """The unarchived project at `path`, else the projects of the group there (subgroups included)."""
-        if "/" in path:                 # a project always has a namespace
-            try:
-                project = self._call("read the project", lambda: self._gl.projects.get(path), per_project=True)
-                return [] if project.attributes.get("archived") else [project]
-            except _ProjectFailed as exc:
-                if exc.code != 404:
-                    raise
-        # lazy: one request, GET /groups/:path/projects (404 when there is no such group the user can see).
-        group = self._gl.groups.get(path, lazy=True)
-        try:
-            return self._call("list the group's projects", lambda: group.projects.list(
-                **LISTED, include_subgroups=True, with_shared=False), per_project=True)
-        except _ProjectFailed as exc:
-            if exc.code != 404:
-                raise
-            return []
-
-    def _call(self, doing: str, call: Callable, *, per_project: bool = False):
-        """Run one API call; a project-level refusal raises _ProjectFailed, anything else WiringError."""
-        try:
-            return call()
-        except gitlab.GitlabAuthenticationError as exc:
-            raise WiringError(f"GitLab refused GITLAB_API_TOKEN ({exc.error_message}): it is invalid, expired "
-                              f"or revoked; {TOKEN_HELP}") from None
-        except requests.exceptions.RequestException as exc:
-            advice = CA_HELP if isinstance(exc, requests.exceptions.SSLError) else "check GITLAB_URL and the network"
-            raise WiringError(f"GitLab at GITLAB_URL={self.url} is unreachable ({_network_reason(exc)}) "
-                              f"while trying to {doing}; {advice}") from None
-        except gitlab.GitlabParsingError:
-            raise WiringError(f"GITLAB_URL={self.url} does not answer like GitLab's API; set it to "
-                              "GitLab's address without /api/v4") from None
-        except gitlab.GitlabError as exc:
-            if exc.response_code == 403 and "insufficient_scope" in str(exc.error_message):
-                raise WiringError(f"GITLAB_API_TOKEN lacks the `api` scope (it may be read_api); {TOKEN_HELP}") \
-                    from None
-            failure = f"could not {doing}: {_answer(exc)}"
-            if not per_project:
-                raise WiringError(f"{failure} (is GITLAB_URL={self.url} GitLab's address?)") from None
-            if exc.response_code == 403:
-                raise _ProjectFailed(NO_PERMISSION, "skipped", 403, failure) from None
-            raise _ProjectFailed(failure, "failed", exc.response_code, failure) from None
-
-
-class _ProjectFailed(Exception):
-    """One project (or key) could not be read or changed; it is listed (as `action`) and the run goes on."""
-
-    def __init__(self, reason: str, action: str, code: int | None, failure: str) -> None:
-        super().__init__(reason)
-        self.action, self.code, self.failure = action, code, failure
-
-
-def _path_keys(owners: Owners) -> list[tuple[str, str]]:
-    """(key as written, path to look up) for each key that could be a group or project path."""
-    keys = {}
-    for entry in owners.entries:
-        path = unicodedata.normalize("NFKC", entry.key).strip().strip("/")
-        if entry.glob is None and PATH_KEY.fullmatch(path):
-            keys.setdefault(path.casefold(), (entry.key, path))     # GitLab's paths ignore case
-    return list(keys.values())
-
-
-def _project(found) -> Project:
-    """A project as the matcher sees it, from any of GitLab's project shapes."""
-    return Project(path=found.path_with_namespace, name=found.name,
-                   web_url=found.attributes.get("web_url", ""), id=found.id)
 
 
 def _require(settings: Settings) -> None:
@@ -244,6 +65,10 @@ def _require(settings: Settings) -> None:
     if missing:
         lines = "".join(f"\n  {name}: {NEEDS[name]}" for name in missing)
         raise ConfigError(f"--wire-hooks needs these settings in .env or the environment:{lines}")
+    # A token is printable ASCII; anything else (pasted through an input method) cannot go into a header.
+    if not all(" " < char < "\x7f" for char in settings.gitlab_api_token):
+        raise ConfigError("GITLAB_API_TOKEN holds characters no GitLab token has (spaces or non-ASCII, e.g. "
+                          "pasted through an input method): copy the token again")
 
 
 def _stopped(exc: WiringError) -> int:
@@ -272,34 +97,12 @@ def _report_unused(owners: Owners, found: Found) -> None:
     refused = {key for key, _ in found.problems}
     unused = [entry.key for entry in owners.entries if entry.key not in refused and not any(
         dataclasses.replace(owners, entries=(entry,)).names(project) for project in found.projects)]
-    if unused:
+    hidden = [key for key in unused if key in found.hidden]
+    if hidden:
+        print(f"Keys of {owners.path} that name none of these projects: {', '.join(hidden)} ({HIDDEN})")
+    if unused := [key for key in unused if key not in found.hidden]:
         unseen = {True: "the token's user is an admin, so every unarchived project was seen",
                   False: "projects the token's user is not a member of are not seen, unless a key is their "
                          "group's or their own path",
                   None: "no group or project the token's user can see has such a path"}[found.admin]
         print(f"Keys of {owners.path} that name none of these projects: {', '.join(unused)} ({unseen})")
-
-
-SIGNING_IGNORED = ("GitLab ignored the signing token (webhook signing not enabled on this GitLab?), so the "
-                   "service will refuse this hook's deliveries: ask a GitLab administrator, or unset "
-                   "GITLAB_SIGNING_TOKEN")
-
-
-def _answer(exc: gitlab.GitlabError) -> str:
-    """ "GitLab answered 404 Project Not Found"; GitLab's messages often start with the status already."""
-    code, message = exc.response_code, str(exc.error_message)
-    if code is None:
-        return str(exc)
-    if message.lstrip().startswith("<"):       # a web page (a proxy, or GITLAB_URL not GitLab): not worth printing
-        return f"GitLab answered {code} with a web page instead of an API answer"
-    return f"GitLab answered {message}" if message.startswith(str(code)) else f"GitLab answered {code} {message}"
-
-
-def _network_reason(exc: Exception) -> str:
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"no answer within {TIMEOUT_SECONDS} s"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "its TLS certificate was not accepted"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        return "connection failed: wrong address or port, DNS, firewall or proxy"
-    return type(exc).__name__

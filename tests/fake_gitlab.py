@@ -69,7 +69,7 @@ class FakeGitLab:
         self.reports_token = reports_token
         self.signs = signs            # False: the webhook_signing_token feature flag is off, signing_token ignored
         self._next_id = 1000
-        hooks_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks$")
+        hooks_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks(?:\?.*)?$")
         hook_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks/(\d+)$")
         query = r"(?:\?.*)?$"
         for method, url, callback in ((responses.GET, f"{API}/user", self._user),
@@ -96,8 +96,8 @@ class FakeGitLab:
         return self._page(request, query, projects)
 
     def _get_project(self, request):
-        wanted = unquote(re.search(r"/projects/([^/?]+)", request.url)[1])
-        found = [p for p in self.projects if wanted in (str(p["id"]), p["path_with_namespace"])]
+        wanted = unquote(re.search(r"/projects/([^/?]+)", request.url)[1]).casefold()   # paths ignore case
+        found = [p for p in self.projects if wanted in (str(p["id"]), p["path_with_namespace"].casefold())]
         if not found:
             return 404, {}, json.dumps({"message": "404 Project Not Found"})
         return 200, {}, json.dumps(found[0])
@@ -113,30 +113,29 @@ class FakeGitLab:
         return self._page(request, query, [p for p in self.projects if p["namespace"]["full_path"] == group or (
             subgroups and p["namespace"]["full_path"].startswith(f"{group}/"))])
 
-    def _page(self, request, query: dict, projects: list[dict]):
-        """One page of `projects` with GitLab's offset pagination headers."""
+    def _page(self, request, query: dict, items: list[dict]):
+        """One page of `items` with GitLab's offset pagination headers (20 per page unless asked)."""
         if query.get("archived", "").lower() == "false":
-            projects = [p for p in projects if not p["archived"]]
+            items = [p for p in items if not p["archived"]]
         if query.get("simple", "").lower() == "true":
-            projects = [{k: v for k, v in p.items() if k != "archived"} for p in projects]
+            items = [{k: v for k, v in p.items() if k != "archived"} for p in items]
         per_page = min(int(query.get("per_page", 20)), self.page_size)
         page = int(query.get("page", 1))
-        total_pages = max(1, -(-len(projects) // per_page))
-        items = projects[(page - 1) * per_page: page * per_page]
-        headers = {"x-page": str(page), "x-per-page": str(per_page), "x-total": str(len(projects)),
+        total_pages = max(1, -(-len(items) // per_page))
+        shown = items[(page - 1) * per_page: page * per_page]
+        headers = {"x-page": str(page), "x-per-page": str(per_page), "x-total": str(len(items)),
                    "x-total-pages": str(total_pages), "x-next-page": str(page + 1) if page < total_pages else "",
                    "x-prev-page": str(page - 1) if page > 1 else ""}
         links = [("first", 1), ("last", total_pages)] + ([("next", page + 1)] if page < total_pages else [])
         url = request.url.split("?")[0]
         headers["Link"] = ", ".join(f'<{url}?{urlencode({**query, "page": n})}>; rel="{rel}"' for rel, n in links)
-        return 200, headers, json.dumps(items)
+        return 200, headers, json.dumps(shown)
 
     def _list_hooks(self, request):
         project_id = _project_id(request)
         if project_id in self.forbidden:
             return 403, {}, json.dumps({"message": "403 Forbidden"})
-        return 200, {"x-total": str(len(self.hooks[project_id]))}, json.dumps(
-            [self._shown(hook) for hook in self.hooks[project_id]])
+        return self._page(request, _query(request), [self._shown(hook) for hook in self.hooks[project_id]])
 
     def _create_hook(self, request):
         project_id = _project_id(request)
@@ -150,7 +149,9 @@ class FakeGitLab:
     def _update_hook(self, request):
         ids = re.search(r"projects/(\d+)/hooks/(\d+)", request.path_url)
         project_id, hook_id = int(ids[1]), int(ids[2])
-        hook = next(h for h in self.hooks[project_id] if h["id"] == hook_id)
+        hook = next((h for h in self.hooks[project_id] if h["id"] == hook_id), None)
+        if hook is None:
+            return 404, {}, json.dumps({"message": "404 Not found"})
         hook.update(self._accepted(json.loads(request.body)))
         return 200, {}, json.dumps(self._shown(hook))
 

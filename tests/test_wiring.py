@@ -58,7 +58,7 @@ def paths(output: str) -> list[str]:
     """The projects of the table, in its order."""
     lines = output.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("project ")) + 1
-    end = next(i for i, line in enumerate(lines) if re.match(r"\d+ projects: ", line))
+    end = next(i for i, line in enumerate(lines) if re.match(r"\d+ projects?: ", line))
     return [line.split()[0] for line in lines[start:end]]
 
 
@@ -266,7 +266,7 @@ def test_a_gitlab_url_that_is_not_gitlab_says_so(wiring_settings, rsps, capsys):
     every_api_get(rsps, status=404, json={"message": "404 Not Found"})
     assert run(wiring_settings) == 1
     err = capsys.readouterr().err
-    assert "could not identify the token's user: GitLab answered 404 Not Found" in err and "GITLAB_URL=" in err
+    assert "could not list the projects: GitLab answered 404 Not Found" in err and "GITLAB_URL=" in err
 
 
 def test_a_web_page_instead_of_the_api_is_not_printed(wiring_settings, rsps, capsys):
@@ -285,8 +285,11 @@ def test_no_owners_json_match_at_all_is_an_error(wiring_settings, rsps, capsys):
 
 def test_names_the_owners_json_keys_that_matched_no_project(wiring_settings, rsps, capsys):
     FakeGitLab(rsps, [YESHUI])
-    run(wiring_settings, dry_run=True)
-    assert "name none of these projects: N_奶奶的小农院, 测试项目, mike/diaspora (" in capsys.readouterr().out
+    assert run(wiring_settings, dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "name none of these projects: N_奶奶的小农院, 测试项目 (projects the token's user is not a member" in out
+    # a project's own path that GitLab denies knowing: a private project hides itself from non-members
+    assert "name none of these projects: mike/diaspora (GitLab answered 404: no such project, or a private" in out
 
 
 def test_never_prints_the_api_token_or_the_secret(wiring_settings, rsps, capsys):
@@ -355,7 +358,7 @@ def test_a_group_key_covers_its_projects_and_subgroups_the_user_is_no_member_of(
     FakeGitLab(rsps, [NAINA, SUBTOOL, LOOKALIKE, UNOWNED], members=(2, 4, 6))
     assert run(with_owners(wiring_settings, tmp_path, {key: "lead@example.com"}), dry_run=True) == 0
     out = capsys.readouterr().out
-    assert paths(out) == wired and f"{len(wired)} projects: create {len(wired)}." in out   # naina once
+    assert paths(out) == wired and f"{len(wired)} project{'s' * (len(wired) > 1)}: create {len(wired)}." in out   # naina once
     [group] = requested(rsps, "/groups/")
     assert all(part in group for part in ("include_subgroups=True", "with_shared=False", "archived=False"))
 
@@ -424,3 +427,64 @@ def test_an_error_that_stops_the_run_midway_still_shows_what_was_done(wiring_set
     assert "4 projects: created 1, not done 2, ok 1." in captured.out and captured.err.startswith("error: ")
     assert changes(rsps) == [("POST", "/api/v4/projects/1/hooks"), ("POST", "/api/v4/projects/2/hooks")]
     assert len(gitlab.hooks[1]) == 1 and gitlab.hooks[8] == []
+
+
+@pytest.mark.parametrize("answer", [
+    dict(body=requests.exceptions.ConnectionError("refused")),        # an API stand-in without GET /user
+    dict(status=404, json={"message": "404 Not Found"}),
+])
+def test_a_gitlab_that_does_not_say_who_the_token_is_lists_the_users_own_projects(wiring_settings, rsps, capsys,
+                                                                                   answer):
+    rsps.add(responses.GET, f"{API}/user", **answer)                 # registered first, so answered first
+    gitlab = FakeGitLab(rsps, [YESHUI, UNOWNED])
+    assert run(wiring_settings) == 0
+    assert "membership=True" in requested(rsps, "/v4/projects?")[0] and len(gitlab.hooks[1]) == 1
+
+
+def test_a_project_path_key_the_listing_holds_is_not_looked_up_again(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [YESHUI, NAINA, DIASPORA])
+    run(wiring_settings, dry_run=True)
+    assert "mike/diaspora" in paths(capsys.readouterr().out)
+    assert not requested(rsps, "/projects/mike%2Fdiaspora") and not requested(rsps, "/groups/")
+
+
+@pytest.mark.parametrize("token", ["glpat-复制错了", "glpat-abc def", "glpat-ａｂｃ"])
+def test_a_token_with_characters_no_gitlab_token_has_stops_before_any_request(wiring_settings, rsps, token):
+    with pytest.raises(ConfigError, match="GITLAB_API_TOKEN holds characters no GitLab token has") as raised:
+        wire_hooks(dataclasses.replace(wiring_settings, gitlab_api_token=token))
+    assert token not in str(raised.value) and not rsps.calls
+
+
+@pytest.mark.parametrize("mode", [dict(dry_run=True), dict(check_only=True), {}])
+def test_every_table_starts_with_the_hook_url(wiring_settings, rsps, capsys, mode):
+    FakeGitLab(rsps, [YESHUI])
+    run(wiring_settings, **mode)
+    assert capsys.readouterr().out.startswith(f"Hook URL: {OURS}\n")
+
+
+def test_ctrl_c_during_a_real_run_still_shows_what_was_done(wiring_settings, rsps, capsys):
+    def interrupted(request):
+        raise KeyboardInterrupt
+
+    rsps.add_callback(responses.POST, f"{API}/projects/2/hooks", callback=interrupted)
+    FakeGitLab(rsps, [YESHUI, NAINA, DIASPORA])
+    assert run(wiring_settings) == 1
+    captured = capsys.readouterr()
+    assert [row(captured.out, path).split()[1] for path in paths(captured.out)] == ["created", "not", "not"]
+    assert "error: interrupted (Ctrl+C); run it again: a second run does only what is left" in captured.err
+
+
+def test_the_secret_token_note_is_left_out_once_gitlab_says_every_hook_has_one(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [YESHUI], reports_token=True)
+    run(wiring_settings)
+    first = capsys.readouterr().out
+    run(wiring_settings)
+    second = capsys.readouterr().out
+    assert "Secret token: sent with every hook" in first and "Secret token" not in second
+
+
+def test_finds_our_hook_on_a_later_page_of_hooks(wiring_settings, rsps, capsys):
+    others = [gitlab_hook(id, f"https://ci.example.cn/hooks/{id}", 1) for id in range(1, 26)]
+    FakeGitLab(rsps, [YESHUI], {1: others + [gitlab_hook(99, OURS, 1, **RIGHT)]})   # GitLab pages hooks by 20
+    assert run(wiring_settings) == 0 and changes(rsps) == []
+    assert "hook #99 up to date" in row(capsys.readouterr().out, "grouptwogame/yeshui-client")
