@@ -23,19 +23,29 @@ from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, decode_payload, signature_valid, token_matches
 from .outbox import Outbox
-from .owners import OwnersFile
+from .owners import OwnersFile, load_owners
 from .pacing import Pacer
 from .selfcheck import CredentialCheck
 from .service import Notifier
 from .settings import Settings
 from .shared_cache import SharedCache
-from .users import UsersFile
+from .users import UsersFile, load_users
 from .worker import RetryWorker, process_owner
 
 log = logging.getLogger(__name__)
 
 TOO_LARGE = "body larger than GitLab's 25 MB limit"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
+
+
+def check_files(settings: Settings) -> None:
+    """Refuse to start with a broken owners.json or users.json (a ConfigError names file, line and key).
+
+    Only a fresh start: a process the running service starts later (a gunicorn worker replacing one that
+    died, a reload) routes by the last good version instead, as the running ones do.
+    """
+    load_owners(settings.owners_file)
+    load_users(settings.users_file)
 
 
 def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: FeishuClient | None = None,
@@ -50,15 +60,16 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
         settings = Settings.from_env()
     elif isinstance(settings, Mapping):
         settings = Settings.from_env(settings, env_file=None)
-    owners = OwnersFile(settings.owners_file)
-    users = UsersFile(settings.users_file)
+    owners = OwnersFile(settings.owners_file, last_good=settings.data_dir / "last-good-owners.json")
+    users = UsersFile(settings.users_file, last_good=settings.data_dir / "last-good-users.json")
     watcher = FileWatcher([owners, users])
     lease_owner = process_owner()
-    outbox = deliverer = worker = credentials = None
+    deliverer = worker = credentials = None
+    # In dry-run too: it remembers the pipelines, so a success that fixes a failure says so.
+    outbox = Outbox(settings.data_dir / "outbox.sqlite3", clock=clock)
     if settings.dry_run:
         log.warning("FEISHU_APP_ID is not set: dry run, cards are written to the log and not sent")
     else:
-        outbox = Outbox(settings.data_dir / "outbox.sqlite3", clock=clock)
         feishu = feishu or FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret,
                                         shared=SharedCache(settings.data_dir / "feishu_cache.sqlite3"))
         alerter = Alerter(settings, outbox, lease_owner=lease_owner, clock=clock) if settings.admin_emails else None
@@ -118,9 +129,9 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
             "mode": "dry-run" if settings.dry_run else "live",
             "owners": owners.state(),
             "users": users.state(),
-            "outbox": outbox.counts() if outbox else {"queued": 0, "failed": 0},
+            "outbox": outbox.counts(),
             "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
-            "last_delivery_at": _iso(outbox.last_sent_at()) if outbox else None,
+            "last_delivery_at": _iso(outbox.last_sent_at()),
         })
 
     @app.errorhandler(HTTPException)

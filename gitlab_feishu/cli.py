@@ -77,10 +77,11 @@ def serve(settings: Settings) -> int:
     """Serve with waitress, which runs on Windows and Linux alike."""
     import waitress
 
-    from .app import create_app
+    from .app import check_files, create_app
     from .logs import configure_logging
 
     configure_logging(settings, to_file=True)
+    check_files(settings)
     app = create_app(settings)
     owners = app.extensions["gitlab_feishu"]["owners"]
     credentials = app.extensions["gitlab_feishu"]["credentials"]

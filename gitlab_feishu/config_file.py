@@ -8,6 +8,7 @@ refused with what to do), every mistake names the file, line and key, and
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import logging
 import os
@@ -146,17 +147,28 @@ class WatchedFile(Generic[Loaded]):
     """
 
     def __init__(self, path: Path, load: Callable[[Path], Loaded], *, log: logging.Logger,
-                 clock: Callable[[], float] = time.monotonic, check_interval: float = 0.0) -> None:
+                 clock: Callable[[], float] = time.monotonic, check_interval: float = 0.0,
+                 last_good: Path | None = None) -> None:
         self._path = Path(path)
         self._load = load
         self._log = log
         self._clock = clock
         self._check_interval = check_interval
+        self._last_good = last_good              # a copy of the last version that loaded, for a later process
         self._lock = threading.Lock()
         self._signature = self._stat()           # before reading, so an edit during the load is seen later
-        self._loaded = load(self._path)          # a ConfigError here stops the service
-        self._loaded_at = _now()
         self._last_error: str | None = None
+        try:
+            self._loaded = load(self._path)
+        except ConfigError as exc:
+            # A fresh start checks the file first (check_files), so this is a process the running service
+            # started after a broken save: a gunicorn worker replacing one that died, or a reload.
+            self._loaded = self._load_last_good(exc)
+            self._last_error = str(exc)
+            self._log.error("%s; routing with the last good version (%d entries)", exc, len(self._loaded))
+        else:
+            self._keep_good(self._signature)
+        self._loaded_at = _now()
         self._next_check = clock() + check_interval
 
     def __repr__(self) -> str:
@@ -196,6 +208,33 @@ class WatchedFile(Generic[Loaded]):
         self._signature = signature              # read before the load, so an edit during it is seen later
         self._loaded, self._loaded_at, self._last_error = loaded, _now(), None
         self._log.info("%s reloaded: %d entries", self._path, len(loaded))
+        self._keep_good(signature)
+
+    def _load_last_good(self, error: ConfigError) -> Loaded:
+        """The copy kept by an earlier good load, as if read from the file itself; else `error` stops us."""
+        if self._last_good is None or not self._last_good.exists():
+            raise error
+        try:
+            return dataclasses.replace(self._load(self._last_good), path=self._path)
+        except ConfigError:
+            raise error from None
+
+    def _keep_good(self, signature: tuple[int, int] | None) -> None:
+        """Copy the file just loaded to `last_good`, unless it changed since (that version gets its own load)."""
+        if self._last_good is None:
+            return
+        try:
+            data = self._path.read_bytes()
+            if self._stat() != signature:
+                return
+            self._last_good.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._last_good.with_name(f"{self._last_good.name}.{os.getpid()}.tmp")
+            partial.write_bytes(data)
+            os.replace(partial, self._last_good)         # whole or not at all, whichever process writes last
+        except FileNotFoundError:                        # an optional file that is not there: nothing to keep
+            self._last_good.unlink(missing_ok=True)
+        except OSError as exc:
+            self._log.warning("could not keep a copy of %s in %s: %s", self._path, self._last_good, exc)
 
     def _stat(self) -> tuple[int, int] | None:
         # None while the file is missing (an editor replacing it), so its return counts as a change.

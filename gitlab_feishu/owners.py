@@ -231,5 +231,5 @@ class OwnersFile(WatchedFile[Owners]):
     """Keeps the last good Owners and reloads owners.json when it changes."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic,
-                 check_interval: float = 0.0) -> None:
-        super().__init__(path, load_owners, log=log, clock=clock, check_interval=check_interval)
+                 check_interval: float = 0.0, last_good: Path | None = None) -> None:
+        super().__init__(path, load_owners, log=log, clock=clock, check_interval=check_interval, last_good=last_good)

@@ -5,9 +5,7 @@ pipeline on the same project and ref failed: the card then says "fixed".
 Canceled pipelines and every other success are ignored; unfinished statuses
 never get this far (the parser ignores them). Deciding "fixed" needs the
 ref's history, which the outbox keeps; so parsing stays pure and this step
-runs in the service, after parsing and before matching.
-
-In dry-run there is no outbox and so no history: a success is never "fixed".
+runs in the service, after parsing and before matching (in dry-run too).
 """
 from __future__ import annotations
 
@@ -19,16 +17,12 @@ from .outbox import Outbox
 FAILED, SUCCESS = "failed", "success"
 
 
-def pipeline_to_notify(event: PipelineEvent, outbox: Outbox | None, event_key: str) -> PipelineEvent | Ignored:
+def pipeline_to_notify(event: PipelineEvent, outbox: Outbox, event_key: str) -> PipelineEvent | Ignored:
     """The event to notify (a failure, or a success marked `fixed`), or why it is ignored.
 
     Records the pipeline as the latest finished one on its ref as a side effect.
     """
     where = f"pipeline {event.id} on {event.ref}"
-    if outbox is None:
-        if event.status == FAILED:
-            return event
-        return Ignored(f"{where} {event.status}: in dry-run no pipeline history is kept, so nothing is 'fixed'")
     previous = outbox.record_finished_pipeline(_project_key(event), _ref_key(event), event.id, event.status)
     if event.status == FAILED:
         return event

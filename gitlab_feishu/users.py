@@ -76,8 +76,8 @@ class UsersFile(WatchedFile[Users]):
     """Keeps the last good Users and reloads users.json when it changes (a deleted file turns the feature off)."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic,
-                 check_interval: float = 0.0) -> None:
-        super().__init__(path, load_users, log=log, clock=clock, check_interval=check_interval)
+                 check_interval: float = 0.0, last_good: Path | None = None) -> None:
+        super().__init__(path, load_users, log=log, clock=clock, check_interval=check_interval, last_good=last_good)
 
     def state(self) -> dict:
         return {**super().state(), "found": self.current().found}

@@ -182,11 +182,11 @@ def test_healthz_shows_the_users_file_next_to_the_owners(client, settings):
     assert health["owners"]["entries"] == len(OWNERS)
 
 
-def test_dry_run_logs_a_failure_and_never_calls_a_success_fixed(settings, feishu, caplog):
+def test_dry_run_logs_a_failure_and_the_success_that_fixes_it(settings, feishu, caplog):
     client = make_client(dataclasses.replace(settings, feishu_app_id=""))
     with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
         failed = post(client, pipeline(5031, "failed"))
         success = post(client, pipeline(5032, "success"))
     assert failed["status"] == "dry_run" and "单元测试" in caplog.text
-    assert success["status"] == "ignored" and "dry-run" in success["reason"]
+    assert success["status"] == "dry_run" and "流水线已恢复" in caplog.text
     assert feishu.requests == []

@@ -149,3 +149,20 @@ def test_a_usr2_upgrade_starts_the_new_gunicorn_on_the_port_the_old_one_holds(tm
         log = service.log()
     assert log.count("Starting gunicorn") == 2 and log.count("Booting worker") >= 4
     assert "error: cannot listen" not in log
+
+
+@pytest.mark.parametrize("command", [["webhook_server.py"], ["-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                                            "webhook_server:app"]])
+def test_a_broken_owners_json_stops_either_server_with_one_line_though_a_good_copy_is_kept(tmp_path, command):
+    """A fresh start refuses it; only a process started later by a running service routes by the last good copy."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "last-good-owners.json").write_text('{"a": "a@example.com"}', encoding="utf-8")
+    owners = tmp_path / "owners.json"
+    owners.write_text('{\n  "a": "a@example.com",\n  "测试项目": "test@example"\n}', encoding="utf-8-sig")
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, timeout=30,
+                            env=service_env(OWNERS_FILE=str(owners), DATA_DIR=str(tmp_path / "data"),
+                                            LOG_DIR=str(tmp_path / "logs"), PORT=str(free_port())))
+    stderr = result.stderr.decode("utf-8")
+    [error] = [line for line in stderr.splitlines() if "error" in line.lower()]      # gunicorn's INFO line aside
+    assert result.returncode != 0 and error.startswith(f"error: {owners}, line 3: key \"测试项目\"")
+    assert "Traceback" not in stderr and "Booting worker" not in stderr

@@ -431,3 +431,41 @@ def test_invalid_file_at_start_raises(tmp_path):
     path = write_owners(tmp_path, '{"client": []}')
     with pytest.raises(ConfigError, match="empty"):
         OwnersFile(path, clock=FakeClock())
+
+
+# A process the running service starts later (a gunicorn worker replacing a dead one, a reload) may find the
+# file broken: it routes by the copy the last good load kept, as the running processes do.
+
+def test_a_good_load_keeps_a_copy_for_later_processes(tmp_path):
+    path = write_owners(tmp_path, {"client": "old@example.com"})
+    OwnersFile(path, last_good=tmp_path / "data" / "last-good-owners.json")
+    assert (tmp_path / "data" / "last-good-owners.json").read_bytes() == path.read_bytes()
+
+
+def test_a_process_started_after_a_broken_save_routes_by_the_last_good_version(tmp_path, caplog):
+    path, copy = write_owners(tmp_path, {"client": "old@example.com"}), tmp_path / "last-good-owners.json"
+    OwnersFile(path, last_good=copy)
+    save(path, '{"client": "new@example"}', 1_700_000_100)
+    later = OwnersFile(path, last_good=copy)
+    assert recipients(later) == ["old@example.com"]
+    assert later.current().path == path and "is not an email" in later.state()["last_error"]
+    assert "routing with the last good version (1 entries)" in caplog.text
+
+
+def test_the_next_good_save_applies_and_becomes_the_copy(tmp_path):
+    path, copy = write_owners(tmp_path, {"client": "old@example.com"}), tmp_path / "last-good-owners.json"
+    watched = OwnersFile(path, last_good=copy)
+    save(path, '{"client": ', 1_700_000_100)
+    assert recipients(watched) == ["old@example.com"] and b"old@" in copy.read_bytes()   # a broken save is not kept
+    save(path, {"client": "new@example.com"}, 1_700_000_200)
+    assert recipients(watched) == ["new@example.com"] and copy.read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("copy", [None, "missing", "broken"])
+def test_without_a_good_copy_a_broken_file_still_stops_the_start(tmp_path, copy):
+    path = write_owners(tmp_path, '{"client": []}')
+    kept = tmp_path / "last-good-owners.json"
+    if copy == "broken":
+        kept.write_text('{"client": ', encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{path.name}.*empty"):
+        OwnersFile(path, last_good=None if copy is None else kept)

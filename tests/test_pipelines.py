@@ -104,12 +104,3 @@ def test_a_resent_fix_is_still_a_fix_so_the_outbox_answers_it_as_a_repeat(outbox
 def test_a_resent_success_that_fixed_nothing_stays_ignored(outbox):
     decide(outbox, pipeline(1, "success"))
     assert outcome(decide(outbox, pipeline(1, "success"))) == "ignored"
-
-
-@pytest.mark.parametrize(("status", "expected"), [("failed", "failed"), ("success", "ignored"),
-                                                  ("canceled", "ignored")])
-def test_dry_run_keeps_no_history_so_nothing_is_fixed(status, expected):
-    result = pipeline_to_notify(pipeline(1, status), None, "payload:x")
-    assert outcome(result) == expected
-    if expected == "ignored":
-        assert "dry-run" in result.reason

@@ -7,7 +7,9 @@ Which worker handled a push is read from the log, whose lines carry the pid.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 import uuid
 
@@ -15,7 +17,7 @@ import pytest
 import requests
 
 from tests.conftest import SECRET, gitlab_headers, load_payload
-from tests.servers import ServiceProcess, service_env
+from tests.servers import ServiceProcess, service_env, wait_for
 
 FEW_SECONDS = 8.0                  # "within a few seconds", with slack for a busy box
 KEY = "Y_野水发财"                 # matches chinese_push.json's project, fuzzily
@@ -52,7 +54,9 @@ def save(path, owners: dict | str) -> None:
 
 
 def workers(service) -> set[str]:
-    return set(re.findall(r"Booting worker with pid: (\d+)", service.log()))
+    """The pids of the workers running now (a killed or reloaded one stays in the log)."""
+    booted = set(re.findall(r"Booting worker with pid: (\d+)", service.log()))
+    return {pid for pid in booted if os.path.exists(f"/proc/{pid}")}
 
 
 def push(service) -> tuple[str, list[str]]:
@@ -139,3 +143,25 @@ def test_a_broken_edit_is_logged_by_every_worker_before_any_webhook_arrives(serv
         while set(re.findall(rf"\[(\d+)\] [^\n]*{pattern}", service.log()[since:])) < workers(service):
             assert time.monotonic() < deadline, service.log()[since:]
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize("restart", ["worker killed", "reload"])
+def test_a_worker_started_after_a_broken_save_routes_by_the_last_good_version(service, owners, restart):
+    """gunicorn replaces a worker that died, and all of them on a reload (HUP): a broken file must not stop them."""
+    last_good = push(service)[1]
+    since = len(service.log())
+    save(owners, f'{{\n  "{KEY}": "{restart.split()[0]}@example"\n}}')      # an error no worker has logged yet
+    until_every_worker(service, since, "still routing with the last good version", last_good)
+    before = workers(service)
+    since = len(service.log())
+    if restart == "worker killed":
+        os.kill(int(min(before)), signal.SIGKILL)
+    else:
+        os.kill(service.process.pid, signal.SIGHUP)
+    wait_for(lambda: re.search(r"\[(\d+)\] [^\n]*routing with the last good version \(1 entries\)",
+                               service.log()[since:]), FEW_SECONDS)
+    new = workers(service) - before
+    assert new and service.process.poll() is None
+    assert all(push(service)[1] == last_good for _ in range(6))
+    healthz_agrees(service, lambda error: error is not None and "is not an email address" in error)
+    save(owners, {KEY: last_good})

@@ -134,6 +134,20 @@ def test_state_reports_path_entries_and_whether_the_file_exists(watched):
 
 # --- who the users file adds --------------------------------------------------------------------
 
+def test_a_process_started_after_a_broken_save_uses_the_last_good_users_file(tmp_path):
+    path, copy = users_file(tmp_path, {"lisi": "lisi@example.com"}), tmp_path / "last-good-users.json"
+    UsersFile(path, last_good=copy)
+    save(path, '{"lisi": "nobody"}', 1_700_000_100)
+    later = UsersFile(path, last_good=copy)
+    assert later.current().recipient("lisi") == "lisi@example.com" and later.state()["last_error"]
+
+
+def test_a_missing_users_file_keeps_no_copy(tmp_path):
+    copy = tmp_path / "last-good-users.json"
+    copy.write_text('{"lisi": "lisi@example.com"}', encoding="utf-8")
+    UsersFile(tmp_path / "users.json", last_good=copy)
+    assert not copy.exists()
+
 def people(payload_name: str, **attributes):
     payload = load_payload(payload_name)
     payload.get("object_attributes", {}).update(attributes)
