@@ -24,6 +24,7 @@ UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
 LOOKUP_CHUNK = 50                                   # batch_get_id takes at most 50 emails
 TOKEN_INVALID = frozenset({99991663, 99991664, 99991671})  # refresh the token and retry once
 TOKEN_MIN_LEFT = 60.0                               # a shared token with less left is fetched afresh
+CHECK_SHARED_FOR = 60.0                             # seconds a token fetch also answers other processes' checks
 
 class NotCached(enum.Enum):
     """Answer of `cached_open_id` when only a lookup can tell."""
@@ -56,6 +57,7 @@ class FeishuClient:
         # digest in the token's key: after a change of FEISHU_APP_SECRET no process uses the old token.
         self._scope = f"{self._base_url}|{app_id}"
         self._token_key = f"token:{self._scope}:{hashlib.sha256(app_secret.encode('utf-8')).hexdigest()[:16]}"
+        self._checked_key = "checked:" + self._token_key
         self._urls: dict[tuple[str, tuple], str] = {}   # (path, params) -> URL, encoded once
 
     def __repr__(self) -> str:
@@ -77,10 +79,13 @@ class FeishuClient:
             self._shared.forget(self._open_id_key(email), open_id)
 
     def check_credentials(self, budget: float | None = None) -> None:
-        """Fetch a tenant token from Feishu whatever is cached: a FeishuError says what is wrong."""
+        """Fetch a tenant token from Feishu whatever is cached, unless a process of this app (the same id and
+        secret) fetched one within CHECK_SHARED_FOR: workers starting together ask once. A FeishuError says
+        what is wrong."""
         deadline = self._deadline(budget)
         with self._token_turn(deadline, "getting a tenant_access_token"):
-            self._fetch_token(deadline)
+            if not (self._shared and self._shared.get([self._checked_key])):
+                self._fetch_token(deadline)
 
     def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None, *,
                          recheck_unknown: bool = False) -> dict[str, str | None]:
@@ -172,7 +177,7 @@ class FeishuClient:
             raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
         self._keep_token(token, expire)
         if self._shared:
-            self._shared.put({self._token_key: (token, expire)})
+            self._shared.put({self._token_key: (token, expire), self._checked_key: ("fetched", CHECK_SHARED_FOR)})
         return token
 
     def _keep_token(self, token: str, expire: float) -> None:

@@ -466,12 +466,23 @@ def test_a_token_feishu_refuses_is_dropped_for_every_process(clock, shared):
 
 
 @responses.activate
-def test_checking_credentials_always_asks_feishu(clock, shared):
+def test_checking_credentials_asks_feishu_whatever_token_is_cached(clock, shared):
     rsp = token_ok()
     client = sharing(clock, shared)
     client.tenant_token()
+    clock.now += 61
     client.check_credentials()
     assert rsp.call_count == 2
+
+
+@responses.activate
+def test_processes_starting_together_check_the_credentials_once(clock, shared):
+    rsp = token_ok()
+    sharing(clock, shared).check_credentials()
+    clock.now += 59
+    sharing(clock, shared).check_credentials()
+    FeishuClient(BASE, "cli_app", "another-secret", clock=clock, shared=shared).check_credentials()
+    assert rsp.call_count == 2                  # the changed secret is checked for itself
 
 
 @responses.activate
