@@ -178,6 +178,8 @@ def show_match(settings: Settings, path: str, name: str | None, *, branch: str |
     project = Project(path=path, name=name or path.rsplit("/", 1)[-1], default_branch=default_branch)
     if event == "tag_push":
         branch = None                     # tags ignore branch filters
+    elif branch and branch.startswith("refs/heads/"):
+        branch = branch[len("refs/heads/"):]     # as GitLab's ref, which the service routes without the prefix
     routing = owners.route(_Probe(event, project, branch))
     what = event.replace("_", " ") + (f" to {branch}" if branch else "")
     print(f"{project.path} ({project.name}), {what}, default branch {default_branch}:")
@@ -185,7 +187,9 @@ def show_match(settings: Settings, path: str, name: str | None, *, branch: str |
         print(f"  {note}")
     if branch is None and event != "tag_push" and any("(branches: " in note for note in routing.notes):
         print("  branch filters were not checked: pass --branch to check them")
-    if routing.matches:
+    if event not in settings.notify_events:
+        print(f"nobody is notified: {event} events are turned off (NOTIFY_EVENTS)")
+    elif routing.matches:
         print("notifies: " + ", ".join(match.shown for match in routing.matches))
     else:
         print(f"nobody is notified (see {os_text(str(settings.owners_file))})")

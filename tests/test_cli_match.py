@@ -1,6 +1,7 @@
 """`python webhook_server.py --match PROJECT_PATH [--branch B] [--event E]`: explaining a routing decision."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -20,7 +21,7 @@ OWNERS = {
 @pytest.fixture
 def run(settings, monkeypatch, capsys):
     """Run the CLI over `owners` (the shipped test OWNERS by default); returns (exit code, stdout, stderr)."""
-    def run_cli(*argv: str, owners: dict | str = OWNERS):
+    def run_cli(*argv: str, owners: dict | str = OWNERS, settings: Settings = settings):
         text = owners if isinstance(owners, str) else json.dumps(owners, ensure_ascii=False)
         settings.owners_file.write_text(text, encoding="utf-8")
         monkeypatch.setattr(Settings, "from_env", classmethod(lambda cls, *a, **k: settings))
@@ -47,6 +48,7 @@ def test_match_explains_every_entry_and_filter(run):
 @pytest.mark.parametrize("argv, lines", [
     (["--branch", "feature/x"], ["exact: client (branches: :default, release/*) filtered out: branch feature/x"]),
     (["--branch", "release/2.0"], ["-> dev@example.com"]),
+    (["--branch", "refs/heads/release/2.0"], ["push to release/2.0", "-> dev@example.com"]),   # as GitLab's ref
     (["--branch", "trunk", "--default-branch", "trunk"], ["-> dev@example.com"]),
     (["--event", "pipeline", "--branch", "dev"], ["exact: grouptwogame (events: pipeline) -> ci@example.com"]),
     (["--event", "tag_push"], ["tag push, default branch main", "exact: client (branches: :default, release/*) -> "]),
@@ -63,6 +65,13 @@ def test_match_says_when_nobody_is_notified(run):
     code, out, _ = run("--match", "other/thing", "--name", "别的")
     assert code == 0
     assert "no entry matches other/thing (别的), exactly or fuzzily" in out and "nobody is notified" in out
+
+
+def test_match_says_when_the_event_kind_is_turned_off_for_everyone(run, settings):
+    settings = dataclasses.replace(settings, notify_events=frozenset({"push", "merge_request"}))
+    code, out, _ = run("--match", "grouptwogame/client", "--event", "pipeline", "--branch", "dev",
+                       settings=settings)
+    assert code == 0 and out.splitlines()[-1] == "nobody is notified: pipeline events are turned off (NOTIFY_EVENTS)"
 
 
 def test_match_uses_the_fuzzy_tier_only_without_exact_matches(run):
