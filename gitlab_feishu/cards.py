@@ -37,6 +37,7 @@ _STEPS = (_Detail(5, 72, 80, 200), _Detail(5, 40, 80, 120), _Detail(3, 40, 60, 8
 _ENTITIES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>*_~`[]()#\\!+-$\"':|"})
 _WHITESPACE = re.compile(r"[\x00-\x20\x7f\x85\u2028\u2029]+")   # line breaks and controls: one space
 _LIST_NUMBER = re.compile(r"^(\d+)\.")                           # "1." would start an ordered list
+_MENTION = re.compile(r"<(?=\s*/?\s*at\b)", re.IGNORECASE)            # the "<" of an <at ...> or </at> tag
 _URL_SAFE = "/:@!$&'*+,;=%?"        # kept in links; spaces, parentheses and non-ASCII are percent-encoded
 
 
@@ -136,10 +137,10 @@ def _sha_link(web_url: str, sha: str) -> str:
 def _card(colour: str, title: str, subtitle: str, summary: str, elements: list) -> dict:
     return {
         "schema": "2.0",
-        "config": {"summary": {"content": _cut(summary, SUMMARY_CHARS)}},
+        "config": {"summary": {"content": _plain(_cut(summary, SUMMARY_CHARS))}},
         "header": {
-            "title": {"tag": "plain_text", "content": _clean(title)},
-            "subtitle": {"tag": "plain_text", "content": _clean(subtitle)},
+            "title": {"tag": "plain_text", "content": _plain(title)},
+            "subtitle": {"tag": "plain_text", "content": _plain(subtitle)},
             "template": colour,
         },
         "body": {"elements": elements},
@@ -203,6 +204,12 @@ def _cut(text: str, limit: int) -> str:
     """`text` on one line, at most `limit` characters, ending in "…" when shortened."""
     text = " ".join(_clean(text).split())
     return text if len(text) <= limit else text[:max(limit - 1, 0)].rstrip() + "…"
+
+
+def _plain(text: str) -> str:
+    """Text for plain_text fields: Feishu shows it as it is, but an `<at ...>` tag in it is broken up anyway
+    (a zero-width space after "<"), so no client or preview can ever turn user text into a mention."""
+    return _MENTION.sub("<\u200b", _clean(text))
 
 
 def _clean(text: str) -> str:

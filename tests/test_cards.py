@@ -1,6 +1,7 @@
 """The Feishu card: shape, content, escaping, links and size, over real GitLab payloads."""
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,17 @@ def test_malicious_commit_message_renders_as_text():
     assert "**" not in line and "](http://evil" not in line and "_" not in line
     assert "&#60;at id=all&#62;&#60;/at&#62;" in line
     assert "&#42;&#42;微信登录&#42;&#42;" in line
+
+
+@pytest.mark.parametrize("tag", ["<at id=all></at>", "<AT user_id='ou_x'>", "< at id=all>"])
+def test_a_mention_tag_in_names_shown_as_plain_text_is_broken_up(tag):
+    payload = load("chinese_push.json")
+    payload["project"]["name"] = payload["user_name"] = payload["ref"] = f"refs/heads/{tag}"
+    card = card_for(payload)
+    plain = [card["header"]["title"]["content"], card["header"]["subtitle"]["content"],
+             card["config"]["summary"]["content"]]
+    assert all(re.search(r"<\s*at", text, re.IGNORECASE) is None and "\u200b" in text for text in plain)
+    assert re.search(r"<\s*at", card_content(card), re.IGNORECASE) is None
 
 
 @pytest.mark.parametrize(("fixture", "expected"), [
