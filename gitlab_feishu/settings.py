@@ -204,7 +204,15 @@ def _signing_token(raw: str) -> str:
 
 
 def _networks(raw: str) -> tuple:
-    return tuple(ipaddress.ip_network(word, strict=False) for word in _words(raw))
+    return tuple(_unmapped(ipaddress.ip_network(word, strict=False)) for word in _words(raw))
+
+
+def _unmapped(network):
+    """An IPv4-mapped network (::ffff:10.0.0.0/104) as the IPv4 one: callers' addresses are compared as IPv4."""
+    mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+    if mapped is None or network.prefixlen < 96:
+        return network
+    return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
 
 
 def _admins(raw: str) -> tuple[str, ...]:

@@ -172,6 +172,15 @@ def test_settings_read_sources_and_proxies():
         Settings.from_env({"ALLOWED_SOURCES": "10.20.0.0/33"}, env_file=None)
 
 
+@pytest.mark.parametrize(("written", "meant"), [("::ffff:127.0.0.1", "127.0.0.1"),
+                                                ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+                                                ("::ffff:0:0/96", "0.0.0.0/0")])
+def test_an_ipv4_mapped_network_means_its_ipv4_network(written, meant):
+    """Callers' addresses are compared as IPv4 (a dual-stack socket reports ::ffff:10.1.2.3 as 10.1.2.3)."""
+    settings = Settings.from_env({"ALLOWED_SOURCES": written}, env_file=None)
+    assert settings.allowed_sources == networks(meant)
+
+
 @pytest.mark.parametrize("server", ["waitress", "gunicorn"])
 def test_either_server_hands_x_forwarded_for_from_a_trusted_proxy_to_the_allowlist(tmp_path, server):
     """waitress drops X-Forwarded-For unless told not to: behind nginx every caller looked like the proxy."""
