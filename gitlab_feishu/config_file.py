@@ -90,6 +90,8 @@ def _decode(data: bytes, path: Path) -> tuple[str, list[str]]:
                                            f"to keep it portable, {_RESAVE}"]
         except UnicodeDecodeError:
             raise ConfigError(f"{path} starts like UTF-16 but is not valid UTF-16; {_RESAVE}") from None
+    if b"\x00" in data:                          # UTF-16 without its byte-order mark, which UTF-8 would read
+        raise ConfigError(f"{path} holds NUL bytes, as UTF-16 without a byte-order mark does; {_RESAVE}")
     try:
         return data.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:
@@ -106,6 +108,10 @@ def _decode(data: bytes, path: Path) -> tuple[str, list[str]]:
                           f"is not valid JSON: {exc.msg}{_syntax_hint(text, exc.pos)}; {_RESAVE}") from None
     except (ValueError, RecursionError):
         raise ConfigError(f"{not_utf8} nor readable as GBK; {_RESAVE}") from None
+    if any("\ue000" <= char <= "\uf8ff" for char in text):
+        # Private-use characters: GBK bytes never make them, another encoding's (Big5's) often do.
+        raise ConfigError(f"{not_utf8} nor GBK (read as GBK it holds characters no text has: Big5 or another "
+                          f"encoding?); {_RESAVE}")
     return text, [f"{path} was decoded as GBK (an \"ANSI\" save); to avoid garbled names, {_RESAVE}"]
 
 

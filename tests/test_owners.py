@@ -232,6 +232,19 @@ def test_gbk_bytes_that_do_not_parse_are_refused_not_guessed(tmp_path):
         load_owners(path)
 
 
+def test_a_big5_save_is_refused_not_read_as_garbled_gbk(tmp_path):
+    path = write_owners(tmp_path, '{"野水發財（客戶端）": "a@example.com"}'.encode("big5"))
+    with pytest.raises(ConfigError, match="nor GBK .*Big5 or another encoding.*Save As"):
+        load_owners(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path, encoding):
+    path = write_owners(tmp_path, CHINESE.encode(encoding))
+    with pytest.raises(ConfigError, match="UTF-16 without a byte-order mark.*Save As"):
+        load_owners(path)
+
+
 def test_gbk_save_with_a_typo_names_the_encoding_and_the_line(tmp_path):
     text = '{\r\n  "Y_野水发财": "zhangsan@example.com",\r\n  "测试项目"： "test@example.com"\r\n}\r\n'
     path = write_owners(tmp_path, text.encode("gbk"))
