@@ -150,8 +150,11 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
     """The alert card (card JSON 2.0): what is wrong, what to do, and the details."""
     labels = LABELS[lang]
     title, wrong, action = TEXTS[problem.kind][lang]
-    title = title.format(**problem.values)                 # plain_text: shown as is
-    values = {name: escape_markdown(str(value)) for name, value in problem.values.items()}
+    shown = dict(problem.values)
+    if lang == "zh" and "scopes" in shown:                 # missing_scopes joins them in English
+        shown["scopes"] = shown["scopes"].replace(" or ", " 或 ").replace(" and ", " 和 ")
+    title = title.format(**shown)                          # plain_text: shown as is
+    values = {name: escape_markdown(str(value)) for name, value in shown.items()}
     wrong, action = wrong.format(**values), action.format(**values)
     lines = [f"**{labels['problem']}**  {wrong}", f"**{labels['action']}**  {action}"]
     if problem.kind != "backlog":

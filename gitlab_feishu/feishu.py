@@ -215,7 +215,7 @@ class FeishuClient:
         request.prepare_headers(headers)
         # ensure_ascii=False: Chinese stays 3 bytes a character instead of a 6-byte \u escape.
         request.prepare_body(json.dumps(body, ensure_ascii=False).encode("utf-8"), None)
-        may_have = " (it may have gone through: retry with the same uuid)"
+        may_have = " (it may have gone through: retry with the same uuid)" if "uuid" in body else ""
         failure = None
         with CUTOFF.after(remaining) as call:
             try:

@@ -133,7 +133,7 @@ def missing_scopes(msg: str) -> str:
     listed = re.search(r"\[([^\]]+)\]", msg)
     if listed:
         return " or ".join(scope.strip() for scope in listed.group(1).split(","))
-    return "contact:user.id:readonly (email lookup) and im:message:send_as_bot (sending)"
+    return "contact:user.id:readonly and im:message:send_as_bot"
 
 
 def logged(error: FeishuError) -> FeishuError:

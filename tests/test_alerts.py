@@ -115,7 +115,7 @@ def test_a_missing_permission_is_one_problem_naming_the_scope(make_app, feishu, 
     assert [d["result"] for d in push(app)["deliveries"]] == ["failed", "failed"]
     run_worker(app)
     [card] = alert_cards(feishu)
-    assert title(card) == "飞书应用缺少权限 im:message or im:message:send_as_bot"
+    assert title(card) == "飞书应用缺少权限 im:message 或 im:message:send_as_bot"          # in Chinese throughout
     assert "权限管理" in text(card)
 
 

@@ -375,6 +375,14 @@ def test_network_failures_are_retryable(client, failure, words):
     assert caught.value.retryable and words in str(caught.value)
 
 
+@responses.activate
+def test_a_timed_out_token_fetch_does_not_talk_of_a_uuid(client):
+    responses.post(TOKEN_URL, body=requests.exceptions.ReadTimeout("read timed out"))
+    with pytest.raises(FeishuError) as caught:
+        client.tenant_token()
+    assert caught.value.retryable and "ReadTimeout" in str(caught.value) and "uuid" not in str(caught.value)
+
+
 # --- deadline budget and session --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("budget, timeout", [(None, (3.05, 10.0)), (5.0, (3.05, 5.0)), (2.0, (2.0, 2.0))])
