@@ -75,9 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--message", default="测试：确认 GitLab → 飞书 通知已接通",
                         help="the commit message (default: a Chinese test message)")
     parser.add_argument("--branch", default="main", help="the branch pushed to (default: main)")
-    parser.add_argument("--timeout", type=float, default=10.0,
+    parser.add_argument("--timeout", type=_seconds, default=10.0,
                         help="seconds to wait for the answer (default: 10, as long as GitLab waits)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:             # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def local_url(settings: Settings) -> str:

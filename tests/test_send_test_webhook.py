@@ -125,6 +125,13 @@ def test_a_server_that_never_answers_times_out(run):
     assert err.count("\n") == 1 and "no answer" in err and "0.3 s" in err
 
 
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "ten"])
+def test_a_timeout_that_is_not_a_positive_number_is_refused_by_the_parser(run, timeout):
+    with pytest.raises(SystemExit) as raised:
+        run("--timeout", timeout)
+    assert raised.value.code == 2
+
+
 def test_an_https_url_at_a_plain_http_port_says_to_use_http(run, service):
     port = service.server_port
     code, _, err = run("--url", f"https://127.0.0.1:{port}/gitlab-webhook", "--timeout", "0.5")
