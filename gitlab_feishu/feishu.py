@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
 import threading
 import time
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from . import cutoff
 from .cutoff import CUTOFF
 from .feishu_errors import FeishuError, code_error, logged, no_answer_error, status_error
 from .shared_cache import SharedCache
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
 LOOKUP_CHUNK = 50                                   # batch_get_id takes at most 50 emails
@@ -235,6 +238,8 @@ class FeishuClient:
         except ValueError:
             payload = None
         code = payload.get("code") if isinstance(payload, dict) else None
+        log.debug("%s: HTTP %s, code %s, %.0f ms, log id %s", what, rsp.status_code, code,
+                  rsp.elapsed.total_seconds() * 1000, rsp.headers.get("x-tt-logid", "-"))
         if code == 0 and rsp.ok:
             return payload
         if not isinstance(code, int) or code == 0:

@@ -29,11 +29,14 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
             settings.log_dir / "webhook_server.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8",
             errors="backslashreplace"))   # a lone surrogate from a payload is written escaped, not refused
     formatter = logging.Formatter(FORMAT)
-    package = logging.getLogger("gitlab_feishu")
-    for handler in list(package.handlers):
-        package.removeHandler(handler)
     for handler in handlers:
         handler.setFormatter(formatter)
-        package.addHandler(handler)
-    package.setLevel(getattr(logging, settings.log_level, logging.INFO))
-    package.propagate = False
+    # waitress's own warnings ("Task queue depth is 40": every thread busy) belong in the same file.
+    for name in ("gitlab_feishu", "waitress"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.setLevel(getattr(logging, settings.log_level))
+        logger.propagate = False

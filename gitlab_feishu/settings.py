@@ -20,6 +20,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 EVENT_KINDS = ("push", "tag_push", "merge_request", "pipeline")
 CARD_LANGS = ("zh", "en")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(Exception):
@@ -173,6 +174,13 @@ def _url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def _words(raw: str) -> list[str]:
     # A Chinese input method types the full-width ， ； or 、 between the words.
     for separator in (";", "，", "；", "、"):
@@ -234,7 +242,7 @@ _FIELDS = (
     ("USERS_FILE", "users_file", _path),
     ("DATA_DIR", "data_dir", _path),
     ("LOG_DIR", "log_dir", _path),
-    ("LOG_LEVEL", "log_level", str.upper),
+    ("LOG_LEVEL", "log_level", _log_level),
     ("HOST", "host", str),
     ("PORT", "port", _port),
     ("DELIVERY_DEADLINE_SECONDS", "delivery_deadline_seconds", _seconds(0.5, 8)),

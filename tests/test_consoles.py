@@ -17,10 +17,11 @@ def console(monkeypatch):
         raw = io.BytesIO()
         monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding=encoding, write_through=True))
         return raw
-    package = logging.getLogger("gitlab_feishu")
-    saved = package.handlers[:], package.level, package.propagate
+    loggers = [logging.getLogger(name) for name in ("gitlab_feishu", "waitress")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
     yield make
-    package.handlers[:], package.level, package.propagate = saved
+    for logger, (handlers, level, propagate) in zip(loggers, saved):
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
 
 
 @pytest.mark.parametrize(("encoding", "expected"), [

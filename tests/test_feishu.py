@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 
 import pytest
@@ -381,6 +382,15 @@ def test_a_timed_out_token_fetch_does_not_talk_of_a_uuid(client):
     with pytest.raises(FeishuError) as caught:
         client.tenant_token()
     assert caught.value.retryable and "ReadTimeout" in str(caught.value) and "uuid" not in str(caught.value)
+
+
+@responses.activate
+def test_log_level_debug_shows_each_call_with_its_status_time_and_log_id(client, caplog):
+    token_ok()
+    responses.post(SEND_URL, json={"code": 0, "data": {"message_id": "om_1"}}, headers={"X-Tt-Logid": "2026abc"})
+    with caplog.at_level(logging.DEBUG, logger="gitlab_feishu.feishu"):
+        client.send_card("ou_a", CARD, "uuid-1")
+    assert re.search(r"sending the card: HTTP 200, code 0, \d+ ms, log id 2026abc", caplog.text)
 
 
 # --- deadline budget and session --------------------------------------------------------------------------------

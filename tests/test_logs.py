@@ -27,13 +27,14 @@ def feishu(fake):
 @pytest.fixture
 def log_file(settings):
     """The service's logging as `python webhook_server.py` sets it up, at DEBUG; restored afterwards."""
-    package = logging.getLogger("gitlab_feishu")
-    saved = package.handlers[:], package.level, package.propagate
+    loggers = [logging.getLogger(name) for name in ("gitlab_feishu", "waitress")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
     configure_logging(dataclasses.replace(settings, log_level="DEBUG"), to_file=True)
     yield settings.log_dir / "webhook_server.log"
-    for handler in package.handlers:
+    for handler in loggers[0].handlers:
         handler.close()
-    package.handlers[:], package.level, package.propagate = saved
+    for logger, (handlers, level, propagate) in zip(loggers, saved):
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
 
 
 @pytest.fixture
@@ -125,3 +126,8 @@ def test_healthz_reports_the_time_of_the_last_delivery(client):
     assert before <= datetime.fromisoformat(health["last_delivery_at"])
     assert health["outbox"] == {"queued": 0, "failed": 0}
 
+
+
+def test_waitress_warnings_reach_the_log_file(log_file):
+    logging.getLogger("waitress.queue").warning("Task queue depth is 40")
+    assert "WARNING waitress.queue" in log_file.read_text(encoding="utf-8")

@@ -54,3 +54,13 @@ def test_secrets_stay_out_of_the_repr():
                         gitlab_api_token="glpat-secret-value")
     assert not any(secret in repr(settings) for secret in ("app-secret-value", "hook-secret-value",
                                                             "glpat-secret-value"))
+
+
+@pytest.mark.parametrize("level", ["verbose", "trace", "5"])
+def test_an_unknown_log_level_is_refused_naming_the_levels(level):
+    with pytest.raises(ConfigError, match=f"LOG_LEVEL='{level}' is not valid: use one of DEBUG, INFO, WARNING, ERROR"):
+        Settings.from_env({"LOG_LEVEL": level}, env_file=None)
+
+
+def test_log_level_ignores_case():
+    assert Settings.from_env({"LOG_LEVEL": "debug"}, env_file=None).log_level == "DEBUG"
