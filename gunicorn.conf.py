@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 
-from gitlab_feishu.app import check_files
+from gitlab_feishu.config_file import check_files
 from gitlab_feishu.settings import ConfigError, Settings
 
 try:
@@ -48,14 +48,19 @@ def on_starting(server):
     if server.cfg.preload_app:
         sys.exit("error: do not run this service with --preload (preload_app): each worker must build "
                  "the app itself, after the fork")
+    if os.environ.get("GUNICORN_FD"):
+        # A USR2 upgrade of the running service: its port is ours, and its workers, like any started while
+        # the service runs, route by the last good owners.json. (This re-executed master has gunicorn's
+        # package first on sys.path, where its `http` hides the standard one requests needs.)
+        return
     # Here, once, before any worker: a worker that cannot start makes gunicorn stop with tracebacks. A worker
     # started later (one replacing a dead worker, a reload) routes by the last good version instead.
     try:
         check_files(_settings)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
-        return         # listening sockets handed over (USR2 upgrade, systemd): the port is ours already
+    if os.environ.get("LISTEN_FDS"):
+        return         # the listening socket handed over by systemd: the port is ours already
     for address in server.cfg.address:
         if isinstance(address, tuple):
             refuse_a_taken_port(*address[:2])

@@ -23,29 +23,19 @@ from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, decode_payload, signature_valid, token_matches
 from .outbox import Outbox
-from .owners import OwnersFile, load_owners
+from .owners import OwnersFile
 from .pacing import Pacer
 from .selfcheck import CredentialCheck
 from .service import Notifier
 from .settings import Settings
 from .shared_cache import SharedCache
-from .users import UsersFile, load_users
+from .users import UsersFile
 from .worker import RetryWorker, process_owner
 
 log = logging.getLogger(__name__)
 
 TOO_LARGE = "body larger than GitLab's 25 MB limit"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
-
-
-def check_files(settings: Settings) -> None:
-    """Refuse to start with a broken owners.json or users.json (a ConfigError names file, line and key).
-
-    Only a fresh start: a process the running service starts later (a gunicorn worker replacing one that
-    died, a reload) routes by the last good version instead, as the running ones do.
-    """
-    load_owners(settings.owners_file)
-    load_users(settings.users_file)
 
 
 def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: FeishuClient | None = None,

@@ -77,7 +77,8 @@ def serve(settings: Settings) -> int:
     """Serve with waitress, which runs on Windows and Linux alike."""
     import waitress
 
-    from .app import check_files, create_app
+    from .app import create_app
+    from .config_file import check_files
     from .logs import configure_logging
 
     configure_logging(settings, to_file=True)

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, Sized, TypeVar
 
-from .settings import ConfigError, os_text
+from .settings import ConfigError, Settings, os_text
 
 _JSON_SPACE = " \t\r\n"
 _RESAVE = "open it in Notepad, File > Save As, choose Encoding: UTF-8 and save"
@@ -143,6 +143,20 @@ def _syntax_hint(text: str, pos: int) -> str:
     if any(ch in _FULL_WIDTH_PUNCTUATION for ch in nearby):
         return " (use ASCII quotes \" , : instead of the Chinese “ ” ， ：)"
     return " (check for a missing or extra comma and for double quotes around every key and email)"
+
+
+def check_files(settings: Settings) -> None:
+    """Refuse to start with a broken owners.json or users.json (a ConfigError names file, line and key).
+
+    Only a fresh start: a process the running service starts later (a gunicorn worker replacing one that
+    died, a reload) routes by the last good version instead, as the running ones do. Light on purpose:
+    gunicorn's master calls it, and keeps no Flask.
+    """
+    from .owners import load_owners        # here: both modules build on this one
+    from .users import load_users
+
+    load_owners(settings.owners_file)
+    load_users(settings.users_file)
 
 
 class WatchedFile(Generic[Loaded]):
