@@ -64,9 +64,12 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
                                         shared=SharedCache(settings.data_dir / "feishu_cache.sqlite3"))
         alerter = Alerter(settings, outbox, lease_owner=lease_owner, clock=clock) if settings.admin_emails else None
         pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
-        pacer = Pacer(settings.data_dir / "pacing.sqlite3", clock=clock) if settings.feishu_pacing else None
+        # An injected clock that can sleep (tests' FakeClock moves itself instead) does so for every wait.
+        sleep = getattr(clock, "sleep", time.sleep)
+        pacer = Pacer(settings.data_dir / "pacing.sqlite3", clock=clock, sleep=sleep) if settings.feishu_pacing \
+            else None
         deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, pacer=pacer,
-                              clock=clock, on_failed=alerter.delivery_failed if alerter else None,
+                              clock=clock, sleep=sleep, on_failed=alerter.delivery_failed if alerter else None,
                               chats=BotClient(), chat_secret=lambda url: owners.current().chat_secret(url))
         worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
                              owner=lease_owner, watch_queue=alerter.watch_queue if alerter else None)

@@ -120,7 +120,7 @@ class Deliverer:
         emails = sorted({row.recipient for row in rows})
         if not emails:
             return {}, {}
-        attempts = 0
+        attempts, pause_budget = 0, deadline - self.clock()
         while True:
             try:
                 # The retry worker asks again about emails Feishu did not know: the account may be fixed.
@@ -129,8 +129,10 @@ class Deliverer:
                 break
             except FeishuError as exc:
                 attempts += 1
-                if not self._paused_for_retry(exc, attempts, deadline, retry_inline):
+                paused = self._paused_for_retry(exc, attempts, deadline, retry_inline, pause_budget)
+                if paused is None:
                     return {}, {row.id: exc for row in rows if row.recipient in emails}
+                pause_budget -= paused
         open_ids: dict[int, str] = {}
         failures: dict[int, FeishuError | str] = {}
         for row in rows:
@@ -146,6 +148,7 @@ class Deliverer:
         attempts = 0
         error: FeishuError | None = None
         looked_up_again = False
+        pause_budget = deadline - self.clock()
         while True:
             if deadline - self.clock() <= 0:
                 break
@@ -172,8 +175,10 @@ class Deliverer:
                     if fresh and fresh != open_id:
                         open_id = fresh
                         continue
-                if not self._paused_for_retry(exc, attempts, deadline, retry_inline):
+                paused = self._paused_for_retry(exc, attempts, deadline, retry_inline, pause_budget)
+                if paused is None:
                     break
+                pause_budget -= paused
                 continue
             except Exception as exc:    # a bug must not leave the row leased forever
                 log.exception("unexpected error sending delivery %s", row.id)
@@ -185,15 +190,18 @@ class Deliverer:
             error = FeishuError("no time left before the deadline", retryable=True)
         return self._record_failure(row, error, attempts=attempts)
 
-    def _paused_for_retry(self, error: FeishuError, attempts: int, deadline: float, retry_inline: bool) -> bool:
-        """Pause before another inline try when the error is transient and the deadline allows it."""
+    def _paused_for_retry(self, error: FeishuError, attempts: int, deadline: float, retry_inline: bool,
+                          budget: float) -> float | None:
+        """Pause before another inline try when the error is transient and the deadline allows it; the pause,
+        or None. `budget` is what the pauses may still add up to: a clock a test injected without its own
+        sleep never moves."""
         if not (error.retryable and retry_inline):
-            return False
+            return None
         pause = error.retry_after if error.retry_after is not None else INLINE_BACKOFF * 2 ** (attempts - 1)
-        if self.clock() + pause >= deadline:
-            return False
+        if self.clock() + pause >= deadline or pause >= budget:
+            return None
         self.sleep(pause)
-        return True
+        return pause
 
     def _look_up_again(self, email: str, deadline: float) -> str | None:
         self.feishu.forget_open_id(email)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 
 import pytest
@@ -270,3 +271,22 @@ def test_a_feishu_answer_trickling_in_is_cut_off_at_the_deadline(settings, feish
     assert time.monotonic() - started < 1.5
     assert response.status_code == 200 and response.json["status"] == "queued"
     assert all(d["result"] == "queued" for d in response.json["deliveries"])
+
+
+@pytest.mark.parametrize("feishu_down, pushes", [(False, 7), (True, 1)])
+def test_an_injected_clock_without_sleep_never_hangs_a_webhook(settings, feishu, feishu_down, pushes):
+    """A test's own clock may not move by itself: every wait is then bounded by the sleeps it adds up (a sixth
+    card to one person within the second, or a sixth attempt, waits for a turn under Feishu's quota)."""
+    frozen = 1_800_000_000.0
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, delivery_deadline_seconds=2.0),
+                     clock=lambda: frozen, background=False)
+    client = app.test_client()
+    if feishu_down:
+        feishu.fail_next("send", status=503, times=100)
+    answers: list[int] = []
+    worker = threading.Thread(target=lambda: answers.extend(post(client, load_payload("chinese_push.json")).status_code
+                                                            for _ in range(pushes)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    app.extensions["gitlab_feishu"]["worker"].stop()
+    assert not worker.is_alive() and answers == [200] * pushes
