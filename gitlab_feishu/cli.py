@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except sqlite3.OperationalError as exc:
-        from .outbox import is_locked
+        from .db import is_locked
 
         if not is_locked(exc):
             raise

@@ -27,6 +27,12 @@ CHECKPOINT_INTERVAL = 1.0  # seconds between background checkpoints while there 
 BUSY_TIMEOUT = 30.0        # seconds a write waits for a lock another program holds, unless told less
 
 
+def is_locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLite gave up waiting for a lock (another program holds the file in a transaction)."""
+    name = getattr(exc, "sqlite_errorname", None)             # Python 3.11+
+    return name in ("SQLITE_BUSY", "SQLITE_LOCKED") if name else "database is locked" in str(exc)
+
+
 class Database:
     """One connection per thread to `path`, and a `write()` transaction that queues instead of sleeping."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .db import BUSY_TIMEOUT, Database
+from .db import BUSY_TIMEOUT, Database, is_locked
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,6 @@ def recipient_identity(channel: str, recipient: str) -> tuple[str, str]:
 _FINISH = ("UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
            " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
            " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'")
-
-
-def is_locked(exc: sqlite3.OperationalError) -> bool:
-    """SQLite gave up waiting for a lock (another program holds the file in a transaction)."""
-    name = getattr(exc, "sqlite_errorname", None)             # Python 3.11+
-    return name in ("SQLITE_BUSY", "SQLITE_LOCKED") if name else "database is locked" in str(exc)
 
 
 def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:

@@ -10,13 +10,17 @@ burst over the limit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .db import Database
+from .db import Database, is_locked
+
+log = logging.getLogger(__name__)
 
 Window = tuple[int, float]               # at most `count` sends in any `seconds`
 
@@ -28,6 +32,7 @@ LOG_SECONDS = 62.0                       # the longest window: older entries are
 # them would hold every send back by the size of the step, an hour for an hour. A write waiting for the
 # lock may log a send a few milliseconds ahead of another's `now`: that is well inside the slack.
 CLOCK_SLACK = 1.0
+LOCK_WAIT = 1.0                          # seconds to wait for a lock another program holds on the file
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,14 @@ class Pacer:
         # Also counted by the sleeps themselves: a clock a test injected without its own sleep never moves.
         budget = deadline - self.clock()
         while True:
-            wait = self.try_turn(quotas)
+            try:
+                wait = self.try_turn(quotas, lock_wait=min(LOCK_WAIT, max(budget, 0.0)))
+            except sqlite3.OperationalError as exc:
+                if not is_locked(exc):
+                    raise
+                # Better an occasional 429, which is retried, than no card until the other program lets go.
+                log.warning("%s is locked by another program: sending without waiting for a turn", self.path)
+                return True
             if wait == 0:
                 return True
             # A little jitter so the processes waiting on one window do not all wake together.
@@ -73,10 +85,10 @@ class Pacer:
             self.sleep(wait)
             budget -= wait
 
-    def try_turn(self, quotas: list[Quota]) -> float:
+    def try_turn(self, quotas: list[Quota], *, lock_wait: float = LOCK_WAIT) -> float:
         """Take a turn now and return 0, or return how long until one may be free."""
         now = self.clock()
-        with self._db.write() as conn:
+        with self._db.write(timeout=lock_wait) as conn:
             wait = 0.0
             for quota in quotas:
                 for count, seconds in quota.windows:

@@ -14,11 +14,11 @@ from typing import Any, Callable, Mapping
 
 from . import cards, chats
 from .cards import card_content, render_card
+from .db import is_locked
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
-from .outbox import (LOCK_WAIT, QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, is_locked,
-                     recipient_identity)
+from .outbox import LOCK_WAIT, QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, recipient_identity
 from .owners import Match, OwnersFile
 from .pipelines import pipeline_to_notify
 from .quiet import SELF_SKIPPED, quiet_reason, split_self

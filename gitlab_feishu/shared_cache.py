@@ -8,12 +8,17 @@ by its owner only.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .db import Database
+from .db import Database, is_locked
+
+log = logging.getLogger(__name__)
+LOCK_WAIT = 1.0             # seconds a write waits for a lock another program holds on the file
 
 
 class SharedCache:
@@ -40,11 +45,20 @@ class SharedCache:
     def put(self, entries: dict[str, tuple[str | None, float]]) -> None:
         """Store key -> (value, lifetime in seconds); None is a value too (an email Feishu does not know)."""
         now = self.clock()
-        with self._db.write() as conn:
-            conn.executemany("INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
-                             [(key, value, now + ttl) for key, (value, ttl) in entries.items()])
+        self._write("INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?, ?, ?)",
+                    [(key, value, now + ttl) for key, (value, ttl) in entries.items()])
 
     def forget(self, key: str, value: str | None) -> None:
         """Drop `key` if it still holds `value` (another process may have replaced it already)."""
-        with self._db.write() as conn:
-            conn.execute("DELETE FROM cache WHERE key = ? AND value IS ?", (key, value))
+        self._write("DELETE FROM cache WHERE key = ? AND value IS ?", [(key, value)])
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """`sql` for each row, in one transaction; skipped when another program holds the file locked (this
+        is only a cache: a webhook must not wait for it)."""
+        try:
+            with self._db.write(timeout=LOCK_WAIT) as conn:
+                conn.executemany(sql, rows)
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc):
+                raise
+            log.warning("%s is locked by another program: Feishu's answer is not shared this time", self._db.path)

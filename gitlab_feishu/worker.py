@@ -15,7 +15,8 @@ import uuid
 from typing import Callable
 
 from .delivery import Deliverer
-from .outbox import Outbox, is_locked
+from .db import is_locked
+from .outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -290,3 +290,15 @@ def test_an_injected_clock_without_sleep_never_hangs_a_webhook(settings, feishu,
     worker.join(timeout=60)
     app.extensions["gitlab_feishu"]["worker"].stop()
     assert not worker.is_alive() and answers == [200] * pushes
+
+
+@pytest.mark.parametrize("database", ["pacing.sqlite3", "feishu_cache.sqlite3"])
+def test_another_file_in_data_dir_another_program_keeps_locked_delays_no_card(settings, feishu, database):
+    """Only the outbox holds what must not be lost; the pacing log and the shared cache are passed over."""
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
+    started = time.monotonic()
+    with another_program_locks(settings.data_dir / database):
+        response = post(app.test_client(), load_payload("chinese_push.json"))
+    app.extensions["gitlab_feishu"]["worker"].stop()
+    assert response.json["status"] == "sent" and len(feishu.messages) == 1
+    assert time.monotonic() - started < 3.0
