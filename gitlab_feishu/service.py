@@ -41,10 +41,13 @@ BUSY = "many webhooks in flight: left to the retry worker"
 
 def idempotency_key(headers: Mapping[str, str], event: Event) -> str:
     """GitLab's Idempotency-Key (17.4+, kept on Resend), else the event UUID, else one built from the payload."""
-    for header, prefix in (("Idempotency-Key", "idem:"), ("X-Gitlab-Event-UUID", "uuid:")):
-        value = (headers.get(header) or "").strip()
-        if value:                   # a blank header must not merge unrelated events under one key
-            return prefix + value[:200]
+    # A blank header must not merge unrelated events under one key.
+    if key := (headers.get("Idempotency-Key") or "").strip():
+        return "idem:" + key[:200]
+    if event_uuid := (headers.get("X-Gitlab-Event-UUID") or "").strip():
+        # Recursive hooks share one (a bot's API call after a push makes a merge request, say): with the
+        # payload's own key, the second event is not taken for a repeat of the first.
+        return f"uuid:{event_uuid[:200]}:{event.idempotency_key}"
     return "payload:" + event.idempotency_key
 
 

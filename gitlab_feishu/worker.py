@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 BATCH_BUDGET = 20.0          # seconds one round of retries may take
 LEASE_SECONDS = 60.0         # longer than a round, so a live worker never loses its rows
-KEEP_EVENTS_SECONDS = 2 * 24 * 3600   # idempotency keys outlive GitLab's 24 h of resends
+KEEP_EVENTS_SECONDS = 8 * 24 * 3600   # idempotency keys outlive Resend in a hook's Recent events (7 days)
 STATUS_LOG_INTERVAL = 300.0
 PRUNE_INTERVAL = 3600.0
 QUEUE_WATCH_INTERVAL = 30.0

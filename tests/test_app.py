@@ -209,6 +209,16 @@ def test_a_blank_idempotency_key_does_not_merge_different_events(client, feishu)
     assert len(feishu.messages) == 4          # two owners, two events
 
 
+def test_recursive_hooks_sharing_an_event_uuid_are_not_taken_for_repeats(client, feishu):
+    """Before 17.4 there is no Idempotency-Key, and GitLab gives a hook's follow-up events its Event-UUID."""
+    first, second = load_payload("push.json"), load_payload("push.json")
+    second["after"] = "f" * 40
+    headers = gitlab_headers()
+    del headers["Idempotency-Key"]
+    assert [post(client, payload, headers).json.get("reason") for payload in (first, second)] == [None, None]
+    assert len(feishu.messages) == 4          # two owners, two events
+
+
 def test_create_app_takes_the_settings_by_their_environment_names(settings):
     app = create_app({"OWNERS_FILE": str(settings.owners_file), "DATA_DIR": str(settings.data_dir),
                       "GITLAB_WEBHOOK_SECRET": SECRET}, background=False)
