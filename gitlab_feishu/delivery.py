@@ -236,11 +236,12 @@ class Deliverer:
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)
         if next_at <= now:
             self.on_due()
-        log.warning("delivery to %s queued for retry in %.0f s: %s", shown(row), next_at - now, error)
+        log.warning("delivery to %s for %s queued for retry in %.0f s: %s", shown(row), row.event_key,
+                    next_at - now, error)
         return Outcome(QUEUED, str(error))
 
     def _fail(self, row: Delivery, error: FeishuError | str, message: str, attempts: int) -> Outcome:
         self.outbox.finish(row.id, FAILED, attempts=attempts, error=message)
-        log.error("delivery to %s failed for good: %s", shown(row), message)
+        log.error("delivery to %s for %s failed for good: %s", shown(row), row.event_key, message)
         self.on_failed(row, error)
         return Outcome(FAILED, message)

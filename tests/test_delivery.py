@@ -1,6 +1,7 @@
 """Delivering recorded cards: inline retries within the deadline, queueing, permanent failures, the worker."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -239,6 +240,17 @@ def test_worker_retries_once_a_round_with_doubling_backoff(outbox, deliverer, fe
     assert waits == [pytest.approx(5), pytest.approx(10)]
     assert status(outbox) == [("a@example.com", "sent")]
     assert len(feishu.sends) == 4 and len({uuid for _, uuid in feishu.sends}) == 1
+
+
+def test_each_delivery_the_worker_sends_is_logged_with_its_webhooks_key(outbox, deliverer, feishu, clock, caplog):
+    """The webhook's own line said queued; grepping its key shows whether the card went out after all."""
+    feishu.answers["ou_a"] = [transient()] * 2
+    [row] = record(outbox, "a@example.com")
+    deliverer.deliver([row], deadline=clock() + 0.5)
+    clock.advance(outbox.next_due_at() - clock())
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
+        assert RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock, owner="w").run_once() == 1
+    assert f"delivery to a@example.com for {row.event_key} sent on retry" in caplog.text
 
 
 def test_worker_picks_up_what_a_crashed_process_left(tmp_path, outbox, feishu, clock):
