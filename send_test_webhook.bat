@@ -8,7 +8,7 @@ cd /d "%~dp0" || goto :fail
 set PYTHONUTF8=1
 if not exist ".venv\Scripts\python.exe" goto :no_venv
 ".venv\Scripts\python.exe" send_test_webhook.py %*
-if errorlevel 1 goto :fail
+if %errorlevel% neq 0 goto :fail
 rem Double-clicked (no options): keep the window open to read the answer.
 if "%~1"=="" pause
 exit /b 0

@@ -36,7 +36,7 @@ start "" notepad ".env"
 
 :start
 ".venv\Scripts\python.exe" webhook_server.py %*
-if errorlevel 1 goto :stopped
+if %errorlevel% neq 0 goto :stopped
 exit /b 0
 
 :find_python

@@ -21,6 +21,7 @@ def test_batch_file_is_ascii_with_crlf_everywhere(name):
     assert data.isascii(), "cmd reads a batch file in the console code page: keep it ASCII"
     assert data.endswith(b"\r\n")
     assert data.count(b"\n") == data.count(b"\r\n") and data.count(b"\r") == data.count(b"\r\n")
+    assert "*.bat -text" in read_bytes(".gitattributes").decode("ascii")   # whatever core.autocrlf says
 
 
 @pytest.mark.parametrize("name", BATCH_FILES)
@@ -43,7 +44,7 @@ def test_batch_file_sets_up_the_console_and_folder(name, command):
     'copy ".env.example" ".env"',                      # .env on the first run, opened for filling in
     "notepad",
     '".venv\\Scripts\\python.exe" webhook_server.py %*',   # the service itself
-    "if errorlevel 1 goto :stopped",                   # its failure keeps the window open
+    "if %errorlevel% neq 0 goto :stopped",             # its failure (a crash's negative code too) keeps the window open
 ])
 def test_start_server_does_each_step(command):
     assert command in read_bytes("start_server.bat").decode("ascii")
@@ -61,7 +62,15 @@ def test_start_server_pauses_on_every_failure_path():
 def test_send_test_webhook_bat_runs_the_script_with_the_venv_and_passes_arguments():
     text = read_bytes("send_test_webhook.bat").decode("ascii")
     assert '".venv\\Scripts\\python.exe" send_test_webhook.py %*' in text
-    assert "if errorlevel 1 goto :fail" in text and "start_server.bat first" in text
+    assert "if %errorlevel% neq 0 goto :fail" in text and "start_server.bat first" in text
+
+
+@pytest.mark.parametrize("name", [".env.example", "config/owners.json"])
+def test_files_opened_in_notepad_have_crlf_line_endings_git_keeps(name):
+    """Notepad before Windows 10 1809 (Server 2016) shows a file with LF endings as one line."""
+    data = read_bytes(name)
+    assert data.count(b"\n") == data.count(b"\r\n") > 0
+    assert f"{name} -text" in read_bytes(".gitattributes").decode("ascii")
 
 
 def env_example_lines() -> dict[str, str]:
