@@ -65,12 +65,13 @@ def test_send_test_webhook_bat_runs_the_script_with_the_venv_and_passes_argument
     assert "if %errorlevel% neq 0 goto :fail" in text and "start_server.bat first" in text
 
 
-@pytest.mark.parametrize("name", [".env.example", "config/owners.json"])
-def test_files_opened_in_notepad_have_crlf_line_endings_git_keeps(name):
+@pytest.mark.parametrize("name, pattern", [(".env.example", ".env.example"), ("config/owners.json", "config/*.json"),
+                                           ("config/users.json", "config/*.json")])
+def test_files_opened_in_notepad_have_crlf_line_endings_git_keeps(name, pattern):
     """Notepad before Windows 10 1809 (Server 2016) shows a file with LF endings as one line."""
     data = read_bytes(name)
     assert data.count(b"\n") == data.count(b"\r\n") > 0
-    assert f"{name} -text" in read_bytes(".gitattributes").decode("ascii")
+    assert f"{pattern} -text" in read_bytes(".gitattributes").decode("ascii")
 
 
 def env_example_lines() -> dict[str, str]:
