@@ -89,7 +89,7 @@ def _push_card(event: PushEvent, labels: dict, detail: _Detail) -> dict:
                         (labels["pusher"], escape_markdown(actor)), last])
     if event.commits and not event.deleted:
         elements += [{"tag": "hr"}, _commit_list(event, labels, detail)]
-    elif kind == "push":
+    elif kind == "push" and not event.total_commits:
         elements += [{"tag": "hr"}, _note(labels["rewind"])]
     elements += _button(labels[button], event.change_url)
 
@@ -104,7 +104,7 @@ def _push_kind(event: PushEvent) -> tuple[str, str, str]:
         return "delete", "red", "view_branches"
     if event.created:
         return "create", "green", "view_branch"
-    if not event.commits:      # the branch moved to a commit it already had, e.g. a force-push rewind
+    if not event.total_commits:    # the branch moved to a commit it already had, e.g. a force-push rewind
         return "push", "orange", "view_changes"
     single = len(event.commits) == 1 and event.change_url == event.commits[0].url
     return "push", "blue", "view_commit" if single else "view_changes"

@@ -162,6 +162,12 @@ def test_new_and_deleted_branches_have_their_own_wording_and_colour(fixture, tem
     assert buttons(card)[0]["text"]["content"] == label
 
 
+def test_a_push_whose_commit_list_gitlab_left_out_is_not_called_a_rewind():
+    card = card_for(with_commits(0, 4))
+    assert card["header"]["template"] == "blue"
+    assert card["header"]["subtitle"]["content"] == "master · 4 个提交" and "没有新提交" not in markdown(card)
+
+
 def test_deleted_branch_has_no_commit_list_and_names_its_last_commit():
     payload = load(DELETE)
     card = card_for(payload)
