@@ -9,7 +9,18 @@ import os
 import socket
 import sys
 
-from gitlab_feishu.config_file import check_files
+import gunicorn
+
+# A USR2 upgrade re-executes `python .../gunicorn/__main__.py`, which puts gunicorn's own folder first on
+# sys.path: its `http` package then hides the standard library's, and no worker could import Flask or
+# requests (benoitc/gunicorn#3281). This file runs in the master before any worker is forked.
+_GUNICORN_DIR = os.path.dirname(os.path.abspath(gunicorn.__file__))
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != _GUNICORN_DIR]
+for _name in [name for name in sys.modules if name == "http" or name.startswith("http.")]:
+    if os.path.abspath(getattr(sys.modules[_name], "__file__", None) or "").startswith(_GUNICORN_DIR + os.sep):
+        del sys.modules[_name]
+
+from gitlab_feishu.config_file import check_files  # noqa: E402  (after the sys.path repair above)
 from gitlab_feishu.settings import ConfigError, Settings
 
 try:
@@ -48,19 +59,14 @@ def on_starting(server):
     if server.cfg.preload_app:
         sys.exit("error: do not run this service with --preload (preload_app): each worker must build "
                  "the app itself, after the fork")
-    if os.environ.get("GUNICORN_FD"):
-        # A USR2 upgrade of the running service: its port is ours, and its workers, like any started while
-        # the service runs, route by the last good owners.json. (This re-executed master has gunicorn's
-        # package first on sys.path, where its `http` hides the standard one requests needs.)
-        return
     # Here, once, before any worker: a worker that cannot start makes gunicorn stop with tracebacks. A worker
     # started later (one replacing a dead worker, a reload) routes by the last good version instead.
     try:
         check_files(_settings)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    if os.environ.get("LISTEN_FDS"):
-        return         # the listening socket handed over by systemd: the port is ours already
+    if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return         # listening sockets handed over (USR2 upgrade, systemd): the port is ours already
     for address in server.cfg.address:
         if isinstance(address, tuple):
             refuse_a_taken_port(*address[:2])
