@@ -20,7 +20,7 @@ for _name in [name for name in sys.modules if name == "http" or name.startswith(
     if os.path.abspath(getattr(sys.modules[_name], "__file__", None) or "").startswith(_GUNICORN_DIR + os.sep):
         del sys.modules[_name]
 
-from gitlab_feishu.config_file import check_files  # noqa: E402  (after the sys.path repair above)
+from gitlab_feishu.watched import check_files  # noqa: E402  (after the sys.path repair above)
 from gitlab_feishu.settings import ConfigError, Settings
 
 try:

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from .access import protect
 from .alerts import Alerter
 from .chats import BotClient
-from .config_file import FileWatcher
+from .watched import FileWatcher
 from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, decode_payload, signature_valid, token_matches

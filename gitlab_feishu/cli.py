@@ -78,7 +78,7 @@ def serve(settings: Settings) -> int:
     import waitress
 
     from .app import create_app
-    from .config_file import check_files
+    from .watched import check_files
     from .logs import configure_logging
 
     configure_logging(settings, to_file=True)

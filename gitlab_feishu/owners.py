@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from .chats import mask_chat_url
-from .config_file import WatchedFile
+from .watched import WatchedFile
 from .events import Project
 from .outbox import recipient_identity
 from .owners_format import Entry, fold, read_owners

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .config_file import WatchedFile, describe, object_members, read_config_text
+from .config_file import describe, object_members, read_config_text
 from .events import Event, MergeRequestEvent, Person, PipelineEvent
 from .owners import Match
 from .owners_format import is_recipient
+from .watched import WatchedFile
 from .settings import ConfigError
 
 log = logging.getLogger("gitlab_feishu.users")

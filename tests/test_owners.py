@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gitlab_feishu.config_file import FileWatcher, WatchedFile
+from gitlab_feishu.watched import FileWatcher, WatchedFile
 from gitlab_feishu.events import Person, Project, PushEvent
 from gitlab_feishu.owners import Match, OwnersFile, load_owners
 from gitlab_feishu.settings import ConfigError
@@ -472,6 +472,30 @@ def test_the_next_good_save_applies_and_becomes_the_copy(tmp_path):
     assert recipients(watched) == ["old@example.com"] and b"old@" in copy.read_bytes()   # a broken save is not kept
     save(path, {"client": "new@example.com"}, 1_700_000_200)
     assert recipients(watched) == ["new@example.com"] and copy.read_bytes() == path.read_bytes()
+
+
+def test_a_process_started_while_the_file_cannot_be_read_reads_it_at_the_next_use(tmp_path, monkeypatch):
+    """An editor or a virus scanner holding the file must not leave the new process on the copy for good."""
+    path, copy = write_owners(tmp_path, {"client": "old@example.com"}), tmp_path / "last-good-owners.json"
+    OwnersFile(path, last_good=copy)
+    save(path, {"client": "new@example.com"}, 1_700_000_100)
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: real_read(self) if self == copy else
+                        (_ for _ in ()).throw(PermissionError(13, "in use")))
+    later = OwnersFile(path, last_good=copy)
+    assert recipients(later) == ["old@example.com"]
+    monkeypatch.setattr(Path, "read_bytes", real_read)
+    assert recipients(later) == ["new@example.com"] and later.state()["last_error"] is None
+
+
+def test_the_copy_is_readable_by_the_service_user_only_and_shows_its_own_age(tmp_path):
+    """owners.json may hold group bots' URLs and signing secrets; /healthz must not call an old copy new."""
+    path, copy = write_owners(tmp_path, {"client": "old@example.com"}), tmp_path / "last-good-owners.json"
+    OwnersFile(path, last_good=copy)
+    assert copy.stat().st_mode & 0o777 == 0o600 and list(tmp_path.glob("*.tmp")) == []
+    os.utime(copy, (1_700_000_000, 1_700_000_000))
+    save(path, '{"client": ', 1_700_000_100)
+    assert OwnersFile(path, last_good=copy).state()["loaded_at"] == "2023-11-14T22:13:20+00:00"
 
 
 @pytest.mark.parametrize("copy", [None, "missing", "broken"])
