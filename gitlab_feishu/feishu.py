@@ -81,14 +81,16 @@ class FeishuClient:
         if self._shared:
             self._shared.forget(self._open_id_key(email), open_id)
 
-    def check_credentials(self, budget: float | None = None) -> None:
+    def check_credentials(self, budget: float | None = None) -> str:
         """Fetch a tenant token from Feishu whatever is cached, unless a process of this app (the same id and
-        secret) fetched one within CHECK_SHARED_FOR: workers starting together ask once. A FeishuError says
-        what is wrong."""
+        secret) fetched one within CHECK_SHARED_FOR: workers starting a moment apart mostly ask once. Says
+        which; a FeishuError says what is wrong."""
         deadline = self._deadline(budget)
         with self._token_turn(deadline, "getting a tenant_access_token"):
-            if not (self._shared and self._shared.get([self._checked_key])):
-                self._fetch_token(deadline)
+            if self._shared and self._shared.get([self._checked_key]):
+                return "tenant token fetched by another process moments ago"
+            self._fetch_token(deadline)
+            return "tenant token fetched"
 
     def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None, *,
                          recheck_unknown: bool = False) -> dict[str, str | None]:
@@ -220,6 +222,7 @@ class FeishuClient:
         request.prepare_body(json.dumps(body, ensure_ascii=False).encode("utf-8"), None)
         may_have = " (it may have gone through: retry with the same uuid)" if "uuid" in body else ""
         failure = None
+        started = time.monotonic()
         with CUTOFF.after(remaining) as call:
             try:
                 # Straight to the session's adapter: no cookies, redirects or hooks to merge on every call
@@ -239,7 +242,7 @@ class FeishuClient:
             payload = None
         code = payload.get("code") if isinstance(payload, dict) else None
         log.debug("%s: HTTP %s, code %s, %.0f ms, log id %s", what, rsp.status_code, code,
-                  rsp.elapsed.total_seconds() * 1000, rsp.headers.get("x-tt-logid", "-"))
+                  (time.monotonic() - started) * 1000, rsp.headers.get("x-tt-logid", "-"))
         if code == 0 and rsp.ok:
             return payload
         if not isinstance(code, int) or code == 0:

@@ -1,6 +1,7 @@
 """Start-up self-check: do the Feishu app credentials work?
 
-In live mode each process fetches a tenant token in a background thread, so a
+In live mode each process fetches a tenant token in a background thread (unless
+another one did a moment ago, see FeishuClient.check_credentials), so a
 Feishu that is down or slow never delays start-up. The answer goes to the log,
 the waitress banner and /healthz. When Feishu cannot be reached the answer is
 "unknown" and the check is repeated (10 s, doubling up to 5 minutes) until
@@ -48,11 +49,11 @@ class CredentialCheck:
     def check(self) -> bool:
         """Ask Feishu once; True when the answer is definite (the credentials work, or are refused)."""
         try:
-            self.feishu.check_credentials(budget=self.budget)
+            detail = self.feishu.check_credentials(budget=self.budget)
         except FeishuError as exc:
             self._set(*_judge(exc))
         else:
-            self._set(OK, "tenant token fetched")
+            self._set(OK, detail)
         self._checked.set()
         return self.kind != UNKNOWN
 

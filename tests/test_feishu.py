@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import threading
+import time
 
 import pytest
 import requests
@@ -386,11 +387,16 @@ def test_a_timed_out_token_fetch_does_not_talk_of_a_uuid(client):
 
 @responses.activate
 def test_log_level_debug_shows_each_call_with_its_status_time_and_log_id(client, caplog):
+    def slow_answer(request):
+        time.sleep(0.03)                   # a round trip the line must measure
+        return 200, {"X-Tt-Logid": "2026abc"}, json.dumps({"code": 0, "data": {"message_id": "om_1"}})
+
     token_ok()
-    responses.post(SEND_URL, json={"code": 0, "data": {"message_id": "om_1"}}, headers={"X-Tt-Logid": "2026abc"})
+    responses.add_callback(responses.POST, SEND_URL, callback=slow_answer)
     with caplog.at_level(logging.DEBUG, logger="gitlab_feishu.feishu"):
         client.send_card("ou_a", CARD, "uuid-1")
-    assert re.search(r"sending the card: HTTP 200, code 0, \d+ ms, log id 2026abc", caplog.text)
+    [line] = re.findall(r"sending the card: HTTP 200, code 0, (\d+) ms, log id 2026abc", caplog.text)
+    assert int(line) >= 25
 
 
 # --- deadline budget and session --------------------------------------------------------------------------------
@@ -494,11 +500,11 @@ def test_checking_credentials_asks_feishu_whatever_token_is_cached(clock, shared
 
 
 @responses.activate
-def test_processes_starting_together_check_the_credentials_once(clock, shared):
+def test_a_process_starting_within_a_minute_of_anothers_check_reuses_its_answer(clock, shared):
     rsp = token_ok()
-    sharing(clock, shared).check_credentials()
+    assert sharing(clock, shared).check_credentials() == "tenant token fetched"
     clock.now += 59
-    sharing(clock, shared).check_credentials()
+    assert sharing(clock, shared).check_credentials() == "tenant token fetched by another process moments ago"
     FeishuClient(BASE, "cli_app", "another-secret", clock=clock, shared=shared).check_credentials()
     assert rsp.call_count == 2                  # the changed secret is checked for itself
 
