@@ -51,7 +51,8 @@ def bot_quotas(webhook_url: str) -> list[Quota]:
 
 
 class Pacer:
-    """A cross-process sliding-window limiter: `wait_turn` blocks until a send fits every quota."""
+    """A cross-process sliding-window limiter: `wait_turn` blocks until a send fits every quota (or its
+    deadline)."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep):
@@ -64,12 +65,13 @@ class Pacer:
             conn.execute("CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)")
 
     def wait_turn(self, quotas: list[Quota], deadline: float) -> bool:
-        """Take a turn for one send under every quota, waiting until `deadline` at most."""
+        """Take a turn for one send under every quota, waiting until `deadline` at most; a pacing log another
+        program holds locked lets the send go without a turn."""
         # Also counted by the sleeps themselves: a clock a test injected without its own sleep never moves.
         budget = deadline - self.clock()
         while True:
             try:
-                wait = self.try_turn(quotas, lock_wait=min(LOCK_WAIT, max(budget, 0.0)))
+                wait = self.try_turn(quotas, lock_wait=max(min(LOCK_WAIT, budget, deadline - self.clock()), 0.0))
             except sqlite3.OperationalError as exc:
                 if not is_locked(exc):
                     raise
