@@ -185,6 +185,8 @@ class Deliverer:
                 error = FeishuError(f"unexpected error: {exc}", retryable=True)
                 break
             self.outbox.finish(row.id, SENT, attempts=attempts, message_id=message_id)
+            if not retry_inline:     # the retry worker's: greppable by the webhook's key, as queued and failed are
+                log.info("delivery to %s for %s sent on retry", shown(row), row.event_key)
             return Outcome(SENT)
         if error is None:
             error = FeishuError("no time left before the deadline", retryable=True)
