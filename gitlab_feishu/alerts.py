@@ -61,9 +61,9 @@ TEXTS = {   # kind -> lang -> (title, what is wrong, what to do); {placeholders}
                "Add them under Availability (可用范围) in the Feishu developer console and publish a new version."),
     },
     "permission": {
-        "zh": ("飞书应用缺少权限 {scopes}",
-               "飞书拒绝了调用（99991672）：应用没有 {scopes} 权限，通知发不出去。",
-               "在飞书开发者后台「权限管理」中开通 {scopes}，并发布新版本。"),
+        "zh": ("飞书应用缺少权限 {scopes_zh}",
+               "飞书拒绝了调用（99991672）：应用没有 {scopes_zh} 权限，通知发不出去。",
+               "在飞书开发者后台「权限管理」中开通 {scopes_zh}，并发布新版本。"),
         "en": ("The Feishu app lacks the permission {scopes}",
                "Feishu refused the call (99991672): the app lacks {scopes}, so notifications cannot go out.",
                "Add {scopes} under Permissions & Scopes (权限管理) in the Feishu developer console and publish a "
@@ -138,8 +138,8 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
     if error.code == 230013:
         return Problem(f"230013:{recipient}", "availability", values, detail, project)
     if error.code == 99991672:
-        scopes = missing_scopes(error.message)
-        return Problem(f"99991672:{scopes}", "permission", {**values, "scopes": scopes}, detail, project)
+        scopes = {"scopes": missing_scopes(error.message), "scopes_zh": missing_scopes(error.message, "zh")}
+        return Problem(f"99991672:{scopes['scopes']}", "permission", {**values, **scopes}, detail, project)
     if error.code in CARD_CODES:
         return Problem(f"card:{code}", "card", values, detail, project)
     scope = "*" if error.code in APP_WIDE_CODES or error.code is None else recipient
@@ -150,11 +150,8 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
     """The alert card (card JSON 2.0): what is wrong, what to do, and the details."""
     labels = LABELS[lang]
     title, wrong, action = TEXTS[problem.kind][lang]
-    shown = dict(problem.values)
-    if lang == "zh" and "scopes" in shown:                 # missing_scopes joins them in English
-        shown["scopes"] = shown["scopes"].replace(" or ", " 或 ").replace(" and ", " 和 ")
-    title = title.format(**shown)                          # plain_text: shown as is
-    values = {name: escape_markdown(str(value)) for name, value in shown.items()}
+    title = title.format(**problem.values)                 # plain_text: shown as is
+    values = {name: escape_markdown(str(value)) for name, value in problem.values.items()}
     wrong, action = wrong.format(**values), action.format(**values)
     lines = [f"**{labels['problem']}**  {wrong}", f"**{labels['action']}**  {action}"]
     if problem.kind != "backlog":

@@ -128,12 +128,17 @@ def retry_after(rsp: requests.Response) -> float | None:
         return None
 
 
-def missing_scopes(msg: str) -> str:
-    """The scopes a 99991672 msg names ("Access denied. One of the following scopes is required: [a, b]. ...")."""
+SCOPE_JOINERS = {"en": (" or ", " and "), "zh": (" 或 ", " 和 ")}   # (any of them, all of them)
+
+
+def missing_scopes(msg: str, lang: str = "en") -> str:
+    """The scopes a 99991672 msg names, any of which will do ("Access denied. One of the following scopes is
+    required: [a, b]. ..."); without a list, both scopes the service uses (email lookup and sending)."""
+    any_of, all_of = SCOPE_JOINERS[lang]
     listed = re.search(r"\[([^\]]+)\]", msg)
     if listed:
-        return " or ".join(scope.strip() for scope in listed.group(1).split(","))
-    return "contact:user.id:readonly and im:message:send_as_bot"
+        return any_of.join(scope.strip() for scope in listed.group(1).split(","))
+    return all_of.join(("contact:user.id:readonly", "im:message:send_as_bot"))
 
 
 def logged(error: FeishuError) -> FeishuError:

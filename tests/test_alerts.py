@@ -256,7 +256,8 @@ def test_classify(error, key, kind):
 
 EXAMPLES = [Problem("k", "unknown_email", {"recipient": "a@example.com"}, UNKNOWN_EMAIL, "group/p"),
             Problem("k", "availability", {"recipient": "a@example.com", "code": 230013}, "x"),
-            Problem("k", "permission", {"recipient": "a", "code": 99991672, "scopes": "im:message"}, "x"),
+            Problem("k", "permission", {"recipient": "a", "code": 99991672, "scopes": "im:message",
+                                        "scopes_zh": "im:message"}, "x"),
             Problem("k", "card", {"recipient": "a", "code": 230099}, "x"),
             Problem("k", "expired", {}, "x"),
             Problem("k", "other", {"recipient": "a", "code": 230053}, "x"),
