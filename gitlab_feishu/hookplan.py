@@ -84,6 +84,7 @@ class Step:
     why: str
     hook_id: int | None = None    # the hook to update
     attributes: Mapping = field(default_factory=dict, repr=False)   # what to send, without the secret
+    secret_unknown: bool = False  # GitLab (before 19.0) does not say whether the hook has a secret
 
 
 def plan(listing: Listing, desired: DesiredHook, now: datetime) -> Step:
@@ -103,7 +104,8 @@ def plan(listing: Listing, desired: DesiredHook, now: datetime) -> Step:
     changes = _differences(hook, desired)
     if not changes:
         return Step(listing.project, "ok",
-                    "; ".join([f"hook #{hook.get('id')} up to date, secret {_secret(hook)}"] + notes))
+                    "; ".join([f"hook #{hook.get('id')} up to date, secret {_secret(hook)}"] + notes),
+                    secret_unknown=hook.get("token_present") is None)
     attributes = desired.attributes(new=False)
     attributes.update({name: False for name in _extra_triggers(hook, desired)})
     return Step(listing.project, "update", "; ".join([f"hook #{hook.get('id')}: " + "; ".join(changes)] + notes),
@@ -157,7 +159,7 @@ def steps_report(steps: Sequence[Step], dry_run: bool) -> tuple[list[str], bool]
     counts = Counter(step.action for step in steps)
     summary = ", ".join(f"{action} {count}" for action, count in counts.items())
     lines.append(f"{_projects(len(steps))}: {summary}." + (" Dry run: nothing was changed." if dry_run else ""))
-    if counts.keys() & {"create", "update", "created", "updated"} or any("secret unknown" in s.why for s in steps):
+    if counts.keys() & {"create", "update", "created", "updated"} or any(step.secret_unknown for step in steps):
         lines.append(SECRET_NOTE)
     return lines, bool(counts.keys() & {"skip", "skipped", "failed"})
 
