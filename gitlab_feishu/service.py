@@ -66,7 +66,7 @@ def overall_status(results: list[str]) -> str:
 class Notifier:
     """Turns one webhook payload into cards for the matched owners."""
 
-    def __init__(self, settings: Settings, owners: OwnersFile, outbox: Outbox | None, deliverer: Deliverer | None,
+    def __init__(self, settings: Settings, owners: OwnersFile, outbox: Outbox, deliverer: Deliverer | None,
                  *, lease_owner: str, clock: Callable[[], float] = time.time, users: UsersFile | None = None):
         self.settings = settings
         self.owners = owners
