@@ -34,7 +34,7 @@ _STEPS = (_Detail(5, 72, 80, 200), _Detail(5, 40, 80, 120), _Detail(3, 40, 60, 8
           _Detail(0, 0, 30, 0))
 
 # Characters that start markdown or tag syntax, written as entities as Feishu documents.
-_ENTITIES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>*_~`[]()#\\!+-$\"':|"})
+_ENTITIES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>*_~`[]()#\\!+-=$\"':|"})   # "=": a heading underline
 _WHITESPACE = re.compile(r"[\x00-\x20\x7f\x85\u2028\u2029]+")   # line breaks and controls: one space
 _LIST_NUMBER = re.compile(r"^(\d+)\.")                           # "1." would start an ordered list
 _MENTION = re.compile(r"<(?=\s*/?\s*at\b)", re.IGNORECASE)            # the "<" of an <at ...> or </at> tag

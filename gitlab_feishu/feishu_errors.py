@@ -50,6 +50,8 @@ ERRORS: dict[int, tuple[bool, str]] = {
     230035: (False, "the app may not message this user (muted, blocked or a tenant policy)"),
     230027: (False, "the app lacks a permission or the user's authorization for this message"),
     230038: (False, "the user belongs to another Feishu organisation, and cross-tenant DMs are not allowed"),
+    230028: (False, "the tenant's data-loss prevention refused the message (it holds a plain email address or "
+                    "phone number, e.g. a commit author GitLab names only by email): ask a Feishu admin"),
 }
 _UNKNOWN_CODE = ("look the code up in Feishu's error code docs: "
                  "https://open.feishu.cn/document/server-docs/api-call-guide/generic-error-code")

@@ -124,7 +124,7 @@ def test_malicious_commit_message_renders_as_text():
     (line,) = [line for line in commit_lines(card) if line.startswith("[9a8b7c6d]")]
     assert "<at" not in card_content(card)
     assert "**" not in line and "](http://evil" not in line and "_" not in line
-    assert "&#60;at id=all&#62;&#60;/at&#62;" in line
+    assert "&#60;at id&#61;all&#62;&#60;/at&#62;" in line
     assert "&#42;&#42;微信登录&#42;&#42;" in line
 
 
@@ -296,8 +296,8 @@ def test_card_content_is_compact_utf8_json():
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("plain 中文", "plain 中文"),
-    ("<at id=all></at>", "&#60;at id=all&#62;&#60;/at&#62;"),
-    ("<font color=red>x</font>", "&#60;font color=red&#62;x&#60;/font&#62;"),
+    ("<at id=all></at>", "&#60;at id&#61;all&#62;&#60;/at&#62;"),
+    ("<font color=red>x</font>", "&#60;font color&#61;red&#62;x&#60;/font&#62;"),
     ("[x](http://e.com)", "&#91;x&#93;&#40;http&#58;//e.com&#41;"),
     ("**bold** __u__ ~~s~~", "&#42;&#42;bold&#42;&#42; &#95;&#95;u&#95;&#95; &#126;&#126;s&#126;&#126;"),
     ("`code`", "&#96;code&#96;"),

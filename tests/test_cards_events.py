@@ -122,7 +122,7 @@ def test_tag_message_is_escaped_and_cut():
     payload = load_payload(TAG)
     payload["message"] = "<at id=all></at> **发布**\n" + "说明" * 300
     text = markdown(card(payload))
-    assert "<at" not in text and "&#60;at id=all&#62;" in text and "&#42;&#42;发布&#42;&#42;" in text
+    assert "<at" not in text and "&#60;at id&#61;all&#62;" in text and "&#42;&#42;发布&#42;&#42;" in text
     assert "…" in text and text.count("说明") < 120
 
 
@@ -158,10 +158,16 @@ def test_merge_request_card_content():
 
 def test_merge_request_description_is_an_escaped_excerpt():
     text = markdown(card(load_payload(MR)))
-    assert "改了什么\n&#45; 新增 &#42;&#42;微信登录&#42;&#42; &#60;at id=all&#62;&#60;/at&#62;" in text
+    assert "改了什么\n&#45; 新增 &#42;&#42;微信登录&#42;&#42; &#60;at id&#61;all&#62;&#60;/at&#62;" in text
     assert "<at" not in card_content(card(load_payload(MR)))
     long = markdown(card(merge_request(description="很长的描述" * 200)))
     assert "…" in long and long.count("很长的描述") <= 40
+
+
+@pytest.mark.parametrize("underline", ["=====", "-----"])
+def test_a_heading_underline_in_a_description_stays_text(underline):
+    text = markdown(card(merge_request(description=f"发布说明\n{underline}\n正文")))
+    assert f"发布说明\n{underline}" not in text and "发布说明\n&#" in text
 
 
 def test_merge_request_shows_its_author_when_someone_else_acts():

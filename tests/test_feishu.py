@@ -294,6 +294,7 @@ SCOPE_MSG = ("Access denied. One of the following scopes is required: [contact:u
     (400, {"code": 230035, "msg": "no permission"}, {}, False, None, "may not message"),
     (400, {"code": 230027, "msg": "lack of necessary permissions"}, {}, False, None, "permission"),
     (400, {"code": 230038, "msg": "cross tenant p2p"}, {}, False, None, "another Feishu organisation"),
+    (400, {"code": 230028, "msg": "The messages do NOT pass the audit"}, {}, False, None, "data-loss prevention"),
     (400, {"code": 1234567, "msg": "something new"}, {}, False, None, "error code docs"),
     (429, {"code": 99991400, "msg": "request trigger frequency limit"}, {"x-ogw-ratelimit-reset": "7"},
      True, 7.0, "rate limit"),
