@@ -195,6 +195,7 @@ class PipelineEvent:
     commit: Commit | None = None
     failed_jobs: tuple[Job, ...] = ()
     duration: int | None = None  # seconds
+    finished_at: str = ""        # as GitLab wrote it: a job retried makes the pipeline finish again
     fixed: bool = False          # set by the service: a success after a failure on the same ref
     kind: ClassVar[str] = "pipeline"
     ref_protected: ClassVar[None] = None   # not in pipeline payloads
@@ -213,7 +214,7 @@ class PipelineEvent:
 
     @property
     def idempotency_key(self) -> str:
-        return f"pipeline:{self.project.id or self.project.path}:{self.id}:{self.status}"
+        return f"pipeline:{self.project.id or self.project.path}:{self.id}:{self.status}:{self.finished_at}"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ MERGE_REQUEST_ACTIONS = ("open", "reopen", "merge", "close", "approved")   # plu
 # Statuses a pipeline ends in; any other (created, pending, running, manual, skipped, ...) never notifies.
 FINISHED_PIPELINE_STATUSES = ("success", "failed", "canceled")
 # GitLab's draft title prefixes, and the WIP: of older versions.
-_DRAFT_PREFIX = re.compile(r"\s*(\[draft\]|\(draft\)|draft:|wip:)", re.IGNORECASE)
+# Draft:, [Draft], (Draft); before GitLab 14 also WIP:, [WIP] and "WIP " (its WIP_REGEX).
+_DRAFT_PREFIX = re.compile(r"\s*(\[draft\]|\(draft\)|draft:|\[wip\]|wip:|wip\s)", re.IGNORECASE)
 
 
 def parse_push(payload: dict) -> PushEvent | Ignored:
@@ -54,7 +55,9 @@ def parse_tag_push(payload: dict) -> TagPushEvent | Ignored:
     # For an annotated tag `after` is the tag object; checkout_sha is the commit it points to.
     checkout = text(payload.get("checkout_sha"))
     commits = () if is_blank_sha(after) else _commits(payload)
-    commit = next((c for c in commits if c.id == checkout), commits[0] if commits else None)
+    # GitLab's Test sample lists the default branch's newest commits, not the tag's: only a listed commit
+    # that is the tag's own (or, without checkout_sha, the first) describes it.
+    commit = next((c for c in commits if c.id == checkout), None if checkout else (commits[0] if commits else None))
     return TagPushEvent(
         project=project,
         actor=parse_pusher(payload),
@@ -75,6 +78,8 @@ def parse_merge_request(payload: dict) -> MergeRequestEvent | Ignored:
         return Ignored("merge request payload has no project.path_with_namespace")
     attributes = as_dict(payload.get("object_attributes"))
     action = text(attributes.get("action"))
+    if not action and text(attributes.get("state")) == "opened":
+        action = "open"           # the Test button of GitLab before 15.x sends an open merge request without one
     if action == "update" and _draft_made_ready(as_dict(payload.get("changes"))):
         action = "ready"
     elif action not in MERGE_REQUEST_ACTIONS:
@@ -97,7 +102,8 @@ def parse_merge_request(payload: dict) -> MergeRequestEvent | Ignored:
         author=_author(payload, integer(attributes.get("author_id"))),
         description=text(attributes.get("description")),
         reviewers=_people(payload.get("reviewers")),
-        assignees=_people(payload.get("assignees")),
+        # GitLab 11 sends one `assignee` instead of the list.
+        assignees=_people(payload.get("assignees") or [payload.get("assignee")]),
         updated_at=text(attributes.get("updated_at")),
     )
 
@@ -134,6 +140,7 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         commit=parse_commit(payload.get("commit")),
         failed_jobs=_failed_jobs(payload.get("builds"), as_list(attributes.get("stages"))),
         duration=int(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else None,
+        finished_at=text(attributes.get("finished_at")),
     )
 
 

@@ -34,6 +34,8 @@ def pipeline_to_notify(event: PipelineEvent, outbox: Outbox, event_key: str) -> 
     if previous is None:
         return Ignored(f"{where} succeeded; no earlier finished pipeline on this ref is known, so nothing was fixed")
     previous_id, previous_status = previous
+    if previous_id == event.id and previous_status == event.status:
+        return Ignored(f"{where} succeeded; GitLab sent its success before, which fixed nothing")
     if previous_id > event.id:
         return Ignored(f"{where} succeeded after the newer pipeline {previous_id} had finished: out of date")
     if previous_status != FAILED:

@@ -52,8 +52,8 @@ def with_attributes(name: str, **changes) -> dict:
      "merge_request:42:1201:open:2026-11-20T03:20:00Z"),
     ("merge_request.json", "merge_request", "root", "master", None,
      "merge_request:1:99:open:2013-12-03T17:23:34Z"),
-    ("chinese_pipeline_failed.json", "pipeline", "zhangsan", "feature/登录界面", None, "pipeline:42:5031:failed"),
-    ("pipeline.json", "pipeline", "root", "master", None, "pipeline:1:31:success"),
+    ("chinese_pipeline_failed.json", "pipeline", "zhangsan", "feature/登录界面", None, "pipeline:42:5031:failed:2026-11-20 02:21:40 UTC"),
+    ("pipeline.json", "pipeline", "root", "master", None, "pipeline:1:31:success:2016-08-12 15:26:29 UTC"),
 ])
 def test_every_event_offers_the_routing_interface(fixture, kind, actor, branch, protected, key):
     event = parse(load_payload(fixture))
@@ -102,6 +102,12 @@ def test_tag_checkout_sha_picks_the_tagged_commit_not_the_tag_object():
     assert event.after != event.commit_sha
 
 
+def test_a_tag_tests_sample_keeps_its_own_commit_apart_from_the_branch_commits_listed():
+    """GitLab's Test > Tag push events: the newest tag's commit, with the default branch's newest commits."""
+    event = parse(variant("chinese_tag_push.json", checkout_sha="d" * 40))
+    assert event.commit_sha == "d" * 40 and event.commit is None
+
+
 def test_deleted_tag():
     event = parse(variant("chinese_tag_push.json", before="e1d2c3b4a5f60718293a4b5c6d7e8f9012345678",
                           after="0" * 40, checkout_sha=None, commits=[], total_commits_count=0, message=None))
@@ -136,6 +142,9 @@ DRAFT_OFF = {"draft": {"previous": True, "current": False}}
     ("update", {"title": {"previous": "[Draft] 登录界面", "current": "登录界面"}}, "ready"),
     ("update", {"title": {"previous": "(draft) 登录界面", "current": "登录界面"}}, "ready"),
     ("update", {"title": {"previous": "WIP: 登录界面", "current": "登录界面"}}, "ready"),
+    ("update", {"title": {"previous": "[WIP] 登录界面", "current": "登录界面"}}, "ready"),     # before GitLab 14
+    ("update", {"title": {"previous": "WIP 登录界面", "current": "登录界面"}}, "ready"),
+    ("update", {"title": {"previous": "Wipe 登录界面", "current": "登录界面"}}, "ignored"),
     ("update", {"title": {"previous": "登录界面", "current": "Draft: 登录界面"}}, "ignored"),
     ("update", {"title": {"previous": "Draft: 登录", "current": "Draft: 登录界面"}}, "ignored"),
     ("update", {"draft": {"previous": False, "current": True}}, "ignored"),
@@ -144,7 +153,6 @@ DRAFT_OFF = {"draft": {"previous": True, "current": False}}
     ("unapproved", {}, "ignored"),
     ("approval", {}, "ignored"),
     ("unapproval", {}, "ignored"),
-    ("", {}, "ignored"),
 ])
 def test_merge_request_actions_notify_or_are_ignored(action, changes, result):
     event = parse(merge_request(action, changes))
@@ -153,6 +161,19 @@ def test_merge_request_actions_notify_or_are_ignored(action, changes, result):
         assert "is not notified" in event.reason and "approved" in event.reason
     else:
         assert isinstance(event, MergeRequestEvent) and event.action == result
+
+
+@pytest.mark.parametrize(("state", "result"), [("opened", "open"), ("merged", None), ("closed", None)])
+def test_a_merge_request_without_an_action_is_an_open_one_while_opened(state, result):
+    """GitLab's Test button before 15 sent the merge request without `action`."""
+    event = parse(merge_request("", state=state))
+    assert (event.action if isinstance(event, MergeRequestEvent) else None) == result
+
+
+def test_gitlab_11s_single_assignee_is_read():
+    payload = merge_request()
+    payload["assignee"] = payload.pop("assignees")[0]
+    assert [p.username for p in parse(payload).assignees] == ["wangwu"]
 
 
 def test_merge_request_fields():
@@ -238,7 +259,7 @@ def test_old_minimal_pipeline_payload():
     event = parse(load_payload("zulip_pipeline_hook__pipeline_succeeded.json"))
     assert event.url == "https://gitlab.com/TomaszKolek/my-awesome-project/-/pipelines/4414206"
     assert event.iid is None and event.source == "" and event.actor.email == ""
-    assert event.idempotency_key == "pipeline:TomaszKolek/my-awesome-project:4414206:success"
+    assert event.idempotency_key == "pipeline:TomaszKolek/my-awesome-project:4414206:success:2016-09-28 20:22:34 UTC"
 
 
 @pytest.mark.parametrize(("change", "check"), [

@@ -62,6 +62,19 @@ def test_a_retried_pipeline_that_now_passes_is_fixed(outbox):
     assert outcome(decide(outbox, pipeline(7, "success"))) == "fixed"
 
 
+def test_a_success_gitlab_sends_again_says_it_fixed_nothing(outbox):
+    decide(outbox, pipeline(7, "success"))
+    again = decide(outbox, pipeline(7, "success"))
+    assert isinstance(again, Ignored) and "sent its success before" in again.reason
+
+
+def test_a_pipeline_failing_again_after_a_retried_job_is_another_event():
+    """Without an Idempotency-Key (GitLab before 14.8) the payload is the key: it must tell the two apart."""
+    first = dataclasses.replace(pipeline(7, "failed"), finished_at="2026-11-20 02:21:40 UTC")
+    again = dataclasses.replace(first, finished_at="2026-11-20 02:40:05 UTC")
+    assert first.idempotency_key != again.idempotency_key
+
+
 def test_an_older_pipeline_arriving_late_changes_nothing(outbox):
     decide(outbox, pipeline(10, "failed"))
     late = decide(outbox, pipeline(9, "success"))
