@@ -55,18 +55,25 @@ ERRORS: dict[int, tuple[bool, str]] = {
 }
 
 
+LOOPBACK_HOSTS = ("localhost", "::1")
+
+
 def bot_url_problem(url: str) -> str | None:
     """What is wrong with a custom-bot webhook URL, or None when it looks right.
 
     Any host is accepted (Feishu, Lark, the open.larkoffice.com alias, a
-    private deployment or a test server); the path must be the bot hook's.
+    private deployment), over https; plain http only to this machine (a test
+    server). The path must be the bot hook's.
     """
     try:
         parts = urlsplit(url.strip())
+        host = parts.hostname or ""
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        return "is not an http(s) URL"
+        parts, host = None, ""
+    if parts is None or not host or parts.scheme not in ("http", "https"):
+        return "is not an https URL"
+    if parts.scheme == "http" and host not in LOOPBACK_HOSTS and not host.startswith("127."):
+        return "is not an https URL (the card and the bot's token would cross the network in clear text)"
     token = parts.path[len(HOOK_PATH):] if parts.path.startswith(HOOK_PATH) else ""
     if not _TOKEN.fullmatch(token) or parts.query or parts.fragment:
         return f"is not a custom-bot webhook URL (https://{FEISHU_HOSTS[0]}{HOOK_PATH}<token>)"
@@ -77,6 +84,20 @@ def mask_chat_url(url: str) -> str:
     """How a group chat is shown in responses, logs and messages: its URL's token stays secret."""
     _, found, token = url.partition(HOOK_PATH)
     return f"chat:…/hook/{token[:4]}…" if found else "chat:…"
+
+
+def quoted_value(text: str) -> str:
+    """A value from a hand-edited file as an error message quotes it: a URL only by its host, a bot's
+    by its masked token (the path of a webhook URL is its credential, and messages reach logs and /healthz)."""
+    if "://" not in text:
+        return json.dumps(text, ensure_ascii=False)
+    if HOOK_PATH in text:
+        return mask_chat_url(text)
+    try:
+        parts = urlsplit(text.strip())
+        return f"{parts.scheme}://{parts.hostname or ''}/…"
+    except ValueError:
+        return "a URL"
 
 
 def gen_sign(timestamp: int, secret: str) -> str:
@@ -114,10 +135,14 @@ class BotClient:
         failure = None
         with CUTOFF.after(budget) as call:
             try:
-                rsp = self._session.post(url, data=data, timeout=timeout,
+                # No redirects: a card goes to the bot's URL or nowhere (a redirect could aim it anywhere).
+                rsp = self._session.post(url, data=data, timeout=timeout, allow_redirects=False,
                                          headers={"Content-Type": "application/json; charset=utf-8"})
             except requests.RequestException as exc:
                 failure = exc
+            except ValueError as exc:      # a URL requests cannot use (a host label over 63 characters)
+                raise FeishuError(f"{what}: the webhook URL cannot be used ({type(exc).__name__}): copy it "
+                                  f"again from {_BOT_SETTINGS} into owners.json") from None
         error = no_answer_error(what, failure, cut=call.cut, may_have=posted, detail=lambda text: _scrub(text, url))
         if error:
             raise error

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .chats import bot_url_problem, mask_chat_url
+from .chats import bot_url_problem, mask_chat_url, quoted_value
 from .config_file import describe, members_at, object_members, read_config_text
 from .settings import EVENT_KINDS, ConfigError
 
@@ -116,8 +116,9 @@ def _owners(value: Any, where: str, *_: Any) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise ConfigError(f"{where}: every owner must be an email in quotes, not {describe(item)}")
         if not is_recipient(item):
-            raise ConfigError(f"{where}: {_quote(item)} is not an email address "
-                              "(name@domain.tld, no spaces) or a Feishu open_id (ou_...)")
+            bot = ' (a group bot\'s webhook URL goes under "chats")' if "/open-apis/bot/" in item else ""
+            raise ConfigError(f"{where}: {quoted_value(item)} is not an email address "
+                              f"(name@domain.tld, no spaces) or a Feishu open_id (ou_...){bot}")
     return tuple(values)
 
 
@@ -146,7 +147,7 @@ def _chats(value: list, where: str, line: int, secrets: dict[str, tuple[str, int
         url = url.strip()
         problem = bot_url_problem(url)
         if problem:
-            raise ConfigError(f"{at}: {mask_chat_url(url) if '/hook/' in url else _quote(url)} {problem}")
+            raise ConfigError(f"{at}: {quoted_value(url)} {problem}")
         if secret is not None:
             secret = secret.strip()
             known = secrets.setdefault(url, (secret, line))

@@ -8,7 +8,6 @@ start-up; a broken edit keeps the last good version, as with owners.json.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -16,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from .chats import quoted_value
 from .config_file import describe, object_members, read_config_text
 from .events import Event, MergeRequestEvent, Person, PipelineEvent
 from .owners import Match
 from .owners_format import is_recipient
-from .watched import WatchedFile
 from .settings import ConfigError
+from .watched import WatchedFile
 
 log = logging.getLogger("gitlab_feishu.users")
 
@@ -66,7 +66,7 @@ def load_users(path: Path) -> Users:
             raise ConfigError(f"{where}: the value must be one email or Feishu open_id in quotes "
                               f"(one person per username), not {describe(value)}")
         if not is_recipient(value):
-            raise ConfigError(f"{where}: {json.dumps(value, ensure_ascii=False)} is not an email address "
+            raise ConfigError(f"{where}: {quoted_value(value)} is not an email address "
                               "(name@domain.tld, no spaces) or a Feishu open_id (ou_...)")
         lines[folded] = line
         recipients[folded] = value

@@ -70,13 +70,15 @@ def test_chat_urls_are_shown_masked(url, masked):
     ("https://open.larksuite.com/open-apis/bot/v2/hook/abc", None),
     ("https://open.larkoffice.com/open-apis/bot/v2/hook/abc", None),
     ("http://127.0.0.1:8080/open-apis/bot/v2/hook/test_bot-1", None),
-    ("ftp://open.feishu.cn/open-apis/bot/v2/hook/abc", "not an http(s) URL"),
-    ("https:///open-apis/bot/v2/hook/abc", "not an http(s) URL"),
+    ("ftp://open.feishu.cn/open-apis/bot/v2/hook/abc", "not an https URL"),
+    ("https:///open-apis/bot/v2/hook/abc", "not an https URL"),
+    ("http://open.feishu.cn/open-apis/bot/v2/hook/abc", "in clear text"),
+    ("http://10.0.0.5/open-apis/bot/v2/hook/abc", "in clear text"),
     ("https://open.feishu.cn/open-apis/bot/v2/hook/", "not a custom-bot webhook URL"),
     ("https://open.feishu.cn/open-apis/bot/v2/hook/a/b", "not a custom-bot webhook URL"),
     ("https://open.feishu.cn/open-apis/im/v1/messages", "not a custom-bot webhook URL"),
     (URL + "?debug=1", "not a custom-bot webhook URL"),
-    ("http://[::1/open-apis/bot/v2/hook/x", "not an http(s) URL"),
+    ("http://[::1/open-apis/bot/v2/hook/x", "not an https URL"),
 ])
 def test_bot_url_validation(url, problem):
     found = bot_url_problem(url)
@@ -128,6 +130,22 @@ def test_connection_errors_never_quote_the_token():
     with pytest.raises(FeishuError) as raised:
         client().post_card(URL, None, CARD)
     assert raised.value.retryable and TOKEN not in str(raised.value) and "7c1f…" in str(raised.value)
+
+
+@responses.activate
+def test_a_redirect_is_not_followed_and_fails_for_good():
+    """A card goes to the bot's URL or nowhere: a redirect could aim the signed card at any internal address."""
+    responses.post(URL, status=307, headers={"Location": "http://127.0.0.1:6379/internal/admin"})
+    with pytest.raises(FeishuError, match="HTTP 307") as raised:
+        client().post_card(URL, None, CARD)
+    assert not raised.value.retryable and len(responses.calls) == 1
+
+
+def test_a_url_requests_cannot_use_fails_for_good_saying_so():
+    url = f"https://{'a' * 64}.feishu.cn/open-apis/bot/v2/hook/{TOKEN}"      # a host label over 63 characters
+    with pytest.raises(FeishuError, match="the webhook URL cannot be used") as raised:
+        client().post_card(url, None, CARD)
+    assert not raised.value.retryable and TOKEN not in str(raised.value)
 
 
 @responses.activate

@@ -202,6 +202,17 @@ def entry(fields: str) -> str:
     return '{\n  "other": "x@example.com",\n  "client": {\n' + fields + "\n  }\n}"
 
 
+def test_a_bot_url_written_as_an_owner_is_named_without_its_token(tmp_path):
+    """Such messages reach the log and /healthz: a webhook URL's path is its credential."""
+    url = "https://open.feishu.cn/open-apis/bot/v2/hook/5e6f7a8b-secret-token"
+    path = tmp_path / "owners.json"
+    path.write_text(json.dumps({"client": url}), encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_owners(path)
+    assert "secret-token" not in str(raised.value)
+    assert 'chat:…/hook/5e6f… is not an email' in str(raised.value) and 'goes under "chats"' in str(raised.value)
+
+
 @pytest.mark.parametrize("text, line, words", [
     (entry('    "owner": ["a@example.com"]'), 4, ['"client"', 'field "owner"', 'did you mean "owners"']),
     (entry('    "owners": ["a@example.com"],\n    "colour": "red"'), 5, ['field "colour"', "unknown field"]),
@@ -221,8 +232,8 @@ def entry(fields: str) -> str:
     (entry('    "branches": ["main"],\n    "owners": ["a@example.com"],\n    "branches": ["dev"]'), 6,
      ['field "branches" appears twice']),
     (entry('    "chats": ["https://example.com/webhook"]'), 4,
-     ['field "chats", item 1', '"https://example.com/webhook" is not a custom-bot webhook URL']),
-    (entry('    "chats": ["open.feishu.cn/open-apis/bot/v2/hook/abc"]'), 4, ["is not an http(s) URL"]),
+     ['field "chats", item 1', 'https://example.com/… is not a custom-bot webhook URL']),   # a path may be a secret
+    (entry('    "chats": ["open.feishu.cn/open-apis/bot/v2/hook/abc"]'), 4, ["is not an https URL"]),
     (entry('    "chats": [{"url": "' + BOT + '", "secret": ""}]'), 4, ['"secret" must be']),
     (entry('    "chats": [{"url": "' + BOT + '", "sign": "x"}]'), 4, ['unknown field "sign"', '"url" and "secret"']),
     (entry('    "chats": [5]'), 4, ["bot webhook URL in quotes", "number 5"]),
