@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from .events import Project
+from .gitlab import MAX_BODY_BYTES
 from .hookplan import HOOK_PATH, desired_hook
 from .settings import EVENT_KINDS, ConfigError, Settings, os_text
 
@@ -107,9 +108,12 @@ def serve(settings: Settings) -> int:
     print("\n".join(banner), flush=True)
     try:
         # clear_untrusted_proxy_headers=False: waitress would drop X-Forwarded-For before the app sees it;
-        # the app itself believes it only from TRUSTED_PROXIES (access.py).
+        # the app itself believes it only from TRUSTED_PROXIES (access.py). waitress reads a whole body
+        # before the app can refuse it, so it stops at GitLab's limit itself; and idle connections, which
+        # anyone can open, are dropped after 20 s and may number 400 (Windows' select() takes 512).
         waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
-                       ident="gitlab-feishu", channel_timeout=60, clear_untrusted_proxy_headers=False)
+                       ident="gitlab-feishu", channel_timeout=20, connection_limit=400,
+                       max_request_body_size=MAX_BODY_BYTES + 1, clear_untrusted_proxy_headers=False)
     except OSError as exc:
         hint = (f": another program, or this service already running, uses port {settings.port}; stop it or set"
                 " PORT in .env to a free port") if exc.errno in _ADDRESS_IN_USE else ""

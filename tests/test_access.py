@@ -5,6 +5,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import socket
 import sys
 
 import pytest
@@ -194,3 +195,23 @@ def test_either_server_hands_x_forwarded_for_from_a_trusted_proxy_to_the_allowli
         response = requests.post(service.url + "/gitlab-webhook", json=load_payload("push.json"), headers=headers,
                                  timeout=10)
     assert response.status_code == 200, response.text
+
+
+def test_a_refused_caller_cannot_make_waitress_take_a_body_over_gitlabs_limit(tmp_path):
+    """waitress reads a body before the app runs (up to 1 GiB by default): it must stop at 25 MB itself.
+    (gunicorn hands the app the socket, which refuses before reading.)"""
+    port = free_port()
+    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"), ALLOWED_SOURCES="10.20.0.0/16")
+    sent = 0
+    with ServiceProcess(env, tmp_path / "service.log", port=port, command=[sys.executable, "webhook_server.py"]), \
+            socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+        conn.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (100 << 20))
+        try:
+            for _ in range(100):                  # 100 MB, as fast as the server takes it
+                conn.sendall(b" " * (1 << 20))
+                sent += 1 << 20
+        except OSError:                           # it stopped reading (a timeout here) or closed the connection
+            pass
+    assert sent <= 40 << 20
