@@ -11,6 +11,7 @@ fill the log.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -39,9 +40,13 @@ class Database:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only, whatever the umask: the files hold emails, cards, bot URLs and tokens. SQLite gives
+        # its -wal and -shm files the database's own mode.
+        os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+b") if fcntl else None
+        self._lock_file = os.fdopen(os.open(self.path.with_name(self.path.name + ".lock"),
+                                            os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o600), "a+b") if fcntl else None
         self._written = threading.Event()
         self._checkpointer: threading.Thread | None = None
 

@@ -28,7 +28,7 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
         handlers.append(logging.handlers.RotatingFileHandler(
             settings.log_dir / "webhook_server.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8",
             errors="backslashreplace"))   # a lone surrogate from a payload is written escaped, not refused
-    formatter = logging.Formatter(FORMAT)
+    formatter = OneLineFormatter(FORMAT)
     for handler in handlers:
         handler.setFormatter(formatter)
     # waitress's own warnings ("Task queue depth is 40": every thread busy) belong in the same file.
@@ -40,3 +40,11 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
             logger.addHandler(handler)
         logger.setLevel(getattr(logging, settings.log_level))
         logger.propagate = False
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record on one line: text from callers (a path, a pusher's name) cannot forge a line of its own.
+    A traceback still follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")

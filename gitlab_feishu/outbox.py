@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -51,7 +51,7 @@ def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
 @dataclass(frozen=True)
 class NewDelivery:
     channel: str          # "dm" (email or open_id) or "chat" (a group bot webhook)
-    recipient: str
+    recipient: str = field(repr=False)    # a bot's URL is a credential
     rule: str
     content: str          # the card as the JSON string Feishu receives
     uuid: str             # Feishu's dedupe key: the same on every attempt (a DM to an email is sent under
@@ -63,7 +63,7 @@ class Delivery:
     id: int
     event_key: str
     channel: str
-    recipient: str
+    recipient: str = field(repr=False)    # a bot's URL is a credential
     rule: str
     content: str
     uuid: str

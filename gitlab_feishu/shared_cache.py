@@ -9,7 +9,6 @@ by its owner only.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -25,11 +24,8 @@ class SharedCache:
     """Values with a lifetime, shared by every process using the same file."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))   # before SQLite creates it world-readable
         self.clock = clock
-        self._db = Database(path)
+        self._db = Database(Path(path))          # owner-only: it holds a tenant token
         with self._db.write() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT, expires_at REAL NOT NULL)")
 

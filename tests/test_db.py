@@ -1,6 +1,7 @@
 """The shared SQLite database: writers taking turns, rollback, background checkpoints."""
 from __future__ import annotations
 
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
@@ -48,3 +49,16 @@ def test_commits_leave_checkpoints_to_a_background_thread(db):
     with db.write() as conn:
         conn.execute("INSERT INTO items (n) VALUES (1)")
     assert db._checkpointer is not None and db._checkpointer.is_alive()
+
+
+def test_the_files_are_the_service_users_alone_whatever_the_umask(tmp_path):
+    """They hold emails, cards, group bots' URLs and tenant tokens."""
+    old = os.umask(0o022)
+    try:
+        db = Database(tmp_path / "outbox.sqlite3")
+        with db.write() as conn:
+            conn.execute("CREATE TABLE t (x)")
+    finally:
+        os.umask(old)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert modes and set(modes.values()) == {0o600}, modes

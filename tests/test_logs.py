@@ -131,3 +131,20 @@ def test_healthz_reports_the_time_of_the_last_delivery(client):
 def test_waitress_warnings_reach_the_log_file(log_file):
     logging.getLogger("waitress.queue").warning("Task queue depth is 40")
     assert "WARNING waitress.queue" in log_file.read_text(encoding="utf-8")
+
+
+def test_text_from_a_caller_cannot_forge_a_log_line(client, log_file):
+    forged = "x\n2026-11-28 11:00:00,000 ERROR   gitlab_feishu.service [1] FORGED"
+    client.get("/" + forged.replace("\n", "%0A").replace(" ", "%20"))
+    lines = log_file.read_text(encoding="utf-8").splitlines()
+    assert not any(line.startswith("2026-11-28 11:00:00,000") for line in lines)
+    assert any("\\n2026-11-28 11:00:00,000 ERROR" in line for line in lines)
+
+
+def test_a_traceback_still_follows_on_its_own_lines(log_file):
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("gitlab_feishu.test").exception("failed\nhere")
+    text = log_file.read_text(encoding="utf-8")
+    assert "failed\\nhere\nTraceback (most recent call last):" in text
