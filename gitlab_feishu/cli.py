@@ -5,6 +5,7 @@ import argparse
 import datetime
 import errno
 import logging
+import signal
 import socket
 import sqlite3
 import sys
@@ -85,6 +86,33 @@ def serve(settings: Settings) -> int:
     configure_logging(settings, to_file=True)
     check_files(settings)
     app = create_app(settings)
+    try:
+        # Bound before waiting for the self-check: deliveries meanwhile wait in the backlog, not refused.
+        # clear_untrusted_proxy_headers=False: waitress would drop X-Forwarded-For before the app sees it;
+        # the app itself believes it only from TRUSTED_PROXIES (access.py). waitress reads a whole body
+        # before the app can refuse it, so it stops at GitLab's limit itself; and idle connections, which
+        # anyone can open, are dropped after 20 s and may number 400 (Windows' select() takes 512).
+        server = waitress.create_server(
+            app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS, ident="gitlab-feishu",
+            channel_timeout=20, connection_limit=400, max_request_body_size=MAX_BODY_BYTES + 1,
+            clear_untrusted_proxy_headers=False)
+    except OSError as exc:
+        hint = (f": another program, or this service already running, uses port {settings.port}; stop it or set"
+                " PORT in .env to a free port") if exc.errno in _ADDRESS_IN_USE else ""
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
+        return 1
+    print("\n".join(_banner(settings, app)), flush=True)
+    # `kill`, `systemctl stop`, `docker stop`: finish the webhooks in flight and answer GitLab, as Ctrl+C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    server.run()                      # returns after Ctrl+C or SIGTERM, once the requests in flight are done
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _banner(settings: Settings, app) -> list[str]:
     owners = app.extensions["gitlab_feishu"]["owners"]
     credentials = app.extensions["gitlab_feishu"]["credentials"]
     if credentials is None:
@@ -93,7 +121,7 @@ def serve(settings: Settings) -> int:
         feishu_state = credentials.describe()
     else:
         feishu_state = "unknown: still checking (the log and /healthz will say)"
-    banner = [
+    return [
         "GitLab -> Feishu notifier",
         f"  mode:    {'dry-run (FEISHU_APP_ID not set: cards are logged, not sent)' if settings.dry_run else 'live'}",
         f"  owners:  {os_text(str(settings.owners_file))} ({len(owners.current())} entries)",
@@ -105,21 +133,6 @@ def serve(settings: Settings) -> int:
         + (f" (trusted proxies: {_networks(settings.trusted_proxies)})" if settings.trusted_proxies else ""),
         f"  alerts:  {', '.join(settings.admin_emails) or 'off (ADMIN_EMAILS not set)'}",
     ]
-    print("\n".join(banner), flush=True)
-    try:
-        # clear_untrusted_proxy_headers=False: waitress would drop X-Forwarded-For before the app sees it;
-        # the app itself believes it only from TRUSTED_PROXIES (access.py). waitress reads a whole body
-        # before the app can refuse it, so it stops at GitLab's limit itself; and idle connections, which
-        # anyone can open, are dropped after 20 s and may number 400 (Windows' select() takes 512).
-        waitress.serve(app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS,
-                       ident="gitlab-feishu", channel_timeout=20, connection_limit=400,
-                       max_request_body_size=MAX_BODY_BYTES + 1, clear_untrusted_proxy_headers=False)
-    except OSError as exc:
-        hint = (f": another program, or this service already running, uses port {settings.port}; stop it or set"
-                " PORT in .env to a free port") if exc.errno in _ADDRESS_IN_USE else ""
-        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _secret_state(settings: Settings) -> str:

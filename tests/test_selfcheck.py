@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import socket
 import time
 
@@ -101,7 +102,12 @@ def test_healthz_in_dry_run_checks_nothing(settings):
 @pytest.fixture
 def serve(monkeypatch, capsys, running):
     """Run cli.serve up to the point waitress would start; return its banner."""
-    monkeypatch.setattr(waitress, "serve", lambda app, **options: running.append(app))
+    class Server:                           # bound, never run
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(waitress, "create_server", lambda app, **options: running.append(app) or Server())
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)     # not this test process's SIGTERM
     monkeypatch.setattr("gitlab_feishu.logs.configure_logging", lambda settings, to_file: None)
 
     def run(settings) -> str:
