@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:    # LOG_DIR (or a file in DATA_DIR) made by another user, root say
+        print(f"error: {exc.filename}: {exc.strerror}: the service's user must be able to write DATA_DIR and "
+              "LOG_DIR and the files in them", file=sys.stderr)
+        return 2
     except sqlite3.OperationalError as exc:
         from .db import is_locked
 

@@ -10,6 +10,7 @@ fill the log.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sqlite3
@@ -32,6 +33,25 @@ def is_locked(exc: sqlite3.OperationalError) -> bool:
     """SQLite gave up waiting for a lock (another program holds the file in a transaction)."""
     name = getattr(exc, "sqlite_errorname", None)             # Python 3.11+
     return name in ("SQLITE_BUSY", "SQLITE_LOCKED") if name else "database is locked" in str(exc)
+
+
+def unusable(path: Path, exc: sqlite3.Error) -> str:
+    """Why a database that only helps (the pacing log, the shared cache) cannot be used now."""
+    if is_locked(exc):
+        return f"{path} is locked by another program"
+    return f"{path} cannot be used ({exc}): stop the service and delete it; it holds nothing that must be kept"
+
+
+class Complaint:
+    """A warning logged once until it changes: a broken file must not add a line to every webhook."""
+
+    def __init__(self, log: logging.Logger):
+        self._log, self._last = log, ""
+
+    def __call__(self, text: str) -> None:
+        if text != self._last:
+            self._last = text
+            self._log.warning("%s", text)
 
 
 class Database:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .db import BUSY_TIMEOUT, Database, is_locked
+from .settings import ConfigError
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,14 @@ class Outbox:
         # so the retry worker never re-sends a row whose card went out (group bots take no uuid).
         self._unrecorded: dict[int, tuple] = {}
         self._unrecorded_lock = threading.Lock()
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            if is_locked(exc):
+                raise
+            raise ConfigError(f"{self.path} cannot be read ({exc}): the file is damaged or not a database; stop "
+                              f"the service, move it aside (`sqlite3 FILE .recover` saves what it can of the "
+                              f"cards queued in it) and start again") from None
 
     # -- connection and schema -------------------------------------------------
 
@@ -104,8 +112,8 @@ class Outbox:
         with self._write(BUSY_TIMEOUT) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} was written by a newer release (schema {version}); "
-                                   f"upgrade this service or move the file aside")
+                raise ConfigError(f"{self.path} was written by a newer release (schema {version}); "
+                                  f"upgrade this service or move the file aside")
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target]:
                     conn.execute(statement)

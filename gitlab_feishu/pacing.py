@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .db import Database, is_locked
+from .db import Complaint, Database, unusable
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +60,25 @@ class Pacer:
         self.clock = clock
         self.sleep = sleep
         self._db = Database(self.path)
-        with self._db.write() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)")
-            conn.execute("CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)")
+        self._complain = Complaint(log)
+        try:
+            with self._db.write(timeout=LOCK_WAIT) as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)")
+                conn.execute("CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)")
+        except sqlite3.Error as exc:     # each send then goes without a turn (wait_turn)
+            self._complain(f"{unusable(self.path, exc)}; sending without pacing meanwhile")
 
     def wait_turn(self, quotas: list[Quota], deadline: float) -> bool:
-        """Take a turn for one send under every quota, waiting until `deadline` at most; a pacing log another
-        program holds locked lets the send go without a turn."""
+        """Take a turn for one send under every quota, waiting until `deadline` at most; a pacing log that
+        cannot be used (another program's lock, a damaged file) lets the send go without a turn."""
         # Also counted by the sleeps themselves: a clock a test injected without its own sleep never moves.
         budget = deadline - self.clock()
         while True:
             try:
                 wait = self.try_turn(quotas, lock_wait=max(min(LOCK_WAIT, budget, deadline - self.clock()), 0.0))
-            except sqlite3.OperationalError as exc:
-                if not is_locked(exc):
-                    raise
-                # Better an occasional 429, which is retried, than no card until the other program lets go.
-                log.warning("%s is locked by another program: sending without waiting for a turn", self.path)
+            except sqlite3.Error as exc:
+                # Better an occasional 429, which is retried, than no card while the log cannot be used.
+                self._complain(f"{unusable(self.path, exc)}; sending without pacing meanwhile")
                 return True
             if wait == 0:
                 return True

@@ -91,10 +91,8 @@ class Notifier:
             # Before the quiet rules: a silenced failure still counts when its fix arrives.
             try:
                 event = pipeline_to_notify(event, self.outbox, key)
-            except sqlite3.OperationalError as exc:
-                if not is_locked(exc):
-                    raise
-                return self._outbox_locked(key, [], base, [])
+            except sqlite3.Error as exc:
+                return self._not_recorded(exc, key, [], base, [])
             if isinstance(event, Ignored):
                 return self._ignored(event.reason, headers, base, pipeline)
         quiet = quiet_reason(event, self.settings.ignore_pushers)
@@ -123,10 +121,8 @@ class Notifier:
                     key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
                     lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK if inline else 0.0,
                     retry_window=RETRY_WINDOW, timeout=min(LOCK_WAIT, deadline - self.clock()))
-            except sqlite3.OperationalError as exc:
-                if not is_locked(exc):
-                    raise
-                return self._outbox_locked(key, matches, base, skipped)
+            except sqlite3.Error as exc:
+                return self._not_recorded(exc, key, matches, base, skipped)
             if not new:
                 return self._repeat(key, earlier, base)
             if inline:
@@ -185,12 +181,17 @@ class Notifier:
         return {"status": "dry_run", "reason": "FEISHU_APP_ID is not set: cards were logged, not sent", **base,
                 "deliveries": [{"to": m.shown, "rule": m.rule, "result": "dry_run"} for m in matches] + skipped}
 
-    def _outbox_locked(self, key: str, matches: list[Match], base: dict, skipped: list[dict]) -> dict:
-        """Nothing could be recorded in time: answer GitLab anyway (a 5xx would count towards disabling
-        the hook) and say how to get the cards out."""
-        error = (f"DATA_DIR/{self.outbox.path.name} stayed locked by another program (an sqlite3 shell or a "
-                 "backup tool in a transaction?): nothing was recorded or sent; once it is free, resend this "
-                 "delivery from GitLab (Settings > Webhooks > Edit > Recent events)")
+    def _not_recorded(self, exc: sqlite3.Error, key: str, matches: list[Match], base: dict,
+                      skipped: list[dict]) -> dict:
+        """Nothing could be recorded: answer GitLab anyway (a 5xx would count towards disabling the hook)
+        and say how to get the cards out."""
+        where = f"DATA_DIR/{self.outbox.path.name}"
+        if is_locked(exc):
+            why = f"{where} stayed locked by another program (an sqlite3 shell or a backup tool in a transaction?)"
+        else:
+            why = f"{where} could not be written ({exc}: a full disk, or a damaged or deleted file?)"
+        error = (f"{why}: nothing was recorded or sent; once it is fixed, resend this delivery from GitLab "
+                 "(Settings > Webhooks > Edit > Recent events)")
         log.error("%s for %s: %s (%s)", key, base["project"], error, self.outbox.path)
         return {"status": "failed", "reason": error, **base,
                 "deliveries": [{"to": m.shown, "rule": m.rule, "result": "failed", "error": error}

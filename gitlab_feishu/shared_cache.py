@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .db import Database, is_locked
+from .db import Complaint, Database, unusable
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 1.0             # seconds a write waits for a lock another program holds on the file
+NOT_SHARED = "each process asks Feishu itself meanwhile"
 
 
 class SharedCache:
@@ -26,16 +27,22 @@ class SharedCache:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         self.clock = clock
         self._db = Database(Path(path))          # owner-only: it holds a tenant token
-        with self._db.write() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT, expires_at REAL NOT NULL)")
+        self._complain = Complaint(log)
+        self._write("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT, expires_at REAL NOT NULL)",
+                    [()])
 
     def get(self, keys: Iterable[str]) -> dict[str, tuple[str | None, float]]:
-        """key -> (value, seconds it has left), for the keys present and not expired."""
+        """key -> (value, seconds it has left), for the keys present and not expired (none when the file
+        cannot be read: every process then asks Feishu itself)."""
         keys = list(keys)
         now = self.clock()
-        rows = self._db.connection().execute(
-            f"SELECT key, value, expires_at FROM cache WHERE key IN ({', '.join('?' * len(keys))})"
-            " AND expires_at > ?", (*keys, now)).fetchall()
+        try:
+            rows = self._db.connection().execute(
+                f"SELECT key, value, expires_at FROM cache WHERE key IN ({', '.join('?' * len(keys))})"
+                " AND expires_at > ?", (*keys, now)).fetchall()
+        except sqlite3.Error as exc:
+            self._complain(f"{unusable(self._db.path, exc)}; {NOT_SHARED}")
+            return {}
         return {row["key"]: (row["value"], row["expires_at"] - now) for row in rows}
 
     def put(self, entries: dict[str, tuple[str | None, float]]) -> None:
@@ -49,12 +56,10 @@ class SharedCache:
         self._write("DELETE FROM cache WHERE key = ? AND value IS ?", [(key, value)])
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
-        """`sql` for each row, in one transaction; skipped when another program holds the file locked (this
-        is only a cache: a webhook must not wait for it)."""
+        """`sql` for each row, in one transaction; skipped when the file cannot be used (another program's
+        lock, a damaged file): this is only a cache, and a webhook must not wait for it."""
         try:
             with self._db.write(timeout=LOCK_WAIT) as conn:
                 conn.executemany(sql, rows)
-        except sqlite3.OperationalError as exc:
-            if not is_locked(exc):
-                raise
-            log.warning("%s is locked by another program: Feishu's answer is not shared this time", self._db.path)
+        except sqlite3.Error as exc:
+            self._complain(f"{unusable(self._db.path, exc)}; {NOT_SHARED}")

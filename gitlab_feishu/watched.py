@@ -22,7 +22,8 @@ _UNREAD = (-1, -1)           # a signature no file has: the next check reads the
 
 
 def check_files(settings: Settings) -> None:
-    """Refuse to start with a broken owners.json or users.json (a ConfigError names file, line and key).
+    """Refuse to start with a broken owners.json or users.json (a ConfigError names file, line and key), or
+    a DATA_DIR this user cannot write.
 
     Only a fresh start: a process the running service starts later (a gunicorn worker replacing one that
     died, a reload) routes by the last good version instead, as the running ones do. Light on purpose:
@@ -33,6 +34,14 @@ def check_files(settings: Settings) -> None:
 
     load_owners(settings.owners_file)
     load_users(settings.users_file)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        writable = os.access(settings.data_dir, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise ConfigError(f"DATA_DIR={settings.data_dir} cannot be made a folder: {exc.strerror}") from None
+    if not writable:
+        raise ConfigError(f"DATA_DIR={settings.data_dir} is not writable by this user: the outbox lives there; "
+                          "give the service's user that folder (or set DATA_DIR to one it owns)")
 
 
 class WatchedFile(Generic[Loaded]):
@@ -137,9 +146,15 @@ class WatchedFile(Generic[Loaded]):
             finally:
                 partial.unlink(missing_ok=True)
         except FileNotFoundError:                        # an optional file that is not there: nothing to keep
-            self._last_good.unlink(missing_ok=True)
+            self._forget_good()
         except OSError as exc:
             self._log.warning("could not keep a copy of %s in %s: %s", self._path, self._last_good, exc)
+
+    def _forget_good(self) -> None:
+        try:
+            self._last_good.unlink(missing_ok=True)
+        except OSError as exc:
+            self._log.warning("could not remove %s: %s", self._last_good, exc)
 
     def _stat(self) -> tuple[int, int] | None:
         # None while the file is missing (an editor replacing it), so its return counts as a change.

@@ -4,13 +4,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sqlite3
 import threading
 import time
 
 import pytest
 
 from gitlab_feishu.app import create_app
-from gitlab_feishu.outbox import LOCK_WAIT
+from gitlab_feishu.outbox import LOCK_WAIT, Outbox
 from tests.conftest import OWNER_OPEN_ID, OWNERS, SECRET, another_program_locks, gitlab_headers, load_payload
 
 
@@ -81,6 +82,21 @@ def test_an_outbox_another_program_keeps_locked_is_answered_in_time_with_what_to
     assert "locked by another program" in response.json["reason"] and "resend" in response.json["reason"]
     assert all(d["result"] == "failed" for d in response.json["deliveries"])
     assert feishu.messages == []
+
+
+@pytest.mark.parametrize("error", [sqlite3.OperationalError("database or disk is full"),
+                                   sqlite3.DatabaseError("database disk image is malformed"),
+                                   sqlite3.OperationalError("no such table: events")])    # the file deleted
+def test_an_outbox_that_cannot_be_written_is_answered_with_the_key_to_resend(settings, feishu, monkeypatch,
+                                                                            caplog, error):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
+    monkeypatch.setattr(Outbox, "begin_event", lambda self, *args, **kwargs: (_ for _ in ()).throw(error))
+    headers = gitlab_headers(key="6a0bd3f2-outbox-error")
+    response = post(app.test_client(), load_payload("chinese_push.json"), headers)
+    assert response.status_code == 200 and response.json["status"] == "failed"
+    assert str(error) in response.json["reason"] and "resend this delivery from GitLab" in response.json["reason"]
+    assert response.json["project"] == "grouptwogame/yeshui-client"
+    assert "idem:6a0bd3f2-outbox-error for grouptwogame/yeshui-client" in caplog.text and feishu.messages == []
 
 
 @pytest.mark.parametrize("token", [None, "", "wrong", SECRET + " ", SECRET.upper(), "tökén",
@@ -312,3 +328,16 @@ def test_another_file_in_data_dir_another_program_keeps_locked_delays_no_card(se
     app.extensions["gitlab_feishu"]["worker"].stop()
     assert response.json["status"] == "sent" and len(feishu.messages) == 1
     assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize("database", ["pacing.sqlite3", "feishu_cache.sqlite3"])
+def test_a_damaged_helper_database_delays_no_card_and_is_named_once(settings, feishu, caplog, database):
+    """The pacing log and the shared cache hold nothing that must be kept: without them cards still go."""
+    settings.data_dir.mkdir(parents=True)
+    (settings.data_dir / database).write_bytes(b"not a database, " * 512)
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
+    answers = [post(app.test_client(), load_payload("chinese_push.json")).json["status"] for _ in range(2)]
+    app.extensions["gitlab_feishu"]["worker"].stop()
+    assert answers == ["sent", "sent"] and len(feishu.messages) == 2
+    named = [r.getMessage() for r in caplog.records if database in r.getMessage()]
+    assert len(named) == 1 and "delete it" in named[0]

@@ -168,3 +168,18 @@ def test_a_broken_owners_json_stops_either_server_with_one_line_though_a_good_co
     [error] = [line for line in stderr.splitlines() if "error" in line.lower()]      # gunicorn's INFO line aside
     assert result.returncode != 0 and error.startswith(f"error: {owners}, line 3: key \"测试项目\"")
     assert "Traceback" not in stderr and "Booting worker" not in stderr
+
+
+@pytest.mark.parametrize("command", [["webhook_server.py"], ["-m", "gunicorn", "-c", "gunicorn.conf.py",
+                                                            "webhook_server:app"]])
+def test_a_data_dir_that_cannot_be_a_folder_stops_either_server_with_one_line(tmp_path, command):
+    (tmp_path / "data").write_text("a file where the folder belongs", encoding="utf-8")
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, timeout=30,
+                            env=service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                                            DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"),
+                                            PORT=str(free_port())))
+    stderr = result.stderr.decode("utf-8")
+    [error] = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode != 0
+    assert error == f"error: DATA_DIR={tmp_path / 'data'} cannot be made a folder: File exists"
+    assert "Traceback" not in stderr

@@ -7,6 +7,7 @@ import sqlite3
 import pytest
 
 from gitlab_feishu.outbox import SCHEMA_VERSION, NewDelivery, Outbox
+from gitlab_feishu.settings import ConfigError
 from tests.conftest import another_program_locks
 
 DAY = 24 * 3600.0
@@ -33,7 +34,14 @@ def test_new_database_has_current_schema_version(outbox):
 def test_database_from_a_newer_release_is_refused(tmp_path):
     path = tmp_path / "outbox.sqlite3"
     sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}").connection.close()
-    with pytest.raises(RuntimeError, match="newer release"):
+    with pytest.raises(ConfigError, match="newer release"):
+        Outbox(path)
+
+
+def test_a_damaged_outbox_is_refused_naming_the_file_and_how_to_save_its_cards(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(ConfigError, match=r"outbox\.sqlite3 cannot be read \(file is not a database\).*\.recover"):
         Outbox(path)
 
 
