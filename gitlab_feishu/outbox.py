@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # Seconds an outbox write waits for a lock another program holds (an sqlite3 shell in a transaction):
 # meanwhile it holds up every writer of the service behind it, webhooks included.
 LOCK_WAIT = 2.0
+# Seconds ahead no next try (backoff at most 10 minutes, or Feishu's rate-limit reset) or lease is ever set.
+FURTHEST_AHEAD = 1800.0
 
 QUEUED, SENT, FAILED = "queued", "sent", "failed"
 
@@ -198,10 +200,12 @@ class Outbox:
             unrecorded = dict(self._unrecorded)
         with self._write() as conn:
             conn.executemany(_FINISH, unrecorded.values())
+            # A next try or lease further ahead than any is ever set was set before the clock was stepped back.
+            stepped = now + FURTHEST_AHEAD
             rows = conn.execute(
-                "SELECT * FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ?"
-                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, id LIMIT ?",
-                (now, now, limit)).fetchall()
+                "SELECT * FROM deliveries WHERE status = 'queued' AND (next_attempt_at <= ? OR next_attempt_at > ?)"
+                " AND (lease_until IS NULL OR lease_until <= ? OR lease_until > ?) ORDER BY next_attempt_at, id"
+                " LIMIT ?", (now, stepped, now, stepped, limit)).fetchall()
             conn.executemany("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
                              [(owner, now + lease_seconds, row["id"]) for row in rows])
         with self._unrecorded_lock:

@@ -78,11 +78,8 @@ class RetryWorker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next_status_log = 0.0
-        self._next_prune = 0.0
-        self._next_lease_check = 0.0
+        self._next: dict[str, float] = {}   # housekeeping task -> when it is next due
         self.watch_queue = watch_queue      # told the queued count now and then (the backlog alert)
-        self._next_queue_watch = 0.0
 
     def run_once(self) -> int:
         """Attempt every delivery that is due now; returns how many were attempted."""
@@ -96,23 +93,27 @@ class RetryWorker:
     def housekeeping(self) -> None:
         """Log what is waiting now and then, free rows of dead processes, forget old finished events."""
         now = self.clock()
-        if now >= self._next_status_log:
-            self._next_status_log = now + STATUS_LOG_INTERVAL
+        if self._due("status log", STATUS_LOG_INTERVAL, now):
             counts = self.outbox.counts()
             if counts["queued"] or counts["failed"]:
                 log.warning("outbox: %d queued, %d failed (python webhook_server.py --outbox lists them)",
                             counts["queued"], counts["failed"])
-        if now >= self._next_lease_check:
-            self._next_lease_check = now + LEASE_CHECK_INTERVAL
+        if self._due("lease check", LEASE_CHECK_INTERVAL, now):
             gone = [owner for owner in self.outbox.lease_owners() if is_gone(owner)]
             if self.outbox.release_leases(gone):
                 log.warning("took over deliveries leased to stopped processes: %s", ", ".join(gone))
-        if now >= self._next_prune:
-            self._next_prune = now + PRUNE_INTERVAL
+        if self._due("prune", PRUNE_INTERVAL, now):
             self.outbox.prune(keep_seconds=KEEP_EVENTS_SECONDS)
-        if self.watch_queue is not None and now >= self._next_queue_watch:
-            self._next_queue_watch = now + QUEUE_WATCH_INTERVAL
+        if self.watch_queue is not None and self._due("queue watch", QUEUE_WATCH_INTERVAL, now):
             self.watch_queue(self.outbox.counts()["queued"])
+
+    def _due(self, task: str, interval: float, now: float) -> bool:
+        """Whether `task` is due, booking its next turn if so. A turn further off than `interval` was booked
+        before the clock was stepped back: it is due now, not an hour later."""
+        if now < self._next.get(task, now) <= now + interval:
+            return False
+        self._next[task] = now + interval
+        return True
 
     def wake(self) -> None:
         """Look at the outbox now rather than at the next poll (something is due)."""

@@ -253,6 +253,15 @@ def test_each_delivery_the_worker_sends_is_logged_with_its_webhooks_key(outbox, 
     assert f"delivery to a@example.com for {row.event_key} sent on retry" in caplog.text
 
 
+def test_the_workers_housekeeping_runs_on_time_after_the_clock_is_stepped_back(outbox, deliverer, clock):
+    watched = []
+    worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock, owner="w", watch_queue=watched.append)
+    worker.housekeeping()
+    clock.advance(-3600)
+    worker.housekeeping()                          # not an hour later
+    assert len(watched) == 2
+
+
 def test_worker_picks_up_what_a_crashed_process_left(tmp_path, outbox, feishu, clock):
     record(outbox, "a@example.com")            # recorded, leased, never attempted: the process died
     clock.advance(16)

@@ -114,6 +114,20 @@ def test_queued_row_waits_for_its_next_attempt(outbox, clock):
     assert len(outbox.claim_due(owner="w", lease_seconds=60)) == 1
 
 
+def test_a_clock_stepped_back_does_not_hold_a_queued_row_back_by_the_step(outbox, clock):
+    """An NTP correction or a wrong clock put right: the row's next try is then an hour away."""
+    [row], _ = begin(outbox)
+    outbox.finish(row.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 30)
+    clock.advance(-3600)
+    assert len(outbox.claim_due(owner="w", lease_seconds=60)) == 1
+
+
+def test_a_clock_stepped_back_does_not_stretch_a_lease_by_the_step(outbox, clock):
+    begin(outbox)                                  # leased to the inline process for 10 s
+    clock.advance(-3600)
+    assert [r.recipient for r in outbox.claim_due(owner="worker", lease_seconds=60)] == ["a@example.com"]
+
+
 def test_sent_row_never_changes_again(outbox):
     [row], _ = begin(outbox)
     outbox.finish(row.id, "sent", attempts=1, message_id="om_1")
