@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import time
@@ -55,9 +56,6 @@ ERRORS: dict[int, tuple[bool, str]] = {
 }
 
 
-LOOPBACK_HOSTS = ("localhost", "::1")
-
-
 def bot_url_problem(url: str) -> str | None:
     """What is wrong with a custom-bot webhook URL, or None when it looks right.
 
@@ -72,12 +70,21 @@ def bot_url_problem(url: str) -> str | None:
         parts, host = None, ""
     if parts is None or not host or parts.scheme not in ("http", "https"):
         return "is not an https URL"
-    if parts.scheme == "http" and host not in LOOPBACK_HOSTS and not host.startswith("127."):
+    if parts.scheme == "http" and not _is_loopback(host):
         return "is not an https URL (the card and the bot's token would cross the network in clear text)"
     token = parts.path[len(HOOK_PATH):] if parts.path.startswith(HOOK_PATH) else ""
     if not _TOKEN.fullmatch(token) or parts.query or parts.fragment:
         return f"is not a custom-bot webhook URL (https://{FEISHU_HOSTS[0]}{HOOK_PATH}<token>)"
     return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:                       # a name, 127.evil.example say
+        return False
 
 
 def mask_chat_url(url: str) -> str:
@@ -89,10 +96,10 @@ def mask_chat_url(url: str) -> str:
 def quoted_value(text: str) -> str:
     """A value from a hand-edited file as an error message quotes it: a URL only by its host, a bot's
     by its masked token (the path of a webhook URL is its credential, and messages reach logs and /healthz)."""
+    if "/hook/" in text:                     # a bot's, whatever is wrong with the rest of it
+        return mask_chat_url(text) if HOOK_PATH in text else "chat:…"
     if "://" not in text:
         return json.dumps(text, ensure_ascii=False)
-    if HOOK_PATH in text:
-        return mask_chat_url(text)
     try:
         parts = urlsplit(text.strip())
         return f"{parts.scheme}://{parts.hostname or ''}/…"

@@ -74,6 +74,8 @@ def test_chat_urls_are_shown_masked(url, masked):
     ("https:///open-apis/bot/v2/hook/abc", "not an https URL"),
     ("http://open.feishu.cn/open-apis/bot/v2/hook/abc", "in clear text"),
     ("http://10.0.0.5/open-apis/bot/v2/hook/abc", "in clear text"),
+    ("http://127.evil.example/open-apis/bot/v2/hook/abc", "in clear text"),    # a name, not a loopback address
+    ("http://[::1]:8080/open-apis/bot/v2/hook/abc", None),
     ("https://open.feishu.cn/open-apis/bot/v2/hook/", "not a custom-bot webhook URL"),
     ("https://open.feishu.cn/open-apis/bot/v2/hook/a/b", "not a custom-bot webhook URL"),
     ("https://open.feishu.cn/open-apis/im/v1/messages", "not a custom-bot webhook URL"),

@@ -233,7 +233,8 @@ def test_a_bot_url_written_as_an_owner_is_named_without_its_token(tmp_path):
      ['field "branches" appears twice']),
     (entry('    "chats": ["https://example.com/webhook"]'), 4,
      ['field "chats", item 1', 'https://example.com/… is not a custom-bot webhook URL']),   # a path may be a secret
-    (entry('    "chats": ["open.feishu.cn/open-apis/bot/v2/hook/abc"]'), 4, ["is not an https URL"]),
+    (entry('    "chats": ["open.feishu.cn/open-apis/bot/v2/hook/abcsecret"]'), 4,
+     ["chat:…/hook/abcs… is not an https URL"]),                      # the token masked without a scheme too
     (entry('    "chats": [{"url": "' + BOT + '", "secret": ""}]'), 4, ['"secret" must be']),
     (entry('    "chats": [{"url": "' + BOT + '", "sign": "x"}]'), 4, ['unknown field "sign"', '"url" and "secret"']),
     (entry('    "chats": [5]'), 4, ["bot webhook URL in quotes", "number 5"]),
