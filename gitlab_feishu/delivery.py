@@ -232,8 +232,8 @@ class Deliverer:
             return self._fail(row, error, f"gave up after retrying until the retry window closed; "
                                           f"last error: {error}", attempts)
         next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
-        if error.retry_after is not None:
-            next_at = max(next_at, now + error.retry_after)
+        if error.retry_after is not None:       # Feishu's rate-limit reset, at most the longest backoff
+            next_at = max(next_at, now + min(error.retry_after, MAX_BACKOFF))
         next_at = min(next_at, row.give_up_at)      # one last try as the window closes
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)
         if next_at <= now:

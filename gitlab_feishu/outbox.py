@@ -200,12 +200,10 @@ class Outbox:
             unrecorded = dict(self._unrecorded)
         with self._write() as conn:
             conn.executemany(_FINISH, unrecorded.values())
-            # A next try or lease further ahead than any is ever set was set before the clock was stepped back.
-            stepped = now + FURTHEST_AHEAD
             rows = conn.execute(
-                "SELECT * FROM deliveries WHERE status = 'queued' AND (next_attempt_at <= ? OR next_attempt_at > ?)"
-                " AND (lease_until IS NULL OR lease_until <= ? OR lease_until > ?) ORDER BY next_attempt_at, id"
-                " LIMIT ?", (now, stepped, now, stepped, limit)).fetchall()
+                "SELECT * FROM deliveries WHERE status = 'queued' AND next_attempt_at <= ?"
+                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at, id LIMIT ?",
+                (now, now, limit)).fetchall()
             conn.executemany("UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
                              [(owner, now + lease_seconds, row["id"]) for row in rows])
         with self._unrecorded_lock:
@@ -229,6 +227,23 @@ class Outbox:
             return conn.execute(
                 f"UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE status = 'queued'"
                 f" AND lease_owner IN ({', '.join('?' * len(owners))})", owners).rowcount
+
+    def undo_clock_step(self) -> int:
+        """Make due now the queued rows whose next try or lease lies further ahead than any is ever set: they
+        were set before the clock was stepped back (an NTP correction), and would wait the size of the step."""
+        now = self.clock()
+        stepped = now + FURTHEST_AHEAD
+        ahead = ("SELECT 1 FROM deliveries WHERE status = 'queued' AND (next_attempt_at > ? OR lease_until > ?)"
+                 " LIMIT 1")
+        if self._connect().execute(ahead, (stepped, stepped)).fetchone() is None:    # a read: no lock taken
+            return 0
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?),"
+                " lease_owner = CASE WHEN lease_until > ? THEN NULL ELSE lease_owner END,"
+                " lease_until = CASE WHEN lease_until > ? THEN NULL ELSE lease_until END"
+                " WHERE status = 'queued' AND (next_attempt_at > ? OR lease_until > ?)",
+                (now, stepped, stepped, stepped, stepped)).rowcount
 
     def next_due_at(self) -> float | None:
         """When the earliest queued delivery becomes due (its lease included), or None."""

@@ -99,6 +99,8 @@ class RetryWorker:
                 log.warning("outbox: %d queued, %d failed (python webhook_server.py --outbox lists them)",
                             counts["queued"], counts["failed"])
         if self._due("lease check", LEASE_CHECK_INTERVAL, now):
+            if self.outbox.undo_clock_step():
+                log.warning("the clock was set back: queued deliveries due later by the step are due now")
             gone = [owner for owner in self.outbox.lease_owners() if is_gone(owner)]
             if self.outbox.release_leases(gone):
                 log.warning("took over deliveries leased to stopped processes: %s", ", ".join(gone))

@@ -262,6 +262,13 @@ def test_the_workers_housekeeping_runs_on_time_after_the_clock_is_stepped_back(o
     assert len(watched) == 2
 
 
+def test_a_rate_limit_reset_further_off_than_the_longest_backoff_waits_only_that(outbox, deliverer, feishu, clock):
+    feishu.answers["ou_a"] = [transient("HTTP 429", retry_after=float("inf"))]
+    [row] = record(outbox, "a@example.com")
+    deliverer.deliver([row], deadline=clock() + 0.1, retry_inline=False)
+    assert outbox.next_due_at() == clock() + 600
+
+
 def test_worker_picks_up_what_a_crashed_process_left(tmp_path, outbox, feishu, clock):
     record(outbox, "a@example.com")            # recorded, leased, never attempted: the process died
     clock.advance(16)

@@ -119,13 +119,20 @@ def test_a_clock_stepped_back_does_not_hold_a_queued_row_back_by_the_step(outbox
     [row], _ = begin(outbox)
     outbox.finish(row.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 30)
     clock.advance(-3600)
-    assert len(outbox.claim_due(owner="w", lease_seconds=60)) == 1
+    assert outbox.undo_clock_step() == 1 and len(outbox.claim_due(owner="w", lease_seconds=60)) == 1
 
 
 def test_a_clock_stepped_back_does_not_stretch_a_lease_by_the_step(outbox, clock):
     begin(outbox)                                  # leased to the inline process for 10 s
     clock.advance(-3600)
+    assert outbox.undo_clock_step() == 1
     assert [r.recipient for r in outbox.claim_due(owner="worker", lease_seconds=60)] == ["a@example.com"]
+
+
+def test_rows_waiting_their_turn_are_left_alone_when_the_clock_was_not_stepped(outbox, clock):
+    [row], _ = begin(outbox)
+    outbox.finish(row.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 600)
+    assert outbox.undo_clock_step() == 0 and outbox.claim_due(owner="w", lease_seconds=60) == []
 
 
 def test_sent_row_never_changes_again(outbox):
