@@ -26,10 +26,6 @@ def load_app():
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None   # gunicorn's "worker failed to boot": stop, don't respawn
-    except PermissionError as exc:      # a file in DATA_DIR made by another user, root say
-        print(f"error: {exc.filename}: {exc.strerror}: the service's user must be able to write DATA_DIR and "
-              "the files in it", file=sys.stderr, flush=True)
-        raise SystemExit(3) from None
 
 
 def __getattr__(name):

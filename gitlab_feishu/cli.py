@@ -65,10 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except PermissionError as exc:    # LOG_DIR (or a file in DATA_DIR) made by another user, root say
-        print(f"error: {exc.filename}: {exc.strerror}: the service's user must be able to write DATA_DIR and "
-              "LOG_DIR and the files in them", file=sys.stderr)
-        return 2
     except sqlite3.OperationalError as exc:
         from .db import is_locked
 
@@ -106,7 +102,8 @@ def serve(settings: Settings) -> int:
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
         return 1
     print("\n".join(_banner(settings, app)), flush=True)
-    # `kill`, `systemctl stop`, `docker stop`: finish the webhooks in flight and answer GitLab, as Ctrl+C does.
+    # `kill`, `systemctl stop`, `docker stop`: finish the webhooks in flight and answer GitLab, as Ctrl+C does
+    # (waitress waits 5 s for them: the default deadline answers within it).
     signal.signal(signal.SIGTERM, _interrupt)
     server.run()                      # returns after Ctrl+C or SIGTERM, once the requests in flight are done
     return 0

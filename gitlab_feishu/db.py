@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .settings import ConfigError
+
 try:
     import fcntl
 except ImportError:        # Windows: one waitress process, so the thread lock is enough
@@ -35,6 +37,19 @@ def is_locked(exc: sqlite3.OperationalError) -> bool:
     return name in ("SQLITE_BUSY", "SQLITE_LOCKED") if name else "database is locked" in str(exc)
 
 
+def storage_failure(exc: sqlite3.Error) -> bool:
+    """The file or the disk failed (locked, full, read-only, damaged, gone), not the code using it."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def is_damaged(exc: sqlite3.Error) -> bool:
+    """The file is not a database, or a damaged one."""
+    name = getattr(exc, "sqlite_errorname", None)             # Python 3.11+
+    if name:
+        return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+    return "not a database" in str(exc) or "malformed" in str(exc)
+
+
 def unusable(path: Path, exc: sqlite3.Error) -> str:
     """Why a database that only helps (the pacing log, the shared cache) cannot be used now."""
     if is_locked(exc):
@@ -43,7 +58,8 @@ def unusable(path: Path, exc: sqlite3.Error) -> str:
 
 
 class Complaint:
-    """A warning logged once until it changes: a broken file must not add a line to every webhook."""
+    """A warning logged once until it changes or the file works again: a broken file must not add a line to
+    every webhook, and a new trouble days later must still be said."""
 
     def __init__(self, log: logging.Logger):
         self._log, self._last = log, ""
@@ -53,20 +69,38 @@ class Complaint:
             self._last = text
             self._log.warning("%s", text)
 
+    def resolved(self) -> None:
+        self._last = ""
+
+
+def _owner_only(path: Path, flags: int) -> int:
+    """Open (creating) `path` readable by its owner only; a file made before with a wider mode is narrowed."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    if hasattr(os, "fchmod"):              # not on Windows, whose files carry no such mode
+        try:
+            os.fchmod(fd, 0o600)
+        except PermissionError:            # another user's file: left as it is
+            pass
+    return fd
+
 
 class Database:
     """One connection per thread to `path`, and a `write()` transaction that queues instead of sleeping."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Owner-only, whatever the umask: the files hold emails, cards, bot URLs and tokens. SQLite gives
-        # its -wal and -shm files the database's own mode.
-        os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only, whatever the umask, also for a file made before: the files hold emails, cards, bot
+            # URLs and tokens. SQLite gives its -wal and -shm files the database's own mode.
+            os.close(_owner_only(self.path, os.O_WRONLY))
+            self._lock_file = os.fdopen(_owner_only(self.path.with_name(self.path.name + ".lock"),
+                                                    os.O_RDWR | os.O_APPEND), "a+b") if fcntl else None
+        except PermissionError as exc:
+            raise ConfigError(f"{exc.filename} cannot be opened ({exc.strerror}): the service's user must be able "
+                              "to write DATA_DIR and the files in it (made by root, say?)") from None
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._lock_file = os.fdopen(os.open(self.path.with_name(self.path.name + ".lock"),
-                                            os.O_CREAT | os.O_RDWR | os.O_APPEND, 0o600), "a+b") if fcntl else None
         self._written = threading.Event()
         self._checkpointer: threading.Thread | None = None
 
@@ -105,7 +139,8 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:      # SQLite may have rolled back itself (a full disk, an I/O error)
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         self._written.set()

@@ -9,6 +9,7 @@ import enum
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -87,7 +88,8 @@ class FeishuClient:
         which; a FeishuError says what is wrong."""
         deadline = self._deadline(budget)
         with self._token_turn(deadline, "getting a tenant_access_token"):
-            if self._shared and self._shared.get([self._checked_key]):
+            checked = self._shared.get([self._checked_key]) if self._shared else {}
+            if checked and checked[self._checked_key][0] != str(os.getpid()):
                 return "tenant token fetched by another process moments ago"
             self._fetch_token(deadline)
             return "tenant token fetched"
@@ -182,7 +184,8 @@ class FeishuClient:
             raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
         self._keep_token(token, expire)
         if self._shared:
-            self._shared.put({self._token_key: (token, expire), self._checked_key: ("fetched", CHECK_SHARED_FOR)})
+            self._shared.put({self._token_key: (token, expire),
+                              self._checked_key: (str(os.getpid()), CHECK_SHARED_FOR)})
         return token
 
     def _keep_token(self, token: str, expire: float) -> None:

@@ -5,7 +5,7 @@ import logging
 import logging.handlers
 import sys
 
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
 
@@ -24,10 +24,14 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
             stream.reconfigure(errors="backslashreplace")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if to_file:
-        settings.log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(
-            settings.log_dir / "webhook_server.log", maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8",
-            errors="backslashreplace"))   # a lone surrogate from a payload is written escaped, not refused
+        try:
+            settings.log_dir.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.handlers.RotatingFileHandler(
+                settings.log_dir / "webhook_server.log", maxBytes=10 * 1024 * 1024, backupCount=5,
+                encoding="utf-8", errors="backslashreplace"))   # a lone surrogate is written escaped, not refused
+        except OSError as exc:
+            raise ConfigError(f"LOG_DIR={settings.log_dir}: {exc.filename} cannot be written ({exc.strerror}): "
+                              "the service's user must be able to write that folder") from None
     formatter = OneLineFormatter(FORMAT)
     for handler in handlers:
         handler.setFormatter(formatter)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .db import BUSY_TIMEOUT, Database, is_locked
+from .db import BUSY_TIMEOUT, Database, is_damaged, is_locked, storage_failure
 from .settings import ConfigError
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -94,11 +94,13 @@ class Outbox:
         try:
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            if is_locked(exc):
+            if not storage_failure(exc) or is_locked(exc):
                 raise
-            raise ConfigError(f"{self.path} cannot be read ({exc}): the file is damaged or not a database; stop "
-                              f"the service, move it aside (`sqlite3 FILE .recover` saves what it can of the "
-                              f"cards queued in it) and start again") from None
+            if is_damaged(exc):
+                raise ConfigError(f"{self.path} cannot be read ({exc}): the file is damaged; stop the service, "
+                                  f"move it aside (`sqlite3 FILE .recover` saves what it can of the cards queued "
+                                  f"in it) and start again") from None
+            raise ConfigError(f"{self.path} cannot be opened ({exc}): is the disk full or read-only?") from None
 
     # -- connection and schema -------------------------------------------------
 
@@ -183,13 +185,16 @@ class Outbox:
         try:
             with self._write() as conn:
                 conn.execute(_FINISH, values)
-        except sqlite3.OperationalError as exc:
-            if not is_locked(exc):
+        except sqlite3.DatabaseError as exc:
+            if not storage_failure(exc):
                 raise
+            # Kept for the next claim: a row whose card went out must not be sent again (group bots take
+            # no uuid) just because the disk was full or another program held the file when it was recorded.
             with self._unrecorded_lock:
                 self._unrecorded[delivery_id] = values
-            log.warning("could not record yet that delivery %s is %s: %s is locked by another program; "
-                        "kept until it is free", delivery_id, status, self.path)
+            why = "it is locked by another program" if is_locked(exc) else str(exc)
+            log.warning("could not record yet that delivery %s is %s (%s: %s); kept until it can be",
+                        delivery_id, status, self.path, why)
 
     # -- the retry worker ------------------------------------------------------
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .db import Complaint, Database, unusable
+from .db import Complaint, Database, storage_failure, unusable
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ class Pacer:
             with self._db.write(timeout=LOCK_WAIT) as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)")
                 conn.execute("CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)")
-        except sqlite3.Error as exc:     # each send then goes without a turn (wait_turn)
+        except sqlite3.DatabaseError as exc:     # each send then goes without a turn (wait_turn)
+            if not storage_failure(exc):
+                raise
             self._complain(f"{unusable(self.path, exc)}; sending without pacing meanwhile")
 
     def wait_turn(self, quotas: list[Quota], deadline: float) -> bool:
@@ -76,10 +78,13 @@ class Pacer:
         while True:
             try:
                 wait = self.try_turn(quotas, lock_wait=max(min(LOCK_WAIT, budget, deadline - self.clock()), 0.0))
-            except sqlite3.Error as exc:
+            except sqlite3.DatabaseError as exc:
+                if not storage_failure(exc):
+                    raise
                 # Better an occasional 429, which is retried, than no card while the log cannot be used.
                 self._complain(f"{unusable(self.path, exc)}; sending without pacing meanwhile")
                 return True
+            self._complain.resolved()
             if wait == 0:
                 return True
             # A little jitter so the processes waiting on one window do not all wake together.

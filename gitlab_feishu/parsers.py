@@ -158,8 +158,8 @@ def _oldest_first(commits: tuple[Commit, ...], after: str) -> tuple[Commit, ...]
 def _draft_made_ready(changes: dict) -> bool:
     """The update turned a draft into a merge request ready for review (the flag, or the title prefix)."""
     draft = as_dict(changes.get("draft"))
-    if draft.get("previous") is True and draft.get("current") is False:
-        return True
+    if draft:                    # GitLab 14+ says so itself: a title that merely starts "WIP " is no draft
+        return draft.get("previous") is True and draft.get("current") is False
     title = as_dict(changes.get("title"))
     before, after = text(title.get("previous")), text(title.get("current"))
     return bool(_DRAFT_PREFIX.match(before)) and not _DRAFT_PREFIX.match(after)
@@ -169,7 +169,8 @@ def _author(payload: dict, author_id: int | None) -> Person | None:
     """The payload names the author only by id: find them among the people it does describe."""
     if author_id is None:
         return None
-    for raw in [payload.get("user"), *as_list(payload.get("assignees")), *as_list(payload.get("reviewers"))]:
+    for raw in [payload.get("user"), payload.get("assignee"), *as_list(payload.get("assignees")),
+                *as_list(payload.get("reviewers"))]:
         if isinstance(raw, dict) and integer(raw.get("id")) == author_id:
             return parse_user(raw)
     return None

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 from . import cards, chats
 from .cards import card_content, render_card
-from .db import is_locked
+from .db import is_locked, storage_failure
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
@@ -91,7 +91,9 @@ class Notifier:
             # Before the quiet rules: a silenced failure still counts when its fix arrives.
             try:
                 event = pipeline_to_notify(event, self.outbox, key)
-            except sqlite3.Error as exc:
+            except sqlite3.DatabaseError as exc:
+                if not storage_failure(exc):
+                    raise
                 return self._not_recorded(exc, key, [], base, [])
             if isinstance(event, Ignored):
                 return self._ignored(event.reason, headers, base, pipeline)
@@ -121,7 +123,9 @@ class Notifier:
                     key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
                     lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK if inline else 0.0,
                     retry_window=RETRY_WINDOW, timeout=min(LOCK_WAIT, deadline - self.clock()))
-            except sqlite3.Error as exc:
+            except sqlite3.DatabaseError as exc:
+                if not storage_failure(exc):
+                    raise
                 return self._not_recorded(exc, key, matches, base, skipped)
             if not new:
                 return self._repeat(key, earlier, base)

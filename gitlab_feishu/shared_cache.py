@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .db import Complaint, Database, unusable
+from .db import Complaint, Database, storage_failure, unusable
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 1.0             # seconds a write waits for a lock another program holds on the file
@@ -40,9 +40,12 @@ class SharedCache:
             rows = self._db.connection().execute(
                 f"SELECT key, value, expires_at FROM cache WHERE key IN ({', '.join('?' * len(keys))})"
                 " AND expires_at > ?", (*keys, now)).fetchall()
-        except sqlite3.Error as exc:
+        except sqlite3.DatabaseError as exc:
+            if not storage_failure(exc):
+                raise
             self._complain(f"{unusable(self._db.path, exc)}; {NOT_SHARED}")
             return {}
+        self._complain.resolved()
         return {row["key"]: (row["value"], row["expires_at"] - now) for row in rows}
 
     def put(self, entries: dict[str, tuple[str | None, float]]) -> None:
@@ -61,5 +64,8 @@ class SharedCache:
         try:
             with self._db.write(timeout=LOCK_WAIT) as conn:
                 conn.executemany(sql, rows)
-        except sqlite3.Error as exc:
+            self._complain.resolved()
+        except sqlite3.DatabaseError as exc:
+            if not storage_failure(exc):
+                raise
             self._complain(f"{unusable(self._db.path, exc)}; {NOT_SHARED}")

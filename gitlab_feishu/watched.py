@@ -139,7 +139,8 @@ class WatchedFile(Generic[Loaded]):
             self._last_good.parent.mkdir(parents=True, exist_ok=True)
             partial = self._last_good.with_name(f"{self._last_good.name}.{os.getpid()}.tmp")
             # Owner-only, like DATA_DIR's other files: owners.json may hold group bots' URLs and secrets.
-            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as copy:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)   # Windows: no CRLF added
+            with os.fdopen(os.open(partial, flags, 0o600), "wb") as copy:
                 copy.write(data)
             try:
                 os.replace(partial, self._last_good)     # whole or not at all, whichever process writes last

@@ -62,3 +62,11 @@ def test_the_files_are_the_service_users_alone_whatever_the_umask(tmp_path):
         os.umask(old)
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
     assert modes and set(modes.values()) == {0o600}, modes
+
+
+def test_a_file_made_before_with_a_wider_mode_is_narrowed(tmp_path):
+    path = tmp_path / "outbox.sqlite3"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    Database(path)
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -145,6 +145,9 @@ DRAFT_OFF = {"draft": {"previous": True, "current": False}}
     ("update", {"title": {"previous": "[WIP] 登录界面", "current": "登录界面"}}, "ready"),     # before GitLab 14
     ("update", {"title": {"previous": "WIP 登录界面", "current": "登录界面"}}, "ready"),
     ("update", {"title": {"previous": "Wipe 登录界面", "current": "登录界面"}}, "ignored"),
+    # GitLab 14+ sends the draft flag: its word counts, not a title that merely starts "WIP "
+    ("update", {"title": {"previous": "WIP parser", "current": "Parser"},
+                "draft": {"previous": False, "current": False}}, "ignored"),
     ("update", {"title": {"previous": "登录界面", "current": "Draft: 登录界面"}}, "ignored"),
     ("update", {"title": {"previous": "Draft: 登录", "current": "Draft: 登录界面"}}, "ignored"),
     ("update", {"draft": {"previous": False, "current": True}}, "ignored"),

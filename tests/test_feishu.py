@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -501,10 +502,11 @@ def test_checking_credentials_asks_feishu_whatever_token_is_cached(clock, shared
 
 
 @responses.activate
-def test_a_process_starting_within_a_minute_of_anothers_check_reuses_its_answer(clock, shared):
+def test_a_process_starting_within_a_minute_of_anothers_check_reuses_its_answer(clock, shared, monkeypatch):
     rsp = token_ok()
     assert sharing(clock, shared).check_credentials() == "tenant token fetched"
     clock.now += 59
+    monkeypatch.setattr(os, "getpid", lambda: 1)       # the check runs in another process
     assert sharing(clock, shared).check_credentials() == "tenant token fetched by another process moments ago"
     FeishuClient(BASE, "cli_app", "another-secret", clock=clock, shared=shared).check_credentials()
     assert rsp.call_count == 2                  # the changed secret is checked for itself

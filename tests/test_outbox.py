@@ -215,8 +215,24 @@ def test_an_outcome_a_lock_kept_out_is_written_before_the_next_claim_so_the_card
     monkeypatch.setattr("gitlab_feishu.outbox.LOCK_WAIT", 0)
     with another_program_locks(outbox.path):
         outbox.finish(row.id, "sent", attempts=1, message_id="om_1")
-    assert "is locked by another program" in caplog.text
+    assert "it is locked by another program" in caplog.text
     clock.advance(60)                              # the inline attempt's lease has run out
     assert outbox.claim_due(owner="worker", lease_seconds=30) == []
     [sent] = outbox.event_rows("idem:1")
     assert sent.status == "sent"
+
+
+def test_an_outcome_a_full_disk_kept_out_is_kept_too(outbox, monkeypatch, caplog, clock):
+    [row], _ = begin(outbox)
+    real_write = outbox._db.write
+
+    def full_disk(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(outbox._db, "write", full_disk)
+    outbox.finish(row.id, "sent", attempts=1, message_id="om_1")
+    assert "database or disk is full" in caplog.text
+    monkeypatch.setattr(outbox._db, "write", real_write)          # space freed
+    clock.advance(60)
+    assert outbox.claim_due(owner="worker", lease_seconds=30) == []
+    assert [r.status for r in outbox.event_rows("idem:1")] == ["sent"]
