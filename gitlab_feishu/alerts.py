@@ -21,8 +21,9 @@ from typing import Callable
 from .cards import card_content, escape_markdown
 from .delivery import shown
 from .feishu_errors import FeishuError, missing_scopes
-from .outbox import Delivery, NewDelivery, Outbox
-from .service import RETRY_WINDOW, feishu_uuid
+from .outbox import Outbox
+from .rows import Delivery, NewDelivery, feishu_uuid
+from .service import RETRY_WINDOW
 from .settings import Settings
 
 log = logging.getLogger(__name__)

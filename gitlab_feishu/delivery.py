@@ -17,8 +17,9 @@ from typing import Callable
 from .chats import BotClient, mask_chat_url
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import FeishuError
-from .outbox import FAILED, QUEUED, SENT, Delivery, Outbox, feishu_uuid
+from .outbox import Outbox
 from .pacing import Pacer, bot_quotas, dm_quotas
+from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid
 
 log = logging.getLogger(__name__)
 

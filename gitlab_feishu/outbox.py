@@ -10,18 +10,17 @@ makes nothing new.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .db import BUSY_TIMEOUT, Database, is_damaged, is_locked, storage_failure
-from .settings import ConfigError
+from .rows import FAILED, QUEUED, Delivery, NewDelivery, recipient_identity
 from .schema import MIGRATIONS, SCHEMA_VERSION
+from .settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -31,53 +30,9 @@ LOCK_WAIT = 2.0
 # Seconds ahead no next try (backoff at most 10 minutes, or Feishu's rate-limit reset) or lease is ever set.
 FURTHEST_AHEAD = 1800.0
 
-QUEUED, SENT, FAILED = "queued", "sent", "failed"
-
-
-def recipient_identity(channel: str, recipient: str) -> tuple[str, str]:
-    """Who a recipient is: an email whatever its case (Feishu's lookup ignores case), else as written."""
-    return channel, recipient.casefold() if channel == "dm" and "@" in recipient else recipient
-
-
 _FINISH = ("UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
            " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
            " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'")
-
-
-def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
-    """Feishu's dedupe key for one card to one recipient: the same on every retry, at most 50 chars."""
-    channel, identity = recipient_identity(channel, recipient)
-    digest = hashlib.sha256(f"{event_key}\n{channel}\n{identity}".encode("utf-8")).hexdigest()
-    return "gf-" + digest[:40]
-
-
-@dataclass(frozen=True)
-class NewDelivery:
-    channel: str          # "dm" (email or open_id) or "chat" (a group bot webhook)
-    recipient: str = field(repr=False)    # a bot's URL is a credential
-    rule: str
-    content: str          # the card as the JSON string Feishu receives
-    uuid: str             # Feishu's dedupe key: the same on every attempt (a DM to an email is sent under
-                          # its resolved open_id's key instead: delivery.py)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    id: int
-    event_key: str
-    channel: str
-    recipient: str = field(repr=False)    # a bot's URL is a credential
-    rule: str
-    content: str
-    uuid: str
-    status: str
-    attempts: int          # HTTP attempts, inline retries included
-    rounds: int            # failed rounds (the request's, then each retry's): the backoff exponent
-    next_attempt_at: float
-    lease_until: float | None
-    last_error: str | None
-    created_at: float
-    give_up_at: float
 
 
 class Outbox:

@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 from .chats import mask_chat_url
 from .watched import WatchedFile
 from .events import Project
-from .outbox import recipient_identity
+from .rows import recipient_identity
 from .owners_format import Entry, fold, read_owners
 
 log = logging.getLogger("gitlab_feishu.owners")

@@ -18,10 +18,11 @@ from .db import is_locked, storage_failure
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
-from .outbox import LOCK_WAIT, QUEUED, SENT, Delivery, NewDelivery, Outbox, feishu_uuid, recipient_identity
+from .outbox import LOCK_WAIT, Outbox
 from .owners import Match, OwnersFile
 from .pipelines import pipeline_to_notify
 from .quiet import SELF_SKIPPED, quiet_reason, split_self
+from .rows import QUEUED, SENT, Delivery, NewDelivery, feishu_uuid, recipient_identity
 from .settings import Settings
 from .users import UsersFile, with_people
 

@@ -9,7 +9,7 @@ import pytest
 from gitlab_feishu.alerts import BACKLOG_SECONDS, LABELS, TEXTS, Problem, classify, render_alert
 from gitlab_feishu.app import create_app
 from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
-from gitlab_feishu.outbox import SENT, Delivery, NewDelivery
+from gitlab_feishu.rows import SENT, Delivery, NewDelivery
 from gitlab_feishu.worker import QUEUE_WATCH_INTERVAL
 from tests.conftest import gitlab_headers, load_payload
 from tests.fake_feishu import check_card

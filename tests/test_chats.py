@@ -11,7 +11,8 @@ import responses
 from gitlab_feishu.chats import MAX_BODY_BYTES, BotClient, bot_url_problem, gen_sign, mask_chat_url
 from gitlab_feishu.delivery import Deliverer
 from gitlab_feishu.feishu import FeishuError
-from gitlab_feishu.outbox import NewDelivery, Outbox
+from gitlab_feishu.outbox import Outbox
+from gitlab_feishu.rows import NewDelivery
 from gitlab_feishu.pacing import bot_quotas
 
 TOKEN = "7c1f0e2a-9b3d-4e5f-8a6b-0c1d2e3f4a5b"

@@ -13,7 +13,8 @@ import pytest
 from gitlab_feishu.delivery import Deliverer, backoff
 from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
 
-from gitlab_feishu.outbox import NewDelivery, Outbox, feishu_uuid
+from gitlab_feishu.outbox import Outbox
+from gitlab_feishu.rows import NewDelivery, feishu_uuid
 from gitlab_feishu.pacing import Pacer
 from gitlab_feishu.worker import RetryWorker, is_gone, process_owner
 

@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from gitlab_feishu.outbox import SCHEMA_VERSION, NewDelivery, Outbox
+from gitlab_feishu.outbox import SCHEMA_VERSION, Outbox
+from gitlab_feishu.rows import NewDelivery
 from gitlab_feishu.settings import ConfigError
 from tests.conftest import another_program_locks
 

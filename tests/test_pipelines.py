@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 from gitlab_feishu.events import Ignored, Person, PipelineEvent, Project
-from gitlab_feishu.outbox import NewDelivery, Outbox
+from gitlab_feishu.outbox import Outbox
+from gitlab_feishu.rows import NewDelivery
 from gitlab_feishu.pipelines import pipeline_to_notify
 
 PROJECT = Project(path="grouptwogame/yeshui-client", name="Y_野水发财（客户端）", id=42)

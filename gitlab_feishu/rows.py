@@ -1,0 +1,49 @@
+"""What the outbox keeps, as values: a delivery to record, a delivery recorded, and the keys that say
+who a recipient is and which card Feishu has seen (its `uuid`). Pure: no I/O."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+QUEUED, SENT, FAILED = "queued", "sent", "failed"
+
+
+def recipient_identity(channel: str, recipient: str) -> tuple[str, str]:
+    """Who a recipient is: an email whatever its case (Feishu's lookup ignores case), else as written."""
+    return channel, recipient.casefold() if channel == "dm" and "@" in recipient else recipient
+
+
+def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:
+    """Feishu's dedupe key for one card to one recipient: the same on every retry, at most 50 chars."""
+    channel, identity = recipient_identity(channel, recipient)
+    digest = hashlib.sha256(f"{event_key}\n{channel}\n{identity}".encode("utf-8")).hexdigest()
+    return "gf-" + digest[:40]
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    channel: str          # "dm" (email or open_id) or "chat" (a group bot webhook)
+    recipient: str = field(repr=False)    # a bot's URL is a credential
+    rule: str
+    content: str          # the card as the JSON string Feishu receives
+    uuid: str             # Feishu's dedupe key: the same on every attempt (a DM to an email is sent under
+                          # its resolved open_id's key instead: delivery.py)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    event_key: str
+    channel: str
+    recipient: str = field(repr=False)    # a bot's URL is a credential
+    rule: str
+    content: str
+    uuid: str
+    status: str
+    attempts: int          # HTTP attempts, inline retries included
+    rounds: int            # failed rounds (the request's, then each retry's): the backoff exponent
+    next_attempt_at: float
+    lease_until: float | None
+    last_error: str | None
+    created_at: float
+    give_up_at: float
