@@ -121,19 +121,17 @@ class Deliverer:
         emails = sorted({row.recipient for row in rows})
         if not emails:
             return {}, {}
-        attempts, pause_budget = 0, deadline - self.clock()
+        attempts, real_end = 0, self._real_end(deadline)
         while True:
             try:
                 # The retry worker asks again about emails Feishu did not know: the account may be fixed.
-                found = self.feishu.resolve_open_ids(emails, budget=deadline - self.clock(),
+                found = self.feishu.resolve_open_ids(emails, budget=self._left(deadline, real_end),
                                                      recheck_unknown=not retry_inline)
                 break
             except FeishuError as exc:
                 attempts += 1
-                paused = self._paused_for_retry(exc, attempts, deadline, retry_inline, pause_budget)
-                if paused is None:
+                if not self._paused_for_retry(exc, attempts, self._left(deadline, real_end), retry_inline):
                     return {}, {row.id: exc for row in rows if row.recipient in emails}
-                pause_budget -= paused
         open_ids: dict[int, str] = {}
         failures: dict[int, FeishuError | str] = {}
         for row in rows:
@@ -149,9 +147,9 @@ class Deliverer:
         attempts = 0
         error: FeishuError | None = None
         looked_up_again = False
-        pause_budget = deadline - self.clock()
+        real_end = self._real_end(deadline)
         while True:
-            if deadline - self.clock() <= 0:
+            if self._left(deadline, real_end) <= 0:
                 break
             if self.pacer is not None:
                 # A webhook waits briefly for a turn, then leaves the send to the paced worker.
@@ -160,7 +158,7 @@ class Deliverer:
                 if not self.pacer.wait_turn(quotas, turn_by):
                     error = error or FeishuError("waiting for a turn under Feishu's rate limits", retryable=True)
                     break
-            budget = deadline - self.clock()
+            budget = self._left(deadline, real_end)
             attempts += 1
             try:
                 message_id = self._send(row, open_id, budget)
@@ -172,14 +170,12 @@ class Deliverer:
                     # the email up once more. 230001 also covers other bad parameters: then this costs
                     # one lookup before the row fails for good.
                     looked_up_again = True
-                    fresh = self._look_up_again(row.recipient, deadline)
+                    fresh = self._look_up_again(row.recipient, self._left(deadline, real_end))
                     if fresh and fresh != open_id:
                         open_id = fresh
                         continue
-                paused = self._paused_for_retry(exc, attempts, deadline, retry_inline, pause_budget)
-                if paused is None:
+                if not self._paused_for_retry(exc, attempts, self._left(deadline, real_end), retry_inline):
                     break
-                pause_budget -= paused
                 continue
             except Exception as exc:    # a bug must not leave the row leased forever
                 log.exception("unexpected error sending delivery %s", row.id)
@@ -193,23 +189,28 @@ class Deliverer:
             error = FeishuError("no time left before the deadline", retryable=True)
         return self._record_failure(row, error, attempts=attempts)
 
-    def _paused_for_retry(self, error: FeishuError, attempts: int, deadline: float, retry_inline: bool,
-                          budget: float) -> float | None:
-        """Pause before another inline try when the error is transient and the deadline allows it; the pause,
-        or None. `budget` is what the pauses may still add up to: a clock a test injected without its own
-        sleep never moves."""
-        if not (error.retryable and retry_inline):
-            return None
-        pause = error.retry_after if error.retry_after is not None else INLINE_BACKOFF * 2 ** (attempts - 1)
-        if self.clock() + pause >= deadline or pause >= budget:
-            return None
-        self.sleep(pause)
-        return pause
+    def _real_end(self, deadline: float) -> float:
+        return time.monotonic() + (deadline - self.clock())
 
-    def _look_up_again(self, email: str, deadline: float) -> str | None:
+    def _left(self, deadline: float, real_end: float) -> float:
+        """Seconds left before `deadline`, never more than really remain: the wall clock may be stepped back
+        (an NTP correction) during a send, and a clock a test injects may never move."""
+        return min(deadline - self.clock(), real_end - time.monotonic())
+
+    def _paused_for_retry(self, error: FeishuError, attempts: int, left: float, retry_inline: bool) -> bool:
+        """Pause before another inline try when the error is transient and the `left` seconds allow it."""
+        if not (error.retryable and retry_inline):
+            return False
+        pause = error.retry_after if error.retry_after is not None else INLINE_BACKOFF * 2 ** (attempts - 1)
+        if pause >= left:
+            return False
+        self.sleep(pause)
+        return True
+
+    def _look_up_again(self, email: str, budget: float) -> str | None:
         self.feishu.forget_open_id(email)
         try:
-            return self.feishu.resolve_open_ids([email], budget=deadline - self.clock())[email]
+            return self.feishu.resolve_open_ids([email], budget=budget)[email]
         except FeishuError:
             return None
 

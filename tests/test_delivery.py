@@ -270,6 +270,22 @@ def test_a_rate_limit_reset_further_off_than_the_longest_backoff_waits_only_that
     assert outbox.next_due_at() == clock() + 600
 
 
+def test_a_clock_stepped_back_during_a_send_does_not_stretch_the_webhooks_deadline(outbox, deliverer, feishu,
+                                                                                    clock):
+    """An NTP correction mid-request: the retries stop when the time there was runs out, not an hour later."""
+    budgets = []
+
+    def failing(budget):
+        budgets.append(budget)
+        if len(budgets) == 1:
+            clock.advance(-3600)                   # stepped back during the first send
+        raise transient()
+
+    feishu.answers["ou_a"] = [failing] * 50
+    deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 4.7)
+    assert len(budgets) > 1 and max(budgets) <= 4.7     # each try's time, and the pauses, within the 4.7 s there were
+
+
 def test_worker_picks_up_what_a_crashed_process_left(tmp_path, outbox, feishu, clock):
     record(outbox, "a@example.com")            # recorded, leased, never attempted: the process died
     clock.advance(16)
