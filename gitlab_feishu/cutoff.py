@@ -25,6 +25,18 @@ from urllib3 import connection, connectionpool, poolmanager
 TICK = 0.05      # seconds between the watcher's looks: how late past its deadline a call is cut off at most
 
 
+class Countdown:
+    """The seconds left before a deadline on an injectable (wall) clock, never more than really remain: the
+    wall clock may be stepped back (an NTP correction) mid-wait, and a clock a test injects may never move."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float]):
+        self._deadline, self._clock = deadline, clock
+        self._real_end = time.monotonic() + (deadline - clock())
+
+    def left(self) -> float:
+        return min(self._deadline - self._clock(), self._real_end - time.monotonic())
+
+
 @dataclass(eq=False)
 class Call:
     deadline: float

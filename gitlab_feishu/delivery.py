@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .chats import BotClient, mask_chat_url
+from .cutoff import Countdown
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import FeishuError
 from .outbox import Outbox
@@ -121,16 +122,16 @@ class Deliverer:
         emails = sorted({row.recipient for row in rows})
         if not emails:
             return {}, {}
-        attempts, real_end = 0, self._real_end(deadline)
+        attempts, countdown = 0, Countdown(deadline, self.clock)
         while True:
             try:
                 # The retry worker asks again about emails Feishu did not know: the account may be fixed.
-                found = self.feishu.resolve_open_ids(emails, budget=self._left(deadline, real_end),
+                found = self.feishu.resolve_open_ids(emails, budget=countdown.left(),
                                                      recheck_unknown=not retry_inline)
                 break
             except FeishuError as exc:
                 attempts += 1
-                if not self._paused_for_retry(exc, attempts, self._left(deadline, real_end), retry_inline):
+                if not self._paused_for_retry(exc, attempts, countdown.left(), retry_inline):
                     return {}, {row.id: exc for row in rows if row.recipient in emails}
         open_ids: dict[int, str] = {}
         failures: dict[int, FeishuError | str] = {}
@@ -147,9 +148,9 @@ class Deliverer:
         attempts = 0
         error: FeishuError | None = None
         looked_up_again = False
-        real_end = self._real_end(deadline)
+        countdown = Countdown(deadline, self.clock)
         while True:
-            if self._left(deadline, real_end) <= 0:
+            if countdown.left() <= 0:
                 break
             if self.pacer is not None:
                 # A webhook waits briefly for a turn, then leaves the send to the paced worker.
@@ -158,7 +159,7 @@ class Deliverer:
                 if not self.pacer.wait_turn(quotas, turn_by):
                     error = error or FeishuError("waiting for a turn under Feishu's rate limits", retryable=True)
                     break
-            budget = self._left(deadline, real_end)
+            budget = countdown.left()
             attempts += 1
             try:
                 message_id = self._send(row, open_id, budget)
@@ -170,11 +171,11 @@ class Deliverer:
                     # the email up once more. 230001 also covers other bad parameters: then this costs
                     # one lookup before the row fails for good.
                     looked_up_again = True
-                    fresh = self._look_up_again(row.recipient, self._left(deadline, real_end))
+                    fresh = self._look_up_again(row.recipient, countdown.left())
                     if fresh and fresh != open_id:
                         open_id = fresh
                         continue
-                if not self._paused_for_retry(exc, attempts, self._left(deadline, real_end), retry_inline):
+                if not self._paused_for_retry(exc, attempts, countdown.left(), retry_inline):
                     break
                 continue
             except Exception as exc:    # a bug must not leave the row leased forever
@@ -188,14 +189,6 @@ class Deliverer:
         if error is None:
             error = FeishuError("no time left before the deadline", retryable=True)
         return self._record_failure(row, error, attempts=attempts)
-
-    def _real_end(self, deadline: float) -> float:
-        return time.monotonic() + (deadline - self.clock())
-
-    def _left(self, deadline: float, real_end: float) -> float:
-        """Seconds left before `deadline`, never more than really remain: the wall clock may be stepped back
-        (an NTP correction) during a send, and a clock a test injects may never move."""
-        return min(deadline - self.clock(), real_end - time.monotonic())
 
     def _paused_for_retry(self, error: FeishuError, attempts: int, left: float, retry_inline: bool) -> bool:
         """Pause before another inline try when the error is transient and the `left` seconds allow it."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .cutoff import Countdown
 from .db import Complaint, Database, storage_failure, unusable
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,10 @@ class Pacer:
     def wait_turn(self, quotas: list[Quota], deadline: float) -> bool:
         """Take a turn for one send under every quota, waiting until `deadline` at most; a pacing log that
         cannot be used (another program's lock, a damaged file) lets the send go without a turn."""
-        # Also counted by the sleeps themselves: a clock a test injected without its own sleep never moves.
-        budget = deadline - self.clock()
+        countdown = Countdown(deadline, self.clock)
         while True:
             try:
-                wait = self.try_turn(quotas, lock_wait=max(min(LOCK_WAIT, budget, deadline - self.clock()), 0.0))
+                wait = self.try_turn(quotas, lock_wait=max(min(LOCK_WAIT, countdown.left()), 0.0))
             except sqlite3.DatabaseError as exc:
                 if not storage_failure(exc):
                     raise
@@ -89,10 +89,9 @@ class Pacer:
                 return True
             # A little jitter so the processes waiting on one window do not all wake together.
             wait += random.uniform(0, 0.02)
-            if self.clock() + wait > deadline or wait > budget:
+            if wait > countdown.left():
                 return False
             self.sleep(wait)
-            budget -= wait
 
     def try_turn(self, quotas: list[Quota], *, lock_wait: float = LOCK_WAIT) -> float:
         """Take a turn now and return 0, or return how long until one may be free."""
