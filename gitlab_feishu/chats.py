@@ -97,7 +97,7 @@ def quoted_value(text: str) -> str:
     """A value from a hand-edited file as an error message quotes it: a URL only by its host, a bot's
     by its masked token (the path of a webhook URL is its credential, and messages reach logs and /healthz)."""
     if "/hook/" in text:                     # a bot's, whatever is wrong with the rest of it
-        return mask_chat_url(text) if HOOK_PATH in text else "chat:…"
+        return mask_chat_url(text)
     if "://" not in text:
         return json.dumps(text, ensure_ascii=False)
     try:
