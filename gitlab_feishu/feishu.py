@@ -225,7 +225,7 @@ class FeishuClient:
         request.prepare_body(json.dumps(body, ensure_ascii=False).encode("utf-8"), None)
         may_have = " (it may have gone through: retry with the same uuid)" if "uuid" in body else ""
         failure = None
-        started = time.monotonic()
+        started = self._clock()
         with CUTOFF.after(remaining) as call:
             try:
                 # Straight to the session's adapter: no cookies, redirects or hooks to merge on every call
@@ -245,7 +245,7 @@ class FeishuClient:
             payload = None
         code = payload.get("code") if isinstance(payload, dict) else None
         log.debug("%s: HTTP %s, code %s, %.0f ms, log id %s", what, rsp.status_code, code,
-                  (time.monotonic() - started) * 1000, rsp.headers.get("x-tt-logid", "-"))
+                  (self._clock() - started) * 1000, rsp.headers.get("x-tt-logid", "-"))
         if code == 0 and rsp.ok:
             return payload
         if not isinstance(code, int) or code == 0:
