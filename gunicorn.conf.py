@@ -32,7 +32,7 @@ bind = f"{_settings.host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
 # short (measured without the access log: 2-3% more webhooks/s than two workers; 45 MB each).
 workers = 4
-worker_class = "gthread"
+worker_class = "gitlab_feishu.balanced_worker.BalancedThreadWorker"   # gthread, taking turns at new connections
 threads = 32                   # webhooks in flight per process, each waiting about one Feishu round trip
 timeout = 30                   # well above DELIVERY_DEADLINE_SECONDS: a worker is only killed if truly stuck
 graceful_timeout = 30
