@@ -43,14 +43,24 @@ _URL_SAFE = "/:@!$&'*+,;=%?"        # kept in links; spaces, parentheses and non
 
 def render_card(event: Event, lang: str = "zh", *, max_bytes: int = MAX_CARD_BYTES) -> dict:
     """The card for an event, with as much detail as fits in `max_bytes` of content."""
+    return _fitting_card(event, lang, max_bytes)[0]
+
+
+def render_content(event: Event, lang: str = "zh", *, max_bytes: int = MAX_CARD_BYTES) -> str:
+    """`render_card`'s card as the `content` string sent to Feishu, serialised once."""
+    return _fitting_card(event, lang, max_bytes)[1]
+
+
+def _fitting_card(event: Event, lang: str, max_bytes: int) -> tuple[dict, str]:
     labels = LABELS.get(lang)
     if labels is None:
         raise ValueError(f"unknown card language {lang!r}; use one of {', '.join(LANGUAGES)}")
     render = _renderers()[type(event)]
     for detail in _STEPS:
         card = render(event, labels, detail)
-        if len(card_content(card).encode("utf-8")) <= max_bytes:
-            return card
+        content = card_content(card)
+        if len(content.encode("utf-8")) <= max_bytes:
+            return card, content
     raise ValueError(f"a card for {event.project.path} does not fit in {max_bytes} bytes")
 
 

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from . import cards, chats
-from .cards import card_content, render_card
+from .cards import render_content
 from .db import is_locked, storage_failure
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
@@ -108,7 +108,7 @@ class Notifier:
         if not matches:
             return {**self._ignored(f"only {event.actor.label or 'its author'} would be notified, and NOTIFY_SELF "
                                     "is false", headers, base, event), "deliveries": skipped}
-        contents = {channel: card_content(render_card(event, self.settings.card_lang, max_bytes=CARD_LIMITS[channel]))
+        contents = {channel: render_content(event, self.settings.card_lang, max_bytes=CARD_LIMITS[channel])
                     for channel in dict.fromkeys(m.channel for m in matches)}
         if self.settings.dry_run:
             return self._dry_run(event, key, matches, contents, base, skipped, started)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gitlab_feishu.cards import MAX_CARD_BYTES, card_content, escape_markdown, render_card
+from gitlab_feishu.cards import MAX_CARD_BYTES, card_content, escape_markdown, render_card, render_content
 from gitlab_feishu.gitlab import parse_event
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gitlab"
@@ -274,6 +274,12 @@ def test_card_content_never_exceeds_the_limit(make, max_bytes):
     card = card_for(make(), max_bytes=max_bytes)
     assert len(card_content(card).encode("utf-8")) <= max_bytes
     assert card["header"]["title"]["content"]
+
+
+@pytest.mark.parametrize("make", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
+def test_the_content_sent_is_the_trimmed_card_serialised(make):
+    event = parse_event(make(), "Push Hook")
+    assert render_content(event, max_bytes=20 * 1024) == card_content(render_card(event, max_bytes=20 * 1024))
 
 
 def test_trimming_shows_fewer_commits_and_counts_the_rest():
