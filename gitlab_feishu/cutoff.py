@@ -7,6 +7,8 @@ thread, and GitLab, as long as it lasts, past GitLab's 10 s. A call made inside
 up, by one watcher thread per process, so the call fails as retryable and the
 card is retried in the background. The call itself stays on the caller's
 thread: handing every card to another thread cost about 7% of throughput.
+Only a new connection (rare: they are kept alive) is made on a thread of its
+own, since nothing else bounds its name lookup.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Callable, Iterator
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3 import connection, connectionpool, poolmanager
+from urllib3.exceptions import ConnectTimeoutError
 
 TICK = 0.05      # seconds between the watcher's looks: how late past its deadline a call is cut off at most
 
@@ -88,6 +91,13 @@ class Cutoff:
             conn.cutoff_call = None
             self._release(call)
 
+    def time_left(self) -> float | None:
+        """Seconds left for this thread's call; None outside a call or for one without a deadline."""
+        call = getattr(self._local, "call", None)
+        if call is None or call.deadline == math.inf:
+            return None
+        return call.deadline - self._clock()
+
     def cut_overdue(self) -> int:
         """Shut the sockets of calls past their deadline; how many."""
         now = self._clock()
@@ -121,9 +131,52 @@ CUTOFF = Cutoff()
 
 
 class _Watched:
+    def _new_conn(self):
+        # A name lookup has no timeout (a socket's covers only the connect), and a DNS server that does not
+        # answer holds getaddrinfo 10 s or more, past GitLab's wait: inside a call with a deadline, a new
+        # connection is made on a thread of its own and given up when the time is up.
+        left = CUTOFF.time_left()
+        if left is None:
+            return super()._new_conn()
+        return _Connecting(super()._new_conn).result(max(left, 0.0), self)
+
     def request(self, *args, **kwargs):
         super().request(*args, **kwargs)
         CUTOFF.watch(self)
+
+
+class _Connecting:
+    """A connect on a daemon thread: one that never returns holds no webhook, nor the process at exit."""
+
+    def __init__(self, connect: Callable[[], socket.socket]):
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._error: BaseException | None = None
+        self._abandoned = False
+        threading.Thread(target=self._run, args=(connect,), daemon=True, name="connect").start()
+
+    def _run(self, connect: Callable[[], socket.socket]) -> None:
+        try:
+            sock = connect()
+        except BaseException as exc:           # handed to the caller, who raises it
+            sock, self._error = None, exc
+        with self._lock:
+            if self._abandoned and sock is not None:
+                sock.close()
+            self._sock = sock
+            self._done.set()
+
+    def result(self, timeout: float, conn: connection.HTTPConnection) -> socket.socket:
+        self._done.wait(timeout)
+        with self._lock:
+            if not self._done.is_set():
+                self._abandoned = True
+                raise ConnectTimeoutError(conn, f"no connection to {conn.host} within the {timeout:.1f} s left "
+                                          "(a slow name lookup or connect)")
+        if self._error is not None:
+            raise self._error
+        return self._sock
 
 
 class _WatchedHTTPConnection(_Watched, connection.HTTPConnection):

@@ -1,7 +1,9 @@
 """A call's whole answer is cut off at its deadline, not only each read (gitlab_feishu/cutoff.py)."""
 import socket
+import threading
 import time
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -105,3 +107,41 @@ def test_the_next_call_on_the_pool_after_a_cut_off_one_goes_through(feishu):
         client.send_card(open_id, CARD, "uuid-first", budget=0.5)
     feishu.trickle("send", None)
     assert client.send_card(open_id, CARD, "uuid-second", budget=2.0)
+
+
+@pytest.fixture
+def slow_dns(monkeypatch):
+    """Names under slow-dns.test resolve to 127.0.0.1 once `answer` is set (a DNS server not answering)."""
+    answer = threading.Event()
+    lookup = socket.getaddrinfo
+
+    def slow_lookup(host, *args, **kwargs):
+        if str(host).endswith(".slow-dns.test"):
+            answer.wait(30)
+            host = "127.0.0.1"
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    yield answer
+    answer.set()
+
+
+def test_a_name_lookup_that_hangs_fails_at_the_deadline_as_retryable(feishu, slow_dns):
+    """getaddrinfo has no timeout: a DNS server that does not answer would hold GitLab past its 10 s."""
+    open_id = feishu.add_user("zhangsan@example.com")
+    client = FeishuClient(f"http://feishu.slow-dns.test:{urlsplit(feishu.url).port}", "cli_test_app", "test-secret")
+    started = time.monotonic()
+    with pytest.raises(FeishuError) as raised:
+        client.send_card(open_id, CARD, "uuid-dns", budget=0.5)
+    assert time.monotonic() - started < 1.0
+    assert raised.value.retryable and "ConnectTimeout" in str(raised.value)
+
+
+def test_once_the_name_resolves_the_next_call_goes_through(feishu, slow_dns):
+    open_id = feishu.add_user("zhangsan@example.com")
+    client = FeishuClient(f"http://feishu.slow-dns.test:{urlsplit(feishu.url).port}", "cli_test_app", "test-secret")
+    with pytest.raises(FeishuError):
+        client.send_card(open_id, CARD, "uuid-first", budget=0.3)
+    slow_dns.set()
+    assert client.send_card(open_id, CARD, "uuid-second", budget=2.0)
+    assert feishu.calls("send") == 1
