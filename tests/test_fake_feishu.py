@@ -230,6 +230,15 @@ def test_send_refuses_cards_feishu_refuses(http, fake, content, code, words):
     assert fake.messages == []
 
 
+def test_a_card_refused_once_is_refused_every_time_and_a_good_one_is_taken_every_time(http, fake):
+    """The fake remembers cards it has checked (the benchmark sends one card thousands of times): good ones only."""
+    open_id = fake.add_user("a@example.com")
+    bad, good = json.dumps(card(elements=[])), json.dumps(card())
+    assert [send(http, fake, open_id, bad).status_code for _ in range(2)] == [400, 400]
+    assert [send(http, fake, open_id, good).json()["code"] for _ in range(2)] == [0, 0]
+    assert len(fake.messages) == 2
+
+
 def test_send_takes_a_legacy_card_as_feishu_does(http, fake):
     """Card JSON 1.0 still works in Feishu, action and note included (the naive server sends one)."""
     legacy = {"config": {"wide_screen_mode": True}, "header": {"title": {"tag": "plain_text", "content": "1.0"}},
