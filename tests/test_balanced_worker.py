@@ -1,76 +1,110 @@
 """gunicorn's workers take turns at new connections (gitlab_feishu/balanced_worker.py).
 
-Which worker holds a connection is read from /proc: the worker's socket whose peer is the client's port.
+A worker on a real listening socket and selector, with an injected clock; gunicorn's thread pool is
+left out (a taken connection is only recorded).
 """
 from __future__ import annotations
 
-import collections
-import os
+import selectors
 import socket
-from pathlib import Path
+import sys
 
 import pytest
 
-from tests.servers import ROOT, ServiceProcess, service_env, wait_for
+if sys.platform == "win32":
+    pytest.skip("gunicorn does not run on Windows", allow_module_level=True)
 
-pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+from gunicorn.config import Config
 
-
-def holders(worker_pids: list[int], client_ports: set[int]) -> dict[int, int]:
-    """Client port -> pid of the worker holding that connection."""
-    pid_of_inode = {}
-    for pid in worker_pids:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                pid_of_inode[target[len("socket:["):-1]] = pid
-    held = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        peer_port, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[9]
-        if peer_port in client_ports and inode in pid_of_inode:
-            held[peer_port] = pid_of_inode[inode]
-    return held
+from gitlab_feishu.balanced_worker import ACCEPT_PAUSE_SECONDS, BalancedThreadWorker
+from tests.conftest import FakeClock
 
 
-def worker_pids(master: int) -> list[int]:
-    return [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _parent(int(pid)) == master]
+@pytest.fixture
+def listener():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server
 
 
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+@pytest.fixture
+def make_worker(listener):
+    made = []
+
+    def make(workers: int = 4) -> BalancedThreadWorker:
+        cfg = Config()
+        cfg.set("workers", workers)
+        worker = BalancedThreadWorker(0, 0, [listener], None, 30, cfg, None)
+        worker.clock = FakeClock(1000.0)
+        worker.taken = []
+        worker.enqueue_req = worker.taken.append       # instead of handing it to the thread pool
+        worker.poller = selectors.DefaultSelector()
+        worker.set_accept_enabled(True)
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
+        for conn in worker.taken:
+            conn.sock.close()
+        worker.poller.close()
+        worker.tmp.close()
 
 
-def test_kept_alive_connections_opened_at_once_spread_over_every_worker(tmp_path):
-    """A load generator or a proxy opens its connections together; on plain gthread one worker took nearly all."""
-    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"))
-    with ServiceProcess(env, tmp_path / "service.log", workers=None) as service:      # gunicorn.conf.py's 4
-        # every worker has built its app (each says it runs in dry-run), so each is waiting for connections
-        assert wait_for(lambda: service.log().count("dry run, cards are written to the log") == 4, 15)
-        connections = []
-        try:
-            for _ in range(16):
-                connection = socket.socket()
-                connection.setblocking(False)
-                connection.connect_ex(("127.0.0.1", service.port))
-                connections.append(connection)
-            for connection in connections:
-                connection.setblocking(True)
-                connection.settimeout(10)
-                connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            for connection in connections:
-                assert connection.recv(65536).startswith(b"HTTP/1.1 200")
-            held = holders(worker_pids(service.process.pid), {c.getsockname()[1] for c in connections})
-        finally:
-            for connection in connections:
-                connection.close()
-    assert len(held) == 16
-    per_worker = collections.Counter(held.values())
-    assert len(per_worker) == 4 and max(per_worker.values()) <= 8, per_worker
+@pytest.fixture
+def clients(listener):
+    made = []
 
+    def connect(count: int = 1) -> None:
+        made.extend(socket.create_connection(listener.getsockname()[:2]) for _ in range(count))
+
+    yield connect
+    for client in made:
+        client.close()
+
+
+def test_a_worker_holding_no_connection_takes_one_and_goes_on_accepting(make_worker, listener, clients):
+    worker = make_worker()
+    clients(1)
+    worker.accept(listener)
+    assert len(worker.taken) == 1 and worker._accepting
+
+
+def test_a_worker_taking_a_second_connection_leaves_the_next_ones_to_its_siblings_for_a_moment(make_worker, listener, clients):
+    worker = make_worker()
+    clients(2)
+    worker.accept(listener)
+    worker.accept(listener)
+    assert len(worker.taken) == 2 and not worker._accepting
+    worker.set_accept_enabled(True)                 # what gthread's loop does on every turn
+    assert not worker._accepting
+    worker.clock.now += ACCEPT_PAUSE_SECONDS
+    worker.set_accept_enabled(True)
+    assert worker._accepting
+
+
+def test_a_connection_a_sibling_took_first_makes_no_pause(make_worker, listener):
+    worker = make_worker()
+    worker.nr_conns = 3
+    worker.accept(listener)                         # nothing waiting: EAGAIN, as when a sibling won
+    assert worker.taken == [] and worker._accepting
+
+
+def test_a_worker_alone_never_pauses(make_worker, listener, clients):
+    worker = make_worker(workers=1)
+    clients(2)
+    worker.accept(listener)
+    worker.accept(listener)
+    assert len(worker.taken) == 2 and worker._accepting
+
+
+def test_the_loop_wakes_when_the_pause_ends_not_a_second_later(make_worker, listener, clients):
+    worker = make_worker()
+    clients(2)
+    worker.accept(listener)
+    worker.accept(listener)
+    waits = []
+    worker.poller.select = lambda timeout: waits.append(timeout) or []
+    worker.wait_for_and_dispatch_events(1.0)
+    worker.clock.now += ACCEPT_PAUSE_SECONDS
+    worker.wait_for_and_dispatch_events(1.0)
+    assert waits == [pytest.approx(ACCEPT_PAUSE_SECONDS), 1.0]
