@@ -130,15 +130,29 @@ class Cutoff:
 CUTOFF = Cutoff()
 
 
+# A new connection given up at its call's deadline, per address, while its thread still runs.
+_HANGING: dict[tuple[str, int], _Connecting] = {}
+_HANGING_LOCK = threading.Lock()
+
+
 class _Watched:
     def _new_conn(self):
         # A name lookup has no timeout (a socket's covers only the connect), and a DNS server that does not
-        # answer holds getaddrinfo 10 s or more, past GitLab's wait: inside a call with a deadline, a new
-        # connection is made on a thread of its own and given up when the time is up.
+        # answer holds getaddrinfo 10 s or more, past GitLab's wait. Inside a call with a deadline a new
+        # connection is made on a thread of its own and given up when the time is up; while one given up
+        # still hangs, calls to that address fail at once rather than each leave a thread behind.
         left = CUTOFF.time_left()
         if left is None:
             return super()._new_conn()
-        return _Connecting(super()._new_conn).result(max(left, 0.0), self)
+        address = (self._dns_host, self.port)
+        with _HANGING_LOCK:
+            hanging = _HANGING.get(address)
+        if hanging is not None:
+            raise ConnectTimeoutError(self, f"the connection to {self.host} begun {hanging.age():.0f} s ago is not "
+                                      "made yet (a name lookup or connect that does not answer)")
+        if left <= 0:
+            raise ConnectTimeoutError(self, f"no time left to connect to {self.host}")
+        return _Connecting(super()._new_conn, address).result(left, self)
 
     def request(self, *args, **kwargs):
         super().request(*args, **kwargs)
@@ -148,7 +162,9 @@ class _Watched:
 class _Connecting:
     """A connect on a daemon thread: one that never returns holds no webhook, nor the process at exit."""
 
-    def __init__(self, connect: Callable[[], socket.socket]):
+    def __init__(self, connect: Callable[[], socket.socket], address: tuple[str, int]):
+        self._address = address
+        self._started = time.monotonic()
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -156,14 +172,21 @@ class _Connecting:
         self._abandoned = False
         threading.Thread(target=self._run, args=(connect,), daemon=True, name="connect").start()
 
+    def age(self) -> float:
+        return time.monotonic() - self._started
+
     def _run(self, connect: Callable[[], socket.socket]) -> None:
         try:
             sock = connect()
         except BaseException as exc:           # handed to the caller, who raises it
             sock, self._error = None, exc
         with self._lock:
-            if self._abandoned and sock is not None:
-                sock.close()
+            if self._abandoned:
+                if sock is not None:
+                    sock.close()
+                with _HANGING_LOCK:
+                    if _HANGING.get(self._address) is self:
+                        del _HANGING[self._address]
             self._sock = sock
             self._done.set()
 
@@ -172,8 +195,10 @@ class _Connecting:
         with self._lock:
             if not self._done.is_set():
                 self._abandoned = True
-                raise ConnectTimeoutError(conn, f"no connection to {conn.host} within the {timeout:.1f} s left "
-                                          "(a slow name lookup or connect)")
+                with _HANGING_LOCK:
+                    _HANGING[self._address] = self
+                raise ConnectTimeoutError(conn, f"no connection to {conn.host} within the {timeout:.2f} s left "
+                                          "(a name lookup or connect that does not answer)")
         if self._error is not None:
             raise self._error
         return self._sock

@@ -109,39 +109,69 @@ def test_the_next_call_on_the_pool_after_a_cut_off_one_goes_through(feishu):
     assert client.send_card(open_id, CARD, "uuid-second", budget=2.0)
 
 
+class SlowDNS:
+    """Names under slow-dns.test resolve to 127.0.0.1 once answered (a DNS server not answering till then)."""
+
+    def __init__(self, lookup):
+        self._lookup, self._answered, self.lookups = lookup, threading.Event(), 0
+
+    def getaddrinfo(self, host, *args, **kwargs):
+        if str(host).endswith(".slow-dns.test"):
+            self.lookups += 1
+            self._answered.wait(30)
+            host = "127.0.0.1"
+        return self._lookup(host, *args, **kwargs)
+
+    def answer(self) -> None:
+        """Let hanging lookups finish, and wait until the connects given up have ended."""
+        self._answered.set()
+        for thread in threading.enumerate():
+            if thread.name == "connect":
+                thread.join(10)
+
+
 @pytest.fixture
 def slow_dns(monkeypatch):
-    """Names under slow-dns.test resolve to 127.0.0.1 once `answer` is set (a DNS server not answering)."""
-    answer = threading.Event()
-    lookup = socket.getaddrinfo
+    dns = SlowDNS(socket.getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", dns.getaddrinfo)
+    yield dns
+    dns.answer()
 
-    def slow_lookup(host, *args, **kwargs):
-        if str(host).endswith(".slow-dns.test"):
-            answer.wait(30)
-            host = "127.0.0.1"
-        return lookup(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
-    yield answer
-    answer.set()
+def slow_dns_client(feishu) -> FeishuClient:
+    return FeishuClient(f"http://feishu.slow-dns.test:{urlsplit(feishu.url).port}", "cli_test_app", "test-secret")
 
 
 def test_a_name_lookup_that_hangs_fails_at_the_deadline_as_retryable(feishu, slow_dns):
     """getaddrinfo has no timeout: a DNS server that does not answer would hold GitLab past its 10 s."""
     open_id = feishu.add_user("zhangsan@example.com")
-    client = FeishuClient(f"http://feishu.slow-dns.test:{urlsplit(feishu.url).port}", "cli_test_app", "test-secret")
     started = time.monotonic()
     with pytest.raises(FeishuError) as raised:
-        client.send_card(open_id, CARD, "uuid-dns", budget=0.5)
+        slow_dns_client(feishu).send_card(open_id, CARD, "uuid-dns", budget=0.5)
     assert time.monotonic() - started < 1.0
     assert raised.value.retryable and "ConnectTimeout" in str(raised.value)
 
 
-def test_once_the_name_resolves_the_next_call_goes_through(feishu, slow_dns):
+def test_while_a_lookup_given_up_still_hangs_the_next_calls_fail_at_once_without_another(feishu, slow_dns):
+    """A DNS outage must not leave a thread behind for every webhook."""
     open_id = feishu.add_user("zhangsan@example.com")
-    client = FeishuClient(f"http://feishu.slow-dns.test:{urlsplit(feishu.url).port}", "cli_test_app", "test-secret")
+    client = slow_dns_client(feishu)
     with pytest.raises(FeishuError):
         client.send_card(open_id, CARD, "uuid-first", budget=0.3)
-    slow_dns.set()
+    started = time.monotonic()
+    for n in range(5):
+        with pytest.raises(FeishuError) as raised:
+            client.send_card(open_id, CARD, f"uuid-{n}", budget=2.0)
+        assert raised.value.retryable
+    assert time.monotonic() - started < 1.0
+    assert slow_dns.lookups == 1
+
+
+def test_once_the_name_resolves_the_next_call_goes_through(feishu, slow_dns):
+    open_id = feishu.add_user("zhangsan@example.com")
+    client = slow_dns_client(feishu)
+    with pytest.raises(FeishuError):
+        client.send_card(open_id, CARD, "uuid-first", budget=0.3)
+    slow_dns.answer()
     assert client.send_card(open_id, CARD, "uuid-second", budget=2.0)
     assert feishu.calls("send") == 1
