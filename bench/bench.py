@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bench.load import LoadResult, have_wrk, run_python, run_wrk  # noqa: E402
 from bench.processes import (TOKEN, FakeFeishuProcess, MemorySampler, process_tree_cpu,  # noqa: E402
                              start_bare_app, start_baseline, start_service)
-from gitlab_feishu.cards import card_content, render_card  # noqa: E402
+from gitlab_feishu.cards import render_content  # noqa: E402
 from gitlab_feishu.gitlab import decode_payload, parse_event  # noqa: E402
 from tests.servers import ServiceProcess  # noqa: E402
 
@@ -115,7 +115,7 @@ def one_push_latency(url: str, body: bytes) -> float:
 
 def stack_alone(folder: Path, fake: FakeFeishuProcess, args, body: bytes) -> dict:
     """The same load on bench/bare_app.py, under the service's command and settings: the stack's own rate."""
-    card = card_content(render_card(parse_event(decode_payload(body), "Push Hook")))    # as the service sends it
+    card = render_content(parse_event(decode_payload(body), "Push Hook"))    # as the service sends it
     server = start_bare_app(folder, fake.url, card=card, owner="owner@example.com")
     try:
         url = server.url + "/gitlab-webhook"

@@ -28,7 +28,7 @@ class _Detail(NamedTuple):
     excerpt_chars: int  # characters of a merge request description or a tag message
 
 
-# From most to least detail; render_card keeps the first step that fits.
+# From most to least detail; a card is rendered with the first step that fits.
 # 72 characters is git's customary subject length; longer ones wrap badly on a phone.
 _STEPS = (_Detail(5, 72, 80, 200), _Detail(5, 40, 80, 120), _Detail(3, 40, 60, 80), _Detail(1, 40, 40, 40),
           _Detail(0, 0, 30, 0))
