@@ -62,18 +62,25 @@ def clients(listener):
         client.close()
 
 
-def test_a_worker_holding_no_connection_takes_one_and_goes_on_accepting(make_worker, listener, clients):
-    worker = make_worker()
-    clients(1)
-    worker.accept(listener)
+@pytest.fixture
+def taking(make_worker, listener, clients):
+    """A worker that has accepted `count` connections opened together, one at a time as gthread does."""
+    def take(count: int, workers: int = 4) -> BalancedThreadWorker:
+        worker = make_worker(workers)
+        clients(count)
+        for _ in range(count):
+            worker.accept(listener)
+        return worker
+    return take
+
+
+def test_a_worker_holding_no_connection_takes_one_and_goes_on_accepting(taking):
+    worker = taking(1)
     assert len(worker.taken) == 1 and worker._accepting
 
 
-def test_a_worker_taking_a_second_connection_leaves_the_next_ones_to_its_siblings_for_a_moment(make_worker, listener, clients):
-    worker = make_worker()
-    clients(2)
-    worker.accept(listener)
-    worker.accept(listener)
+def test_a_worker_taking_a_second_connection_leaves_the_next_ones_to_its_siblings_for_a_moment(taking):
+    worker = taking(2)
     assert len(worker.taken) == 2 and not worker._accepting
     worker.set_accept_enabled(True)                 # what gthread's loop does on every turn
     assert not worker._accepting
@@ -89,19 +96,13 @@ def test_a_connection_a_sibling_took_first_makes_no_pause(make_worker, listener)
     assert worker.taken == [] and worker._accepting
 
 
-def test_a_worker_alone_never_pauses(make_worker, listener, clients):
-    worker = make_worker(workers=1)
-    clients(2)
-    worker.accept(listener)
-    worker.accept(listener)
+def test_a_worker_alone_never_pauses(taking):
+    worker = taking(2, workers=1)
     assert len(worker.taken) == 2 and worker._accepting
 
 
-def test_the_loop_wakes_when_the_pause_ends_not_a_second_later(make_worker, listener, clients):
-    worker = make_worker()
-    clients(2)
-    worker.accept(listener)
-    worker.accept(listener)
+def test_the_loop_wakes_when_the_pause_ends_not_a_second_later(taking):
+    worker = taking(2)
     waits = []
     worker.poller.select = lambda timeout: waits.append(timeout) or []
     worker.wait_for_and_dispatch_events(1.0)
