@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import errno
+import functools
 import logging
 import signal
 import socket
@@ -102,9 +103,11 @@ def serve(settings: Settings) -> int:
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
         return 1
     print("\n".join(_banner(settings, app)), flush=True)
-    # `kill`, `systemctl stop`, `docker stop`: finish the webhooks in flight and answer GitLab, as Ctrl+C does
-    # (waitress waits 5 s for them: the default deadline answers within it).
+    # `kill`, `systemctl stop`, `docker stop`: finish the webhooks in flight and answer GitLab, as Ctrl+C does.
+    # waitress's own wait is 5 s; a DELIVERY_DEADLINE_SECONDS of up to 8 needs as long as the deadline.
     signal.signal(signal.SIGTERM, _interrupt)
+    server.task_dispatcher.shutdown = functools.partial(server.task_dispatcher.shutdown,
+                                                        timeout=settings.delivery_deadline_seconds + 1)
     server.run()                      # returns after Ctrl+C or SIGTERM, once the requests in flight are done
     return 0
 

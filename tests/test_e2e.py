@@ -248,26 +248,27 @@ def test_a_reload_while_gitlab_keeps_sending_answers_every_delivery(fake, tmp_pa
     assert len(answers) > 20 and set(answers) == {200}
 
 
-def test_sigterm_to_waitress_answers_the_webhooks_in_flight_and_the_card_goes_after_restart(fake, tmp_path):
+@pytest.mark.parametrize("deadline", [DEADLINE, 6.5])      # waitress itself waits 5 s for requests in flight
+def test_sigterm_to_waitress_answers_the_webhooks_in_flight_and_the_card_goes_after_restart(fake, tmp_path, deadline):
     """`kill`, `systemctl stop` or `docker stop` on `python webhook_server.py`: GitLab still gets its answer."""
     (tmp_path / "owners.json").write_text(json.dumps(OWNERS, ensure_ascii=False), encoding="utf-8")
     port = free_port()
     env = service_env(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="test-secret", FEISHU_BASE_URL=fake.url,
                       GITLAB_WEBHOOK_SECRET=SECRET, OWNERS_FILE=str(tmp_path / "owners.json"),
                       DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"), PORT=str(port),
-                      HOST="127.0.0.1", DELIVERY_DEADLINE_SECONDS=str(DEADLINE), RETRY_BASE_SECONDS=str(RETRY_BASE))
+                      HOST="127.0.0.1", DELIVERY_DEADLINE_SECONDS=str(deadline), RETRY_BASE_SECONDS=str(RETRY_BASE))
     waitress = ServiceProcess(env, tmp_path / "waitress.log", port=port,
                               command=[sys.executable, "webhook_server.py"]).start()
-    fake.hang_sends(DEADLINE + 3)
+    fake.hang_sends(deadline + 3)
     answers = []
     sender = threading.Thread(target=lambda: answers.append(push(waitress)[0]))
     sender.start()
     assert wait_for(lambda: fake.answering() == 1, timeout=5)          # the send is hanging in Feishu
     waitress.process.send_signal(signal.SIGTERM)
-    sender.join(timeout=DEADLINE + 5)
+    sender.join(timeout=deadline + 5)
     assert [a.status_code for a in answers] == [200] and answers[0].json()["status"] == "queued"
     assert waitress.process.wait(timeout=10) == 0
     fake.hang_sends(None)
-    assert wait_for(lambda: fake.answering() == 0, timeout=DEADLINE + 5)
+    assert wait_for(lambda: fake.answering() == 0, timeout=deadline + 5)
     with ServiceProcess(env, tmp_path / "restarted.log", port=port, command=[sys.executable, "webhook_server.py"]):
         assert wait_for(lambda: len(fake.messages) == 1, timeout=10)   # the hung original and the retry share a uuid
