@@ -6,6 +6,7 @@ import logging
 import signal
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -103,6 +104,8 @@ def test_healthz_in_dry_run_checks_nothing(settings):
 def serve(monkeypatch, capsys, running):
     """Run cli.serve up to the point waitress would start; return its banner."""
     class Server:                           # bound, never run
+        task_dispatcher = SimpleNamespace(shutdown=lambda timeout: None)
+
         def run(self) -> None:
             pass
 
