@@ -8,7 +8,8 @@ up, by one watcher thread per process, so the call fails as retryable and the
 card is retried in the background. The call itself stays on the caller's
 thread: handing every card to another thread cost about 7% of throughput.
 Only a new connection (rare: they are kept alive) is made on a thread of its
-own, since nothing else bounds its name lookup.
+own, since nothing else bounds its name lookup; its socket is watched from
+then on, through a proxy's CONNECT exchange and the TLS handshake.
 """
 from __future__ import annotations
 
@@ -72,17 +73,27 @@ class Cutoff:
 
     def watch(self, conn: connection.HTTPConnection) -> None:
         """A connection has sent this thread's request: its socket is the one to shut if need be."""
-        call = getattr(self._local, "call", None)
-        if call is None or call.deadline == math.inf or conn.sock is None:
-            return
-        with self._lock:
-            call.sock = conn.sock
+        call = self._watch(conn.sock)
+        if call is not None:
             conn.cutoff_call = call
+
+    def watch_handshake(self, sock: socket.socket) -> None:
+        """A new connection's socket, from before its TLS handshake (or a proxy's CONNECT), which reads too:
+        a server can trickle a handshake as it can an answer."""
+        self._watch(sock)
+
+    def _watch(self, sock: socket.socket | None) -> Call | None:
+        call = getattr(self._local, "call", None)
+        if call is None or call.deadline == math.inf or sock is None:
+            return None
+        with self._lock:
+            call.sock = sock
             self._calls.add(call)
             if self._watcher is None:
                 self._watcher = threading.Thread(target=self._watch_forever, daemon=True, name="cutoff")
                 self._watcher.start()
         self._busy.set()
+        return call
 
     def returned(self, conn: connection.HTTPConnection) -> None:
         """The connection's answer has been read: from now on it may carry someone else's call."""
@@ -152,7 +163,9 @@ class _Watched:
                                       "made yet (a name lookup or connect that does not answer)")
         if left <= 0:
             raise ConnectTimeoutError(self, f"no time left to connect to {self.host}")
-        return _Connecting(super()._new_conn, address).result(left, self)
+        sock = _Connecting(super()._new_conn, address).result(left, self)
+        CUTOFF.watch_handshake(sock)
+        return sock
 
     def request(self, *args, **kwargs):
         super().request(*args, **kwargs)

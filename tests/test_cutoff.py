@@ -175,3 +175,40 @@ def test_once_the_name_resolves_the_next_call_goes_through(feishu, slow_dns):
     slow_dns.answer()
     assert client.send_card(open_id, CARD, "uuid-second", budget=2.0)
     assert feishu.calls("send") == 1
+
+
+@pytest.fixture
+def trickling_proxy(monkeypatch):
+    """HTTPS_PROXY is a proxy that answers CONNECT a byte at a time (each byte within any socket timeout)."""
+    stop = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)                                   # CONNECT open.feishu.cn:443 ...
+            try:
+                for byte in b"HTTP/1.1 200 Connection established" + b" " * 1000:
+                    if stop.wait(0.05):
+                        break
+                    connection.sendall(bytes([byte]))
+            except OSError:
+                pass                                                 # the client gave up
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    yield
+    stop.set()
+    server.close()
+
+
+def test_a_proxy_answering_connect_a_byte_at_a_time_fails_at_the_deadline_as_retryable(trickling_proxy):
+    """The CONNECT exchange (and a TLS handshake) happen before the request is sent: watched from the connect."""
+    client = FeishuClient("https://open.feishu.cn", "cli_test_app", "test-secret")
+    started = time.monotonic()
+    with pytest.raises(FeishuError) as raised:
+        client.send_card("ou_x", CARD, "uuid-proxy", budget=0.5)
+    assert time.monotonic() - started < 1.0
+    assert raised.value.retryable
