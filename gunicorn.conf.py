@@ -30,7 +30,8 @@ except ConfigError as exc:
 
 bind = f"{_settings.host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
-# short (measured without the access log: 2-3% more webhooks/s than two workers; 45 MB each).
+# short (45 MB each). Two workers reach the same webhooks/s since connections are spread evenly (before,
+# 2-3% fewer), but four hold twice the threads for a burst or an outage, when each waits up to the deadline.
 workers = 4
 worker_class = "gitlab_feishu.balanced_worker.BalancedThreadWorker"   # gthread, taking turns at new connections
 threads = 32                   # webhooks in flight per process, each waiting about one Feishu round trip
