@@ -18,9 +18,11 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from .settings import ConfigError
+
+T = TypeVar("T")
 
 try:
     import fcntl
@@ -29,6 +31,7 @@ except ImportError:        # Windows: one waitress process, so the thread lock i
 
 CHECKPOINT_INTERVAL = 1.0  # seconds between background checkpoints while there are writes
 BUSY_TIMEOUT = 30.0        # seconds a write waits for a lock another program holds, unless told less
+HELPER_LOCK_WAIT = 1.0     # the same for a database that only helps (HelperDatabase): a webhook must not wait
 
 
 def is_locked(exc: sqlite3.OperationalError) -> bool:
@@ -87,8 +90,9 @@ def _owner_only(path: Path, flags: int) -> int:
 class Database:
     """One connection per thread to `path`, and a `write()` transaction that queues instead of sleeping."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, lock_wait: float = BUSY_TIMEOUT):
         self.path = Path(path)
+        self.lock_wait = lock_wait           # seconds to wait for a lock another program holds, by default
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Owner-only, whatever the umask, also for a file made before: the files hold emails, cards, bot
@@ -109,7 +113,7 @@ class Database:
         if conn is None:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so a
             # writer takes the lock up front instead of failing on upgrade.
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.lock_wait, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -118,16 +122,16 @@ class Database:
         return conn
 
     @contextmanager
-    def write(self, timeout: float = BUSY_TIMEOUT) -> Iterator[sqlite3.Connection]:
+    def write(self, timeout: float | None = None) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on this thread's connection.
 
         Our own processes take turns on the locks below; only another program (an sqlite3 shell left
-        in a transaction, a backup tool) makes SQLite itself wait: until `timeout` seconds after the
-        call, then sqlite3.OperationalError ("database is locked"). Counted from the call, so writers
+        in a transaction, a backup tool) makes SQLite itself wait: until `timeout` seconds (by default the
+        database's `lock_wait`) after the call, then sqlite3.OperationalError ("database is locked"). Counted from the call, so writers
         queued behind one that waited give up at their own time, not one after another: as long as
         every writer's timeout is short, none waits much longer than its own.
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (self.lock_wait if timeout is None else timeout)
         with self._write_lock, self._between_processes():
             conn = self.connection()
             # In steps of 0.1 s, rounded up: the same as last time unless this write waited its turn.
@@ -175,3 +179,32 @@ class Database:
             except sqlite3.Error:
                 pass                   # a busy checkpointer elsewhere; the next round catches up
             time.sleep(CHECKPOINT_INTERVAL)
+
+
+class HelperDatabase(Database):
+    """A database that only helps (the pacing log, the shared cache). Its tables are made at start-up, or at
+    the first use that can make them; while the file cannot be used (another program's lock, a damaged file)
+    every use is passed over, with one warning, and the next use tries again."""
+
+    def __init__(self, path: Path, schema: tuple[str, ...], *, log: logging.Logger, meanwhile: str):
+        super().__init__(path, lock_wait=HELPER_LOCK_WAIT)
+        self._schema, self._has_tables = schema, False
+        self._complain, self._meanwhile = Complaint(log), meanwhile
+        self.use(lambda: None, None)
+
+    def use(self, operation: Callable[[], T], otherwise: T) -> T:
+        """`operation()`, or `otherwise` when the file cannot be used now."""
+        try:
+            if not self._has_tables:
+                with self.write() as conn:
+                    for statement in self._schema:
+                        conn.execute(statement)
+                self._has_tables = True
+            result = operation()
+        except sqlite3.DatabaseError as exc:
+            if not storage_failure(exc):
+                raise
+            self._complain(f"{unusable(self.path, exc)}; {self._meanwhile}")
+            return otherwise
+        self._complain.resolved()
+        return result

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .cutoff import Countdown
-from .db import Complaint, Database, storage_failure, unusable
+from .db import HELPER_LOCK_WAIT, HelperDatabase
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,6 @@ LOG_SECONDS = 62.0                       # the longest window: older entries are
 # them would hold every send back by the size of the step, an hour for an hour. A write waiting for the
 # lock may log a send a few milliseconds ahead of another's `now`: that is well inside the slack.
 CLOCK_SLACK = 1.0
-LOCK_WAIT = 1.0                          # seconds to wait for a lock another program holds on the file
 
 
 @dataclass(frozen=True)
@@ -60,31 +58,20 @@ class Pacer:
         self.path = Path(path)
         self.clock = clock
         self.sleep = sleep
-        self._db = Database(self.path)
-        self._complain = Complaint(log)
-        try:
-            with self._db.write(timeout=LOCK_WAIT) as conn:
-                conn.execute("CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)")
-                conn.execute("CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)")
-        except sqlite3.DatabaseError as exc:     # each send then goes without a turn (wait_turn)
-            if not storage_failure(exc):
-                raise
-            self._complain(f"{unusable(self.path, exc)}; sending without pacing meanwhile")
+        # A pacing log that cannot be used lets each send go without a turn: better an occasional 429,
+        # which is retried, than no card.
+        self._db = HelperDatabase(self.path, (
+            "CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)"),
+            log=log, meanwhile="sending without pacing meanwhile")
 
     def wait_turn(self, quotas: list[Quota], deadline: float) -> bool:
         """Take a turn for one send under every quota, waiting until `deadline` at most; a pacing log that
         cannot be used (another program's lock, a damaged file) lets the send go without a turn."""
         countdown = Countdown(deadline, self.clock)
         while True:
-            try:
-                wait = self.try_turn(quotas, lock_wait=max(min(LOCK_WAIT, countdown.left()), 0.0))
-            except sqlite3.DatabaseError as exc:
-                if not storage_failure(exc):
-                    raise
-                # Better an occasional 429, which is retried, than no card while the log cannot be used.
-                self._complain(f"{unusable(self.path, exc)}; sending without pacing meanwhile")
-                return True
-            self._complain.resolved()
+            lock_wait = max(min(HELPER_LOCK_WAIT, countdown.left()), 0.0)
+            wait = self._db.use(lambda: self.try_turn(quotas, lock_wait=lock_wait), 0.0)
             if wait == 0:
                 return True
             # A little jitter so the processes waiting on one window do not all wake together.
@@ -93,7 +80,7 @@ class Pacer:
                 return False
             self.sleep(wait)
 
-    def try_turn(self, quotas: list[Quota], *, lock_wait: float = LOCK_WAIT) -> float:
+    def try_turn(self, quotas: list[Quota], *, lock_wait: float = HELPER_LOCK_WAIT) -> float:
         """Take a turn now and return 0, or return how long until one may be free."""
         now = self.clock()
         with self._db.write(timeout=lock_wait) as conn:

@@ -9,43 +9,32 @@ by its owner only.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .db import Complaint, Database, storage_failure, unusable
+from .db import HelperDatabase
 
 log = logging.getLogger(__name__)
-LOCK_WAIT = 1.0             # seconds a write waits for a lock another program holds on the file
-NOT_SHARED = "each process asks Feishu itself meanwhile"
+SCHEMA = ("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT, expires_at REAL NOT NULL)",)
 
 
 class SharedCache:
-    """Values with a lifetime, shared by every process using the same file."""
+    """Values with a lifetime, shared by every process using the same file. While the file cannot be used
+    (another program's lock, a damaged file) nothing is shared: each process asks Feishu itself."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time):
         self.clock = clock
-        self._db = Database(Path(path))          # owner-only: it holds a tenant token
-        self._complain = Complaint(log)
-        self._write("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT, expires_at REAL NOT NULL)",
-                    [()])
+        self._db = HelperDatabase(Path(path), SCHEMA, log=log,
+                                  meanwhile="each process asks Feishu itself meanwhile")
 
     def get(self, keys: Iterable[str]) -> dict[str, tuple[str | None, float]]:
-        """key -> (value, seconds it has left), for the keys present and not expired (none when the file
-        cannot be read: every process then asks Feishu itself)."""
+        """key -> (value, seconds it has left), for the keys present and not expired."""
         keys = list(keys)
         now = self.clock()
-        try:
-            rows = self._db.connection().execute(
-                f"SELECT key, value, expires_at FROM cache WHERE key IN ({', '.join('?' * len(keys))})"
-                " AND expires_at > ?", (*keys, now)).fetchall()
-        except sqlite3.DatabaseError as exc:
-            if not storage_failure(exc):
-                raise
-            self._complain(f"{unusable(self._db.path, exc)}; {NOT_SHARED}")
-            return {}
-        self._complain.resolved()
+        rows = self._db.use(lambda: self._db.connection().execute(
+            f"SELECT key, value, expires_at FROM cache WHERE key IN ({', '.join('?' * len(keys))})"
+            " AND expires_at > ?", (*keys, now)).fetchall(), [])
         return {row["key"]: (row["value"], row["expires_at"] - now) for row in rows}
 
     def put(self, entries: dict[str, tuple[str | None, float]]) -> None:
@@ -59,13 +48,7 @@ class SharedCache:
         self._write("DELETE FROM cache WHERE key = ? AND value IS ?", [(key, value)])
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
-        """`sql` for each row, in one transaction; skipped when the file cannot be used (another program's
-        lock, a damaged file): this is only a cache, and a webhook must not wait for it."""
-        try:
-            with self._db.write(timeout=LOCK_WAIT) as conn:
+        def write() -> None:
+            with self._db.write() as conn:
                 conn.executemany(sql, rows)
-            self._complain.resolved()
-        except sqlite3.DatabaseError as exc:
-            if not storage_failure(exc):
-                raise
-            self._complain(f"{unusable(self._db.path, exc)}; {NOT_SHARED}")
+        self._db.use(write, None)

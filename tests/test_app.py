@@ -330,6 +330,20 @@ def test_another_file_in_data_dir_another_program_keeps_locked_delays_no_card(se
     assert time.monotonic() - started < 3.0
 
 
+@pytest.mark.parametrize("database, table", [("pacing.sqlite3", "sends"), ("feishu_cache.sqlite3", "cache")])
+def test_a_helper_database_another_program_locked_at_start_up_is_used_once_it_is_free(settings, feishu, database,
+                                                                                      table):
+    """Its tables could not be made at start-up: the first use after the lock is gone makes them."""
+    settings.data_dir.mkdir(parents=True)
+    with another_program_locks(settings.data_dir / database):
+        app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
+    response = post(app.test_client(), load_payload("chinese_push.json"))
+    app.extensions["gitlab_feishu"]["worker"].stop()
+    assert response.json["status"] == "sent"
+    with sqlite3.connect(settings.data_dir / database) as db:
+        assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] > 0
+
+
 @pytest.mark.parametrize("database", ["pacing.sqlite3", "feishu_cache.sqlite3"])
 def test_a_damaged_helper_database_delays_no_card_and_is_named_once(settings, feishu, caplog, database):
     """The pacing log and the shared cache hold nothing that must be kept: without them cards still go."""
