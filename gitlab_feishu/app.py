@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 from flask import Flask, jsonify, request
@@ -18,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from .access import protect
 from .alerts import Alerter
 from .chats import BotClient
-from .watched import FileWatcher
+from .watched import FileWatcher, iso_time
 from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, decode_payload, signature_valid, token_matches
@@ -124,7 +123,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
             "users": users.state(),
             "outbox": outbox.counts(),
             "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
-            "last_delivery_at": _iso(outbox.last_sent_at()),
+            "last_delivery_at": iso_time(outbox.last_sent_at()),
         })
 
     @app.errorhandler(HTTPException)
@@ -141,11 +140,6 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
 
     return app
 
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
 def _error(status: int, reason: str):

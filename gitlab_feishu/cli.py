@@ -200,8 +200,8 @@ def show_match(settings: Settings, path: str, name: str | None, *, branch: str |
     project = Project(path=path, name=name or path.rsplit("/", 1)[-1], default_branch=default_branch)
     if event == "tag_push":
         branch = None                     # tags ignore branch filters
-    elif branch and branch.startswith("refs/heads/"):
-        branch = branch[len("refs/heads/"):]     # as GitLab's ref, which the service routes without the prefix
+    elif branch:
+        branch = branch.removeprefix("refs/heads/")   # as GitLab's ref, which the service routes without the prefix
     routing = owners.route(_Probe(event, project, branch))
     what = event.replace("_", " ") + (f" to {branch}" if branch else "")
     print(f"{project.path} ({project.name}), {what}, default branch {default_branch}:")

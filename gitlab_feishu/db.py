@@ -76,7 +76,7 @@ class Complaint:
         self._last = ""
 
 
-def _owner_only(path: Path, flags: int) -> int:
+def owner_only(path: Path, flags: int) -> int:
     """Open (creating) `path` readable by its owner only; a file made before with a wider mode is narrowed."""
     fd = os.open(path, flags | os.O_CREAT, 0o600)
     if hasattr(os, "fchmod"):              # not on Windows, whose files carry no such mode
@@ -97,8 +97,8 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Owner-only, whatever the umask, also for a file made before: the files hold emails, cards, bot
             # URLs and tokens. SQLite gives its -wal and -shm files the database's own mode.
-            os.close(_owner_only(self.path, os.O_WRONLY))
-            self._lock_file = os.fdopen(_owner_only(self.path.with_name(self.path.name + ".lock"),
+            os.close(owner_only(self.path, os.O_WRONLY))
+            self._lock_file = os.fdopen(owner_only(self.path.with_name(self.path.name + ".lock"),
                                                     os.O_RDWR | os.O_APPEND), "a+b") if fcntl else None
         except PermissionError as exc:
             raise ConfigError(f"{exc.filename} cannot be opened ({exc.strerror}): the service's user must be able "

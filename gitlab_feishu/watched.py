@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Generic, Sized, TypeVar
 
 from .config_file import UnreadableFile
+from .db import owner_only
 from .settings import ConfigError, Settings, os_text
 
 Loaded = TypeVar("Loaded", bound=Sized)
@@ -123,7 +124,7 @@ class WatchedFile(Generic[Loaded]):
             raise error
         try:
             loaded = dataclasses.replace(self._load(self._last_good), path=self._path)
-            self._loaded_at = _iso(self._last_good.stat().st_mtime)
+            self._loaded_at = iso_time(self._last_good.stat().st_mtime)
         except (ConfigError, OSError):
             raise error from None
         return loaded
@@ -139,8 +140,8 @@ class WatchedFile(Generic[Loaded]):
             self._last_good.parent.mkdir(parents=True, exist_ok=True)
             partial = self._last_good.with_name(f"{self._last_good.name}.{os.getpid()}.tmp")
             # Owner-only, like DATA_DIR's other files: owners.json may hold group bots' URLs and secrets.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)   # Windows: no CRLF added
-            with os.fdopen(os.open(partial, flags, 0o600), "wb") as copy:
+            flags = os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0)   # Windows: no CRLF added
+            with os.fdopen(owner_only(partial, flags), "wb") as copy:
                 copy.write(data)
             try:
                 os.replace(partial, self._last_good)     # whole or not at all, whichever process writes last
@@ -198,5 +199,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _iso(timestamp: float) -> str:
+def iso_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
