@@ -33,7 +33,7 @@ bind = f"{_settings.host}:{_settings.port}"
 # short (45 MB each). Two workers reach the same webhooks/s since connections are spread evenly (before,
 # 2-3% fewer), but four hold twice the threads for a burst or an outage, when each waits up to the deadline.
 workers = 4
-worker_class = "gitlab_feishu.balanced_worker.BalancedThreadWorker"   # gthread, taking turns at new connections
+worker_class = "gitlab_feishu.gthread_worker.ServiceThreadWorker"  # gthread: turns at new connections, stalls cut off
 threads = 32                   # webhooks in flight per process, each waiting about one Feishu round trip
 timeout = 30                   # well above DELIVERY_DEADLINE_SECONDS: a worker is only killed if truly stuck
 graceful_timeout = 30

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from .access import protect
 from .alerts import Alerter
@@ -125,6 +125,11 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
             "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
             "last_delivery_at": iso_time(outbox.last_sent_at()),
         })
+
+    @app.errorhandler(ClientDisconnected)
+    def body_cut_short(exc: ClientDisconnected):
+        # werkzeug's own words ("The browser (or proxy) sent a request ...") would not say what happened.
+        return _refused(400, "the body ended before its Content-Length: the client went away or went silent")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import sqlite3
@@ -128,6 +129,30 @@ def test_without_a_secret_any_token_is_accepted(settings, feishu, caplog):
 def test_body_that_is_not_json_is_refused(client, body):
     response = post(client, body)
     assert response.status_code == 400 and response.json["reason"] == "body is not JSON"
+
+
+class CutShortBody(io.RawIOBase):
+    """A request body that ends (the client went away) or stalls (gthread_worker cuts the read off)."""
+
+    def __init__(self, ending: Exception | None):
+        self.ending = ending
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.ending:
+            raise self.ending
+        return 0
+
+
+@pytest.mark.parametrize("ending", [None, ConnectionResetError(104, "the client sent nothing for 10 s")])
+def test_body_cut_short_is_refused_saying_so(client, caplog, ending):
+    response = client.post("/gitlab-webhook", data=b"{}", headers=gitlab_headers(),
+                           environ_overrides={"wsgi.input": CutShortBody(ending), "CONTENT_LENGTH": "100"})
+    assert response.status_code == 400
+    assert response.json["reason"].startswith("the body ended before its Content-Length")
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and not caplog.records[0].exc_info
 
 
 def test_json_after_a_utf8_bom_is_accepted(client, feishu):
