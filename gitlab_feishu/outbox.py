@@ -66,6 +66,8 @@ class Outbox:
         return self._db.write(LOCK_WAIT if timeout is None else timeout)
 
     def _migrate(self) -> None:
+        if self.schema_version == SCHEMA_VERSION:
+            return     # the usual start: a read, which no other program's write transaction holds up
         # Processes starting together all get here; BEGIN IMMEDIATE lets one
         # create or upgrade the schema while the others wait, then find it done.
         with self._write(BUSY_TIMEOUT) as conn:

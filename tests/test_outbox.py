@@ -59,6 +59,16 @@ def test_older_schema_is_upgraded_on_open(tmp_path, monkeypatch):
     assert [row.recipient for row in upgraded.event_rows("idem:old")] == ["a@example.com"]
 
 
+def test_a_start_does_not_wait_for_another_programs_write_transaction(tmp_path, monkeypatch):
+    """An sqlite3 shell left in a transaction held every worker's start for 30 s, then failed it."""
+    path = tmp_path / "outbox.sqlite3"
+    begin(Outbox(path), "idem:before")
+    monkeypatch.setattr("gitlab_feishu.outbox.BUSY_TIMEOUT", 0.2)     # a start that waited would fail at once
+    with another_program_locks(path):
+        reopened = Outbox(path)
+    assert [row.recipient for row in reopened.event_rows("idem:before")] == ["a@example.com"]
+
+
 def _open_and_begin(path: str, index: int) -> None:
     outbox = Outbox(path)
     begin(outbox, f"idem:{index}")
