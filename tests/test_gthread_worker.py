@@ -129,26 +129,41 @@ def test_the_loop_wakes_when_the_pause_ends_not_a_second_later(taking):
     assert waits == [pytest.approx(ACCEPT_PAUSE_SECONDS), 1.0]
 
 
+STALL_SECONDS = 0.2            # stands in for STALLED_CLIENT_SECONDS (10 s)
+
+
 @pytest.fixture
-def stall_after(monkeypatch):
-    def set_seconds(seconds: float) -> None:
-        monkeypatch.setattr(gthread_worker, "STALLED_CLIENT_SECONDS", seconds)
-    return set_seconds
+def served(make_worker, listener, monkeypatch):
+    """A client sends `data`, then nothing; the worker accepts it and handles it as a pool thread does.
+    Returns the worker, what handling returned and how long it took, and the answer the client received
+    (when handling returns False, gthread's main thread closes the connection: nothing to receive)."""
+    monkeypatch.setattr(gthread_worker, "STALLED_CLIENT_SECONDS", STALL_SECONDS)
+
+    def serve(data: bytes, wsgi=None) -> tuple[ServiceThreadWorker, dict, bytes]:
+        worker = make_worker()
+        worker.wsgi = wsgi
+        with socket.create_connection(listener.getsockname()[:2]) as client:
+            worker.accept(listener)
+            client.sendall(data)
+            outcome = {}
+
+            def handle():
+                started = time.monotonic()
+                outcome["result"] = worker.handle(worker.taken[0])
+                outcome["seconds"] = time.monotonic() - started
+
+            thread = threading.Thread(target=handle, daemon=True)
+            thread.start()
+            thread.join(10)
+            client.settimeout(1)
+            return worker, outcome, client.recv(4096) if outcome.get("result") else b""
+    return serve
 
 
-def handled_in_a_thread(worker: ServiceThreadWorker, conn) -> dict:
-    """gthread's handling of one connection, as a pool thread runs it: its result and how long it took."""
-    outcome = {}
-
-    def handle():
-        started = time.monotonic()
-        outcome["result"] = worker.handle(conn)
-        outcome["seconds"] = time.monotonic() - started
-
-    thread = threading.Thread(target=handle, daemon=True)
-    thread.start()
-    thread.join(10)
-    return outcome
+def reading_the_body(environ, start_response):
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
 
 
 def test_a_taken_connection_is_guarded_against_stalls_before_any_thread_reads_it(taking):
@@ -156,36 +171,19 @@ def test_a_taken_connection_is_guarded_against_stalls_before_any_thread_reads_it
     assert isinstance(worker.taken[0].sock, StallGuardedSocket)
 
 
-def test_a_client_that_stops_mid_request_frees_its_thread(taking, listener, stall_after):
-    stall_after(0.2)
-    worker = taking(0)
-    with socket.create_connection(listener.getsockname()[:2]) as client:
-        worker.accept(listener)
-        client.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Le")   # then silence
-        outcome = handled_in_a_thread(worker, worker.taken[0])
-    assert outcome["result"] is False                         # gthread closes the connection
-    assert outcome["seconds"] < 2
-    assert not worker.log.exception.called                    # no traceback for a silent peer
+@pytest.mark.parametrize("sent", [
+    b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Le",                         # in the headers
+    b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 100\r\n\r\n{\"a\":",  # in the body
+])
+def test_a_client_that_stops_mid_request_is_cut_off_and_frees_its_thread(served, sent):
+    worker, outcome, _ = served(sent, reading_the_body)
+    assert outcome["result"] is False                               # gthread closes the connection
+    assert STALL_SECONDS <= outcome["seconds"] < STALL_SECONDS + 1
+    assert not worker.log.exception.called                          # no traceback for a silent peer
 
 
-def test_a_client_that_stops_mid_body_frees_its_thread(taking, listener, stall_after):
-    stall_after(0.2)
-    worker = taking(0)
-    worker.wsgi = lambda environ, start_response: [environ["wsgi.input"].read()]
-    with socket.create_connection(listener.getsockname()[:2]) as client:
-        worker.accept(listener)
-        client.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 100\r\n\r\n{\"a\":")
-        outcome = handled_in_a_thread(worker, worker.taken[0])
-    assert outcome["result"] is False and outcome["seconds"] < 2
-
-
-def test_a_whole_request_is_read_as_before(taking, listener, stall_after):
-    stall_after(0.2)
-    worker = taking(0)
-    worker.wsgi = lambda environ, start_response: start_response("200 OK", [("Content-Length", "2")]) and [b"ok"]
-    with socket.create_connection(listener.getsockname()[:2]) as client:
-        worker.accept(listener)
-        client.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 2\r\n\r\n{}")
-        outcome = handled_in_a_thread(worker, worker.taken[0])
-        assert client.recv(4096).startswith(b"HTTP/1.1 200 OK")
-    assert outcome["result"] is True                          # kept alive for the next request
+def test_a_whole_request_is_answered_and_kept_alive_as_before(served):
+    worker, outcome, received = served(b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 2"
+                                       b"\r\n\r\n{}", reading_the_body)
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"\r\n\r\n{}")
+    assert outcome["result"] is True
