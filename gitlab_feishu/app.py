@@ -34,6 +34,7 @@ from .worker import RetryWorker, process_owner
 log = logging.getLogger(__name__)
 
 TOO_LARGE = "body larger than GitLab's 25 MB limit"
+CUT_SHORT = "the body ended before its Content-Length: the client went away or went silent"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
 
 
@@ -104,6 +105,8 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
         body = request.get_data(cache=False)
         if len(body) > MAX_BODY_BYTES:
             return _refused(413, TOO_LARGE)
+        if len(body) < (request.content_length or 0):     # gunicorn hands over what came before the client left
+            return _refused(400, CUT_SHORT)
         if settings.gitlab_signing_token and not signature_valid(settings.gitlab_signing_token, request.headers,
                                                                  body, clock()):
             return _refused(401, "missing, wrong or stale webhook-signature: set the hook's Signing token to "
@@ -128,8 +131,9 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
 
     @app.errorhandler(ClientDisconnected)
     def body_cut_short(exc: ClientDisconnected):
-        # werkzeug's own words ("The browser (or proxy) sent a request ...") would not say what happened.
-        return _refused(400, "the body ended before its Content-Length: the client went away or went silent")
+        # A read that failed (gthread_worker cuts off a silent client); werkzeug's own words ("The browser
+        # (or proxy) sent a request ...") would not say what happened.
+        return _refused(400, CUT_SHORT)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
