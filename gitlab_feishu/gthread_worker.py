@@ -52,8 +52,9 @@ class ServiceThreadWorker(ThreadWorker):
         super().wait_for_and_dispatch_events(timeout)
 
     def enqueue_req(self, conn):
-        # Here, on the worker's main thread, before a pool thread reads from the connection.
-        if not isinstance(conn.sock, StallGuardedSocket):
+        # Here, on the worker's main thread, before a pool thread first reads from the connection. Not when
+        # gunicorn itself terminates TLS (the README puts nginx in front): its SSL socket replaces this one.
+        if type(conn.sock) is socket.socket and not self.cfg.is_ssl:
             conn.sock = StallGuardedSocket.taking_over(conn.sock)
         super().enqueue_req(conn)
 
@@ -62,9 +63,11 @@ class StallGuardedSocket(socket.socket):
     """A client's socket whose blocking reads give up after STALLED_CLIENT_SECONDS of silence.
 
     gthread makes a socket blocking (setblocking(True)) before each request: that sets the timeout
-    instead. A read that times out is reported as a reset connection, which gthread closes quietly
-    (it logs any other socket error with a traceback).
+    instead. A read that times out is reported as a reset connection, which gthread closes quietly (it
+    logs any other socket error with a traceback). A timeout gunicorn sets itself (draining a body,
+    closing) is its own to handle, and stays a timeout.
     """
+    _guarding = False
 
     @classmethod
     def taking_over(cls, sock: socket.socket) -> "StallGuardedSocket":
@@ -74,18 +77,27 @@ class StallGuardedSocket(socket.socket):
         return guarded
 
     def setblocking(self, flag: bool) -> None:
-        self.settimeout(STALLED_CLIENT_SECONDS if flag else 0.0)
+        super().settimeout(STALLED_CLIENT_SECONDS if flag else 0.0)
+        self._guarding = flag
+
+    def settimeout(self, value) -> None:
+        super().settimeout(value)
+        self._guarding = False
 
     def recv(self, *args):
         try:
             return super().recv(*args)
         except TimeoutError:
+            if not self._guarding:
+                raise
             raise stalled() from None
 
     def recv_into(self, *args):
         try:
             return super().recv_into(*args)
         except TimeoutError:
+            if not self._guarding:
+                raise
             raise stalled() from None
 
 

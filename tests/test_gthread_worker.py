@@ -133,12 +133,15 @@ STALL_SECONDS = 0.2            # stands in for STALLED_CLIENT_SECONDS (10 s)
 
 
 @pytest.fixture
-def served(make_worker, listener, monkeypatch):
+def stall_after_a_moment(monkeypatch):
+    monkeypatch.setattr(gthread_worker, "STALLED_CLIENT_SECONDS", STALL_SECONDS)
+
+
+@pytest.fixture
+def served(make_worker, listener, stall_after_a_moment):
     """A client sends `data`, then nothing; the worker accepts it and handles it as a pool thread does.
     Returns the worker, what handling returned and how long it took, and the answer the client received
     (when handling returns False, gthread's main thread closes the connection: nothing to receive)."""
-    monkeypatch.setattr(gthread_worker, "STALLED_CLIENT_SECONDS", STALL_SECONDS)
-
     def serve(data: bytes, wsgi=None) -> tuple[ServiceThreadWorker, dict, bytes]:
         worker = make_worker()
         worker.wsgi = wsgi
@@ -155,6 +158,7 @@ def served(make_worker, listener, monkeypatch):
             thread = threading.Thread(target=handle, daemon=True)
             thread.start()
             thread.join(10)
+            assert not thread.is_alive(), "still handling the connection after 10 s"
             client.settimeout(1)
             return worker, outcome, client.recv(4096) if outcome.get("result") else b""
     return serve
@@ -187,3 +191,37 @@ def test_a_whole_request_is_answered_and_kept_alive_as_before(served):
                                        b"\r\n\r\n{}", reading_the_body)
     assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"\r\n\r\n{}")
     assert outcome["result"] is True
+
+
+def test_a_kept_alive_connection_stays_guarded_for_its_next_request(make_worker, listener):
+    worker = make_worker()
+    worker.wsgi = reading_the_body
+    with socket.create_connection(listener.getsockname()[:2]) as client:
+        worker.accept(listener)
+        [conn] = worker.taken
+        for _ in range(2):
+            client.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 2\r\n\r\n{}")
+            assert worker.handle(conn) is True
+            assert client.recv(4096).startswith(b"HTTP/1.1 200 OK")
+            conn.sock.setblocking(False)            # back to gthread's poller, as finish_request does
+            worker.enqueue_req(conn)                # readable again: handed to a thread once more
+    assert worker.taken == [conn, conn, conn] and isinstance(conn.sock, StallGuardedSocket)
+
+
+def test_a_connection_gunicorn_itself_wraps_in_tls_is_left_as_gthread_makes_it(make_worker, listener, clients):
+    worker = make_worker()
+    worker.cfg.set("certfile", "server.pem")
+    clients(1)
+    worker.accept(listener)
+    assert type(worker.taken[0].sock) is socket.socket
+
+
+@pytest.mark.parametrize(("set_by", "raised"), [("gthread", ConnectionResetError), ("gunicorn", TimeoutError)])
+def test_only_the_guards_own_timeout_is_reported_as_a_reset(stall_after_a_moment, set_by, raised):
+    ours, theirs = socket.socketpair()
+    with theirs, StallGuardedSocket.taking_over(ours) as guarded:
+        guarded.setblocking(True)                   # before each request: the guard's timeout
+        if set_by == "gunicorn":
+            guarded.settimeout(STALL_SECONDS)       # draining a body, closing: gunicorn's own
+        with pytest.raises(raised):
+            guarded.recv(1)
