@@ -132,8 +132,7 @@ class Database:
         every writer's timeout is short, none waits much longer than its own.
         """
         deadline = time.monotonic() + (self.lock_wait if timeout is None else timeout)
-        with self._write_lock, self._between_processes():
-            conn = self.connection()
+        with self.turn() as conn:
             # In steps of 0.1 s, rounded up: the same as last time unless this write waited its turn.
             busy_ms = math.ceil(max(deadline - time.monotonic(), 0) * 10) * 100
             if self._local.busy_ms != busy_ms:
@@ -150,6 +149,13 @@ class Database:
         self._written.set()
         if self._checkpointer is None:
             self._start_checkpointer()
+
+    @contextmanager
+    def turn(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection while no other thread or process of this service uses its turn: a wait
+        for this service alone, never for another program's transaction."""
+        with self._write_lock, self._between_processes():
+            yield self.connection()
 
     @contextmanager
     def _between_processes(self) -> Iterator[None]:

@@ -66,8 +66,11 @@ class Outbox:
         return self._db.write(LOCK_WAIT if timeout is None else timeout)
 
     def _migrate(self) -> None:
-        if self.schema_version == SCHEMA_VERSION:
-            return     # the usual start: a read, which no other program's write transaction holds up
+        # The usual start: a read, which no other program's write transaction holds up. In our turn all the
+        # same: processes switching a new file to WAL at the same moment get "locked" at once.
+        with self._db.turn() as conn:
+            if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                return
         # Processes starting together all get here; BEGIN IMMEDIATE lets one
         # create or upgrade the schema while the others wait, then find it done.
         with self._write(BUSY_TIMEOUT) as conn:

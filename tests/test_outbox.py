@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -69,22 +70,28 @@ def test_a_start_does_not_wait_for_another_programs_write_transaction(tmp_path, 
     assert [row.recipient for row in reopened.event_rows("idem:before")] == ["a@example.com"]
 
 
-def _open_and_begin(path: str, index: int) -> None:
-    outbox = Outbox(path)
-    begin(outbox, f"idem:{index}")
+ROUNDS = 30                    # fresh files each process opens at the same moment as the others
+
+
+def _open_and_begin_together(folder: str, index: int, barrier) -> None:
+    for round_ in range(ROUNDS):
+        barrier.wait(10)            # a process that failed breaks it for the others
+        begin(Outbox(Path(folder) / f"outbox-{round_}.sqlite3"), f"idem:{index}")
 
 
 def test_processes_starting_together_share_one_database(tmp_path):
     """Workers starting at the same moment neither trip over the creation nor lose a write."""
-    path = str(tmp_path / "outbox.sqlite3")
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_open_and_begin, args=(path, i)) for i in range(6)]
+    barrier = context.Barrier(6)
+    processes = [context.Process(target=_open_and_begin_together, args=(str(tmp_path), i, barrier))
+                 for i in range(6)]
     for process in processes:
         process.start()
     for process in processes:
         process.join(60)
     assert [process.exitcode for process in processes] == [0] * 6
-    assert Outbox(path).counts()["queued"] == 6
+    assert [Outbox(tmp_path / f"outbox-{round_}.sqlite3").counts()["queued"] for round_ in range(ROUNDS)] == \
+        [6] * ROUNDS
 
 
 def test_event_is_recorded_once(outbox):
