@@ -2,7 +2,8 @@
 
 GitLab counts every non-2xx answer and every timeout toward disabling the
 hook, so only a too-large body (413), a wrong token (401) and a body that is
-not JSON (400) get an error status; everything else is a 200 with a status.
+not JSON or was cut short (400) get an error status; everything else is a 200
+with a status.
 """
 from __future__ import annotations
 
