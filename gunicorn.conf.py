@@ -33,7 +33,8 @@ bind = f"{_settings.host}:{_settings.port}"
 # short (45 MB each). Two workers reach the same webhooks/s since connections are spread evenly (before,
 # 2-3% fewer), but four hold twice the threads for a burst or an outage, when each waits up to the deadline.
 workers = 4
-worker_class = "gitlab_feishu.gthread_worker.ServiceThreadWorker"  # gthread: turns at new connections, stalls cut off
+# gthread, with workers taking turns at new connections and a 10 s deadline on each request's arrival.
+worker_class = "gitlab_feishu.gthread_worker.ServiceThreadWorker"
 threads = 32                   # webhooks in flight per process, each waiting about one Feishu round trip
 timeout = 30                   # well above DELIVERY_DEADLINE_SECONDS: a worker is only killed if truly stuck
 graceful_timeout = 30

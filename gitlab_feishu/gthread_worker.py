@@ -9,22 +9,25 @@ while it holds another leaves the next ones to its siblings for a moment. A sock
 (SO_REUSEPORT) would spread them too, but a reload then resets the connections waiting at the old
 workers' sockets.
 
-A client that stops sending mid-request is cut off. gthread reads a request on a blocking socket with
-no timeout, so a client that sent part of one and went silent (a peer that lost its network, a stuck
-scanner) held a thread for good, and enough of them would hold every thread while GitLab's deliveries
-waited. Each read now gives up after STALLED_CLIENT_SECONDS of silence.
+A request must arrive whole within REQUEST_ARRIVAL_SECONDS of its first byte. gthread reads a request
+on a blocking socket with no timeout, so a client that sent part of one and went silent (a peer that
+lost its network, a stuck scanner) held a thread for good, one trickling a byte at a time as long as it
+liked, and enough of them would hold every thread while GitLab's deliveries waited.
 """
 import errno
+import logging
 import socket
 import time
 
 from gunicorn.workers.gthread import ThreadWorker
 
+log = logging.getLogger(__name__)
+
 # Long enough for an idle sibling to be scheduled and take the next connection. A worker with nothing
 # else in hand never pauses: GitLab opens a connection per delivery and closes it after the answer.
 ACCEPT_PAUSE_SECONDS = 0.005
-# GitLab sends a delivery at once and gives up on it after 10 s: a read silent this long is no delivery.
-STALLED_CLIENT_SECONDS = 10.0
+# GitLab sends a delivery at once and gives up on it after 10 s: a request still arriving then is no delivery.
+REQUEST_ARRIVAL_SECONDS = 10.0
 
 
 class ServiceThreadWorker(ThreadWorker):
@@ -55,52 +58,68 @@ class ServiceThreadWorker(ThreadWorker):
         # Here, on the worker's main thread, before a pool thread first reads from the connection. Not when
         # gunicorn itself terminates TLS (the README puts nginx in front): its SSL socket replaces this one.
         if type(conn.sock) is socket.socket and not self.cfg.is_ssl:
-            conn.sock = StallGuardedSocket.taking_over(conn.sock)
+            conn.sock = ArrivalDeadlineSocket.taking_over(conn.sock)
         super().enqueue_req(conn)
 
 
-class StallGuardedSocket(socket.socket):
-    """A client's socket whose blocking reads give up after STALLED_CLIENT_SECONDS of silence.
+class ArrivalDeadlineSocket(socket.socket):
+    """A client's socket on which each request must arrive within REQUEST_ARRIVAL_SECONDS.
 
-    gthread makes a socket blocking (setblocking(True)) before each request: that sets the timeout
-    instead. A read that times out is reported as a reset connection, which gthread closes quietly (it
-    logs any other socket error with a traceback). A timeout gunicorn sets itself (draining a body,
-    closing) is its own to handle, and stays a timeout.
+    gthread makes the socket blocking (setblocking(True)) once a request's first bytes are in, before
+    reading it: that starts the request's deadline instead, which bounds every read until the socket goes
+    back to gthread's poller. A read past the deadline is logged in one line and reported as a reset
+    connection, which gthread closes quietly (it logs any other socket error with a traceback). A timeout
+    gunicorn sets itself
+    (draining a body, closing) ends the deadline: that wait is gunicorn's own to bound and handle.
     """
-    _guarding = False
+    _read_by: float | None = None
 
     @classmethod
-    def taking_over(cls, sock: socket.socket) -> "StallGuardedSocket":
+    def taking_over(cls, sock: socket.socket) -> "ArrivalDeadlineSocket":
         timeout = sock.gettimeout()
-        guarded = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        guarded.settimeout(timeout)
-        return guarded
+        taken = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        taken.settimeout(timeout)
+        return taken
 
     def setblocking(self, flag: bool) -> None:
-        super().settimeout(STALLED_CLIENT_SECONDS if flag else 0.0)
-        self._guarding = flag
+        super().settimeout(REQUEST_ARRIVAL_SECONDS if flag else 0.0)
+        self._read_by = time.monotonic() + REQUEST_ARRIVAL_SECONDS if flag else None
 
     def settimeout(self, value) -> None:
         super().settimeout(value)
-        self._guarding = False
+        self._read_by = None
 
     def recv(self, *args):
+        self._time_left()
         try:
             return super().recv(*args)
         except TimeoutError:
-            if not self._guarding:
+            if self._read_by is None:
                 raise
-            raise stalled() from None
+            raise self._cut_off() from None
 
     def recv_into(self, *args):
+        self._time_left()
         try:
             return super().recv_into(*args)
         except TimeoutError:
-            if not self._guarding:
+            if self._read_by is None:
                 raise
-            raise stalled() from None
+            raise self._cut_off() from None
 
+    def _cut_off(self) -> ConnectionResetError:
+        try:
+            address = self.getpeername()
+        except OSError:           # gone already
+            address = None
+        peer = address[0] if isinstance(address, tuple) else "a client"
+        log.warning("cut off %s: its request had not arrived whole %g s after its first bytes (a client that went "
+                    "silent or sends a byte at a time)", peer, REQUEST_ARRIVAL_SECONDS)
+        return ConnectionResetError(errno.ECONNRESET, "the request did not arrive in time")
 
-def stalled() -> ConnectionResetError:
-    return ConnectionResetError(errno.ECONNRESET, f"the client sent nothing for {STALLED_CLIENT_SECONDS:g} s "
-                                                  "in the middle of a request")
+    def _time_left(self) -> None:
+        if self._read_by is not None:
+            left = self._read_by - time.monotonic()
+            if left <= 0:
+                raise self._cut_off()
+            super().settimeout(left)

@@ -1,5 +1,5 @@
 """gunicorn's worker (gitlab_feishu/gthread_worker.py): workers take turns at new connections, and a
-client that stops sending mid-request is cut off.
+request that has not arrived whole in time is cut off.
 
 A worker on a real listening socket and selector, with an injected clock; gunicorn's thread pool is
 left out (a connection handed to it is only recorded).
@@ -22,7 +22,7 @@ if sys.platform == "win32":
 from gunicorn.config import Config
 
 from gitlab_feishu import gthread_worker
-from gitlab_feishu.gthread_worker import ACCEPT_PAUSE_SECONDS, ServiceThreadWorker, StallGuardedSocket
+from gitlab_feishu.gthread_worker import ACCEPT_PAUSE_SECONDS, ArrivalDeadlineSocket, ServiceThreadWorker
 from tests.conftest import FakeClock
 
 
@@ -129,22 +129,24 @@ def test_the_loop_wakes_when_the_pause_ends_not_a_second_later(taking):
     assert waits == [pytest.approx(ACCEPT_PAUSE_SECONDS), 1.0]
 
 
-STALL_SECONDS = 0.2            # stands in for STALLED_CLIENT_SECONDS (10 s)
+ARRIVAL_SECONDS = 0.5          # stands in for REQUEST_ARRIVAL_SECONDS (10 s)
+HEADERS = b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 2\r\n\r\n"
 
 
 @pytest.fixture
-def stall_after_a_moment(monkeypatch):
-    monkeypatch.setattr(gthread_worker, "STALLED_CLIENT_SECONDS", STALL_SECONDS)
+def short_deadline(monkeypatch):
+    monkeypatch.setattr(gthread_worker, "REQUEST_ARRIVAL_SECONDS", ARRIVAL_SECONDS)
 
 
 @pytest.fixture
-def served(make_worker, listener, stall_after_a_moment):
-    """A client sends `data`, then nothing; the worker accepts it and handles it as a pool thread does.
-    Returns the worker, what handling returned and how long it took, and the answer the client received
-    (when handling returns False, gthread's main thread closes the connection: nothing to receive)."""
-    def serve(data: bytes, wsgi=None) -> tuple[ServiceThreadWorker, dict, bytes]:
+def served(make_worker, listener, short_deadline):
+    """A client sends `data` at once, then `trickled` a byte at a time every 0.05 s, then nothing; the worker
+    accepts it and handles it as a pool thread does. Returns the worker, what handling returned and how long
+    it took, and the answer the client received (when handling returns False, gthread's main thread closes
+    the connection: nothing to receive)."""
+    def serve(data: bytes, trickled: bytes = b"") -> tuple[ServiceThreadWorker, dict, bytes]:
         worker = make_worker()
-        worker.wsgi = wsgi
+        worker.wsgi = reading_the_body
         with socket.create_connection(listener.getsockname()[:2]) as client:
             worker.accept(listener)
             client.sendall(data)
@@ -157,6 +159,11 @@ def served(make_worker, listener, stall_after_a_moment):
 
             thread = threading.Thread(target=handle, daemon=True)
             thread.start()
+            for byte in trickled:
+                time.sleep(0.05)    # the client's pace, not a wait for the code under test
+                if not thread.is_alive():
+                    break           # handled: cut off, or answered
+                client.send(bytes([byte]))
             thread.join(10)
             assert not thread.is_alive(), "still handling the connection after 10 s"
             client.settimeout(1)
@@ -170,42 +177,50 @@ def reading_the_body(environ, start_response):
     return [body]
 
 
-def test_a_taken_connection_is_guarded_against_stalls_before_any_thread_reads_it(taking):
+def test_a_taken_connection_has_an_arrival_deadline_before_any_thread_reads_it(taking):
     worker = taking(1)
-    assert isinstance(worker.taken[0].sock, StallGuardedSocket)
+    assert isinstance(worker.taken[0].sock, ArrivalDeadlineSocket)
 
 
-@pytest.mark.parametrize("sent", [
-    b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Le",                         # in the headers
-    b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 100\r\n\r\n{\"a\":",  # in the body
+@pytest.mark.parametrize(("sent", "trickled"), [
+    (b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Le", b""),       # silent in the headers
+    (HEADERS[:-4] + b"0\r\n\r\n{\"a\":", b""),                                    # silent in the body
+    (b"POST /gitlab-webhook HTTP/1.1\r\n", b"X-Gitlab-Event: Push Hook\r\n" * 2),  # a byte at a time
 ])
-def test_a_client_that_stops_mid_request_is_cut_off_and_frees_its_thread(served, sent):
-    worker, outcome, _ = served(sent, reading_the_body)
+def test_a_request_not_arrived_whole_in_time_is_cut_off_and_frees_its_thread(served, caplog, sent, trickled):
+    worker, outcome, _ = served(sent, trickled)
     assert outcome["result"] is False                               # gthread closes the connection
-    assert STALL_SECONDS <= outcome["seconds"] < STALL_SECONDS + 1
-    assert not worker.log.exception.called                          # no traceback for a silent peer
+    assert ARRIVAL_SECONDS <= outcome["seconds"] < ARRIVAL_SECONDS + 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cut off 127.0.0.1: its request had not arrived whole {ARRIVAL_SECONDS:g} s after its first bytes "
+        "(a client that went silent or sends a byte at a time)"]
+    assert not worker.log.exception.called                          # and no traceback from gunicorn
 
 
 def test_a_whole_request_is_answered_and_kept_alive_as_before(served):
-    worker, outcome, received = served(b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 2"
-                                       b"\r\n\r\n{}", reading_the_body)
+    worker, outcome, received = served(HEADERS + b"{}")
     assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"\r\n\r\n{}")
     assert outcome["result"] is True
 
 
-def test_a_kept_alive_connection_stays_guarded_for_its_next_request(make_worker, listener):
+def test_a_request_arriving_in_pieces_within_the_deadline_is_answered(served):
+    worker, outcome, received = served(HEADERS[:-2], HEADERS[-2:] + b"{}")      # the last 4 bytes over 0.2 s
+    assert outcome["result"] is True and received.endswith(b"\r\n\r\n{}")
+
+
+def test_a_kept_alive_connection_keeps_its_deadline_for_its_next_request(make_worker, listener, short_deadline):
     worker = make_worker()
     worker.wsgi = reading_the_body
     with socket.create_connection(listener.getsockname()[:2]) as client:
         worker.accept(listener)
         [conn] = worker.taken
         for _ in range(2):
-            client.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 2\r\n\r\n{}")
+            client.sendall(HEADERS + b"{}")
             assert worker.handle(conn) is True
             assert client.recv(4096).startswith(b"HTTP/1.1 200 OK")
             conn.sock.setblocking(False)            # back to gthread's poller, as finish_request does
             worker.enqueue_req(conn)                # readable again: handed to a thread once more
-    assert worker.taken == [conn, conn, conn] and isinstance(conn.sock, StallGuardedSocket)
+    assert worker.taken == [conn, conn, conn] and isinstance(conn.sock, ArrivalDeadlineSocket)
 
 
 def test_a_connection_gunicorn_itself_wraps_in_tls_is_left_as_gthread_makes_it(make_worker, listener, clients):
@@ -217,11 +232,11 @@ def test_a_connection_gunicorn_itself_wraps_in_tls_is_left_as_gthread_makes_it(m
 
 
 @pytest.mark.parametrize(("set_by", "raised"), [("gthread", ConnectionResetError), ("gunicorn", TimeoutError)])
-def test_only_the_guards_own_timeout_is_reported_as_a_reset(stall_after_a_moment, set_by, raised):
+def test_only_the_deadlines_own_timeout_is_reported_as_a_reset(short_deadline, set_by, raised):
     ours, theirs = socket.socketpair()
-    with theirs, StallGuardedSocket.taking_over(ours) as guarded:
-        guarded.setblocking(True)                   # before each request: the guard's timeout
+    with theirs, ArrivalDeadlineSocket.taking_over(ours) as taken:
+        taken.setblocking(True)                     # a request's first bytes are in: its deadline starts
         if set_by == "gunicorn":
-            guarded.settimeout(STALL_SECONDS)       # draining a body, closing: gunicorn's own
+            taken.settimeout(ARRIVAL_SECONDS)       # draining a body, closing: gunicorn's own
         with pytest.raises(raised):
-            guarded.recv(1)
+            taken.recv(1)
