@@ -66,13 +66,14 @@ class ArrivalDeadlineSocket(socket.socket):
     """A client's socket on which each request must arrive within REQUEST_ARRIVAL_SECONDS.
 
     gthread makes the socket blocking (setblocking(True)) once a request's first bytes are in, before
-    reading it: that starts the request's deadline instead, which bounds every read until the socket goes
-    back to gthread's poller. A read past the deadline is logged in one line and reported as a reset
-    connection, which gthread closes quietly (it logs any other socket error with a traceback). A timeout
-    gunicorn sets itself
-    (draining a body, closing) ends the deadline: that wait is gunicorn's own to bound and handle.
+    reading it: that starts the request's deadline, which bounds every read until the answer is written
+    or the socket goes back to gthread's poller. A read past it is logged in one line and reported as a
+    reset connection, which gthread closes quietly (it logs any other socket error with a traceback). A
+    timeout gunicorn sets itself (draining a body, closing) bounds reads too, and stays its own to handle.
     """
+    clock = staticmethod(time.monotonic)
     _read_by: float | None = None
+    _timeout: float | None = None       # the timeout gunicorn last set, which reads respect too
 
     @classmethod
     def taking_over(cls, sock: socket.socket) -> "ArrivalDeadlineSocket":
@@ -82,28 +83,52 @@ class ArrivalDeadlineSocket(socket.socket):
         return taken
 
     def setblocking(self, flag: bool) -> None:
-        super().settimeout(REQUEST_ARRIVAL_SECONDS if flag else 0.0)
-        self._read_by = time.monotonic() + REQUEST_ARRIVAL_SECONDS if flag else None
+        self._timeout = None if flag else 0.0
+        super().setblocking(flag)
+        self._read_by = self.clock() + REQUEST_ARRIVAL_SECONDS if flag else None
 
     def settimeout(self, value) -> None:
+        # gunicorn's own bound (a body's drain, closing, or Parser.__next__'s finish_body() putting the
+        # previous value back): reads respect it, but it does not end the request's deadline.
+        self._timeout = value
         super().settimeout(value)
-        self._read_by = None
+
+    def gettimeout(self):
+        return self._timeout
 
     def recv(self, *args):
-        self._time_left()
-        try:
-            return super().recv(*args)
-        except TimeoutError:
-            if self._read_by is None:
-                raise
-            raise self._cut_off() from None
+        return self._read(super().recv, args)
 
     def recv_into(self, *args):
-        self._time_left()
+        return self._read(super().recv_into, args)
+
+    def sendall(self, *args):
+        self._response_begins()
+        return super().sendall(*args)
+
+    def sendfile(self, *args, **kwargs):
+        self._response_begins()
+        return super().sendfile(*args, **kwargs)
+
+    def _response_begins(self) -> None:
+        # The request has arrived: writing the answer is bounded as gunicorn bounds it, not by what the
+        # deadline had left at the last read.
+        if self._read_by is not None:
+            self._read_by = None
+            super().settimeout(self._timeout)
+
+    def _read(self, read, args):
+        if self._read_by is None:
+            return read(*args)
+        left = self._read_by - self.clock()
+        if left <= 0:
+            raise self._cut_off()
+        ours = self._timeout is None or self._timeout > left
+        super().settimeout(left if ours else self._timeout)
         try:
-            return super().recv_into(*args)
+            return read(*args)
         except TimeoutError:
-            if self._read_by is None:
+            if not ours:
                 raise
             raise self._cut_off() from None
 
@@ -115,11 +140,9 @@ class ArrivalDeadlineSocket(socket.socket):
         peer = address[0] if isinstance(address, tuple) else "a client"
         log.warning("cut off %s: its request had not arrived whole %g s after its first bytes (a client that went "
                     "silent or sends a byte at a time)", peer, REQUEST_ARRIVAL_SECONDS)
+        self._read_by = None
+        try:                      # close_graceful (on gthread's main thread) then finds nothing to wait for
+            self.shutdown(socket.SHUT_RD)    # an answer (the app's 400) can still go out
+        except OSError:
+            pass
         return ConnectionResetError(errno.ECONNRESET, "the request did not arrive in time")
-
-    def _time_left(self) -> None:
-        if self._read_by is not None:
-            left = self._read_by - time.monotonic()
-            if left <= 0:
-                raise self._cut_off()
-            super().settimeout(left)

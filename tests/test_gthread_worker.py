@@ -129,46 +129,13 @@ def test_the_loop_wakes_when_the_pause_ends_not_a_second_later(taking):
     assert waits == [pytest.approx(ACCEPT_PAUSE_SECONDS), 1.0]
 
 
-ARRIVAL_SECONDS = 0.5          # stands in for REQUEST_ARRIVAL_SECONDS (10 s)
 HEADERS = b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Length: 2\r\n\r\n"
+SILENCE_SECONDS = 0.5          # REQUEST_ARRIVAL_SECONDS for a client that goes silent: a real wait
 
 
 @pytest.fixture
 def short_deadline(monkeypatch):
-    monkeypatch.setattr(gthread_worker, "REQUEST_ARRIVAL_SECONDS", ARRIVAL_SECONDS)
-
-
-@pytest.fixture
-def served(make_worker, listener, short_deadline):
-    """A client sends `data` at once, then `trickled` a byte at a time every 0.05 s, then nothing; the worker
-    accepts it and handles it as a pool thread does. Returns the worker, what handling returned and how long
-    it took, and the answer the client received (when handling returns False, gthread's main thread closes
-    the connection: nothing to receive)."""
-    def serve(data: bytes, trickled: bytes = b"") -> tuple[ServiceThreadWorker, dict, bytes]:
-        worker = make_worker()
-        worker.wsgi = reading_the_body
-        with socket.create_connection(listener.getsockname()[:2]) as client:
-            worker.accept(listener)
-            client.sendall(data)
-            outcome = {}
-
-            def handle():
-                started = time.monotonic()
-                outcome["result"] = worker.handle(worker.taken[0])
-                outcome["seconds"] = time.monotonic() - started
-
-            thread = threading.Thread(target=handle, daemon=True)
-            thread.start()
-            for byte in trickled:
-                time.sleep(0.05)    # the client's pace, not a wait for the code under test
-                if not thread.is_alive():
-                    break           # handled: cut off, or answered
-                client.send(bytes([byte]))
-            thread.join(10)
-            assert not thread.is_alive(), "still handling the connection after 10 s"
-            client.settimeout(1)
-            return worker, outcome, client.recv(4096) if outcome.get("result") else b""
-    return serve
+    monkeypatch.setattr(gthread_worker, "REQUEST_ARRIVAL_SECONDS", SILENCE_SECONDS)
 
 
 def reading_the_body(environ, start_response):
@@ -177,50 +144,118 @@ def reading_the_body(environ, start_response):
     return [body]
 
 
+@pytest.fixture
+def connected(make_worker, listener):
+    """A worker with one client's connection taken, and the client."""
+    with socket.create_connection(listener.getsockname()[:2]) as client:
+        worker = make_worker()
+        worker.wsgi = reading_the_body
+        worker.accept(listener)
+        yield worker, worker.taken[0], client
+
+
+def handled(worker: ServiceThreadWorker, conn) -> tuple[bool, float]:
+    """gthread's handling of the connection's next request, as a pool thread runs it: its result (False:
+    gthread's main thread closes the connection) and how long it took."""
+    started = time.monotonic()
+    return worker.handle(conn), time.monotonic() - started
+
+
+def cut_off_lines(caplog) -> list[str]:
+    return [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("cut off")]
+
+
 def test_a_taken_connection_has_an_arrival_deadline_before_any_thread_reads_it(taking):
     worker = taking(1)
     assert isinstance(worker.taken[0].sock, ArrivalDeadlineSocket)
 
 
-@pytest.mark.parametrize(("sent", "trickled"), [
-    (b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Le", b""),       # silent in the headers
-    (HEADERS[:-4] + b"0\r\n\r\n{\"a\":", b""),                                    # silent in the body
-    (b"POST /gitlab-webhook HTTP/1.1\r\n", b"X-Gitlab-Event: Push Hook\r\n" * 2),  # a byte at a time
+def test_a_whole_request_is_answered_and_kept_alive_as_before(connected):
+    worker, conn, client = connected
+    client.sendall(HEADERS + b"{}")
+    assert handled(worker, conn)[0] is True
+    assert client.recv(4096).startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("sent", [
+    b"POST /gitlab-webhook HTTP/1.1\r\nHost: gitlab\r\nContent-Le",    # silent in the headers
+    HEADERS[:-4] + b"0\r\n\r\n{\"a\":",                                 # silent in the body
 ])
-def test_a_request_not_arrived_whole_in_time_is_cut_off_and_frees_its_thread(served, caplog, sent, trickled):
-    worker, outcome, _ = served(sent, trickled)
-    assert outcome["result"] is False                               # gthread closes the connection
-    assert ARRIVAL_SECONDS <= outcome["seconds"] < ARRIVAL_SECONDS + 1
-    assert [r.getMessage() for r in caplog.records] == [
-        f"cut off 127.0.0.1: its request had not arrived whole {ARRIVAL_SECONDS:g} s after its first bytes "
-        "(a client that went silent or sends a byte at a time)"]
+def test_a_client_gone_silent_mid_request_is_cut_off_and_frees_its_thread(connected, short_deadline, caplog, sent):
+    worker, conn, client = connected
+    client.sendall(sent)
+    result, seconds = handled(worker, conn)
+    assert result is False and SILENCE_SECONDS <= seconds < 5
+    assert cut_off_lines(caplog) == ["cut off 127.0.0.1"]
     assert not worker.log.exception.called                          # and no traceback from gunicorn
 
 
-def test_a_whole_request_is_answered_and_kept_alive_as_before(served):
-    worker, outcome, received = served(HEADERS + b"{}")
-    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"\r\n\r\n{}")
-    assert outcome["result"] is True
+def test_a_kept_alive_connections_next_request_has_a_deadline_of_its_own(connected, short_deadline, caplog):
+    worker, conn, client = connected
+    client.sendall(HEADERS + b"{}")
+    assert handled(worker, conn)[0] is True and client.recv(4096).startswith(b"HTTP/1.1 200 OK")
+    conn.sock.setblocking(False)                    # back to gthread's poller, as finish_request does
+    worker.enqueue_req(conn)                        # readable again: handed to a thread once more
+    client.sendall(HEADERS[:10])                    # the next request starts, then the client goes silent
+    assert handled(worker, conn)[0] is False
+    assert cut_off_lines(caplog) == ["cut off 127.0.0.1"] and not worker.log.exception.called
+    assert worker.taken == [conn, conn] and isinstance(conn.sock, ArrivalDeadlineSocket)
 
 
-def test_a_request_arriving_in_pieces_within_the_deadline_is_answered(served):
-    worker, outcome, received = served(HEADERS[:-2], HEADERS[-2:] + b"{}")      # the last 4 bytes over 0.2 s
-    assert outcome["result"] is True and received.endswith(b"\r\n\r\n{}")
+def test_a_client_sending_a_little_at_a_time_is_cut_off_at_the_deadline(connected, monkeypatch, caplog):
+    worker, conn, client = connected
+    clock = FakeClock(1000.0)
+    monkeypatch.setattr(ArrivalDeadlineSocket, "clock", clock)
+    client.sendall(HEADERS[:10])
+    results = []
+    thread = threading.Thread(target=lambda: results.append(worker.handle(conn)), daemon=True)
+    thread.start()
+    while conn.sock._read_by is None and thread.is_alive():
+        time.sleep(0.001)                           # until gthread's setblocking(True) starts the deadline
+    for piece in (HEADERS[10:20], HEADERS[20:30]):  # each piece in time ...
+        clock.advance(gthread_worker.REQUEST_ARRIVAL_SECONDS / 2 - 0.01)
+        client.sendall(piece)
+    clock.advance(0.03)                             # ... but the request not whole at the deadline
+    client.sendall(HEADERS[30:31])
+    thread.join(5)
+    assert results == [False] and cut_off_lines(caplog) == ["cut off 127.0.0.1"]
 
 
-def test_a_kept_alive_connection_keeps_its_deadline_for_its_next_request(make_worker, listener, short_deadline):
-    worker = make_worker()
-    worker.wsgi = reading_the_body
-    with socket.create_connection(listener.getsockname()[:2]) as client:
-        worker.accept(listener)
-        [conn] = worker.taken
-        for _ in range(2):
-            client.sendall(HEADERS + b"{}")
-            assert worker.handle(conn) is True
-            assert client.recv(4096).startswith(b"HTTP/1.1 200 OK")
-            conn.sock.setblocking(False)            # back to gthread's poller, as finish_request does
-            worker.enqueue_req(conn)                # readable again: handed to a thread once more
-    assert worker.taken == [conn, conn, conn] and isinstance(conn.sock, ArrivalDeadlineSocket)
+def test_closing_a_cut_off_connection_does_not_hold_gthreads_main_loop(connected, short_deadline):
+    worker, conn, client = connected
+    client.sendall(HEADERS[:10])
+    assert handled(worker, conn)[0] is False
+    started = time.monotonic()
+    conn.close(graceful=True)                       # what finish_request does, on the main thread
+    assert time.monotonic() - started < 0.5         # not gunicorn's 2 s wait for the client to finish
+
+
+def test_an_answer_is_written_unhurried_by_what_the_deadline_had_left(connected, monkeypatch):
+    worker, conn, client = connected
+    clock = FakeClock(1000.0)
+    monkeypatch.setattr(ArrivalDeadlineSocket, "clock", clock)
+    answer = b"x" * 8_000_000                       # more than the socket buffers hold
+
+    def answering_at_length(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(len(answer)))])
+        return [answer]
+
+    worker.wsgi = answering_at_length
+    client.sendall(HEADERS[:10])
+    results = []
+    thread = threading.Thread(target=lambda: results.append(worker.handle(conn)), daemon=True)
+    thread.start()
+    while conn.sock._read_by is None and thread.is_alive():
+        time.sleep(0.001)                           # until gthread's setblocking(True) starts the deadline
+    clock.advance(gthread_worker.REQUEST_ARRIVAL_SECONDS - 0.01)
+    client.sendall(HEADERS[10:] + b"{}")            # the request whole just in time
+    time.sleep(0.2)                                 # the client's pace: it reads its answer a moment later
+    received = 0
+    client.settimeout(5)                            # a worker that gave up writing leaves the client waiting
+    while received < len(answer):
+        received += len(client.recv(1 << 20))
+    thread.join(5)
+    assert results == [True]
 
 
 def test_a_connection_gunicorn_itself_wraps_in_tls_is_left_as_gthread_makes_it(make_worker, listener, clients):
@@ -232,11 +267,11 @@ def test_a_connection_gunicorn_itself_wraps_in_tls_is_left_as_gthread_makes_it(m
 
 
 @pytest.mark.parametrize(("set_by", "raised"), [("gthread", ConnectionResetError), ("gunicorn", TimeoutError)])
-def test_only_the_deadlines_own_timeout_is_reported_as_a_reset(short_deadline, set_by, raised):
+def test_a_timeout_gunicorn_sets_itself_stays_a_timeout(short_deadline, set_by, raised):
     ours, theirs = socket.socketpair()
     with theirs, ArrivalDeadlineSocket.taking_over(ours) as taken:
         taken.setblocking(True)                     # a request's first bytes are in: its deadline starts
         if set_by == "gunicorn":
-            taken.settimeout(ARRIVAL_SECONDS)       # draining a body, closing: gunicorn's own
+            taken.settimeout(SILENCE_SECONDS / 5)   # closing: gunicorn's own, shorter
         with pytest.raises(raised):
             taken.recv(1)
