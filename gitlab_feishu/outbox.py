@@ -68,13 +68,13 @@ class Outbox:
     def _migrate(self) -> None:
         # The usual start: a read, which no other program's write transaction holds up. In our turn all the
         # same: processes switching a new file to WAL at the same moment get "locked" at once.
-        with self._db.turn() as conn:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        with self._db.turn():
+            if self.schema_version == SCHEMA_VERSION:
                 return
         # Processes starting together all get here; BEGIN IMMEDIATE lets one
         # create or upgrade the schema while the others wait, then find it done.
         with self._write(BUSY_TIMEOUT) as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            version = self.schema_version
             if version > SCHEMA_VERSION:
                 raise ConfigError(f"{self.path} was written by a newer release (schema {version}); "
                                   f"upgrade this service or move the file aside")

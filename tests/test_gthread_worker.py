@@ -202,16 +202,28 @@ def test_a_kept_alive_connections_next_request_has_a_deadline_of_its_own(connect
     assert worker.taken == [conn, conn] and isinstance(conn.sock, ArrivalDeadlineSocket)
 
 
-def test_a_client_sending_a_little_at_a_time_is_cut_off_at_the_deadline(connected, monkeypatch, caplog):
+@pytest.fixture
+def deadline_started(connected, monkeypatch):
+    """The client sends a request's first bytes and a pool thread starts handling it, with the deadline on
+    a FakeClock; returns when the deadline has started: the clock, the thread, and the list its result goes to."""
     worker, conn, client = connected
     clock = FakeClock(1000.0)
     monkeypatch.setattr(ArrivalDeadlineSocket, "clock", clock)
-    client.sendall(HEADERS[:10])
-    results = []
-    thread = threading.Thread(target=lambda: results.append(worker.handle(conn)), daemon=True)
-    thread.start()
-    while conn.sock._read_by is None and thread.is_alive():
-        time.sleep(0.001)                           # until gthread's setblocking(True) starts the deadline
+
+    def start() -> tuple[FakeClock, threading.Thread, list]:
+        client.sendall(HEADERS[:10])
+        results = []
+        thread = threading.Thread(target=lambda: results.append(worker.handle(conn)), daemon=True)
+        thread.start()
+        while conn.sock._read_by is None and thread.is_alive():
+            time.sleep(0.001)                       # until gthread's setblocking(True) starts the deadline
+        return clock, thread, results
+    return start
+
+
+def test_a_client_sending_a_little_at_a_time_is_cut_off_at_the_deadline(connected, deadline_started, caplog):
+    worker, conn, client = connected
+    clock, thread, results = deadline_started()
     for piece in (HEADERS[10:20], HEADERS[20:30]):  # each piece in time ...
         clock.advance(gthread_worker.REQUEST_ARRIVAL_SECONDS / 2 - 0.01)
         client.sendall(piece)
@@ -230,10 +242,8 @@ def test_closing_a_cut_off_connection_does_not_hold_gthreads_main_loop(connected
     assert time.monotonic() - started < 0.5         # not gunicorn's 2 s wait for the client to finish
 
 
-def test_an_answer_is_written_unhurried_by_what_the_deadline_had_left(connected, monkeypatch):
+def test_an_answer_is_written_unhurried_by_what_the_deadline_had_left(connected, deadline_started):
     worker, conn, client = connected
-    clock = FakeClock(1000.0)
-    monkeypatch.setattr(ArrivalDeadlineSocket, "clock", clock)
     answer = b"x" * 8_000_000                       # more than the socket buffers hold
 
     def answering_at_length(environ, start_response):
@@ -241,12 +251,7 @@ def test_an_answer_is_written_unhurried_by_what_the_deadline_had_left(connected,
         return [answer]
 
     worker.wsgi = answering_at_length
-    client.sendall(HEADERS[:10])
-    results = []
-    thread = threading.Thread(target=lambda: results.append(worker.handle(conn)), daemon=True)
-    thread.start()
-    while conn.sock._read_by is None and thread.is_alive():
-        time.sleep(0.001)                           # until gthread's setblocking(True) starts the deadline
+    clock, thread, results = deadline_started()
     clock.advance(gthread_worker.REQUEST_ARRIVAL_SECONDS - 0.01)
     client.sendall(HEADERS[10:] + b"{}")            # the request whole just in time
     time.sleep(0.2)                                 # the client's pace: it reads its answer a moment later
