@@ -128,7 +128,16 @@ def parse_event(payload: Any, event_header: str | None) -> Event | Ignored:
         return Ignored("payload is not a JSON object")
     kind = payload.get("object_kind")
     if not isinstance(kind, str) or not kind:
-        return Ignored("payload has no object_kind")
+        # GitLab's system-hook documentation shows push and tag events without object_kind, naming
+        # the kind only in event_name; the other system events (project_create, repository_update...)
+        # carry only event_name too, and are not handled.
+        event_name = payload.get("event_name")
+        if event_name in ("push", "tag_push"):
+            kind = event_name
+        elif isinstance(event_name, str) and event_name:
+            return Ignored(f"{event_name} events are not handled")
+        else:
+            return Ignored("payload has no object_kind")
     expected_header = EVENT_HEADERS.get(kind)
     if expected_header is None:
         return Ignored(_NOT_HANDLED.get(kind, f"{kind} events are not handled"))

@@ -235,7 +235,7 @@ def _named_in(payload: Any) -> dict:
     if not isinstance(payload, dict):
         return {}
     project = payload.get("project")
-    named = {"event": payload.get("object_kind"),
+    named = {"event": payload.get("object_kind") or payload.get("event_name"),
              "project": project.get("path_with_namespace") if isinstance(project, dict) else None}
     return {name: value for name, value in named.items() if isinstance(value, str) and value}
 

@@ -214,6 +214,24 @@ def test_system_hook_push_is_handled(client, feishu):
     assert post(client, load_payload("push.json"), gitlab_headers("System Hook")).json["status"] == "sent"
 
 
+def test_system_hook_push_as_gitlab_documents_it_without_object_kind_is_handled(client, feishu):
+    # doc/administration/system_hooks.md, "Push events": event_name "push" and no object_kind.
+    payload = load_payload("push.json")
+    del payload["object_kind"]
+    response = post(client, payload, gitlab_headers("System Hook"))
+    assert response.json["status"] == "sent" and response.json["event"] == "push"
+
+
+def test_other_system_hook_events_are_ignored_by_name(client, feishu):
+    payload = {"event_name": "repository_update", "project": {"path_with_namespace": "mike/diaspora"},
+               "changes": [], "refs": ["refs/heads/master"]}
+    response = post(client, payload, gitlab_headers("System Hook"))
+    assert response.json["status"] == "ignored"
+    assert response.json["reason"] == "repository_update events are not handled"
+    assert response.json["event"] == "repository_update"
+    assert feishu.calls("send") == 0
+
+
 def test_event_kind_turned_off_is_ignored(settings, feishu):
     app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, notify_events=frozenset({"pipeline"})),
                      background=False)
