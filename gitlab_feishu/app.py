@@ -95,7 +95,8 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
                                        "watcher": watcher}
     protect(app, settings)
 
-    @app.post("/gitlab-webhook")
+    # strict_slashes=False: a hook URL ending in "/gitlab-webhook/" is delivered too, not answered 404.
+    @app.post("/gitlab-webhook", strict_slashes=False)
     def gitlab_webhook():
         started = clock()
         if (request.content_length or 0) > MAX_BODY_BYTES:
@@ -143,7 +144,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
         log.exception("unexpected error handling %s %s", request.method, request.path)
-        if request.path == "/gitlab-webhook":
+        if request.endpoint == "gitlab_webhook":
             # A 5xx would count toward GitLab disabling the hook; the log has the traceback.
             return jsonify({"status": "failed", "reason": "internal error; see the service log", "deliveries": []})
         return _error(500, "internal error; see the service log")

@@ -308,6 +308,24 @@ def test_http_errors_are_json(client, method, path, status):
     assert response.status_code == status and response.json["status"] == "error"
 
 
+def test_a_hook_url_with_a_trailing_slash_is_delivered(client, feishu):
+    response = client.post("/gitlab-webhook/", data=json.dumps(load_payload("chinese_push.json"), ensure_ascii=False),
+                           headers=gitlab_headers())
+    assert response.status_code == 200 and response.json["status"] == "sent"
+    assert len(feishu.messages) == 1
+
+
+@pytest.mark.parametrize("path", ["/gitlab-webhook", "/gitlab-webhook/"])
+def test_a_bug_is_answered_200_with_a_reason_so_gitlab_keeps_the_hook(client, monkeypatch, caplog, path):
+    notifier = client.application.extensions["gitlab_feishu"]["notifier"]
+    monkeypatch.setattr(notifier, "notify", lambda *args: 1 / 0)
+    with caplog.at_level(logging.ERROR, logger="gitlab_feishu"):
+        response = client.post(path, data=json.dumps(load_payload("push.json")), headers=gitlab_headers())
+    assert response.status_code == 200
+    assert response.json == {"status": "failed", "reason": "internal error; see the service log", "deliveries": []}
+    assert "ZeroDivisionError" in caplog.text
+
+
 @pytest.mark.parametrize(("request_kwargs", "expected"), [
     ({"path": "/gitlab-webhook", "method": "POST", "data": b"not json"}, "POST /gitlab-webhook from 127.0.0.1: 400 "),
     ({"path": "/gitlab-webhook", "method": "POST", "data": b"{}",
