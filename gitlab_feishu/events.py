@@ -197,8 +197,8 @@ class PipelineEvent:
     duration: int | None = None  # seconds
     finished_at: str = ""        # as GitLab wrote it: a job retried makes the pipeline finish again
     fixed: bool = False          # set by the service: a success after a failure on the same ref
+    ref_protected: bool | None = None   # GitLab's object_attributes.protected_ref (current versions send it)
     kind: ClassVar[str] = "pipeline"
-    ref_protected: ClassVar[None] = None   # not in pipeline payloads
 
     @property
     def branch(self) -> str:

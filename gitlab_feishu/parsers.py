@@ -141,6 +141,7 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         failed_jobs=_failed_jobs(payload.get("builds"), as_list(attributes.get("stages"))),
         duration=int(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else None,
         finished_at=text(attributes.get("finished_at")),
+        ref_protected=optional_bool(attributes.get("protected_ref")),
     )
 
 

@@ -8,7 +8,9 @@ import pytest
 
 from gitlab_feishu.events import Person, Project, PushEvent
 from gitlab_feishu.owners import load_owners
+from gitlab_feishu.parsers import parse_pipeline
 from gitlab_feishu.settings import ConfigError
+from tests.conftest import load_payload
 
 BOT = "https://open.feishu.cn/open-apis/bot/v2/hook/0a1b2c3d-secret-token"
 LARK_BOT = "https://open.larksuite.com/open-apis/bot/v2/hook/9f8e7d6c-lark-token"
@@ -266,3 +268,20 @@ def test_names_tells_whether_any_entry_names_a_project_whatever_its_filters(tmp_
     owners = owners_of(tmp_path, {"grouptwogame/*": {"chats": [BOT], "events": ["pipeline"]}, "yeshui": "a@b.cn"})
     assert owners.names(project("grouptwogame/client")) and owners.names(project("games/yeshui-v2", name="x"))
     assert not owners.names(project("other/thing", name="别的"))
+
+
+@pytest.mark.parametrize("ref, protected_ref, hit", [
+    ("release/1.0", True, True),      # GitLab says the ref is protected: a :protected entry hears its pipelines
+    ("main", False, False),           # GitLab says it is not, default branch or not
+    ("main", None, True),             # older GitLab sends no protected_ref: only the default branch counts
+    ("dev", None, False),
+])
+def test_protected_filter_reads_a_pipelines_protected_ref(tmp_path, ref, protected_ref, hit):
+    payload = load_payload("pipeline.json")
+    payload["object_attributes"].update(status="failed", ref=ref)
+    payload["project"]["default_branch"] = "main"
+    if protected_ref is not None:
+        payload["object_attributes"]["protected_ref"] = protected_ref
+    owners = owners_of(tmp_path, {"gitlab-org/gitlab-test": {"owners": ["lead@example.com"],
+                                                              "branches": [":protected"]}})
+    assert notified(owners, parse_pipeline(payload)) == (["lead@example.com"] if hit else [])
