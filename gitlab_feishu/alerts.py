@@ -25,6 +25,7 @@ from .outbox import Outbox
 from .rows import Delivery, NewDelivery, feishu_uuid
 from .service import RETRY_WINDOW
 from .settings import Settings
+from .users import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,15 @@ RETRY_HINT = {"zh": "修复后运行 `python webhook_server.py --retry-failed` �
 TEXTS = {   # kind -> lang -> (title, what is wrong, what to do); {placeholders} are escaped before use
     "unknown_email": {
         "zh": ("飞书中找不到 {recipient}",
-               "owners.json 中的这个邮箱在飞书中查不到，或此人不在应用的通讯录权限范围内，通知没有发给他。",
+               "{file} 中的这个邮箱在飞书中查不到，或此人不在应用的通讯录权限范围内，通知没有发给他。",
                "确认这是此人的飞书账号邮箱；或在飞书开发者后台「权限管理」中把通讯录权限范围扩大到包含此人，"
-               "并发布新版本；也可以在 owners.json 中改写此人的 open_id（ou_...）。"),
+               "并发布新版本；也可以在 {file} 中改写此人的 open_id（ou_...）。"),
         "en": ("{recipient} not found in Feishu",
-               "This email in owners.json is unknown to Feishu or outside the app's contact scope, so the "
+               "This email in {file} is unknown to Feishu or outside the app's contact scope, so the "
                "notification did not reach them.",
                "Check that it is the person's Feishu login email, or widen the app's contact data scope under "
                "Permissions & Scopes (权限管理) in the Feishu developer console and publish a new version, or put "
-               "the person's open_id (ou_...) in owners.json."),
+               "the person's open_id (ou_...) in {file}."),
     },
     "availability": {
         "zh": ("{recipient} 不在应用的可用范围内",
@@ -78,6 +79,17 @@ TEXTS = {   # kind -> lang -> (title, what is wrong, what to do); {placeholders}
                "Feishu refused a notification card: bad card JSON or over 30 KB.",
                "This is usually a bug in this service: report the error below (with its log id) and the project "
                "to its maintainers."),
+    },
+    "chat": {
+        "zh": ("群机器人发送失败（{code}）",
+               "飞书拒绝了发往群聊 {recipient} 的通知，重试也无济于事。",
+               "在该群的「设置 → 群机器人」中查看这个自定义机器人：是否已被移除，是否开启了签名校验、自定义关键词"
+               "或 IP 白名单（见下方错误信息）；再在 owners.json 中改正它的 webhook 地址或 secret。"),
+        "en": ("A group chat post failed ({code})",
+               "Feishu refused the notification to the group chat {recipient}; retrying will not help.",
+               "In the group's Settings > Bots (群机器人), look at this custom bot: was it removed, or are signature "
+               "verification, custom keywords or an IP allow-list turned on (see the error below)? Then correct its "
+               "webhook URL or secret in owners.json."),
     },
     "expired": {
         "zh": ("通知重试 24 小时后仍未送达",
@@ -130,12 +142,15 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
     """The problem behind a delivery that failed for good."""
     recipient = shown(row)           # a group bot's URL is a credential: never in a card or a key
     if isinstance(error, str):
-        return Problem(f"unknown-email:{recipient}", "unknown_email", {"recipient": recipient}, error, project)
+        return Problem(f"unknown-email:{recipient}", "unknown_email", {"recipient": recipient, "file": _listed_in(row)},
+                       error, project)
     detail = str(error)
     if error.retryable:                                     # it was retried until the retry window closed
         return Problem("expired", "expired", {}, detail, project)
     code = error.code if error.code is not None else f"HTTP {error.http_status}"
     values = {"recipient": recipient, "code": code}
+    if row.channel == "chat":                               # a group's custom bot: fixed in the group and owners.json
+        return Problem(f"chat:{code}:{recipient}", "chat", values, detail, project)
     if error.code == 230013:
         return Problem(f"230013:{recipient}", "availability", values, detail, project)
     if error.code == 99991672:
@@ -145,6 +160,11 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
         return Problem(f"card:{code}", "card", values, detail, project)
     scope = "*" if error.code in APP_WIDE_CODES or error.code is None else recipient
     return Problem(f"{code}:{scope}", "other", values, detail, project)
+
+
+def _listed_in(row: Delivery) -> str:
+    """The file that named a recipient: users.json for a person the event concerns, else owners.json."""
+    return "users.json" if row.rule.split(":", 1)[0] in ROLES else "owners.json"
 
 
 def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
@@ -164,8 +184,9 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
     if problem.detail:
         elements += [{"tag": "hr"}, {"tag": "markdown", "content": f"<font color='grey'>{labels['error']}</font>\n"
                                                                    f"{escape_markdown(problem.detail[:DETAIL_CHARS])}"}]
-    elements.append({"tag": "button", "type": "primary", "text": {"tag": "plain_text", "content": labels["console"]},
-                     "behaviors": [{"type": "open_url", "default_url": console_url}]})
+    if problem.kind != "chat":                # a group's bot is fixed in the group, not in the developer console
+        elements.append({"tag": "button", "type": "primary", "text": {"tag": "plain_text", "content": labels["console"]},
+                         "behaviors": [{"type": "open_url", "default_url": console_url}]})
     return {
         "schema": "2.0",
         "config": {"summary": {"content": labels["summary"].format(title=title)[:100]}},

@@ -28,6 +28,7 @@ log = logging.getLogger("gitlab_feishu.users")
 _USERNAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")   # the characters GitLab allows in a username
 EXAMPLE = '{"zhangsan": "zhangsan@example.com"}'
 TRIGGERED = "triggered"      # the role, and rule prefix, of whoever triggered a failed pipeline
+ROLES = ("reviewer", "assignee", TRIGGERED)    # the rule prefixes of the people users.json reaches
 
 
 @dataclass(frozen=True)

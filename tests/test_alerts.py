@@ -226,8 +226,8 @@ def test_queue_backlog_card_is_delivered_by_the_worker(make_app, feishu, clock):
 
 # --- problems and cards, pure --------------------------------------------------------------------------------
 
-def row(recipient: str = "zhangsan@example.com") -> Delivery:
-    return Delivery(id=1, event_key="idem:1", channel="dm", recipient=recipient, rule="exact: demo", content="{}",
+def row(recipient: str = "zhangsan@example.com", *, channel: str = "dm", rule: str = "exact: demo") -> Delivery:
+    return Delivery(id=1, event_key="idem:1", channel=channel, recipient=recipient, rule=rule, content="{}",
                     uuid="u", status="failed", attempts=1, rounds=1, next_attempt_at=0, lease_until=None,
                     last_error=None, created_at=0, give_up_at=0)
 
@@ -254,13 +254,38 @@ def test_classify(error, key, kind):
     assert (problem.key, problem.kind) == (key, kind)
 
 
-EXAMPLES = [Problem("k", "unknown_email", {"recipient": "a@example.com"}, UNKNOWN_EMAIL, "group/p"),
+@pytest.mark.parametrize(("rule", "file"), [("exact: demo", "owners.json"), ("fuzzy: 野水", "owners.json"),
+                                            ("reviewer: zhangsan", "users.json"), ("assignee: lisi", "users.json"),
+                                            ("triggered: wangwu", "users.json")])
+@pytest.mark.parametrize("lang", list(LABELS))
+def test_an_unknown_email_alert_names_the_file_that_lists_it(rule, file, lang):
+    card = render_alert(classify(row(rule=rule), UNKNOWN_EMAIL), lang, "https://open.feishu.cn/app/cli_test_app")
+    text = json.dumps(card, ensure_ascii=False)
+    [other] = {"owners.json", "users.json"} - {file}
+    assert file in text and other not in text
+
+
+@pytest.mark.parametrize("code", [19021, 19022, 19024, 9499])
+def test_a_group_bot_failure_says_to_look_in_the_group_not_the_developer_console(code):
+    bot = row("https://open.feishu.cn/open-apis/bot/v2/hook/0a1b2c3d-secret", channel="chat")
+    problem = classify(bot, feishu_error(code))
+    assert problem.kind == "chat" and "0a1b2c3d-secret" not in problem.key
+    card = render_alert(problem, "zh", "https://open.feishu.cn/app/cli_test_app")
+    check_card(card)
+    text = json.dumps(card, ensure_ascii=False)
+    assert "群机器人" in text and "owners.json" in text
+    assert "0a1b2c3d-secret" not in text and "button" not in text
+
+
+EXAMPLES = [Problem("k", "unknown_email", {"recipient": "a@example.com", "file": "owners.json"}, UNKNOWN_EMAIL,
+                    "group/p"),
             Problem("k", "availability", {"recipient": "a@example.com", "code": 230013}, "x"),
             Problem("k", "permission", {"recipient": "a", "code": 99991672, "scopes": "im:message",
                                         "scopes_zh": "im:message"}, "x"),
             Problem("k", "card", {"recipient": "a", "code": 230099}, "x"),
             Problem("k", "expired", {}, "x"),
             Problem("k", "other", {"recipient": "a", "code": 230053}, "x"),
+            Problem("k", "chat", {"recipient": "chat:…/hook/0a1b…", "code": 19021}, "x"),
             Problem("k", "backlog", {"queued": 150, "threshold": 100, "minutes": 5})]
 
 
