@@ -156,8 +156,13 @@ class Deliverer:
                 # A webhook waits briefly for a turn, then leaves the send to the paced worker.
                 turn_by = min(deadline, self.clock() + INLINE_TURN_WAIT) if retry_inline else deadline
                 quotas = bot_quotas(row.recipient) if row.channel == "chat" else dm_quotas(open_id)
-                if not self.pacer.wait_turn(quotas, turn_by):
-                    error = error or FeishuError("waiting for a turn under Feishu's rate limits", retryable=True)
+                wait = self.pacer.wait_turn(quotas, turn_by)
+                if wait:
+                    # Come back when a turn may be free, not at once: a window that is full for longer than
+                    # the retry worker's round (a minute's quota) would otherwise be claimed and put back
+                    # in a tight loop, each time writing the outbox and the log.
+                    error = error or FeishuError("waiting for a turn under Feishu's rate limits", retryable=True,
+                                                 retry_after=wait)
                     break
             budget = countdown.left()
             attempts += 1

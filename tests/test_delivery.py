@@ -15,7 +15,7 @@ from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
 
 from gitlab_feishu.outbox import Outbox
 from gitlab_feishu.rows import NewDelivery, feishu_uuid
-from gitlab_feishu.pacing import Pacer
+from gitlab_feishu.pacing import Pacer, dm_quotas
 from gitlab_feishu.worker import RetryWorker, is_gone, process_owner
 
 DAY = 24 * 3600.0
@@ -342,3 +342,22 @@ def test_worker_gives_up_after_the_retry_window(outbox, deliverer, feishu, clock
     [row] = outbox.event_rows("idem:1")
     assert row.status == "failed" and "gave up" in row.last_error
     assert clock() - row.created_at >= DAY
+
+
+def test_a_card_waiting_for_a_full_minute_window_is_not_claimed_again_and_again(tmp_path, outbox, feishu, clock):
+    """The app's 1,000 a minute used up: the card comes back when a turn may be free, not in a tight loop
+    of the retry worker claiming it and putting it back (each time a write to the outbox and a log line)."""
+    pacer = Pacer(tmp_path / "pacing.sqlite3", clock=clock, sleep=clock.sleep)
+    for n in range(1000):                                   # 50 a second for 20 seconds
+        assert pacer.wait_turn(dm_quotas(f"ou_{n}"), deadline=clock() + 5) == 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=5.0, pacer=pacer, clock=clock,
+                              sleep=clock.sleep)
+        [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
+        assert outcome.status == "queued" and feishu.sends == []
+        assert outbox.next_due_at() - clock() > 30          # the window frees a minute after it filled
+        worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock, owner="w")
+        assert worker.run_once() == 0                       # not claimed again meanwhile
+        clock.advance(outbox.next_due_at() - clock())
+        assert worker.run_once() == 1
+    assert outbox.counts()["queued"] == 0 and len(feishu.sends) == 1
