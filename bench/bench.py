@@ -165,15 +165,18 @@ def burst(folder: Path, args) -> dict:
         result = run_python(url, bodies, TOKEN, connections=32, total=args.burst)
         waited = wait_delivered(fake, args.burst, 60)
         drained = time.monotonic() - started if waited is not None else None
-        state = fake.state()
+        time.sleep(0.5)                      # a late duplicate would land now
+        state = fake.state(summary=False)
     finally:
         service.stop()
         fake.stop()
     minimum = args.burst / 50                # the app quota: 50 messages a second (and 5/s to each owner)
+    # Each push's card differs (its compare link names the push's own commit): a duplicate is a card seen twice.
+    cards = [json.dumps(message["card"], sort_keys=True, ensure_ascii=False) for message in state["messages"]]
     return {"pushes": args.burst, "acked_2xx": result.requests - result.non_2xx,
             "slowest_ack_ms": max(result.latencies_ms or [0]), "drain_s": drained, "quota_bound_s": minimum,
-            "delivered": state["delivered"], "attempts_per_card": state["counts"]["send"] / max(state["delivered"], 1),
-            "rate_limited": state["rate_limited"]}
+            "delivered": len(cards), "duplicates": len(cards) - len(set(cards)),
+            "attempts_per_card": state["counts"]["send"] / max(len(cards), 1), "rate_limited": state["rate_limited"]}
 
 
 def write_owners(folder: Path) -> None:
@@ -209,6 +212,8 @@ def run(args) -> dict:
                     results["baseline"] = capacity(baseline, fake, args, body, BASELINE_HANDLED)
                 finally:
                     baseline.stop()
+            else:
+                results["baseline_not_run"] = args.baseline
         finally:
             fake.stop()
         if args.burst:
@@ -247,6 +252,10 @@ def table(results: dict) -> str:
         lines.append(f"{label:<30}{fmt.format(service[key]):>14}{other:>14}{ratio:>9}")
     lines += ["", f"synchronous limit (connections / RTT): {results['synchronous_limit_per_s']:.0f}/s; "
                   f"this service reached {results['share_of_limit']:.0%}"]
+    if "baseline_not_run" in results:
+        path = results["baseline_not_run"]
+        lines.append(f"naive server: not run ({path} not found; --baseline PATH names it)" if path else
+                     "naive server: not run (--baseline was empty)")
     if results.get("stack_alone"):
         bare = results["stack_alone"]
         lines.append(f"the stack alone (bench/bare_app.py: one Feishu call, same command and settings): "
@@ -262,7 +271,7 @@ def table(results: dict) -> str:
         lines += [f"burst of {b['pushes']} pushes over {BURST_PROJECTS} projects, Feishu quotas enforced:",
                   f"  acked 2xx {b['acked_2xx']}/{b['pushes']}, slowest ack {b['slowest_ack_ms']:.0f} ms; "
                   f"drained in {drain} (quota-bound minimum {b['quota_bound_s']:.1f} s); "
-                  f"{b['delivered']} cards",
+                  f"{b['delivered']} cards, {b['duplicates']} of them duplicates",
                   f"  send attempts per card {b['attempts_per_card']:.2f}, "
                   f"429s received (rate-limit refusals) {b['rate_limited']}"]
     return "\n".join(lines)
@@ -279,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if have_wrk() else "python")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
     args = parser.parse_args(argv)
+    if args.loadgen == "wrk" and not have_wrk():
+        parser.error("--loadgen wrk: wrk is not installed (apt install wrk), or use --loadgen python")
     results = run(args)
     summarize(results)
     print(table(results))

@@ -24,8 +24,8 @@ class FakeFeishuProcess:
                                         stdout=subprocess.PIPE, text=True)
         self.url = self.process.stdout.readline().strip()
 
-    def state(self) -> dict:
-        return requests.get(self.url + "/_fake/state?summary=1", timeout=10).json()
+    def state(self, *, summary: bool = True) -> dict:
+        return requests.get(self.url + "/_fake/state" + ("?summary=1" if summary else ""), timeout=10).json()
 
     def control(self, **commands) -> None:
         requests.post(self.url + "/_fake/control", json=commands, timeout=10).raise_for_status()

@@ -16,7 +16,7 @@ def test_a_tiny_benchmark_run_prints_its_table(tmp_path):
     assert run.returncode == 0, run.stderr
     for row in ("webhooks/s", "ack latency p99 (ms)", "Feishu calls per webhook", "cards delivered per webhook",
                 "non-2xx", "server CPU per webhook (ms)", "peak memory (MB)", "the stack alone", "10 owners", "Feishu hanging",
-                "burst of 10 pushes"):
+                "burst of 10 pushes", "naive server: not run", "0 of them duplicates"):
         assert row in run.stdout
     measured = json.loads(results.read_text(encoding="utf-8"))
     assert {"service", "stack_alone", "ten_owners", "hanging_feishu", "burst", "share_of_limit"} <= set(measured)
