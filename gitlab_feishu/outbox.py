@@ -237,8 +237,11 @@ class Outbox:
     # -- operators -------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
+        """Deliveries waiting for a retry, and those failed for good. A card on its first try inside a webhook
+        is not waiting: counted, a busy service's status line and backlog alert would report a queue."""
         rows = self._connect().execute(
-            "SELECT status, COUNT(*) FROM deliveries WHERE status IN ('queued', 'failed') GROUP BY status").fetchall()
+            "SELECT status, COUNT(*) FROM deliveries WHERE status = 'failed' OR (status = 'queued' AND"
+            " NOT (attempts = 0 AND lease_until > ?)) GROUP BY status", (self.clock(),)).fetchall()
         counts = {QUEUED: 0, FAILED: 0}
         counts.update({status: n for status, n in rows})
         return counts

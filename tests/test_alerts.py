@@ -9,7 +9,7 @@ import pytest
 from gitlab_feishu.alerts import BACKLOG_SECONDS, LABELS, TEXTS, Problem, classify, render_alert
 from gitlab_feishu.app import create_app
 from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
-from gitlab_feishu.rows import SENT, Delivery, NewDelivery
+from gitlab_feishu.rows import QUEUED, SENT, Delivery, NewDelivery
 from gitlab_feishu.worker import QUEUE_WATCH_INTERVAL
 from tests.conftest import gitlab_headers, load_payload
 from tests.fake_feishu import check_card
@@ -165,11 +165,14 @@ def test_an_alert_that_fails_raises_no_further_alert(make_app, feishu, clock, ad
 # --- queue backlog ---------------------------------------------------------------------------------------------
 
 def fill_queue(app, n: int, key: str = "idem:backlog") -> list[Delivery]:
-    """`n` queued deliveries, leased far ahead so only the watch sees them."""
+    """`n` deliveries waiting for a retry, due far ahead so only the watch sees them."""
     planned = [NewDelivery("dm", f"ou_{i}", "exact: demo", "{}", f"uuid-{key}-{i}") for i in range(n)]
     outbox = app.extensions["gitlab_feishu"]["outbox"]
-    return outbox.begin_event(key, "push", "mike/diaspora", planned, lease_owner="elsewhere", lease_seconds=86400,
+    rows = outbox.begin_event(key, "push", "mike/diaspora", planned, lease_owner="elsewhere", lease_seconds=0,
                               retry_window=86400)[0]
+    for row in rows:
+        outbox.finish(row.id, QUEUED, attempts=1, error="HTTP 503", next_attempt_at=outbox.clock() + 1800)
+    return rows
 
 
 def watch(app, clock, seconds: float) -> None:
