@@ -14,6 +14,7 @@ import argparse
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import sys
 import time
@@ -165,8 +166,12 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
                                                   int(time.time()))}
     started = time.monotonic()
     try:
-        rsp = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+        rsp = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False,
+                            proxies=direct_if_local(url))
     except (requests.Timeout, requests.ConnectionError) as exc:
+        if isinstance(exc, requests.exceptions.ProxyError):
+            return False, [f"error: cannot send to {url} through the proxy in HTTP_PROXY/HTTPS_PROXY ({_why(exc)}):"
+                           f" add the service's host to NO_PROXY, or unset the proxy for this command"]
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
             return False, [f"error: the certificate at {url} is not trusted: if it is self-signed or from your"
                            " company's own CA, set REQUESTS_CA_BUNDLE to that CA certificate (a .pem file) in the"
@@ -189,7 +194,8 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
         answer = rsp.json()
     except ValueError:
         answer = None
-    if not isinstance(answer, dict):
+    if not isinstance(answer, dict) or (200 <= rsp.status_code < 300 and "status" not in answer):
+        # Every answer of this service carries "status"; a 2xx without it is another program's.
         text = " ".join(rsp.text.split())[:80]
         return False, [f"error: HTTP {rsp.status_code} from {url}, but not this service's JSON answer ({text!r}):"
                        " is --url right? It ends with /gitlab-webhook"]
@@ -203,6 +209,17 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
     return True, [f"HTTP {rsp.status_code} in {took:.0f} ms: {describe(answer)}"]
 
 
+def direct_if_local(url: str) -> dict | None:
+    """This machine's service is reached directly, never through a proxy set in HTTP_PROXY/HTTPS_PROXY (which
+    would look for 127.0.0.1 on the proxy's own machine)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        local = host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    return {"no_proxy": host} if local else None
+
+
 def plain_http_instead(url: str, timeout: float) -> str | None:
     """`url` with http:// when it is an https:// URL whose port answers plain HTTP, else None."""
     parts = urlsplit(url)
@@ -210,7 +227,8 @@ def plain_http_instead(url: str, timeout: float) -> str | None:
         return None
     plain = urlunsplit(parts._replace(scheme="http", netloc=parts.netloc if parts.port else f"{parts.netloc}:443"))
     try:
-        answer = requests.get(urljoin(plain, "/healthz"), timeout=min(timeout, 2.0), allow_redirects=False).json()
+        answer = requests.get(urljoin(plain, "/healthz"), timeout=min(timeout, 2.0), allow_redirects=False,
+                              proxies=direct_if_local(plain)).json()
     except (requests.RequestException, ValueError):
         return None
     # This service's JSON, not a TLS proxy's "plain HTTP request was sent to HTTPS port" page.

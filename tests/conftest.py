@@ -14,6 +14,7 @@ import pytest
 from gitlab_feishu.app import create_app
 from gitlab_feishu.settings import Settings
 from tests.fake_feishu import FakeFeishu
+from tests.servers import PROXY_VARIABLES
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "s3cret-token"
@@ -84,6 +85,14 @@ class FakeClock:
         self.now += seconds
 
     advance = sleep
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy_from_the_environment():
+    with pytest.MonkeyPatch.context() as patch:      # session-wide: module fixtures start servers too
+        for name in PROXY_VARIABLES:
+            patch.delenv(name, raising=False)
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,14 @@ def wait_for(condition, timeout=8.0) -> bool:
     return condition()
 
 
+# A proxy the developer's machine uses (the README sets HTTPS_PROXY machine-wide behind a company proxy) would
+# carry the tests' calls to 127.0.0.1 to the proxy's own machine: tests run as if none were set.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
 def service_env(**settings: str) -> dict[str, str]:
     """The process environment with every service setting blanked (so a developer's .env cannot leak in)."""
-    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES}
+    env = {k: v for k, v in os.environ.items() if k not in ENV_NAMES and k not in PROXY_VARIABLES}
     env.update({name: "" for name in ENV_NAMES})
     env.update(settings)
     env["PYTHONUTF8"] = "1"

@@ -229,3 +229,49 @@ def test_as_a_process_an_unreachable_service_exits_1_without_a_traceback():
     stderr = result.stderr.decode("utf-8")
     assert result.returncode == 1
     assert "Traceback" not in stderr and f"127.0.0.1:{port}" in stderr
+
+
+@pytest.mark.parametrize("proxy_var", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
+def test_a_proxy_in_the_environment_does_not_hide_the_local_service(run, service, monkeypatch, proxy_var):
+    """A machine-wide HTTP_PROXY (usual behind a company proxy) must not send the local test through it."""
+    monkeypatch.setenv(proxy_var, f"http://127.0.0.1:{free_port()}")     # a proxy that is not there
+    code, out, err = run(port=service.server_port)
+    assert code == 0, err
+    assert "HTTP 200" in out
+
+
+def test_a_proxy_that_fails_for_a_remote_url_is_named(run, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    code, out, err = run("--url", "http://notify.example.invalid/gitlab-webhook")
+    assert code == 1
+    assert "through the proxy" in err and "NO_PROXY" in err and "Traceback" not in err
+
+
+class _OtherJson(BaseHTTPRequestHandler):
+    """Another program's JSON API at the URL (a different webhook receiver): 200 with JSON, not the service's."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_json_answer_that_is_not_the_services_fails(run):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherJson)
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    try:
+        code, out, err = run(port=server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1, out
+    assert "not this service's JSON answer" in err
