@@ -21,8 +21,10 @@ log = logging.getLogger("gitlab_feishu.cli")
 
 WAITRESS_THREADS = 32          # webhooks served at once; each may wait on Feishu for a round trip
 SELF_CHECK_WAIT = 2.0          # the banner waits this long for the Feishu credentials check
-# Windows reports a taken port as WSAEADDRINUSE (10048), not EADDRINUSE.
-_ADDRESS_IN_USE = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)}
+# Windows reports a taken port as WSAEADDRINUSE (10048), not EADDRINUSE; WSAEACCES (10013) when another
+# account's program holds it exclusively, or Windows reserves it (Hyper-V, WSL and Docker reserve ranges).
+_ADDRESS_IN_USE = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE),
+                   getattr(errno, "WSAEACCES", errno.EADDRINUSE)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +95,15 @@ def serve(settings: Settings) -> int:
         # the app itself believes it only from TRUSTED_PROXIES (access.py). waitress reads a whole body
         # before the app can refuse it, so it stops at GitLab's limit itself; and idle connections, which
         # anyone can open, are dropped after 20 s and may number 400 (Windows' select() takes 512).
+        refuse_a_taken_port(settings.host, settings.port)
         server = waitress.create_server(
             app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS, ident="gitlab-feishu",
             channel_timeout=20, connection_limit=400, max_request_body_size=MAX_BODY_BYTES + 1,
             clear_untrusted_proxy_headers=False)
     except OSError as exc:
-        hint = (f": another program, or this service already running, uses port {settings.port}; stop it or set"
-                " PORT in .env to a free port") if exc.errno in _ADDRESS_IN_USE else ""
+        hint = (f": another program, or this service already running, uses port {settings.port} (or Windows "
+                "reserves it: netsh interface ipv4 show excludedportrange protocol=tcp); stop it or set PORT in .env "
+                "to a free port") if exc.errno in _ADDRESS_IN_USE else ""
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
         return 1
     print("\n".join(_banner(settings, app)), flush=True)
@@ -110,6 +114,19 @@ def serve(settings: Settings) -> int:
                                                         timeout=settings.delivery_deadline_seconds + 1)
     server.run()                      # returns after Ctrl+C or SIGTERM, once the requests in flight are done
     return 0
+
+
+def refuse_a_taken_port(host: str, port: int) -> None:
+    """Raise OSError if a program listens on host:port already. waitress sets SO_REUSEADDR, which on Windows
+    lets a second program bind a port in use (a second start_server.bat beside the Windows service) and share
+    its connections without a word; a probe bound with SO_EXCLUSIVEADDRUSE fails instead. Elsewhere
+    SO_REUSEADDR never allows that, and waitress's own bind says so."""
+    exclusive = getattr(socket, "SO_EXCLUSIVEADDRUSE", None)
+    if exclusive is None:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, exclusive, 1)
+        probe.bind((host, port))
 
 
 def _interrupt(signum, frame) -> None:

@@ -1,6 +1,7 @@
 """`python webhook_server.py --match PROJECT_PATH`, and serving on a port that is taken."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -79,6 +80,24 @@ def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert f"error: cannot listen on 127.0.0.1:{port}:" in stderr and "set PORT in .env" in stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_on_windows_a_probe_bound_exclusively_finds_a_taken_port(monkeypatch, taken):
+    """waitress's SO_REUSEADDR lets a second program share a taken port on Windows; the probe, bound with
+    SO_EXCLUSIVEADDRUSE there, fails instead (stood in for here by an option Linux has)."""
+    monkeypatch.setattr(socket, "SO_EXCLUSIVEADDRUSE", socket.SO_REUSEADDR, raising=False)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        if taken:
+            listener.listen()
+            with pytest.raises(OSError) as refused:
+                cli.refuse_a_taken_port("127.0.0.1", port)
+            assert refused.value.errno == errno.EADDRINUSE
+        else:
+            listener.close()
+            cli.refuse_a_taken_port("127.0.0.1", port)
 
 
 def gunicorn_on(port: int, tmp_path) -> subprocess.CompletedProcess:
