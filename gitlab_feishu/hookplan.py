@@ -13,6 +13,7 @@ somebody else and are never changed.
 """
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -291,8 +292,13 @@ def _projects(count: int) -> str:
 
 
 def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
-    """Columns padded to their widest cell; the last one is left ragged."""
-    rows = list(rows)
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
-    return ["  ".join([str(cell).ljust(width) for cell, width in zip(row, widths)] + [str(row[-1])]).rstrip()
-            for row in [header, *rows]]
+    """Columns padded to their widest cell, as a console shows it (a Chinese character takes two columns);
+    the last one is left ragged."""
+    cells = [[str(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(header) - 1)]
+    return ["  ".join([cell + " " * (width - _width(cell)) for cell, width in zip(row, widths)] + [row[-1]]).rstrip()
+            for row in cells]
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)

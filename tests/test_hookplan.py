@@ -1,12 +1,13 @@
 """The pure side of --wire-hooks: which hook each project needs, and what its current one looks like."""
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timezone
 
 import pytest
 
 from gitlab_feishu.events import Project
-from gitlab_feishu.hookplan import Listing, check, desired_hook, normalize_url, plan
+from gitlab_feishu.hookplan import Listing, Step, check, desired_hook, normalize_url, plan, steps_report
 from gitlab_feishu.settings import EVENT_KINDS
 from tests.fake_gitlab import gitlab_hook
 
@@ -178,3 +179,13 @@ def test_check_tells_how_to_re_enable_a_disabled_hook():
 def test_check_lists_a_project_it_cannot_read_as_needing_attention():
     status = check(Listing(PROJECT, problem="no permission"), DESIRED, NOW)
     assert (status.hook, status.state, status.attention) == ("?", "no permission", True)
+
+
+def test_the_table_lines_up_under_paths_with_chinese_characters():
+    """A console shows a Chinese character two columns wide: the next column starts in one place for every row."""
+    steps = [Step(Project("grouptwogame/yeshui-client", "野水发财"), "create", "no hook yet"),
+             Step(Project("测试项目", "测试项目"), "ok", "hook #3 is right")]
+    lines, _ = steps_report(steps, dry_run=True)
+    starts = {line.index(action) + sum(unicodedata.east_asian_width(c) == "W" for c in line[:line.index(action)])
+              for line, action in zip(lines[1:3], ("create", "ok"))}
+    assert len(starts) == 1
