@@ -22,11 +22,10 @@ from .chats import mask_chat_url
 from .watched import WatchedFile
 from .events import Project
 from .rows import recipient_identity
-from .owners_format import Entry, fold, read_owners
+from .owners_format import MIN_KEY, Entry, fold, read_owners
 
 log = logging.getLogger("gitlab_feishu.owners")
 
-MIN_FRAGMENT = 2   # shorter keys and key parts never match fuzzily: they would match nearly everything
 
 
 class RoutedEvent(Protocol):
@@ -80,7 +79,7 @@ class _Entry:
         parts = [folded] + re.split(r"[_\s]+", folded)
         object.__setattr__(self, "folded", folded)
         object.__setattr__(self, "fragments",
-                           tuple(dict.fromkeys(p for p in parts if len(p) >= MIN_FRAGMENT)))
+                           tuple(dict.fromkeys(p for p in parts if len(p) >= MIN_KEY)))
         object.__setattr__(self, "glob", _wildcard(folded) if "*" in folded else None)
 
     @property
@@ -91,7 +90,7 @@ class _Entry:
         """A glob key matches the whole path; another key is the name or a whole run of path segments."""
         if self.glob is not None:
             return bool(self.glob.fullmatch(target.path))
-        return self.folded in target.exact_forms
+        return len(self.folded) >= MIN_KEY and self.folded in target.exact_forms
 
     def matches_fuzzily(self, target: _Target) -> bool:
         """The key, or a part of it split at `_` and spaces, occurs inside the path or the name."""

@@ -27,6 +27,7 @@ log = logging.getLogger("gitlab_feishu.owners")
 
 FIELDS = ("owners", "chats", "branches", "events")
 PRESETS = (":default", ":protected")
+MIN_KEY = 2        # keys and key parts shorter than this never match: they would match nearly everything
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")   # practical, not RFC 5322
 _OPEN_ID = re.compile(r"ou_[A-Za-z0-9]+")
@@ -57,6 +58,10 @@ def read_owners(path: Path) -> OwnersData:
     text, warnings = read_config_text(path, "create it (see README, owners.json) or set OWNERS_FILE", log)
     secrets: dict[str, tuple[str, int]] = {}
     entries = tuple(_entries(text, path, secrets))
+    for entry in entries:
+        if len(fold(entry.key).strip().strip("/")) < MIN_KEY and "*" not in entry.key:
+            warnings.append(f"{path}, line {entry.line}: key {_quote(entry.key)} is shorter than {MIN_KEY} characters, "
+                            "so it never matches; write the project's full path (group/project) or its name")
     return OwnersData(entries, {url: secret for url, (secret, _) in secrets.items()}, tuple(warnings))
 
 

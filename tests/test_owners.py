@@ -71,9 +71,9 @@ def match(owners, path: str, name: str = "") -> list[Match]:
     ("tools", "platform/infra-tools", "", "fuzzy"),
     ("game client", "mobile/client-app", "", "fuzzy"),
     ("x_y", "x/y", "", None),
-    # one character: exact on a whole segment or the name, never fuzzy
-    ("a", "a/b", "", "exact"),
-    ("云", "cloud/app", "云", "exact"),
+    # one character never matches, not even a whole segment or the name (loading the file warns)
+    ("a", "a/b", "", None),
+    ("云", "cloud/app", "云", None),
     ("a", "abc/def", "", None),
     ("云", "cloud/app", "云服务", None),
 ])
@@ -81,6 +81,18 @@ def test_match_table(tmp_path, key, path, name, tier):
     owners = load_owners(write_owners(tmp_path, {key: "owner@example.com"}))
     expected = [Match("owner@example.com", f"{tier}: {key}")] if tier else []
     assert match(owners, path, name) == expected
+
+
+@pytest.mark.parametrize("key", ["a", "云", " b ", "c/"])
+def test_a_key_too_short_to_match_is_named_in_a_warning(tmp_path, key):
+    owners = load_owners(write_owners(tmp_path, {"grouptwogame": "lead@example.com", key: "owner@example.com"}))
+    [warning] = owners.warnings
+    assert f"line 3: key \"{key}\" is shorter than 2 characters, so it never matches" in warning
+
+
+def test_a_one_character_glob_still_matches_every_project(tmp_path):
+    owners = load_owners(write_owners(tmp_path, {"*": "owner@example.com"}))
+    assert owners.warnings == () and match(owners, "any/project", "任何") == [Match("owner@example.com", "exact: *")]
 
 
 def test_every_exact_match_counts(tmp_path):
