@@ -62,6 +62,7 @@ def read_owners(path: Path) -> OwnersData:
         if len(fold(entry.key).strip().strip("/")) < MIN_KEY and "*" not in entry.key:
             warnings.append(f"{path}, line {entry.line}: key {_quote(entry.key)} is shorter than {MIN_KEY} characters, "
                             "so it never matches; write the project's full path (group/project) or its name")
+            log.warning("%s", warnings[-1])
     return OwnersData(entries, {url: secret for url, (secret, _) in secrets.items()}, tuple(warnings))
 
 
