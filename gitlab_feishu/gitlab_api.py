@@ -179,7 +179,12 @@ class GitLab:
             raise TokenRefused(f"GitLab refused GITLAB_API_TOKEN ({exc.error_message}): it is invalid, expired "
                               f"or revoked; {TOKEN_HELP}") from None
         except requests.exceptions.RequestException as exc:
-            advice = CA_HELP if isinstance(exc, requests.exceptions.SSLError) else "check GITLAB_URL and the network"
+            if _speaks_plain_http(exc):
+                advice = "that port answers plain HTTP: write GITLAB_URL with http://"
+            elif isinstance(exc, requests.exceptions.SSLError):
+                advice = CA_HELP
+            else:
+                advice = "check GITLAB_URL and the network"
             raise WiringError(f"GitLab at GITLAB_URL={self.url} is unreachable ({_network_reason(exc)}) "
                               f"while trying to {doing}; {advice}") from None
         except gitlab.GitlabParsingError:
@@ -236,9 +241,16 @@ def _answer(exc: gitlab.GitlabError) -> str:
     return f"GitLab answered {message}" if message.startswith(str(code)) else f"GitLab answered {code} {message}"
 
 
+def _speaks_plain_http(exc: Exception) -> bool:
+    """An https:// URL whose port answers plain HTTP: OpenSSL reads the answer as a broken TLS record."""
+    return isinstance(exc, requests.exceptions.SSLError) and "WRONG_VERSION_NUMBER" in str(exc).upper()
+
+
 def _network_reason(exc: Exception) -> str:
     if isinstance(exc, requests.exceptions.Timeout):
         return f"no answer within {TIMEOUT_SECONDS} s"
+    if _speaks_plain_http(exc):
+        return "the TLS handshake got a plain HTTP answer"
     if isinstance(exc, requests.exceptions.SSLError):
         return "its TLS certificate was not accepted"
     if isinstance(exc, requests.exceptions.ConnectionError):

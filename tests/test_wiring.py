@@ -253,6 +253,15 @@ def test_a_gitlab_certificate_python_does_not_trust_says_how_to_trust_it(wiring_
     assert err.count("\n") == 1 and "TLS certificate" in err and "REQUESTS_CA_BUNDLE" in err
 
 
+def test_an_https_gitlab_url_at_a_plain_http_port_says_to_write_http(wiring_settings, rsps, capsys):
+    # What requests raises on this machine's OpenSSL when the port answers plain HTTP.
+    every_api_get(rsps, body=requests.exceptions.SSLError(
+        "Caused by SSLError(SSLError(1, '[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)'))"))
+    assert run(wiring_settings) == 1
+    err = capsys.readouterr().err
+    assert "plain HTTP" in err and "http://" in err and "REQUESTS_CA_BUNDLE" not in err
+
+
 def test_gitlab_failing_on_a_later_page_of_projects_is_reported_like_on_the_first(wiring_settings, rsps, capsys):
     rsps.add(responses.GET, f"{API}/projects", body=requests.exceptions.ConnectionError("reset"),
              match=[matchers.query_param_matcher({"page": "2"}, strict_match=False)])
