@@ -180,6 +180,18 @@ def test_a_card_on_its_first_try_inside_a_webhook_is_not_counted_as_waiting(outb
     assert outbox.counts() == {"queued": 2, "failed": 0}
 
 
+def test_a_card_waiting_for_a_pacing_turn_is_counted_as_queued(outbox, clock):
+    # The webhook's turn wait ran out: put back with attempts 0 (delivery.py), lease released.
+    [row], _ = begin(outbox, "idem:1", "a@example.com")
+    outbox.finish(row.id, "queued", attempts=0, error="waiting for a turn under Feishu's rate limits",
+                  next_attempt_at=clock() + 30)
+    assert outbox.counts() == {"queued": 1, "failed": 0}
+    outbox.claim_due(owner="worker", lease_seconds=60)             # not due yet: nothing claimed
+    clock.advance(31)
+    [claimed] = outbox.claim_due(owner="worker", lease_seconds=60)  # the retry worker waits for a turn
+    assert outbox.counts() == {"queued": 1, "failed": 0}
+
+
 def test_retry_failed_requeues_with_a_fresh_window_and_backoff(outbox, clock):
     [row], _ = begin(outbox)
     outbox.finish(row.id, "queued", attempts=1, error="HTTP 503", next_attempt_at=clock())
