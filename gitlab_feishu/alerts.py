@@ -35,6 +35,9 @@ BACKLOG_SECONDS = 300.0        # how long the queue must stay above the threshol
 DETAIL_CHARS = 1000            # of the error line shown on the card
 
 CARD_CODES = frozenset({230099, 230025, 200621})
+# A group's custom bot refusing a post for its own settings: a removed bot or a wrong URL, a signature, an IP
+# allow-list, a keyword (chats.py says which).
+BOT_SETTINGS_CODES = frozenset({19001, 19021, 19022, 19024})
 # Codes that affect every delivery, not one recipient: one problem however many owners hit it.
 APP_WIDE_CODES = CARD_CODES | {99991672, 230006, 10003, 10014, 10015, 99991543}
 
@@ -149,7 +152,7 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
         return Problem("expired", "expired", {}, detail, project)
     code = error.code if error.code is not None else f"HTTP {error.http_status}"
     values = {"recipient": recipient, "code": code}
-    if row.channel == "chat":                               # a group's custom bot: fixed in the group and owners.json
+    if row.channel == "chat" and error.code in BOT_SETTINGS_CODES:     # fixed in the group and owners.json
         return Problem(f"chat:{code}:{recipient}", "chat", values, detail, project)
     if error.code == 230013:
         return Problem(f"230013:{recipient}", "availability", values, detail, project)

@@ -268,7 +268,12 @@ def test_an_unknown_email_alert_names_the_file_that_lists_it(rule, file, lang):
     assert file in text and other not in text
 
 
-@pytest.mark.parametrize("code", [19021, 19022, 19024, 9499])
+def test_a_group_bot_refusing_a_bad_body_is_not_a_settings_problem():
+    bot = row("https://open.feishu.cn/open-apis/bot/v2/hook/0a1b2c3d-secret", channel="chat")
+    assert classify(bot, feishu_error(9499)).kind == "other"
+
+
+@pytest.mark.parametrize("code", [19001, 19021, 19022, 19024])
 def test_a_group_bot_failure_says_to_look_in_the_group_not_the_developer_console(code):
     bot = row("https://open.feishu.cn/open-apis/bot/v2/hook/0a1b2c3d-secret", channel="chat")
     problem = classify(bot, feishu_error(code))
