@@ -20,6 +20,7 @@ import requests
 from .events import Project
 from .hookplan import URL_REFUSED_HINT, Listing, Step
 from .owners import Owners
+from .owners_format import too_short
 from .settings import Settings
 
 TIMEOUT_SECONDS = 15
@@ -215,7 +216,7 @@ def _path_keys(owners: Owners) -> list[tuple[str, str]]:
     keys = {}
     for entry in owners.entries:
         path = unicodedata.normalize("NFKC", entry.key).strip().strip("/")
-        if entry.glob is None and PATH_KEY.fullmatch(path):
+        if entry.glob is None and PATH_KEY.fullmatch(path) and not too_short(entry.key):
             keys.setdefault(path.casefold(), (entry.key, path))     # GitLab's paths ignore case
     return list(keys.values())
 

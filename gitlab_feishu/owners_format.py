@@ -59,7 +59,7 @@ def read_owners(path: Path) -> OwnersData:
     secrets: dict[str, tuple[str, int]] = {}
     entries = tuple(_entries(text, path, secrets))
     for entry in entries:
-        if len(fold(entry.key).strip().strip("/")) < MIN_KEY and "*" not in entry.key:
+        if too_short(entry.key):
             warnings.append(f"{path}, line {entry.line}: key {_quote(entry.key)} is shorter than {MIN_KEY} characters, "
                             "so it never matches; write the project's full path (group/project) or its name")
             log.warning("%s", warnings[-1])
@@ -69,6 +69,12 @@ def read_owners(path: Path) -> OwnersData:
 def is_recipient(value: str) -> bool:
     """An email address or a Feishu open_id: what owners.json and users.json may name."""
     return bool(_EMAIL.fullmatch(value) or _OPEN_ID.fullmatch(value))
+
+
+def too_short(key: str) -> bool:
+    """A key that never matches: shorter than MIN_KEY and no `*` pattern."""
+    folded = fold(key).strip().strip("/")
+    return len(folded) < MIN_KEY and "*" not in folded
 
 
 def fold(text: str) -> str:

@@ -15,6 +15,7 @@ from typing import Callable
 from .gitlab_api import Found, GitLab, WiringError
 from .hookplan import check, check_report, desired_hook, plan, steps_report
 from .owners import Owners, load_owners
+from .owners_format import too_short
 from .settings import ConfigError, Settings
 
 NEEDS = {
@@ -95,8 +96,9 @@ def _report_problems(owners: Owners, found: Found) -> None:
 
 def _report_unused(owners: Owners, found: Found) -> None:
     refused = {key for key, _ in found.problems}
-    unused = [entry.key for entry in owners.entries if entry.key not in refused and not any(
-        dataclasses.replace(owners, entries=(entry,)).names(project) for project in found.projects)]
+    # A key too short to match was named in a warning when the file was read.
+    unused = [entry.key for entry in owners.entries if entry.key not in refused and not too_short(entry.key)
+              and not any(dataclasses.replace(owners, entries=(entry,)).names(project) for project in found.projects)]
     hidden = [key for key in unused if key in found.hidden]
     if hidden:
         print(f"Keys of {owners.path} that name none of these projects: {', '.join(hidden)} ({HIDDEN})")

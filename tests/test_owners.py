@@ -90,9 +90,10 @@ def test_a_key_too_short_to_match_is_named_in_a_warning(tmp_path, key):
     assert f"line 3: key \"{key}\" is shorter than 2 characters, so it never matches" in warning
 
 
-def test_a_one_character_glob_still_matches_every_project(tmp_path):
-    owners = load_owners(write_owners(tmp_path, {"*": "owner@example.com"}))
-    assert owners.warnings == () and match(owners, "any/project", "任何") == [Match("owner@example.com", "exact: *")]
+@pytest.mark.parametrize("glob", ["*", "＊"])             # the full-width star of a Chinese input method too
+def test_a_one_character_glob_still_matches_every_project(tmp_path, glob):
+    owners = load_owners(write_owners(tmp_path, {glob: "owner@example.com"}))
+    assert owners.warnings == () and match(owners, "any/project", "任何") == [Match("owner@example.com", f"exact: {glob}")]
 
 
 def test_every_exact_match_counts(tmp_path):

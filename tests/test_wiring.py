@@ -417,10 +417,13 @@ def test_projects_are_listed_for_a_pattern_key(wiring_settings, rsps, capsys, tm
     assert requested(rsps, "/v4/projects?") and requested(rsps, "/user")
 
 
-def test_a_key_too_short_to_match_wires_no_hook(wiring_settings, rsps, capsys, tmp_path):
-    FakeGitLab(rsps, [gitlab_project(9, "x/app", "App")])          # the group "x" exists, but "x" never matches
-    assert run(with_owners(wiring_settings, tmp_path, {"x": "lead@example.com"}), dry_run=True) == 1
-    assert "no key of" in capsys.readouterr().err and not requested(rsps, "/v4/projects?")
+def test_a_key_too_short_to_match_is_not_looked_up_nor_listed_as_unused(wiring_settings, rsps, capsys, tmp_path):
+    FakeGitLab(rsps, [gitlab_project(9, "x/app", "App"), YESHUI])  # the group "x" exists, but "x" never matches
+    owners = {"x": "lead@example.com", "grouptwogame/yeshui-client": "zhangsan@example.com"}
+    assert run(with_owners(wiring_settings, tmp_path, owners), dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert paths(out) == ["grouptwogame/yeshui-client"] and "name none of these projects" not in out
+    assert not requested(rsps, "/groups/x")
 
 
 @pytest.mark.parametrize("failure", [
