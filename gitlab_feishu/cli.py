@@ -21,6 +21,7 @@ log = logging.getLogger("gitlab_feishu.cli")
 
 WAITRESS_THREADS = 32          # webhooks served at once; each may wait on Feishu for a round trip
 SELF_CHECK_WAIT = 2.0          # the banner waits this long for the Feishu credentials check
+PORT_PROBE_SECONDS = 0.5       # a listener on this machine accepts at once; Windows takes ~2 s to refuse
 # Windows reports a taken port as WSAEADDRINUSE (10048), not EADDRINUSE; WSAEACCES (10013) when another
 # account's program holds it exclusively, or Windows reserves it (Hyper-V, WSL and Docker reserve ranges).
 _ADDRESS_IN_USE = {errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE),
@@ -117,16 +118,20 @@ def serve(settings: Settings) -> int:
 
 
 def refuse_a_taken_port(host: str, port: int) -> None:
-    """Raise OSError if a program listens on host:port already. waitress sets SO_REUSEADDR, which on Windows
-    lets a second program bind a port in use (a second start_server.bat beside the Windows service) and share
-    its connections without a word; a probe bound with SO_EXCLUSIVEADDRUSE fails instead. Elsewhere
-    SO_REUSEADDR never allows that, and waitress's own bind says so."""
-    exclusive = getattr(socket, "SO_EXCLUSIVEADDRUSE", None)
-    if exclusive is None:
+    """Raise OSError if something on Windows accepts connections on host:port already. waitress sets
+    SO_REUSEADDR, which there lets a second program bind a port in use (a second start_server.bat beside the
+    Windows service) and share its connections without a word. A probe bound with SO_EXCLUSIVEADDRUSE would
+    also refuse a restart while the last run's connections linger in TIME_WAIT, so this one connects instead.
+    Elsewhere SO_REUSEADDR never allows that, and waitress's own bind says so."""
+    if sys.platform != "win32":
         return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, exclusive, 1)
-        probe.bind((host, port))
+    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=PORT_PROBE_SECONDS):
+            pass
+    except OSError:
+        return           # refused, or no answer: nothing listens here that a bind could share
+    raise OSError(errno.EADDRINUSE, f"a program already accepts connections on port {port}")
 
 
 def _interrupt(signum, frame) -> None:

@@ -82,22 +82,22 @@ def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path):
     assert "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("taken", [True, False])
-def test_on_windows_a_probe_bound_exclusively_finds_a_taken_port(monkeypatch, taken):
-    """waitress's SO_REUSEADDR lets a second program share a taken port on Windows; the probe, bound with
-    SO_EXCLUSIVEADDRUSE there, fails instead (stood in for here by an option Linux has)."""
-    monkeypatch.setattr(socket, "SO_EXCLUSIVEADDRUSE", socket.SO_REUSEADDR, raising=False)
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_on_windows_a_port_something_accepts_on_is_refused_before_waitress_shares_it(monkeypatch, host):
+    """waitress's SO_REUSEADDR lets a second program bind a taken port on Windows: a connection probe finds it."""
+    monkeypatch.setattr(cli.sys, "platform", "win32")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
+        listener.listen()
         port = listener.getsockname()[1]
-        if taken:
-            listener.listen()
-            with pytest.raises(OSError) as refused:
-                cli.refuse_a_taken_port("127.0.0.1", port)
-            assert refused.value.errno == errno.EADDRINUSE
-        else:
-            listener.close()
-            cli.refuse_a_taken_port("127.0.0.1", port)
+        with pytest.raises(OSError) as refused:
+            cli.refuse_a_taken_port(host, port)
+    assert refused.value.errno == errno.EADDRINUSE and f"port {port}" in str(refused.value)
+
+
+def test_on_windows_a_port_nothing_listens_on_is_left_to_waitress(monkeypatch):
+    monkeypatch.setattr(cli.sys, "platform", "win32")
+    cli.refuse_a_taken_port("127.0.0.1", free_port())          # a port in TIME_WAIT is such a port too
 
 
 def gunicorn_on(port: int, tmp_path) -> subprocess.CompletedProcess:
