@@ -13,6 +13,8 @@ from .events import MergeRequestEvent, Person, PipelineEvent, Project, TagPushEv
 
 EXCERPT_LINES = 6               # lines of a description or tag message shown
 _HEADING = re.compile(r"^#{1,6}\s+")   # a markdown heading's hashes, dropped from an excerpt line
+_HIDDEN = re.compile(r"<!--.*?(-->|$)", re.DOTALL)   # an HTML comment (an MR template's hints), unclosed included
+_IMAGE = re.compile(r"!\[([^\]\n]*)\]\([^)\n]*\)")        # ![alt](url): shown as [alt]
 
 # Header colour of each merge request action: blue to act on, green approved, purple merged, grey closed.
 MERGE_REQUEST_COLOURS = {"open": "blue", "reopen": "indigo", "ready": "wathet", "approved": "green",
@@ -120,8 +122,8 @@ def _failed_jobs(event: PipelineEvent, labels: dict, detail: _Detail) -> dict:
     lines = [f"**{labels['failed_jobs']}**"]
     for job in event.failed_jobs[:max(detail.commits, 1)]:
         line = escape_markdown(_cut(job.name, detail.text_chars))
-        grey = " · ".join(escape_markdown(_cut(part, detail.text_chars)) for part in (job.stage, job.failure_reason)
-                          if part)
+        reason = labels.get(f"reason_{job.failure_reason}", job.failure_reason.replace("_", " "))
+        grey = " · ".join(escape_markdown(_cut(part, detail.text_chars)) for part in (job.stage, reason) if part)
         lines.append(f"{line} <font color='grey'>· {grey}</font>" if grey else line)
     more = len(event.failed_jobs) - max(detail.commits, 1)
     if more > 0:
@@ -144,7 +146,9 @@ def _names(actor: Person, project: Project, labels: dict) -> dict:
 
 def _excerpt(text: str, limit: int) -> str:
     """User text as up to EXCERPT_LINES escaped lines and `limit` characters; "" when nothing is left."""
-    lines = [_HEADING.sub("", " ".join(line.split())) for line in _clean(text).splitlines()]
+    text = _HIDDEN.sub("", _clean(text))               # template comments GitLab does not show
+    text = _IMAGE.sub(lambda m: f"[{m.group(1) or 'image'}]", text)   # an upload's markdown, not its address
+    lines = [_HEADING.sub("", " ".join(line.split())) for line in text.splitlines()]
     text = "\n".join(line for line in lines if line)
     if limit <= 0 or not text:
         return ""

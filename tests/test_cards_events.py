@@ -164,6 +164,14 @@ def test_merge_request_description_is_an_escaped_excerpt():
     assert "…" in long and long.count("很长的描述") <= 40
 
 
+def test_description_excerpt_hides_template_comments_and_image_addresses():
+    description = ("## 这个 MR 做了什么？\n\n<!-- 简要描述改动，\n并关联 issue -->\n修复按钮错位。\n\n"
+                   "![截图](/uploads/3f2a1b/image.png)\n<!-- 未闭合的注释")
+    text = markdown(card(merge_request(description=description)))
+    assert "这个 MR 做了什么？\n修复按钮错位。\n&#91;截图&#93;" in text
+    assert "&#60;&#33;&#45;&#45;" not in text and "uploads" not in text and "注释" not in text
+
+
 @pytest.mark.parametrize("underline", ["=====", "-----"])
 def test_a_heading_underline_in_a_description_stays_text(underline):
     text = markdown(card(merge_request(description=f"发布说明\n{underline}\n正文")))
@@ -194,8 +202,8 @@ def test_failed_pipeline_card():
     text = markdown(made)
     assert "[&#35;5031](https://git.example.cn/grouptwogame/yeshui-client/-/pipelines/5031) 失败" in text
     assert "5 分 18 秒" in text and "张三 &#40;zhangsan&#41;" in text
-    assert ("**失败的作业**\nbuild&#45;ios <font color='grey'>· build · stuck&#95;or&#95;timeout&#95;failure</font>\n"
-            "单元测试 <font color='grey'>· test · script&#95;failure</font>") in text
+    assert ("**失败的作业**\nbuild&#45;ios <font color='grey'>· build · 超时或卡住</font>\n"
+            "单元测试 <font color='grey'>· test · 脚本执行失败</font>") in text
     assert button_url(made) == "https://git.example.cn/grouptwogame/yeshui-client/-/pipelines/5031"
     assert buttons(made)[0]["text"]["content"] == "查看流水线"
 
@@ -206,6 +214,17 @@ def test_fixed_pipeline_card():
     assert title(made) == "Y_野水发财（客户端） 的流水线恢复了"
     text = markdown(made)
     assert "通过" in text and "上一次完成的流水线失败了" in text and "失败的作业" not in text
+
+
+@pytest.mark.parametrize(("lang", "reason", "shown"), [
+    ("zh", "script_failure", "脚本执行失败"), ("zh", "runner_system_failure", "Runner 系统故障"),
+    ("en", "stuck_or_timeout_failure", "timed out or stuck"), ("zh", "some_new_failure", "some new failure")])
+def test_failure_reasons_are_words_not_gitlab_codes(lang, reason, shown):
+    payload = pipeline()
+    for build in payload["builds"]:
+        build["failure_reason"] = reason
+    text = markdown(card(payload, lang))
+    assert f"· {shown}</font>" in text and "&#95;failure" not in text
 
 
 def test_pipeline_without_builds_says_where_to_look():
