@@ -25,7 +25,7 @@ import requests
 from . import cutoff
 from .cutoff import CUTOFF
 # The URL's token and the secret never enter a message (see _scrub).
-from .feishu_errors import FeishuError, logged, no_answer_error
+from .feishu_errors import FeishuError, logged, no_answer_error, retry_after
 
 HOOK_PATH = "/open-apis/bot/v2/hook/"
 FEISHU_HOSTS = ("open.feishu.cn", "open.larksuite.com", "open.larkoffice.com")
@@ -172,6 +172,7 @@ def _check(what: str, url: str, rsp: requests.Response) -> None:
         retryable = status == 429 or status >= 500
         raise logged(FeishuError(f"{what}: Feishu answered HTTP {status} without an error code",
                                   http_status=status, log_id=log_id, retryable=retryable,
+                                  retry_after=retry_after(rsp) if retryable else None,
                                   hint="retry later" if retryable else "check the webhook URL in owners.json"))
     msg = _scrub(" ".join(str(payload.get("msg", "")).split()), url)
     if code in ERRORS:
@@ -181,7 +182,7 @@ def _check(what: str, url: str, rsp: requests.Response) -> None:
     else:
         retryable, hint = False, _UNKNOWN_CODE
     raise logged(FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=status, log_id=log_id,
-                              retryable=retryable, hint=hint))
+                              retryable=retryable, retry_after=retry_after(rsp) if retryable else None, hint=hint))
 
 
 def _scrub(text: str, url: str) -> str:

@@ -50,6 +50,15 @@ ERRORS: dict[int, tuple[bool, str]] = {
     230035: (False, "the app may not message this user (muted, blocked or a tenant policy)"),
     230027: (False, "the app lacks a permission or the user's authorization for this message"),
     230038: (False, "the user belongs to another Feishu organisation, and cross-tenant DMs are not allowed"),
+    99992361: (False, "this open_id belongs to another Feishu app (open_ids differ per app): write the person's "
+                      "email in owners.json/users.json/ADMIN_EMAILS, or the open_id this app sees"),
+    99991401: (False, "the app's IP allow-list (安全设置 > IP 白名单, Security Settings) does not include this "
+                      "server's outgoing IP: add it in the Feishu developer console"),
+    99991403: (False, "the tenant's monthly API call quota for custom apps is used up: ask a Feishu admin to "
+                      "upgrade the plan; after it resets, `--retry-failed` sends the failed cards"),
+    99991662: (False, f"the app is disabled (停用): enable it in the Feishu developer console {_PUBLISH}"),
+    99991201: (False, "Feishu does not know this API path: check FEISHU_BASE_URL (https://open.feishu.cn, or "
+                      "https://open.larksuite.com for Lark, without /open-apis)"),
     230028: (False, "the tenant's data-loss prevention refused the message (it holds a plain email address or "
                     "phone number, e.g. a commit author GitLab names only by email): ask a Feishu admin"),
 }

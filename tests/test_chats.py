@@ -234,3 +234,12 @@ def test_a_permanent_bot_error_fails_and_the_log_shows_the_url_masked(chat_setup
     [outcome] = deliverer.deliver(rows, deadline=clock() + 5).values()
     assert outcome.status == "failed" and len(bots.posts) == 1
     assert "chat:…/hook/7c1f…" in caplog.text and TOKEN not in caplog.text
+
+
+@responses.activate
+def test_a_gateway_rate_limit_answer_carries_its_reset_time():
+    responses.post(URL, status=429, headers={"x-ogw-ratelimit-reset": "3"},
+                   json={"code": 99991400, "msg": "request trigger frequency limit"})
+    with pytest.raises(FeishuError) as caught:
+        client().post_card(URL, None, CARD)
+    assert caught.value.retryable and caught.value.retry_after == 3.0
