@@ -24,7 +24,8 @@ LABELS = {
         "more_one": "还有 {n} 个更早的提交",
         "more_many": "还有 {n} 个更早的提交",
         "rewind": "分支指向了已有的提交，没有新提交（例如强制推送回退）。",
-        "someone": "有人",
+        "someone": "有人",               # in a title: 有人推送到 ...
+        "unknown_person": "未知",        # as a field's value: GitLab named nobody
         "view_changes": "查看改动",
         "view_commit": "查看提交",
         "view_branch": "查看分支",
@@ -121,6 +122,7 @@ LABELS = {
         "more_many": "and {n} earlier commits",
         "rewind": "The branch now points to an existing commit; no new commits (e.g. a force-push rewind).",
         "someone": "Someone",
+        "unknown_person": "unknown",
         "view_changes": "View changes",
         "view_commit": "View commit",
         "view_branch": "View branch",

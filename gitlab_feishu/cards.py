@@ -79,10 +79,10 @@ def escape_markdown(text: str) -> str:
 # --- push -------------------------------------------------------------------
 
 def _push_card(event: PushEvent, labels: dict, detail: _Detail) -> dict:
-    actor = _cut(event.actor.label, detail.text_chars) or labels["someone"]
+    actor = _cut(event.actor.label, detail.text_chars)
     branch = _cut(event.branch, detail.text_chars)
     # Title and summary name the pusher briefly; the pusher field adds the username.
-    names = {"actor": _cut(event.actor.name, HEADER_CHARS) or _cut(actor, HEADER_CHARS),
+    names = {"actor": _cut(event.actor.name, HEADER_CHARS) or _cut(actor, HEADER_CHARS) or labels["someone"],
              "project": _cut(event.project.name, HEADER_CHARS), "branch": _cut(branch, HEADER_CHARS)}
     kind, colour, button = _push_kind(event)
     commits = _plural(labels, "commits", event.total_commits) if event.total_commits else labels["no_commits"]
@@ -96,7 +96,7 @@ def _push_card(event: PushEvent, labels: dict, detail: _Detail) -> dict:
         last = ((labels["commits"], str(event.total_commits)) if event.total_commits
                 else (labels["head"], _sha_link(web_url, event.after)))
     elements = _fields([_project_field(event.project, labels, detail), (labels["branch"], branch_value),
-                        (labels["pusher"], escape_markdown(actor)), last])
+                        (labels["pusher"], escape_markdown(actor) or labels["unknown_person"]), last])
     if event.commits and not event.deleted:
         elements += [{"tag": "hr"}, _commit_list(event, labels, detail)]
     elif kind == "push" and not event.total_commits:

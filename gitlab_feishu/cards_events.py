@@ -24,10 +24,9 @@ MERGE_REQUEST_COLOURS = {"open": "blue", "reopen": "indigo", "ready": "wathet", 
 # --- tags -------------------------------------------------------------------
 
 def _tag_card(event: TagPushEvent, labels: dict, detail: _Detail) -> dict:
-    actor = _cut(event.actor.label, detail.text_chars) or labels["someone"]
     tag = _cut(event.tag, detail.text_chars)
     names = {**_names(event.actor, event.project, labels), "tag": _cut(tag, HEADER_CHARS)}
-    pusher = (labels["pusher"], escape_markdown(actor))
+    pusher = (labels["pusher"], escape_markdown(_cut(event.actor.label, detail.text_chars)) or labels["unknown_person"])
     if event.deleted:
         kind, colour, button = "tag_delete", "grey", "view_tags"
         elements = _fields([_project_field(event.project, labels, detail),
@@ -89,7 +88,7 @@ def _pipeline_card(event: PipelineEvent, labels: dict, detail: _Detail) -> dict:
         "pipeline_failed", "red", "status_failed")
     ref = _cut(event.ref, detail.text_chars)
     names = {**_names(event.actor, event.project, labels), "ref": _cut(ref, HEADER_CHARS)}
-    trigger = escape_markdown(_cut(event.actor.label, detail.text_chars)) or labels["someone"]
+    trigger = escape_markdown(_cut(event.actor.label, detail.text_chars)) or labels["unknown_person"]
     if event.source and event.source != "push":      # a schedule, an API call, a merge request...
         source = labels.get(f"source_{event.source}", event.source)
         trigger += f" <font color='grey'>· {escape_markdown(_cut(source, detail.text_chars))}</font>"

@@ -114,6 +114,17 @@ def test_push_card_in_chinese_names_pusher_project_branch_and_count():
     assert "[Y&#95;野水发财（客户端）](https://git.example.cn/grouptwogame/yeshui-client)" in markdown(card)
 
 
+@pytest.mark.parametrize("lang, title, field", [("zh", "有人 推送到", "未知"), ("en", "Someone pushed to", "unknown")])
+def test_a_push_gitlab_names_no_pusher_for_says_so_in_words_that_fit(lang, title, field):
+    payload = load("chinese_push.json")
+    for name in ("user_name", "user_username", "user_email"):
+        payload.pop(name, None)
+    card = card_for(payload, lang)
+    assert card["header"]["title"]["content"].startswith(title)
+    pusher_label = {"zh": "推送人", "en": "Pushed by"}[lang]
+    assert f"<font color='grey'>{pusher_label}</font>\n{field}\n" in markdown(card)
+
+
 def test_branch_link_percent_encodes_the_chinese_branch():
     text = markdown(card_for(load("chinese_push.json")))
     assert "(https://git.example.cn/grouptwogame/yeshui-client/-/tree/feature/%E7%99%BB%E5%BD%95%E7%95%8C%E9%9D%A2)" in text
