@@ -16,7 +16,10 @@ logger = logging.getLogger("gitlab_feishu.feishu")
 _CREDENTIALS = ("check FEISHU_APP_ID and FEISHU_APP_SECRET against the app's 凭证与基础信息 "
                 "(Credentials & Basic Info) page in the Feishu developer console")
 _PUBLISH = "and publish a new version of the app"
-_BAD_ID = "the open_id is invalid for this app (open_ids differ per app): look the user up again by email"
+_BAD_ID = ("Feishu refused a parameter, most often the open_id (open_ids differ per app): an owner written as "
+           "ou_... in owners.json, users.json or ADMIN_EMAILS must be the open_id this app sees, or write their "
+           "email instead (an email is looked up once more before this is reported); otherwise `ext=` in the "
+           "message names the parameter")
 _TOKEN_REJECTED = ("Feishu rejected the tenant_access_token (expired or revoked): a fresh one is fetched and the "
                    "call tried again; if this repeats, check that the app is enabled in the Feishu developer console")
 _BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): see the sub-code in the message"
