@@ -14,9 +14,11 @@ another one.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
+from urllib.parse import urlsplit
 
 from .cards import card_content, escape_markdown
 from .delivery import shown
@@ -38,6 +40,8 @@ CARD_CODES = frozenset({230099, 230025, 200621})
 # A group's custom bot refusing a post for its own settings: a removed bot or a wrong URL, a signature, an IP
 # allow-list, a keyword (chats.py says which).
 BOT_SETTINGS_CODES = frozenset({19001, 19021, 19022, 19024})
+# The link a 99991672 message ends with: the console page that requests the missing scopes in one click.
+SCOPE_REQUEST = re.compile(r"https://[^\s\"'<>，。]+/app/[^\s\"'<>/，。]+/auth\?[^\s\"'<>，。]+")
 # Codes that affect every delivery, not one recipient: one problem however many owners hit it.
 APP_WIDE_CODES = CARD_CODES | {99991672, 230006, 10003, 10014, 10015, 99991543}
 
@@ -137,8 +141,9 @@ class Problem:
     key: str                   # what makes two failures the same problem, e.g. "230013:zhangsan@example.com"
     kind: str                  # a key of TEXTS
     values: dict               # placeholders of its texts
-    detail: str = ""           # the error line: Feishu code, message, log id, hint
+    detail: str = ""           # the error line: Feishu code, message, log id (and hint, when the card has none)
     project: str = ""
+    button_url: str = ""       # a page that fixes it (Feishu's own scope request link), else the app's console
 
 
 def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Problem:
@@ -152,15 +157,18 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
         return Problem("expired", "expired", {}, detail, project)
     code = error.code if error.code is not None else f"HTTP {error.http_status}"
     values = {"recipient": recipient, "code": code}
+    # The kinds below say what to do in the card's language: the detail keeps Feishu's words, not the hint.
+    said = error.message + (f" (log id {error.log_id})" if error.log_id else "")
     if row.channel == "chat" and error.code in BOT_SETTINGS_CODES:     # fixed in the group and owners.json
-        return Problem(f"chat:{code}:{recipient}", "chat", values, detail, project)
+        return Problem(f"chat:{code}:{recipient}", "chat", values, said, project)
     if error.code == 230013:
-        return Problem(f"230013:{recipient}", "availability", values, detail, project)
-    if error.code == 99991672:
-        scopes = {"scopes": missing_scopes(error.message), "scopes_zh": missing_scopes(error.message, "zh")}
-        return Problem(f"99991672:{scopes['scopes']}", "permission", {**values, **scopes}, detail, project)
+        return Problem(f"230013:{recipient}", "availability", values, said, project)
+    if error.code == 99991672:                              # every delivery is affected, not the recipient alone
+        scopes = {"code": code, "scopes": missing_scopes(error.message), "scopes_zh": missing_scopes(error.message, "zh")}
+        link = SCOPE_REQUEST.search(error.message)
+        return Problem(f"99991672:{scopes['scopes']}", "permission", scopes, said, project, link[0] if link else "")
     if error.code in CARD_CODES:
-        return Problem(f"card:{code}", "card", values, detail, project)
+        return Problem(f"card:{code}", "card", {"code": code}, said, project)
     scope = "*" if error.code in APP_WIDE_CODES or error.code is None else recipient
     return Problem(f"{code}:{scope}", "other", values, detail, project)
 
@@ -187,9 +195,11 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
     if problem.detail:
         elements += [{"tag": "hr"}, {"tag": "markdown", "content": f"<font color='grey'>{labels['error']}</font>\n"
                                                                    f"{escape_markdown(problem.detail[:DETAIL_CHARS])}"}]
-    if problem.kind != "chat":                # a group's bot is fixed in the group, not in the developer console
+    # Feishu's own link when it points into the same console; a group's bot is fixed in the group, not there.
+    url = problem.button_url if urlsplit(problem.button_url).netloc == urlsplit(console_url).netloc else console_url
+    if problem.kind != "chat":
         elements.append({"tag": "button", "type": "primary", "text": {"tag": "plain_text", "content": labels["console"]},
-                         "behaviors": [{"type": "open_url", "default_url": console_url}]})
+                         "behaviors": [{"type": "open_url", "default_url": url}]})
     return {
         "schema": "2.0",
         "config": {"summary": {"content": labels["summary"].format(title=title)[:100]}},

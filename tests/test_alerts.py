@@ -268,6 +268,38 @@ def test_an_unknown_email_alert_names_the_file_that_lists_it(rule, file, lang):
     assert file in text and other not in text
 
 
+SCOPE_DENIED_WITH_LINK = ("Access denied. One of the following scopes is required: [im:message, im:message:send_as_bot]."
+                          "应用尚未开通所需的应用身份权限：[im:message, im:message:send_as_bot]，点击链接申请并开通任一权限即可："
+                          "https://open.feishu.cn/app/cli_test_app/auth?q=im:message,im:message:send_as_bot"
+                          "&op_from=openapi&token_type=tenant")
+
+
+@pytest.mark.parametrize(("console", "opens"), [
+    ("https://open.feishu.cn/app/cli_test_app",
+     "https://open.feishu.cn/app/cli_test_app/auth?q=im:message,im:message:send_as_bot&op_from=openapi&token_type=tenant"),
+    ("https://open.larksuite.com/app/cli_test_app", "https://open.larksuite.com/app/cli_test_app"),   # not its console
+])
+def test_a_missing_permission_alert_opens_feishus_own_request_page(console, opens):
+    problem = classify(row(), feishu_error(99991672, msg=SCOPE_DENIED_WITH_LINK))
+    card = render_alert(problem, "zh", console)
+    check_card(card)
+    [button] = [element for element in card["body"]["elements"] if element["tag"] == "button"]
+    assert button["behaviors"][0]["default_url"] == opens
+
+
+def test_an_alert_for_every_delivery_names_no_one_recipient():
+    for error in (feishu_error(99991672, msg=SCOPE_DENIED), feishu_error(230099)):
+        text = json.dumps(render_alert(classify(row(), error), "zh", "https://open.feishu.cn/app/x"), ensure_ascii=False)
+        assert "zhangsan" not in text
+
+
+def test_the_error_detail_keeps_feishus_words_not_the_english_hint():
+    error = feishu_error(230013, msg="Bot has NO availability to this user.")
+    error.hint, error.log_id = "add them under Availability", "20261128ABC"
+    problem = classify(row(), error)
+    assert "add them under" not in problem.detail and "20261128ABC" in problem.detail
+
+
 def test_a_group_bot_refusing_a_bad_body_is_not_a_settings_problem():
     bot = row("https://open.feishu.cn/open-apis/bot/v2/hook/0a1b2c3d-secret", channel="chat")
     assert classify(bot, feishu_error(9499)).kind == "other"
