@@ -19,7 +19,7 @@ from .cutoff import Countdown
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import FeishuError
 from .outbox import Outbox
-from .pacing import Pacer, bot_quotas, dm_quotas
+from .pacing import Pacer, bot_quotas, dm_quotas, lookup_quotas
 from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class Deliverer:
         attempts, countdown = 0, Countdown(deadline, self.clock)
         while True:
             try:
+                self._lookup_turn(emails, deadline, retry_inline)
                 # The retry worker asks again about emails Feishu did not know: the account may be fixed.
                 found = self.feishu.resolve_open_ids(emails, budget=countdown.left(),
                                                      recheck_unknown=not retry_inline)
@@ -142,6 +143,16 @@ class Deliverer:
                 else:
                     failures[row.id] = UNKNOWN_EMAIL
         return open_ids, failures
+
+    def _lookup_turn(self, emails: list[str], deadline: float, retry_inline: bool) -> None:
+        """Take a turn under the lookup quota when an email is not cached here (a burst to many new owners);
+        raise a retryable FeishuError, due when a turn may be free, if none comes in time."""
+        if self.pacer is None or not self.feishu.needs_lookup(emails, recheck_unknown=not retry_inline):
+            return
+        turn_by = min(deadline, self.clock() + INLINE_TURN_WAIT) if retry_inline else deadline
+        wait = self.pacer.wait_turn(lookup_quotas(), turn_by)
+        if wait:
+            raise FeishuError("waiting for a turn under Feishu's rate limits", retryable=True, retry_after=wait)
 
     def _attempt(self, row: Delivery, open_id: str, deadline: float, retry_inline: bool) -> Outcome:
         """Send one card, retrying transient errors while the deadline allows (when asked to)."""

@@ -1,7 +1,7 @@
 """Pacing: keep every process's sends inside Feishu's quotas instead of hitting them and backing off.
 
-Feishu allows an app 50 messages a second and 1,000 a minute, one user 5 a
-second, and a group's custom bot 5 a second and 100 a minute. A sliding log of
+Feishu allows an app 50 messages a second and 1,000 a minute (and as many email
+lookups), one user 5 a second, and a group's custom bot 5 a second and 100 a minute. A sliding log of
 recent sends, shared through SQLite by every process using the same DATA_DIR,
 gives each send a turn only when all its windows have room. The windows are a
 quarter of a second wider than Feishu's: a send may reach Feishu that much later
@@ -28,6 +28,7 @@ Window = tuple[int, float]               # at most `count` sends in any `seconds
 APP_MESSAGES: tuple[Window, ...] = ((50, 1.25), (1000, 62.0))
 ONE_USER: tuple[Window, ...] = ((5, 1.25),)
 ONE_BOT: tuple[Window, ...] = ((5, 1.25), (100, 62.0))
+LOOKUPS: tuple[Window, ...] = ((50, 1.25), (1000, 62.0))     # batch_get_id has the app's own 50/s and 1,000/min
 LOG_SECONDS = 62.0                       # the longest window: older entries are forgotten
 # Entries stamped later than this past now are from before the clock was stepped back (NTP): counting
 # them would hold every send back by the size of the step, an hour for an hour. A write waiting for the
@@ -43,6 +44,10 @@ class Quota:
 
 def dm_quotas(open_id: str) -> list[Quota]:
     return [Quota("app", APP_MESSAGES), Quota(f"user:{open_id}", ONE_USER)]
+
+
+def lookup_quotas() -> list[Quota]:
+    return [Quota("lookup", LOOKUPS)]
 
 
 def bot_quotas(webhook_url: str) -> list[Quota]:

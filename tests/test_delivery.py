@@ -15,7 +15,7 @@ from gitlab_feishu.feishu import UNKNOWN_EMAIL, FeishuError
 
 from gitlab_feishu.outbox import Outbox
 from gitlab_feishu.rows import NewDelivery, feishu_uuid
-from gitlab_feishu.pacing import Pacer, dm_quotas
+from gitlab_feishu.pacing import Pacer, dm_quotas, lookup_quotas
 from gitlab_feishu.worker import RetryWorker, is_gone, process_owner
 
 DAY = 24 * 3600.0
@@ -40,6 +40,9 @@ class StubFeishu:
         if self.lookup_errors:
             raise self.lookup_errors.pop(0)
         return {email: self.directory.get(email) for email in emails}
+
+    def needs_lookup(self, emails, *, recheck_unknown=False):
+        return True                                    # caches nothing: every email is looked up
 
     def forget_open_id(self, email):
         self.forgotten.append(email)
@@ -361,3 +364,18 @@ def test_a_card_waiting_for_a_full_minute_window_is_not_claimed_again_and_again(
         clock.advance(outbox.next_due_at() - clock())
         assert worker.run_once() == 1
     assert outbox.counts()["queued"] == 0 and len(feishu.sends) == 1
+
+
+def test_email_lookups_take_turns_under_their_own_quota(tmp_path, outbox, feishu, clock):
+    """A burst to many owners nobody has looked up yet: the 51st lookup within the window waits its turn
+    (and is queued for then) instead of meeting Feishu's 429."""
+    pacer = Pacer(tmp_path / "pacing.sqlite3", clock=clock, sleep=clock.sleep)
+    for _ in range(50):
+        assert pacer.wait_turn(lookup_quotas(), deadline=clock() + 5) == 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=5.0, pacer=pacer, clock=clock,
+                              sleep=clock.sleep)
+        started = clock()
+        [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
+    assert outcome.status == "sent" and len(feishu.lookups) == 1
+    assert clock() - started >= 1.0                     # it waited for the window to move on
