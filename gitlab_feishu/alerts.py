@@ -195,8 +195,9 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
     if problem.detail:
         elements += [{"tag": "hr"}, {"tag": "markdown", "content": f"<font color='grey'>{labels['error']}</font>\n"
                                                                    f"{escape_markdown(problem.detail[:DETAIL_CHARS])}"}]
-    # Feishu's own link when it points into the same console; a group's bot is fixed in the group, not there.
-    url = problem.button_url if urlsplit(problem.button_url).netloc == urlsplit(console_url).netloc else console_url
+    # Feishu's own link when it points into this app's page of the same console; a group's bot is fixed in the
+    # group, not there.
+    url = problem.button_url if _inside(problem.button_url, console_url) else console_url
     if problem.kind != "chat":
         elements.append({"tag": "button", "type": "primary", "text": {"tag": "plain_text", "content": labels["console"]},
                          "behaviors": [{"type": "open_url", "default_url": url}]})
@@ -207,6 +208,16 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
                    "template": "orange" if problem.kind == "backlog" else "red"},
         "body": {"elements": elements},
     }
+
+
+def _inside(link: str, console_url: str) -> bool:
+    """Whether `link` opens a page of this app in the console at `console_url` (scheme, host, /app/<id>/)."""
+    try:
+        there, here = urlsplit(link), urlsplit(console_url)
+    except ValueError:              # a host that NFKC turns into another (a full-width ／ or ＠)
+        return False
+    return (there.scheme, there.netloc) == (here.scheme, here.netloc) and \
+        there.path.startswith(here.path.rstrip("/") + "/")
 
 
 class Alerter:

@@ -31,6 +31,13 @@ INLINE_TURN_WAIT = 1.5         # a webhook waits this long for a turn under the 
 STALE_OPEN_ID = frozenset({230001, 230034})   # Feishu refuses the receive_id (or another parameter)
 
 
+class TurnWait(FeishuError):
+    """No turn under Feishu's quotas came in time: nothing reached Feishu, so no round is counted."""
+
+    def __init__(self, wait: float):
+        super().__init__("waiting for a turn under Feishu's rate limits", retryable=True, retry_after=wait)
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str                # sent | queued | failed
@@ -50,6 +57,11 @@ def needs_lookup(row: Delivery) -> bool:
 def shown(row: Delivery) -> str:
     """A row's recipient as logs show it: a group bot's URL is a credential."""
     return mask_chat_url(row.recipient) if row.channel == "chat" else row.recipient
+
+
+def _tried(failure: FeishuError | str) -> int:
+    """Attempts a lookup failure counts: none when it only waited for a turn."""
+    return 0 if isinstance(failure, TurnWait) else 1
 
 
 def backoff(rounds: int, base: float) -> float:
@@ -98,12 +110,12 @@ class Deliverer:
             [row] = rows
             open_ids, failures = self._resolve(lookups, deadline, retry_inline)
             if row.id in failures:
-                return {row.id: timed(self._record_failure(row, failures[row.id], attempts=1))}
+                return {row.id: timed(self._record_failure(row, failures[row.id], attempts=_tried(failures[row.id])))}
             return {row.id: attempt(row, open_ids.get(row.id, row.recipient))}
         # Rows that need no lookup go at once; the others as soon as it has answered.
         futures = {self.pool.submit(attempt, row, row.recipient): row for row in rows if not needs_lookup(row)}
         open_ids, failures = self._resolve(lookups, deadline, retry_inline)
-        outcomes = {row.id: timed(self._record_failure(row, failures[row.id], attempts=1))
+        outcomes = {row.id: timed(self._record_failure(row, failures[row.id], attempts=_tried(failures[row.id])))
                     for row in lookups if row.id in failures}
         futures.update({self.pool.submit(attempt, row, open_ids[row.id]): row for row in lookups if row.id in open_ids})
         done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
@@ -125,11 +137,14 @@ class Deliverer:
         attempts, countdown = 0, Countdown(deadline, self.clock)
         while True:
             try:
-                self._lookup_turn(emails, deadline, retry_inline)
                 # The retry worker asks again about emails Feishu did not know: the account may be fixed.
+                # A turn under the lookup quota only for a call to Feishu, not when a cache answers.
+                turn = (lambda: self._lookup_turn(deadline, retry_inline)) if self.pacer is not None else None
                 found = self.feishu.resolve_open_ids(emails, budget=countdown.left(),
-                                                     recheck_unknown=not retry_inline)
+                                                     recheck_unknown=not retry_inline, before_lookup=turn)
                 break
+            except TurnWait as exc:      # it waited for a turn already: queued for when one may be free
+                return {}, {row.id: exc for row in rows if row.recipient in emails}
             except FeishuError as exc:
                 attempts += 1
                 if not self._paused_for_retry(exc, attempts, countdown.left(), retry_inline):
@@ -144,15 +159,13 @@ class Deliverer:
                     failures[row.id] = UNKNOWN_EMAIL
         return open_ids, failures
 
-    def _lookup_turn(self, emails: list[str], deadline: float, retry_inline: bool) -> None:
-        """Take a turn under the lookup quota when an email is not cached here (a burst to many new owners);
-        raise a retryable FeishuError, due when a turn may be free, if none comes in time."""
-        if self.pacer is None or not self.feishu.needs_lookup(emails, recheck_unknown=not retry_inline):
-            return
+    def _lookup_turn(self, deadline: float, retry_inline: bool) -> None:
+        """Take a turn under the lookup quota before a call to Feishu (a burst to many new owners); raise
+        TurnWait, due when a turn may be free, if none comes in time."""
         turn_by = min(deadline, self.clock() + INLINE_TURN_WAIT) if retry_inline else deadline
         wait = self.pacer.wait_turn(lookup_quotas(), turn_by)
         if wait:
-            raise FeishuError("waiting for a turn under Feishu's rate limits", retryable=True, retry_after=wait)
+            raise TurnWait(wait)
 
     def _attempt(self, row: Delivery, open_id: str, deadline: float, retry_inline: bool) -> Outcome:
         """Send one card, retrying transient errors while the deadline allows (when asked to)."""

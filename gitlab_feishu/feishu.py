@@ -100,12 +100,13 @@ class FeishuClient:
             self._fetch_token(deadline)
             return "tenant token fetched"
 
-    def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None, *,
-                         recheck_unknown: bool = False) -> dict[str, str | None]:
+    def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None, *, recheck_unknown: bool = False,
+                         before_lookup: Callable[[], None] | None = None) -> dict[str, str | None]:
         """Map each email to its open_id, or None when Feishu does not know it (see UNKNOWN_EMAIL).
 
         `recheck_unknown` asks Feishu again about emails cached as unknown (a retry after someone
-        fixed the account: `--retry-failed`).
+        fixed the account: `--retry-failed`). `before_lookup` is called before each call to Feishu (a turn under
+        the lookup quota), never when this process's or the shared cache answers every email.
         """
         deadline = self._deadline(budget)
         emails = list(emails)
@@ -122,6 +123,8 @@ class FeishuClient:
                     self._open_ids[by_key[key]] = (open_id, now + left)
             missing = [e for e in missing if self.cached_open_id(e) is NOT_CACHED]
         for start in range(0, len(missing), LOOKUP_CHUNK):
+            if before_lookup is not None:
+                before_lookup()
             self._look_up(missing[start:start + LOOKUP_CHUNK], deadline)
         return {e: self._open_ids[e.lower()][0] for e in emails}
 

@@ -243,8 +243,11 @@ def _answer(exc: gitlab.GitlabError) -> str:
 
 
 def _speaks_plain_http(exc: Exception) -> bool:
-    """An https:// URL whose port answers plain HTTP: OpenSSL reads the answer as a broken TLS record."""
-    return isinstance(exc, requests.exceptions.SSLError) and "WRONG_VERSION_NUMBER" in str(exc).upper()
+    """An https:// URL whose port answers plain HTTP: OpenSSL reads the answer as a broken TLS record
+    ("wrong version number"; OpenSSL 3.2 and later say "record layer failure")."""
+    text = str(exc).upper().replace(" ", "_")
+    return isinstance(exc, requests.exceptions.SSLError) and ("WRONG_VERSION_NUMBER" in text
+                                                              or "RECORD_LAYER_FAILURE" in text)
 
 
 def _network_reason(exc: Exception) -> str:

@@ -287,6 +287,18 @@ def test_a_missing_permission_alert_opens_feishus_own_request_page(console, open
     assert button["behaviors"][0]["default_url"] == opens
 
 
+@pytest.mark.parametrize("link", [
+    "https://evil.example\uff0f@open.feishu.cn/app/cli_test_app/auth?q=im:message",   # urlsplit raises ValueError
+    "https://open.feishu.cn/app/another_app/auth?q=im:message",                          # another app's page
+])
+def test_a_scope_link_elsewhere_falls_back_to_the_console_and_the_alert_is_raised(link):
+    problem = classify(row(), feishu_error(99991672, msg=SCOPE_DENIED_WITH_LINK.split("https://")[0] + link))
+    card = render_alert(problem, "zh", "https://open.feishu.cn/app/cli_test_app")
+    check_card(card)
+    [button] = [element for element in card["body"]["elements"] if element["tag"] == "button"]
+    assert button["behaviors"][0]["default_url"] == "https://open.feishu.cn/app/cli_test_app"
+
+
 def test_an_alert_for_every_delivery_names_no_one_recipient():
     for error in (feishu_error(99991672, msg=SCOPE_DENIED), feishu_error(230099)):
         text = json.dumps(render_alert(classify(row(), error), "zh", "https://open.feishu.cn/app/x"), ensure_ascii=False)

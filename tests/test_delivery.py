@@ -35,7 +35,9 @@ class StubFeishu:
         self.sends: list[tuple[str, str]] = []
         self.lock = threading.Lock()
 
-    def resolve_open_ids(self, emails, budget=None, *, recheck_unknown=False):
+    def resolve_open_ids(self, emails, budget=None, *, recheck_unknown=False, before_lookup=None):
+        if before_lookup is not None:                  # caches nothing: every email is looked up
+            before_lookup()
         self.lookups.append(list(emails))
         if self.lookup_errors:
             raise self.lookup_errors.pop(0)
@@ -166,7 +168,7 @@ def test_rows_that_need_no_lookup_do_not_wait_for_it(outbox, deliverer, feishu, 
     sent = threading.Event()
     feishu.answers["ou_direct"] = [lambda budget: (sent.set(), "om_x")[1]]
 
-    def slow_lookup(emails, budget=None, *, recheck_unknown=False):
+    def slow_lookup(emails, budget=None, *, recheck_unknown=False, before_lookup=None):
         assert sent.wait(5), "the open_id row waited for the email lookup"
         return {email: feishu.directory.get(email) for email in emails}
     feishu.resolve_open_ids = slow_lookup
@@ -379,3 +381,19 @@ def test_email_lookups_take_turns_under_their_own_quota(tmp_path, outbox, feishu
         [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
     assert outcome.status == "sent" and len(feishu.lookups) == 1
     assert clock() - started >= 1.0                     # it waited for the window to move on
+
+
+def test_a_card_waiting_for_a_lookup_turn_is_not_counted_as_a_failed_round(tmp_path, outbox, feishu, clock):
+    """Like a card waiting for a send turn (attempts 0): nothing reached Feishu, so no round and no backoff;
+    it comes back when the lookup quota has room."""
+    pacer = Pacer(tmp_path / "pacing.sqlite3", clock=clock, sleep=clock.sleep)
+    for _ in range(1000):                              # the minute's lookups are used up
+        assert pacer.try_turn(lookup_quotas()) == 0
+        clock.advance(0.03)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=5.0, pacer=pacer, clock=clock,
+                              sleep=clock.sleep)
+        [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
+    assert outcome.status == "queued" and not feishu.lookups and not feishu.sends
+    [row] = outbox.event_rows("idem:1")
+    assert (row.attempts, row.rounds) == (0, 0)

@@ -591,3 +591,19 @@ def test_the_proxy_requests_reads_from_the_environment_is_used(monkeypatch, no_p
     FeishuClient(BASE, "cli_app", SECRET).tenant_token()
     used = responses.calls[0].request.req_kwargs["proxies"].get("http")
     assert used == ("http://proxy.corp.example:3128" if proxied else None)
+
+
+@responses.activate
+def test_a_lookup_turn_is_taken_only_for_a_call_to_feishu(clock, shared):
+    """The warm path in another worker: the shared cache answers, so no turn under the lookup quota is taken
+    (a pacing write, and a turn out of 50/s, for no call); a call takes one turn per 50 emails."""
+    token_ok()
+    lookup = lookup_echo()
+    turns = []
+    first, second = sharing(clock, shared), sharing(clock, shared)
+    first.resolve_open_ids(["a@known.example"], before_lookup=lambda: turns.append(1))
+    assert len(turns) == 1
+    second.resolve_open_ids(["a@known.example"], before_lookup=lambda: turns.append(1))
+    assert len(turns) == 1 and lookup.call_count == 1
+    first.resolve_open_ids([f"u{i}@known.example" for i in range(60)], before_lookup=lambda: turns.append(1))
+    assert len(turns) == 3 and lookup.call_count == 3
