@@ -43,7 +43,8 @@ BOT_SETTINGS_CODES = frozenset({19001, 19021, 19022, 19024})
 # The link a 99991672 message ends with: the console page that requests the missing scopes in one click.
 SCOPE_REQUEST = re.compile(r"https://[^\s\"'<>，。]+/app/[^\s\"'<>/，。]+/auth\?[^\s\"'<>，。]+")
 # Codes that affect every delivery, not one recipient: one problem however many owners hit it.
-APP_WIDE_CODES = CARD_CODES | {99991672, 230006, 10003, 10014, 10015, 99991543}
+APP_WIDE_CODES = CARD_CODES | {99991672, 230006, 10003, 10014, 10015, 99991543,
+                               99991401, 99991403, 99991662, 99991201}   # IP allow-list, quota, disabled, base URL
 
 RETRY_HINT = {"zh": "修复后运行 `python webhook_server.py --retry-failed` 重新发送失败的通知。",
               "en": "After fixing it, run `python webhook_server.py --retry-failed` to send the failed notifications."}

@@ -76,12 +76,6 @@ class FeishuClient:
         open_id, expires_at = self._open_ids.get(email.lower(), (None, 0.0))
         return open_id if self._clock() < expires_at else NOT_CACHED
 
-    def needs_lookup(self, emails: Iterable[str], *, recheck_unknown: bool = False) -> bool:
-        """Whether resolving `emails` may call Feishu: one is not cached in this process (or is cached as
-        unknown and `recheck_unknown`); the cache other processes share may answer it yet."""
-        cached = [self.cached_open_id(email) for email in emails]
-        return any(open_id is NOT_CACHED or (recheck_unknown and open_id is None) for open_id in cached)
-
     def forget_open_id(self, email: str) -> None:
         """Drop what is cached for `email` (Feishu refused the open_id, or it may know the email now)."""
         open_id, _ = self._open_ids.pop(email.lower(), (None, 0.0))

@@ -90,9 +90,10 @@ class Outbox:
     # -- events ----------------------------------------------------------------
 
     def begin_event(self, key: str, kind: str, project: str, deliveries: Iterable[NewDelivery], *,
-                    lease_owner: str, lease_seconds: float, retry_window: float,
+                    lease_owner: str, lease_seconds: float, retry_window: float, waiting: str | None = None,
                     timeout: float | None = None) -> tuple[list[Delivery], list[Delivery]]:
-        """Record an event's deliveries, each new one leased to the caller for an inline attempt.
+        """Record an event's deliveries, each new one leased to the caller for an inline attempt (or, with no
+        lease, left to the retry worker, `waiting` saying why: it is then counted as queued from the start).
 
         Returns (new rows, rows recorded earlier for the same key and recipient): a repeat of the event
         makes no second card for anyone, yet reaches a recipient added to owners.json since. Raises
@@ -112,14 +113,14 @@ class Outbox:
                     continue
                 row = Delivery(id=0, event_key=key, channel=d.channel, recipient=d.recipient, rule=d.rule,
                                content=d.content, uuid=d.uuid, status=QUEUED, attempts=0, rounds=0,
-                               next_attempt_at=now, lease_until=now + lease_seconds, last_error=None,
+                               next_attempt_at=now, lease_until=now + lease_seconds, last_error=waiting,
                                created_at=now, give_up_at=now + retry_window)
                 cursor = conn.execute(
                     "INSERT INTO deliveries (event_key, channel, recipient, rule, content, uuid, status,"
-                    " next_attempt_at, lease_owner, lease_until, created_at, give_up_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    " next_attempt_at, lease_owner, lease_until, last_error, created_at, give_up_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                     (key, d.channel, d.recipient, d.rule, d.content, d.uuid, now, lease_owner, row.lease_until,
-                     now, row.give_up_at, now))
+                     waiting, now, row.give_up_at, now))
                 new.append(dataclasses.replace(row, id=cursor.lastrowid))
             return new, earlier
 

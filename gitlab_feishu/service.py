@@ -123,7 +123,8 @@ class Notifier:
                 new, earlier = self.outbox.begin_event(
                     key, event.kind, event.project.path, planned, lease_owner=self.lease_owner,
                     lease_seconds=self.settings.delivery_deadline_seconds + LEASE_SLACK if inline else 0.0,
-                    retry_window=RETRY_WINDOW, timeout=min(LOCK_WAIT, deadline - self.clock()))
+                    retry_window=RETRY_WINDOW, waiting=None if inline else BUSY,
+                    timeout=min(LOCK_WAIT, deadline - self.clock()))
             except sqlite3.DatabaseError as exc:
                 if not storage_failure(exc):
                     raise

@@ -248,6 +248,7 @@ def feishu_error(code=None, *, retryable=False, http_status=400, msg="refused"):
     (feishu_error(230025), "card:230025", "card"),
     (feishu_error(200621), "card:200621", "card"),
     (feishu_error(230006), "230006:*", "other"),                    # bot capability off: everyone
+    (feishu_error(99991401), "99991401:*", "other"),                # the app's IP allow-list: everyone
     (feishu_error(230053), "230053:zhangsan@example.com", "other"),  # this user stopped the bot
     (feishu_error(None, http_status=404), "HTTP 404:*", "other"),
     (feishu_error(None, retryable=True, http_status=503), "expired", "expired"),   # retry window closed

@@ -43,9 +43,6 @@ class StubFeishu:
             raise self.lookup_errors.pop(0)
         return {email: self.directory.get(email) for email in emails}
 
-    def needs_lookup(self, emails, *, recheck_unknown=False):
-        return True                                    # caches nothing: every email is looked up
-
     def forget_open_id(self, email):
         self.forgotten.append(email)
 

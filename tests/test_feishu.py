@@ -223,16 +223,6 @@ def test_unknown_email_is_cached_briefly_then_looked_up_again(client, clock):
 
 
 @responses.activate
-def test_needs_lookup_says_whether_resolving_may_call_feishu(client):
-    token_ok()
-    lookup_echo()
-    assert client.needs_lookup(["a@known.example"])
-    client.resolve_open_ids(["a@known.example", "nobody@other.example"])
-    assert not client.needs_lookup(["A@known.example", "nobody@other.example"])
-    assert client.needs_lookup(["nobody@other.example"], recheck_unknown=True)     # --retry-failed asks again
-
-
-@responses.activate
 def test_cached_open_id_tells_known_unknown_and_not_cached_apart(client, clock):
     token_ok()
     lookup_echo()

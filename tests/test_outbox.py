@@ -180,6 +180,14 @@ def test_a_card_on_its_first_try_inside_a_webhook_is_not_counted_as_waiting(outb
     assert outbox.counts() == {"queued": 2, "failed": 0}
 
 
+def test_a_card_left_to_the_retry_worker_stays_counted_while_it_works_on_it(outbox, clock):
+    outbox.begin_event("idem:busy", "push", "group/project", planned("a@example.com"), lease_owner="me",
+                       lease_seconds=0, retry_window=DAY, waiting="many webhooks in flight: left to the retry worker")
+    assert outbox.counts()["queued"] == 1
+    [claimed] = outbox.claim_due(owner="worker", lease_seconds=60)
+    assert outbox.counts()["queued"] == 1 and claimed.last_error.startswith("many webhooks in flight")
+
+
 def test_a_card_waiting_for_a_pacing_turn_is_counted_as_queued(outbox, clock):
     # The webhook's turn wait ran out: put back with attempts 0 (delivery.py), lease released.
     [row], _ = begin(outbox, "idem:1", "a@example.com")
