@@ -21,7 +21,7 @@ from .chats import BotClient
 from .watched import FileWatcher, iso_time
 from .delivery import Deliverer
 from .feishu import FeishuClient
-from .gitlab import MAX_BODY_BYTES, decode_payload, signature_valid, token_matches
+from .gitlab import MAX_BODY_BYTES, decode_payload, signature_problem, token_matches
 from .outbox import Outbox
 from .owners import OwnersFile
 from .pacing import Pacer
@@ -109,10 +109,9 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
             return _refused(413, TOO_LARGE)
         if len(body) < (request.content_length or 0):     # gunicorn hands over what came before the client left
             return _refused(400, CUT_SHORT)
-        if settings.gitlab_signing_token and not signature_valid(settings.gitlab_signing_token, request.headers,
-                                                                 body, clock()):
-            return _refused(401, "missing, wrong or stale webhook-signature: set the hook's Signing token to "
-                                 "GITLAB_SIGNING_TOKEN and check this server's clock")
+        if settings.gitlab_signing_token and (problem := signature_problem(settings.gitlab_signing_token,
+                                                                           request.headers, body, clock())):
+            return _refused(401, problem)
         try:
             payload = decode_payload(body)
         except (ValueError, RecursionError):

@@ -87,26 +87,33 @@ def signing_key(token: str) -> bytes:
     return key
 
 
-def signature_valid(signing_token: str, headers: Mapping[str, str], body: bytes, now: float) -> bool:
-    """Standard Webhooks verification of a GitLab 19 signed delivery.
+def signature_problem(signing_token: str, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+    """Why a GitLab 19 signed delivery fails Standard Webhooks verification, or None when it passes.
 
     The signed content is `{webhook-id}.{webhook-timestamp}.` followed by the
     raw body bytes; `webhook-signature` holds space-separated `v1,<base64>`
     entries, any of which may match (key rotation sends two). The timestamp
     must be within SIGNATURE_TOLERANCE of `now` either way, so a captured
-    delivery cannot be replayed later.
+    delivery cannot be replayed later. The reasons tell the usual set-up
+    mistakes apart: no Signing token on the hook, a skewed clock, another token.
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     message_id, timestamp, signatures = (lowered.get(name, "").strip()
                                          for name in ("webhook-id", "webhook-timestamp", "webhook-signature"))
-    if not (message_id and timestamp.isascii() and timestamp.isdigit() and signatures):
-        return False
-    if abs(now - int(timestamp)) > SIGNATURE_TOLERANCE:
-        return False
+    if not signatures:
+        return ("no webhook-signature header: give the hook a Signing token (GitLab 19 or later) equal to "
+                "GITLAB_SIGNING_TOKEN")
+    if not (message_id and timestamp.isascii() and timestamp.isdigit()):
+        return "webhook-signature without a valid webhook-id and webhook-timestamp"
+    skew = now - int(timestamp)
+    if abs(skew) > SIGNATURE_TOLERANCE:
+        return (f"webhook-signature is stale: its webhook-timestamp is {abs(skew):.0f} s "
+                f"{'behind' if skew > 0 else 'ahead of'} this server's clock (at most {SIGNATURE_TOLERANCE:.0f} s "
+                "either way): check the clocks of GitLab and this server")
     try:
         key = signing_key(signing_token)
-    except ValueError:
-        return False                         # refused at start-up already; never a 500
+    except ValueError:                       # refused at start-up already; never a 500
+        return "GITLAB_SIGNING_TOKEN is not a signing token"
     signed = f"{message_id}.{timestamp}.".encode("utf-8", "replace") + body
     expected = hmac.new(key, signed, hashlib.sha256).digest()
     for entry in signatures.split(" "):
@@ -118,8 +125,9 @@ def signature_valid(signing_token: str, headers: Mapping[str, str], body: bytes,
         except (binascii.Error, ValueError):
             continue
         if hmac.compare_digest(candidate, expected):
-            return True
-    return False
+            return None
+    return ("no webhook-signature matches GITLAB_SIGNING_TOKEN: set the hook's Signing token to it (or the body "
+            "was changed on the way)")
 
 
 def parse_event(payload: Any, event_header: str | None) -> Event | Ignored:

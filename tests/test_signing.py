@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from gitlab_feishu.app import create_app
-from gitlab_feishu.gitlab import SIGNATURE_TOLERANCE, signature_valid, signing_key
+from gitlab_feishu.gitlab import SIGNATURE_TOLERANCE, signature_problem, signing_key
 from gitlab_feishu.settings import ConfigError, Settings
 from tests.conftest import SECRET, add_owners, gitlab_headers, load_payload
 
@@ -42,7 +42,7 @@ def headers(msg_id=MSG_ID, timestamp=TIMESTAMP, signature=SIGNATURE) -> dict:
 
 def test_the_packages_test_vector_verifies():
     assert sign(TOKEN, MSG_ID, TIMESTAMP, BODY) == SIGNATURE
-    assert signature_valid(TOKEN, headers(), BODY, now=TIMESTAMP)
+    assert signature_problem(TOKEN, headers(), BODY, now=TIMESTAMP) is None
 
 
 @pytest.mark.parametrize("changes", [
@@ -53,7 +53,7 @@ def test_the_packages_test_vector_verifies():
     {"signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA="},       # one character off
 ])
 def test_the_packages_failure_cases_fail(changes):
-    assert not signature_valid(TOKEN, headers(**changes), BODY, now=TIMESTAMP)
+    assert signature_problem(TOKEN, headers(**changes), BODY, now=TIMESTAMP)
 
 
 @pytest.mark.parametrize("skew, valid", [
@@ -63,19 +63,19 @@ def test_the_packages_failure_cases_fail(changes):
     (86_400, False), (-86_400, False),
 ])
 def test_timestamp_must_be_within_five_minutes_either_way(skew, valid):
-    assert signature_valid(TOKEN, headers(), BODY, now=TIMESTAMP + skew) is valid
+    assert (signature_problem(TOKEN, headers(), BODY, now=TIMESTAMP + skew) is None) is valid
 
 
 def test_any_of_several_signatures_may_match():
     several = " ".join(["v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=",
                         "v2,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=", SIGNATURE,
                         "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc="])
-    assert signature_valid(TOKEN, headers(signature=several), BODY, now=TIMESTAMP)
+    assert signature_problem(TOKEN, headers(signature=several), BODY, now=TIMESTAMP) is None
 
 
 def test_header_names_are_case_insensitive():
     shouted = {name.title(): value for name, value in headers().items()}
-    assert signature_valid(TOKEN, shouted, BODY, now=TIMESTAMP)
+    assert signature_problem(TOKEN, shouted, BODY, now=TIMESTAMP) is None
 
 
 @pytest.mark.parametrize("what, token, hdrs, body", [
@@ -95,7 +95,7 @@ def test_header_names_are_case_insensitive():
     ("non-ASCII id", TOKEN, headers(msg_id="消息"), BODY),
 ])
 def test_bad_signatures_are_refused(what, token, hdrs, body):
-    assert not signature_valid(token, hdrs, body, now=TIMESTAMP)
+    assert signature_problem(token, hdrs, body, now=TIMESTAMP)
 
 
 @hypothesis_settings(max_examples=300, deadline=None, derandomize=True)
@@ -104,14 +104,26 @@ def test_bad_signatures_are_refused(what, token, hdrs, body):
                        min_size=3, max_size=3))
 def test_any_header_values_give_an_answer_never_an_exception(values):
     hdrs = dict(zip(("webhook-id", "webhook-timestamp", "webhook-signature"), values))
-    assert signature_valid(TOKEN, hdrs, BODY, now=TIMESTAMP) in (True, False)
+    problem = signature_problem(TOKEN, hdrs, BODY, now=TIMESTAMP)
+    assert problem is None or isinstance(problem, str)
 
 
 def test_a_gitlab_style_key_signs_and_verifies_the_raw_body():
     body = json.dumps(load_payload("chinese_push.json"), ensure_ascii=False, indent=1).encode("utf-8")
     signature = sign(GITLAB_TOKEN, "b2a1c4e6-idem", 1_800_000_000, body)
-    assert signature_valid(GITLAB_TOKEN, headers("b2a1c4e6-idem", 1_800_000_000, signature), body,
-                           now=1_800_000_042)
+    assert signature_problem(GITLAB_TOKEN, headers("b2a1c4e6-idem", 1_800_000_000, signature), body,
+                           now=1_800_000_042) is None
+
+
+@pytest.mark.parametrize("hdrs, says", [
+    ({}, "no webhook-signature header: give the hook a Signing token"),
+    (headers(timestamp=TIMESTAMP - 400), "400 s behind this server's clock"),
+    (headers(timestamp=TIMESTAMP + 400), "400 s ahead of this server's clock"),
+    (headers(signature="v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc="), "no webhook-signature matches"),
+    (headers(msg_id=None), "without a valid webhook-id"),
+])
+def test_a_refusal_says_which_set_up_mistake_it_is(hdrs, says):
+    assert says in signature_problem(TOKEN, hdrs, BODY, now=TIMESTAMP)
 
 
 # --- the token format ---------------------------------------------------------------------------
