@@ -15,6 +15,7 @@ from .events import Ignored, PipelineEvent
 from .outbox import Outbox
 
 FAILED, SUCCESS = "failed", "success"
+RULE = " (only a failed pipeline, or a success that fixes one, sends a card)"   # for GitLab's Test button
 
 
 def pipeline_to_notify(event: PipelineEvent, outbox: Outbox, event_key: str) -> PipelineEvent | Ignored:
@@ -32,15 +33,16 @@ def pipeline_to_notify(event: PipelineEvent, outbox: Outbox, event_key: str) -> 
         # GitLab resent a success that was a fix: let the outbox answer it as a repeat.
         return dataclasses.replace(event, fixed=True)
     if previous is None:
-        return Ignored(f"{where} succeeded; no earlier finished pipeline on this ref is known, so nothing was fixed")
+        return Ignored(f"{where} succeeded; no earlier finished pipeline on this ref is known, so nothing was "
+                       f"fixed{RULE}")
     previous_id, previous_status = previous
     if previous_id == event.id and previous_status == event.status:
-        return Ignored(f"{where} succeeded; GitLab sent its success before, which fixed nothing")
+        return Ignored(f"{where} succeeded; GitLab sent its success before, which fixed nothing{RULE}")
     if previous_id > event.id:
         return Ignored(f"{where} succeeded after the newer pipeline {previous_id} had finished: out of date")
     if previous_status != FAILED:
         return Ignored(f"{where} succeeded; the previous one ({previous_id}) was {previous_status}, "
-                       "so nothing was fixed")
+                       f"so nothing was fixed{RULE}")
     return dataclasses.replace(event, fixed=True)
 
 
