@@ -103,7 +103,7 @@ class Notifier:
             return self._ignored(quiet, headers, base, event)
         matches = self._recipients(event)
         if not matches:
-            return self._ignored(self.owners.current().why_nobody(event), headers, base, event)
+            return self._ignored(self.owners.current().why_nobody(event) + _sample_hint(event), headers, base, event)
         matches, skipped = self._skip_self(event, matches)
         if not matches:
             return {**self._ignored(f"only {event.actor.label or 'its author'} would be notified, and NOTIFY_SELF "
@@ -222,6 +222,14 @@ class Notifier:
 def _outcome_part(row: Delivery, outcome: Outcome) -> str:
     part = f"{shown(row)} ({row.rule}) {outcome.status} in {outcome.duration * 1000:.0f} ms"
     return part + (f": {outcome.error}" if outcome.error and outcome.status != SENT else "")
+
+
+def _sample_hint(event: Event) -> str:
+    """GitLab's Test button on a project without commits sends a made-up project; say so on Recent events."""
+    if event.project.path == "gitlab/gitlab" and event.project.web_url.startswith("http://test.example.com/"):
+        return ("; this is GitLab's built-in sample, which Test sends for a project without commits: push a "
+                "commit, then press Test again")
+    return ""
 
 
 def _ref(event: Event) -> str:

@@ -44,6 +44,16 @@ def test_every_owner_of_the_project_gets_a_card(client, feishu):
     assert sorted(m["to_email"] for m in feishu.messages) == ["lisi@example.com", "wangwu@example.com"]
 
 
+def test_gitlabs_built_in_test_sample_is_named_as_such_on_recent_events(client, feishu):
+    """Settings > Webhooks > Test on a project without commits sends GitLab's hard-coded sample project."""
+    payload = load_payload("push.json")
+    payload["project"].update(id=15, name="gitlab", path_with_namespace="gitlab/gitlab",
+                              web_url="http://test.example.com/gitlab/gitlab")
+    response = post(client, payload)
+    assert response.json["status"] == "ignored" and "GitLab's built-in sample" in response.json["reason"]
+    assert feishu.messages == []
+
+
 def test_open_id_owner_is_sent_to_without_lookup(client, feishu):
     response = post(client, load_payload("push.json"))
     assert {d["to"]: d["result"] for d in response.json["deliveries"]} == {
