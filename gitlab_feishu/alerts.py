@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .cards import card_content, escape_markdown
 from .delivery import shown
@@ -217,8 +217,11 @@ def _inside(link: str, console_url: str) -> bool:
         there, here = urlsplit(link), urlsplit(console_url)
     except ValueError:              # a host that NFKC turns into another (a full-width ／ or ＠)
         return False
-    return (there.scheme, there.netloc) == (here.scheme, here.netloc) and \
-        there.path.startswith(here.path.rstrip("/") + "/")
+    # A browser resolves "..", "%2e%2e" and a backslash (read as "/") before it opens the link: a path with
+    # any of them may leave the app's pages however it starts.
+    dotted = any(unquote(step).lower() in (".", "..") for step in there.path.split("/"))
+    return (there.scheme, there.netloc) == (here.scheme, here.netloc) and "\\" not in there.path and \
+        not dotted and there.path.startswith(here.path.rstrip("/") + "/")
 
 
 class Alerter:

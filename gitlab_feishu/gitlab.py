@@ -105,7 +105,10 @@ def signature_problem(signing_token: str, headers: Mapping[str, str], body: byte
                 "GITLAB_SIGNING_TOKEN")
     if not (message_id and timestamp.isascii() and timestamp.isdigit()):
         return "webhook-signature without a valid webhook-id and webhook-timestamp"
-    skew = now - int(timestamp)
+    digits = timestamp.lstrip("0") or "0"
+    if len(digits) > 15:            # no clock's seconds: int() refuses 4,300 digits, a float 309 (a 500 otherwise)
+        return "webhook-signature is stale: its webhook-timestamp is not a time in seconds (too many digits)"
+    skew = now - int(digits)
     if abs(skew) > SIGNATURE_TOLERANCE:
         return (f"webhook-signature is stale: its webhook-timestamp is {abs(skew):.0f} s "
                 f"{'behind' if skew > 0 else 'ahead of'} this server's clock (at most {SIGNATURE_TOLERANCE:.0f} s "

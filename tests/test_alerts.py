@@ -291,6 +291,9 @@ def test_a_missing_permission_alert_opens_feishus_own_request_page(console, open
 @pytest.mark.parametrize("link", [
     "https://evil.example\uff0f@open.feishu.cn/app/cli_test_app/auth?q=im:message",   # urlsplit raises ValueError
     "https://open.feishu.cn/app/another_app/auth?q=im:message",                          # another app's page
+    "https://open.feishu.cn/app/cli_test_app/../../evil/app/x/auth?q=1",                 # dots leave the app's page
+    "https://open.feishu.cn/app/cli_test_app/%2E%2e/%2e%2e/evil/app/x/auth?q=1",         # so do encoded dots
+    "https://open.feishu.cn/app/cli_test_app/..\\..\\evil/app/x/auth?q=1",               # a backslash is a slash
 ])
 def test_a_scope_link_elsewhere_falls_back_to_the_console_and_the_alert_is_raised(link):
     problem = classify(row(), feishu_error(99991672, msg=SCOPE_DENIED_WITH_LINK.split("https://")[0] + link))

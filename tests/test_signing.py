@@ -215,6 +215,8 @@ def test_a_short_signing_key_verifies_like_any_other(make_client, body, status):
     ("from the future", signed(BODY_PUSH, skew=-SIGNATURE_TOLERANCE - 60)),
     ("signed with another key", signed(BODY_PUSH, TOKEN)),
     ("signature of another body", signed(BODY_PUSH + b" ")),
+    ("a timestamp too long for a float", {**signed(BODY_PUSH), "webhook-timestamp": "9" * 400}),
+    ("a timestamp too long for int()", {**signed(BODY_PUSH), "webhook-timestamp": "9" * 5000}),
 ])
 def test_with_a_signing_token_a_bad_signature_is_refused_and_nothing_sent(make_client, fake, what, hdrs):
     client = make_client(gitlab_signing_token=GITLAB_TOKEN, gitlab_webhook_secret="")
