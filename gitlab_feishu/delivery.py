@@ -7,6 +7,7 @@ answered still lands in the right state.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -134,19 +135,22 @@ class Deliverer:
         emails = sorted({row.recipient for row in rows})
         if not emails:
             return {}, {}
-        attempts, countdown = 0, Countdown(deadline, self.clock)
+        attempts, countdown, refused = 0, Countdown(deadline, self.clock), None
+        # A turn under the lookup quota only for a call to Feishu, not when a cache answers.
+        turn = (lambda: self._lookup_turn(deadline, retry_inline)) if self.pacer is not None else None
         while True:
             try:
                 # The retry worker asks again about emails Feishu did not know: the account may be fixed.
-                # A turn under the lookup quota only for a call to Feishu, not when a cache answers.
-                turn = (lambda: self._lookup_turn(deadline, retry_inline)) if self.pacer is not None else None
                 found = self.feishu.resolve_open_ids(emails, budget=countdown.left(),
                                                      recheck_unknown=not retry_inline, before_lookup=turn)
                 break
             except TurnWait as exc:      # it waited for a turn already: queued for when one may be free
-                return {}, {row.id: exc for row in rows if row.recipient in emails}
+                if refused is not None:  # after Feishu refused a try: that is the error to show, and a round
+                    refused = copy.copy(refused)
+                    refused.retry_after = exc.retry_after
+                return {}, {row.id: refused or exc for row in rows if row.recipient in emails}
             except FeishuError as exc:
-                attempts += 1
+                attempts, refused = attempts + 1, exc
                 if not self._paused_for_retry(exc, attempts, countdown.left(), retry_inline):
                     return {}, {row.id: exc for row in rows if row.recipient in emails}
         open_ids: dict[int, str] = {}
@@ -200,7 +204,7 @@ class Deliverer:
                     # the email up once more. 230001 also covers other bad parameters: then this costs
                     # one lookup before the row fails for good.
                     looked_up_again = True
-                    fresh = self._look_up_again(row.recipient, countdown.left())
+                    fresh = self._look_up_again(row.recipient, countdown.left(), deadline, retry_inline)
                     if fresh and fresh != open_id:
                         open_id = fresh
                         continue
@@ -229,10 +233,11 @@ class Deliverer:
         self.sleep(pause)
         return True
 
-    def _look_up_again(self, email: str, budget: float) -> str | None:
+    def _look_up_again(self, email: str, budget: float, deadline: float, retry_inline: bool) -> str | None:
         self.feishu.forget_open_id(email)
+        turn = (lambda: self._lookup_turn(deadline, retry_inline)) if self.pacer is not None else None
         try:
-            return self.feishu.resolve_open_ids([email], budget=budget)[email]
+            return self.feishu.resolve_open_ids([email], budget=budget, before_lookup=turn)[email]
         except FeishuError:
             return None
 

@@ -394,3 +394,19 @@ def test_a_card_waiting_for_a_lookup_turn_is_not_counted_as_a_failed_round(tmp_p
     assert outcome.status == "queued" and not feishu.lookups and not feishu.sends
     [row] = outbox.event_rows("idem:1")
     assert (row.attempts, row.rounds) == (0, 0)
+
+
+def test_a_lookup_feishu_refused_then_left_waiting_for_a_turn_shows_feishus_error(tmp_path, outbox, feishu, clock):
+    """Turn, a 500 from the lookup, then no second turn in time: the row shows the 500 and counts the round."""
+    pacer = Pacer(tmp_path / "pacing.sqlite3", clock=clock, sleep=clock.sleep)
+    for _ in range(999):                                   # the minute's lookups all but used up
+        assert pacer.try_turn(lookup_quotas()) == 0
+        clock.advance(0.03)
+    feishu.lookup_errors = [FeishuError("looking up open_ids by email: HTTP 500", retryable=True, http_status=500)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=5.0, pacer=pacer, clock=clock, sleep=clock.sleep)
+        [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
+    [row] = outbox.event_rows("idem:1")
+    assert outcome.status == "queued" and "HTTP 500" in row.last_error
+    assert (row.attempts, row.rounds) == (1, 1) and len(feishu.lookups) == 1
+    assert row.next_attempt_at - clock() > 20                # when the minute's window frees, not at once
