@@ -20,7 +20,7 @@ from .cutoff import Countdown
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import FeishuError
 from .outbox import Outbox
-from .pacing import Pacer, bot_quotas, dm_quotas, lookup_quotas
+from .pacing import Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas
 from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,7 @@ class Deliverer:
         if not emails:
             return {}, {}
         attempts, countdown, refused = 0, Countdown(deadline, self.clock), None
-        # A turn under the lookup quota only for a call to Feishu, not when a cache answers.
-        turn = (lambda: self._lookup_turn(deadline, retry_inline)) if self.pacer is not None else None
+        turn = self._lookup_turns(deadline, retry_inline)
         while True:
             try:
                 # The retry worker asks again about emails Feishu did not know: the account may be fixed.
@@ -163,11 +162,18 @@ class Deliverer:
                     failures[row.id] = UNKNOWN_EMAIL
         return open_ids, failures
 
-    def _lookup_turn(self, deadline: float, retry_inline: bool) -> None:
-        """Take a turn under the lookup quota before a call to Feishu (a burst to many new owners); raise
-        TurnWait, due when a turn may be free, if none comes in time."""
+    def _lookup_turns(self, deadline: float, retry_inline: bool) -> Callable[[], None] | None:
+        """What resolve_open_ids calls before each call to Feishu, never when a cache answers: a turn under
+        the lookup quota (a burst to many new owners)."""
+        if self.pacer is None:
+            return None
+        return lambda: self._take_turn(lookup_quotas(), deadline, retry_inline)
+
+    def _take_turn(self, quotas: list[Quota], deadline: float, retry_inline: bool) -> None:
+        """Wait for a turn under `quotas`: a webhook briefly, then it leaves the card to the paced worker;
+        raise TurnWait, due when a turn may be free, if none comes in time."""
         turn_by = min(deadline, self.clock() + INLINE_TURN_WAIT) if retry_inline else deadline
-        wait = self.pacer.wait_turn(lookup_quotas(), turn_by)
+        wait = self.pacer.wait_turn(quotas, turn_by)
         if wait:
             raise TurnWait(wait)
 
@@ -181,16 +187,14 @@ class Deliverer:
             if countdown.left() <= 0:
                 break
             if self.pacer is not None:
-                # A webhook waits briefly for a turn, then leaves the send to the paced worker.
-                turn_by = min(deadline, self.clock() + INLINE_TURN_WAIT) if retry_inline else deadline
                 quotas = bot_quotas(row.recipient) if row.channel == "chat" else dm_quotas(open_id)
-                wait = self.pacer.wait_turn(quotas, turn_by)
-                if wait:
+                try:
+                    self._take_turn(quotas, deadline, retry_inline)
+                except TurnWait as waited:
                     # Come back when a turn may be free, not at once: a window that is full for longer than
                     # the retry worker's round (a minute's quota) would otherwise be claimed and put back
                     # in a tight loop, each time writing the outbox and the log.
-                    error = error or FeishuError("waiting for a turn under Feishu's rate limits", retryable=True,
-                                                 retry_after=wait)
+                    error = error or waited
                     break
             budget = countdown.left()
             attempts += 1
@@ -235,9 +239,9 @@ class Deliverer:
 
     def _look_up_again(self, email: str, budget: float, deadline: float, retry_inline: bool) -> str | None:
         self.feishu.forget_open_id(email)
-        turn = (lambda: self._lookup_turn(deadline, retry_inline)) if self.pacer is not None else None
         try:
-            return self.feishu.resolve_open_ids([email], budget=budget, before_lookup=turn)[email]
+            return self.feishu.resolve_open_ids([email], budget=budget,
+                                                before_lookup=self._lookup_turns(deadline, retry_inline))[email]
         except FeishuError:
             return None
 

@@ -27,7 +27,6 @@ from .owners_format import MIN_KEY, Entry, fold, read_owners
 log = logging.getLogger("gitlab_feishu.owners")
 
 
-
 class RoutedEvent(Protocol):
     """What routing reads from an event; every event kind offers it."""
     kind: str                          # push | tag_push | merge_request | pipeline
