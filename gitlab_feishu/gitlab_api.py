@@ -106,6 +106,16 @@ class GitLab:
             return False
         return bool(self._gl.user.attributes.get("is_admin"))
 
+    def token_scopes(self) -> tuple[str, ...] | None:
+        """The scopes of GITLAB_API_TOKEN, or None when GitLab does not say (before 15.5, or not a
+        personal, group or project access token)."""
+        try:
+            token = self._gl.personal_access_tokens.get("self")
+        except (gitlab.GitlabError, requests.RequestException):
+            return None
+        scopes = token.attributes.get("scopes")
+        return tuple(scopes) if isinstance(scopes, list) else None
+
     def listing(self, project: Project) -> Listing:
         """The project's hooks, or why they could not be read."""
         hooks = self._gl.projects.get(project.id, lazy=True).hooks

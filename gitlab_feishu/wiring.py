@@ -12,7 +12,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Callable
 
-from .gitlab_api import Found, GitLab, WiringError
+from .gitlab_api import TOKEN_HELP, Found, GitLab, WiringError
 from .hookplan import check, check_report, desired_hook, plan, steps_report
 from .owners import Owners, load_owners
 from .owners_format import too_short
@@ -51,6 +51,8 @@ def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = 
         steps = [plan(listing, desired, now) for listing in listings]
         if not dry_run:
             steps, error = client.apply_all(steps, settings.gitlab_webhook_secret, settings.gitlab_signing_token)
+        elif any(step.action in ("create", "update") for step in steps):
+            error = _short_of_api_scope(client.token_scopes())
         lines, attention = steps_report(steps, dry_run)
     print("\n".join([f"Hook URL: {desired.url}", *lines]))
     status = int(attention)
@@ -70,6 +72,14 @@ def _require(settings: Settings) -> None:
     if not all(" " < char < "\x7f" for char in settings.gitlab_api_token):
         raise ConfigError("GITLAB_API_TOKEN holds characters no GitLab token has (spaces or non-ASCII, e.g. "
                           "pasted through an input method): copy the token again")
+
+
+def _short_of_api_scope(scopes: tuple[str, ...] | None) -> WiringError | None:
+    # A dry run changes nothing, so only the token's own scopes tell whether the real run could.
+    if scopes is None or "api" in scopes:
+        return None
+    return WiringError(f"GITLAB_API_TOKEN has the scopes {', '.join(scopes) or 'none'}, not `api`: the real run "
+                       f"would stop at its first change; {TOKEN_HELP}")
 
 
 def _stopped(exc: WiringError) -> int:

@@ -58,7 +58,8 @@ class FakeGitLab:
     def __init__(self, rsps: responses.RequestsMock, projects: list[dict], hooks: dict[int, list[dict]] | None = None,
                  *, page_size: int = 100, forbidden: tuple[int, ...] = (), reports_token: bool = False,
                  admin: bool = False, members: tuple[int, ...] | None = None,
-                 refused_groups: tuple[str, ...] = (), signs: bool = True) -> None:
+                 refused_groups: tuple[str, ...] = (), signs: bool = True,
+                 scopes: tuple[str, ...] | None = ("api",)) -> None:
         self.projects = projects      # every project the token's user can see (all of them for an admin)
         self.admin = admin
         self.members = members        # the ids of those it is a member of; None: all of them
@@ -68,11 +69,13 @@ class FakeGitLab:
         self.forbidden = forbidden
         self.reports_token = reports_token
         self.signs = signs            # False: the webhook_signing_token feature flag is off, signing_token ignored
+        self.scopes = scopes          # the token's, as /personal_access_tokens/self says; None: GitLab before 15.5
         self._next_id = 1000
         hooks_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks(?:\?.*)?$")
         hook_url = re.compile(rf"{re.escape(API)}/projects/(\d+)/hooks/(\d+)$")
         query = r"(?:\?.*)?$"
         for method, url, callback in ((responses.GET, f"{API}/user", self._user),
+                                      (responses.GET, f"{API}/personal_access_tokens/self", self._token),
                                       (responses.GET, f"{API}/projects", self._list_projects),
                                       (responses.GET, re.compile(rf"{re.escape(API)}/projects/([^/?]+){query}"),
                                        self._get_project),
@@ -87,6 +90,13 @@ class FakeGitLab:
         user = {"id": 42, "username": "wirer", "name": "Wiring Bot", "state": "active", "locked": False,
                 "avatar_url": None, "web_url": f"{BASE}/wirer", "bot": False}
         return 200, {}, json.dumps({**user, "is_admin": True} if self.admin else user)
+
+    def _token(self, request):
+        if self.scopes is None:
+            return 404, {}, json.dumps({"message": "404 Not Found"})
+        return 200, {}, json.dumps({"id": 9, "name": "wiring", "revoked": False, "active": True, "user_id": 42,
+                                    "scopes": list(self.scopes), "created_at": "2026-01-05T08:00:00.000Z",
+                                    "last_used_at": None, "expires_at": "2027-01-05"})
 
     def _list_projects(self, request):
         query = _query(request)

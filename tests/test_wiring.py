@@ -154,6 +154,29 @@ def test_dry_run_shows_the_plan_and_changes_nothing(wiring_settings, rsps, capsy
     assert "Dry run: nothing was changed." in out
 
 
+@pytest.mark.parametrize("scopes", [("read_api",), ("read_api", "read_repository"), ()])
+def test_a_dry_run_says_when_the_token_could_not_make_the_changes(wiring_settings, rsps, capsys, scopes):
+    FakeGitLab(rsps, [YESHUI], scopes=scopes)
+    assert run(wiring_settings, dry_run=True) == 1
+    captured = capsys.readouterr()
+    assert "create" in row(captured.out, "grouptwogame/yeshui-client")
+    assert "not `api`: the real run would stop" in captured.err and "`api` scope" in captured.err
+
+
+@pytest.mark.parametrize("scopes", [("api",), None])     # None: a GitLab before 15.5 does not say
+def test_a_dry_run_trusts_a_token_with_the_api_scope_or_one_gitlab_does_not_describe(wiring_settings, rsps,
+                                                                                        capsys, scopes):
+    FakeGitLab(rsps, [YESHUI], scopes=scopes)
+    assert run(wiring_settings, dry_run=True) == 0
+    assert "scope" not in capsys.readouterr().err
+
+
+def test_a_dry_run_with_nothing_to_change_needs_no_api_scope(wiring_settings, rsps, capsys):
+    FakeGitLab(rsps, [YESHUI], {1: [gitlab_hook(7, OURS, 1, **RIGHT, token="x")]}, reports_token=True,
+               scopes=("read_api",))
+    assert run(wiring_settings, dry_run=True) == 0
+
+
 def test_a_second_run_changes_nothing(wiring_settings, rsps, capsys):
     FakeGitLab(rsps, [YESHUI, NAINA, DIASPORA], {2: [gitlab_hook(7, OURS, 2)]}, reports_token=True)
     run(wiring_settings)
