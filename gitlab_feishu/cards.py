@@ -71,7 +71,7 @@ def card_content(card: dict) -> str:
 
 def escape_markdown(text: str) -> str:
     """User text as inline markdown that renders literally (line breaks become spaces)."""
-    text = _WHITESPACE.sub(" ", _clean(text)).strip(" ")
+    text = _WHITESPACE.sub(" ", _clean_text(text)).strip(" ")
     text = text.translate(_ENTITIES)
     return _LIST_NUMBER.sub(r"\1&#46;", text)
 
@@ -212,19 +212,29 @@ def _plural(labels: dict, key: str, n: int) -> str:
 
 def _cut(text: str, limit: int) -> str:
     """`text` on one line, at most `limit` characters, ending in "…" when shortened."""
-    text = " ".join(_clean(text).split())
+    text = " ".join(_clean_text(text).split())
     return text if len(text) <= limit else text[:max(limit - 1, 0)].rstrip() + "…"
 
 
 def _plain(text: str) -> str:
     """Text for plain_text fields: Feishu shows it as it is, but an `<at ...>` tag in it is broken up anyway
     (a zero-width space after "<"), so no client or preview can ever turn user text into a mention."""
-    return _MENTION.sub("<\u200b", _clean(text))
+    return _MENTION.sub("<\u200b", _clean_text(text))
 
 
 def _clean(text: str) -> str:
     """Replace lone surrogates (valid in JSON, not in UTF-8) so the card can be encoded."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+# Controls that are not whitespace (ESC, BEL, C1) and the bidi embeddings, overrides and isolates: in user text
+# an unclosed RIGHT-TO-LEFT OVERRIDE reverses what the card says after it (the author, "推送到 项目").
+_INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _clean_text(text: str) -> str:
+    """`_clean` for text shown on the card, without controls that would act on what follows it."""
+    return _INVISIBLE.sub("", _clean(text))
 
 
 def _renderers() -> dict:

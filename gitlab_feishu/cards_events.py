@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .cards import (HEADER_CHARS, _button, _card, _clean, _commit_line, _cut, _Detail, _fields, _link, _note,
+from .cards import (HEADER_CHARS, _button, _card, _clean_text, _commit_line, _cut, _Detail, _fields, _link, _note,
                     _plural, _project_field, _sha_link, escape_markdown)
 from .events import MergeRequestEvent, Person, PipelineEvent, Project, TagPushEvent
 
@@ -145,7 +145,7 @@ def _names(actor: Person, project: Project, labels: dict) -> dict:
 
 def _excerpt(text: str, limit: int) -> str:
     """User text as up to EXCERPT_LINES escaped lines and `limit` characters; "" when nothing is left."""
-    text = _HIDDEN.sub("", _clean(text))               # template comments GitLab does not show
+    text = _HIDDEN.sub("", _clean_text(text))               # template comments GitLab does not show
     text = _IMAGE.sub(lambda m: f"[{m.group(1) or 'image'}]", text)   # an upload's markdown, not its address
     lines = [_HEADING.sub("", " ".join(line.split())) for line in text.splitlines()]
     text = "\n".join(line for line in lines if line)

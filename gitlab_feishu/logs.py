@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import re
 import sys
 
 from .settings import ConfigError, Settings
@@ -51,4 +52,15 @@ class OneLineFormatter(logging.Formatter):
     A traceback still follows on lines of its own."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return super().formatMessage(record).replace("\r", "\\r").replace("\n", "\\n")
+        return _CONTROL.sub(_escape_control, super().formatMessage(record))
+
+
+# Everything a terminal or an editor may act on: line breaks of any kind (\v, \f, \x1c-\x1e, NEL, U+2028/9
+# end a line for splitlines() and many viewers) and escape sequences (ESC [2K erases the line on screen).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape_control(match: re.Match) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")

@@ -150,6 +150,19 @@ def test_a_mention_tag_in_names_shown_as_plain_text_is_broken_up(tag):
     assert re.search(r"<\s*at", card_content(card), re.IGNORECASE) is None
 
 
+@pytest.mark.parametrize("char", ["\u202e", "\u202d", "\u202b", "\u2067", "\x1b", "\x07", "\x9b"])
+def test_bidi_overrides_and_controls_in_user_text_do_not_reach_the_card(char):
+    # An unclosed RIGHT-TO-LEFT OVERRIDE would turn around what the card says after it: the author of a
+    # commit, "推送到 项目" in the title. ESC and other controls have no business on a card either.
+    payload = load("push.json")
+    payload["user_name"] = f"Mallory{char}"
+    payload["commits"][-1]["message"] = f"Fix typo {char}[31m"
+    payload["commits"][-1]["author"]["name"] = f"{char}Mallory"
+    content = card_content(card_for(payload))
+    assert char not in content and json.dumps(char)[1:-1] not in content
+    assert "Mallory 推送到 Diaspora" in content and "Fix typo &#91;31m" in content
+
+
 @pytest.mark.parametrize(("fixture", "expected"), [
     ("push.json", "http://example.com/mike/diaspora/-/compare/"
                   "95790bf891e76fee5e1747ab589903a6a1f80f22...da1560886d4f094c3e6c9ef40349f7d38b5d27d7"),

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import re
 from datetime import datetime
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -139,6 +140,17 @@ def test_text_from_a_caller_cannot_forge_a_log_line(client, log_file):
     lines = log_file.read_text(encoding="utf-8").splitlines()
     assert not any(line.startswith("2026-11-28 11:00:00,000") for line in lines)
     assert any("\\n2026-11-28 11:00:00,000 ERROR" in line for line in lines)
+
+
+@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\x1b[2K\x1b[G"])
+def test_no_line_break_or_escape_sequence_from_a_caller_reaches_the_log(client, log_file, separator):
+    # Each of these starts a new line for splitlines() or an editor, or (ESC [2K, ESC [G: erase the line,
+    # back to column 1) makes a terminal running `tail -f` show only the forged text.
+    forged = f"x{separator}2026-11-28 11:00:00,000 ERROR   gitlab_feishu.service [1] FORGED"
+    client.get("/" + quote(forged))
+    text = log_file.read_text(encoding="utf-8")
+    assert not any(line.startswith("2026-11-28 11:00:00,000") for line in text.splitlines())
+    assert "\x1b" not in text and "FORGED" in text
 
 
 def test_a_traceback_still_follows_on_its_own_lines(log_file):
