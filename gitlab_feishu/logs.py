@@ -56,8 +56,9 @@ class OneLineFormatter(logging.Formatter):
 
 
 # Everything a terminal or an editor may act on: line breaks of any kind (\v, \f, \x1c-\x1e, NEL, U+2028/9
-# end a line for splitlines() and many viewers) and escape sequences (ESC [2K erases the line on screen).
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# end a line for splitlines() and many viewers), escape sequences (ESC [2K erases the line on screen) and bidi
+# overrides (an unclosed U+202E shows the rest of the line backwards).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r"}
 
 
