@@ -53,8 +53,7 @@ def object_members(text: str, path: Path, example: str) -> Iterator[tuple[str, A
     try:
         top = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}, line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
-                          f"{_syntax_hint(text, exc.pos)}") from None
+        raise ConfigError(f"{path}, {_json_error(text, exc)}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested far too deeply to be this file; it must be a JSON object such as "
                           f"{example}") from None
@@ -99,8 +98,8 @@ def _decode(data: bytes, path: Path) -> tuple[str, list[str]]:
         json.loads(text)
     except json.JSONDecodeError as exc:
         # Readable as GBK but with a typo: say where, or the person re-saves and still has the typo.
-        raise ConfigError(f"{not_utf8}; read as GBK (an \"ANSI\" save), line {exc.lineno} column {exc.colno} "
-                          f"is not valid JSON: {exc.msg}{_syntax_hint(text, exc.pos)}; {_RESAVE}") from None
+        raise ConfigError(f"{not_utf8}; read as GBK (an \"ANSI\" save), {_json_error(text, exc)}; {_RESAVE}") \
+            from None
     except (ValueError, RecursionError):
         raise ConfigError(f"{not_utf8} nor readable as GBK; {_RESAVE}") from None
     if any("\ue000" <= char <= "\uf8ff" for char in text):
@@ -131,6 +130,25 @@ def members_at(text: str, start: int) -> Iterator[tuple[str, Any, int, int]]:
         pos = skip(end)
         if text[pos] == ",":
             pos = skip(pos + 1)
+
+
+def _json_error(text: str, exc: json.JSONDecodeError) -> str:
+    """Where the JSON broke, named at the comma to fix: the decoder notices a comma too many only at the
+    bracket after it, and a missing one only at the start of the next entry, often a line later."""
+    before = text[:exc.pos].rstrip(_JSON_SPACE)
+    if before.endswith(",") and text[exc.pos:exc.pos + 1] in ("}", "]"):
+        return _at_line(text, len(before) - 1, "a comma after the last entry; remove it")
+    if exc.msg.startswith("Expecting ',' delimiter") and "\n" in text[len(before):exc.pos]:
+        return _at_line(text, len(before) - 1, "a comma is missing at the end of this line")
+    return f"line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}{_syntax_hint(text, exc.pos)}"
+
+
+def _at_line(text: str, pos: int, problem: str) -> str:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    shown = text[start:end if end >= 0 else len(text)].strip()
+    shown = shown if len(shown) <= 60 else shown[:59] + "…"
+    return f"line {text.count(chr(10), 0, pos) + 1} ({shown}): not valid JSON: {problem}"
 
 
 def _syntax_hint(text: str, pos: int) -> str:

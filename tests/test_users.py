@@ -52,7 +52,7 @@ def test_shipped_users_file_is_an_empty_map():
     ('{\n  "": "a@example.com"\n}', 2, ["not a GitLab username"]),
     ('{\n  "lisi": "a@example.com",\n  "LiSi": "b@example.com"\n}', 3, ['"LiSi"', "same GitLab user as line 2"]),
     ('{\n  "lisi": "a@example.com",\n  "lisi": "b@example.com"\n}', 3, ['"lisi"', "twice"]),
-    ('{\n  "lisi": "a@example.com",\n}', 3, ["not valid JSON"]),
+    ('{\n  "lisi": "a@example.com",\n}', 2, ["not valid JSON", '"lisi"', "comma after the last"]),
     ('{\n  “lisi”: "a@example.com"\n}', 2, ["not valid JSON", "ASCII quotes"]),
     ('["lisi"]', 1, ["top level must be a JSON object", "not a list"]),
 ])
