@@ -31,6 +31,9 @@ TOKEN_HELP = ("create a personal, group or project access token with the `api` s
 CA_HELP = ("if GitLab's certificate is self-signed or from your company's own CA, set REQUESTS_CA_BUNDLE to "
            "that CA certificate (a .pem file) in the environment and run again")
 NO_PERMISSION = "no permission: the token's user needs the Maintainer role here"
+# What GitLab's own nginx answers while Puma or Workhorse behind it is down or restarting.
+GATEWAY_ERRORS = frozenset({502, 503, 504})
+GATEWAY_HINT = "GitLab's web server answered, but GitLab behind it did not: it may be restarting or down; try again later"
 INTERRUPTED = "interrupted (Ctrl+C); run it again: a second run does only what is left"
 DONE = {"create": "created", "update": "updated", "skip": "skipped"}
 NOT_DONE = "not done"
@@ -206,8 +209,11 @@ class GitLab:
                 raise WiringError(f"GITLAB_API_TOKEN lacks the `api` scope (it may be read_api); {TOKEN_HELP}") \
                     from None
             failure = f"could not {doing}: {_answer(exc)}"
+            if exc.response_code in GATEWAY_ERRORS:
+                failure += f" ({GATEWAY_HINT})"
             if not per_project:
-                raise WiringError(f"{failure} (is GITLAB_URL={self.url} GitLab's address?)") from None
+                hint = "" if exc.response_code in GATEWAY_ERRORS else f" (is GITLAB_URL={self.url} GitLab's address?)"
+                raise WiringError(failure + hint) from None
             if exc.response_code == 403:
                 raise _ProjectFailed(NO_PERMISSION, "skipped", 403, failure) from None
             raise _ProjectFailed(failure, "failed", exc.response_code, failure) from None

@@ -312,6 +312,15 @@ def test_a_web_page_instead_of_the_api_is_not_printed(wiring_settings, rsps, cap
     assert "<html" not in err
 
 
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gitlab_behind_its_own_web_server_down_is_not_blamed_on_gitlab_url(wiring_settings, rsps, capsys, status):
+    every_api_get(rsps, status=status, body="<html><body><h1>502 Bad Gateway</h1></body></html>")
+    assert run(wiring_settings) == 1
+    err = capsys.readouterr().err
+    assert f"GitLab answered {status} with a web page" in err and "may be restarting or down" in err
+    assert "GitLab's address?" not in err
+
+
 def test_no_owners_json_match_at_all_is_an_error(wiring_settings, rsps, capsys):
     FakeGitLab(rsps, [UNOWNED])
     assert run(wiring_settings) == 1
