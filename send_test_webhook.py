@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import sys
 import time
 import uuid
@@ -258,4 +259,14 @@ def _why(exc: requests.ConnectionError) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()      # a reader gone (`| head`) shows here, not as a warning when Python exits
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:
+        # As Python's documentation advises: nothing is left for the exit's own flush to fail on.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)

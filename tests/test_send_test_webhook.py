@@ -5,6 +5,7 @@ import base64
 import dataclasses
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -229,6 +230,33 @@ def test_as_a_process_an_unreachable_service_exits_1_without_a_traceback():
     stderr = result.stderr.decode("utf-8")
     assert result.returncode == 1
     assert "Traceback" not in stderr and f"127.0.0.1:{port}" in stderr
+
+
+def test_as_a_process_ctrl_c_while_waiting_is_one_line_not_a_traceback():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()                 # accepts connections, never reads or answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/gitlab-webhook"
+        process = subprocess.Popen([sys.executable, "send_test_webhook.py", "--url", url, "--timeout", "30"],
+                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=service_env())
+        try:
+            listener.settimeout(20)
+            listener.accept()[0].close()  # it is waiting for the answer now
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=20)
+        finally:
+            process.kill()
+    assert process.returncode == 130
+    assert err.decode("utf-8") == "interrupted\n"
+
+
+def test_as_a_process_a_reader_that_went_away_is_no_traceback():
+    process = subprocess.Popen([sys.executable, "send_test_webhook.py", "--url", f"http://127.0.0.1:{free_port()}/"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=service_env())
+    process.stdout.close()                # as `| head -0` would
+    err = process.stderr.read().decode("utf-8")
+    assert process.wait(timeout=30) == 1
+    assert "Traceback" not in err and "Exception ignored" not in err
 
 
 @pytest.mark.parametrize("proxy_var", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
