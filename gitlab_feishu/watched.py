@@ -103,7 +103,7 @@ class WatchedFile(Generic[Loaded]):
         return {"path": os_text(str(self._path)), "entries": len(self._loaded),
                 "loaded_at": self._loaded_at, "last_error": self._last_error}
 
-    def _reload(self, signature: tuple[int, int] | None) -> None:
+    def _reload(self, signature: tuple[int, ...] | None) -> None:
         try:
             loaded = self._load(self._path)
         except ConfigError as exc:
@@ -129,7 +129,7 @@ class WatchedFile(Generic[Loaded]):
             raise error from None
         return loaded
 
-    def _keep_good(self, signature: tuple[int, int] | None) -> None:
+    def _keep_good(self, signature: tuple[int, ...] | None) -> None:
         """Copy the file just loaded to `last_good`, unless it changed since (that version gets its own load)."""
         if self._last_good is None:
             return
@@ -158,13 +158,15 @@ class WatchedFile(Generic[Loaded]):
         except OSError as exc:
             self._log.warning("could not remove %s: %s", self._last_good, exc)
 
-    def _stat(self) -> tuple[int, int] | None:
-        # None while the file is missing (an editor replacing it), so its return counts as a change.
+    def _stat(self) -> tuple[int, ...] | None:
+        # None while the file is missing (an editor replacing it), so its return counts as a change. The
+        # inode and change time too: `cp -p`, `rsync -a` or a restored backup can bring back the old mtime
+        # and size with other content, and a file share may keep mtimes to the second.
         try:
             stat = os.stat(self._path)
         except OSError:
             return None
-        return stat.st_mtime_ns, stat.st_size
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns
 
 
 class FileWatcher:

@@ -323,6 +323,17 @@ def test_by_default_the_next_use_after_a_save_routes_by_it(tmp_path):
     assert recipients(owners_file) == ["new@example.com"]
 
 
+def test_an_edit_of_the_same_size_that_keeps_the_old_mtime_applies(watched):
+    """`cp -p`, `rsync -a` or a restored backup: other content, same size, the old modification time."""
+    path, clock, owners_file = watched
+    before = path.stat()
+    path.write_text(json.dumps({"client": "new@example.com"}), encoding="utf-8")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    clock.now += 2
+    assert recipients(owners_file) == ["new@example.com"]
+
+
 def test_unchanged_file_is_not_reloaded(watched):
     _, clock, owners_file = watched
     before = owners_file.current()
