@@ -33,6 +33,8 @@ ERRORS: dict[int, tuple[bool, str]] = {
     99991663: (True, _TOKEN_REJECTED),
     99991664: (True, _TOKEN_REJECTED),
     99991671: (True, _TOKEN_REJECTED),
+    99991661: (True, _TOKEN_REJECTED),   # "Need a token" (the Go SDK refreshes on it too)
+    99991677: (True, _TOKEN_REJECTED),   # "Authentication token expired"
     10003: (False, f"the app_id is wrong or the app does not exist: {_CREDENTIALS}"),
     10014: (False, f"the app secret is wrong: {_CREDENTIALS}"),
     10015: (False, f"the app secret is wrong: {_CREDENTIALS}"),
