@@ -74,6 +74,12 @@ def on_starting(server):
             refuse_a_taken_port(*address[:2])
 
 
+def worker_exit(server, worker):
+    # In the worker, after its last request and before Python shuts down.
+    from gitlab_feishu.app import stop_background
+    stop_background(getattr(worker, "wsgi", None))
+
+
 def refuse_a_taken_port(host: str, port: int) -> None:
     """Exit with one line if something listens on host:port already, this service included (gunicorn
     itself would retry for five seconds, then print "Connection in use" and "Can't connect")."""

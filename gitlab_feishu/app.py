@@ -151,6 +151,13 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
     return app
 
 
+def stop_background(app: object) -> None:
+    """Stop the process's retry thread, letting a round in flight finish, before Python shuts down the
+    delivery threads under it: stopping with deliveries queued logged an ERROR with a traceback."""
+    worker = getattr(app, "extensions", {}).get("gitlab_feishu", {}).get("worker")
+    if worker is not None:
+        worker.stop()
+
 
 def _error(status: int, reason: str):
     return jsonify({"status": "error", "reason": reason}), status

@@ -83,7 +83,7 @@ def serve(settings: Settings) -> int:
     """Serve with waitress, which runs on Windows and Linux alike."""
     import waitress
 
-    from .app import create_app
+    from .app import create_app, stop_background
     from .watched import check_files
     from .logs import configure_logging
 
@@ -114,6 +114,7 @@ def serve(settings: Settings) -> int:
     server.task_dispatcher.shutdown = functools.partial(server.task_dispatcher.shutdown,
                                                         timeout=settings.delivery_deadline_seconds + 1)
     server.run()                      # returns after Ctrl+C or SIGTERM, once the requests in flight are done
+    stop_background(app)
     return 0
 
 

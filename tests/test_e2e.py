@@ -33,13 +33,16 @@ def service_dir(tmp_path_factory):
     return folder
 
 
+def settings_for(fake, folder, **settings: str) -> dict[str, str]:
+    return service_env(**{"FEISHU_APP_ID": "cli_test_app", "FEISHU_APP_SECRET": "test-secret",
+                          "FEISHU_BASE_URL": fake.url, "GITLAB_WEBHOOK_SECRET": SECRET,
+                          "OWNERS_FILE": str(folder / "owners.json"), "DATA_DIR": str(folder / "data"),
+                          "LOG_DIR": str(folder / "logs"), "DELIVERY_DEADLINE_SECONDS": str(DEADLINE),
+                          "RETRY_BASE_SECONDS": str(RETRY_BASE), **settings})
+
+
 def start_service(fake, folder, **settings: str) -> ServiceProcess:
-    env = service_env(**{"FEISHU_APP_ID": "cli_test_app", "FEISHU_APP_SECRET": "test-secret",
-                         "FEISHU_BASE_URL": fake.url, "GITLAB_WEBHOOK_SECRET": SECRET,
-                         "OWNERS_FILE": str(folder / "owners.json"), "DATA_DIR": str(folder / "data"),
-                         "LOG_DIR": str(folder / "logs"), "DELIVERY_DEADLINE_SECONDS": str(DEADLINE),
-                         "RETRY_BASE_SECONDS": str(RETRY_BASE), **settings})
-    return ServiceProcess(env, folder / "service.log").start()
+    return ServiceProcess(settings_for(fake, folder, **settings), folder / "service.log").start()
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +184,33 @@ def test_sigkill_during_a_hung_send_is_taken_over_at_once_after_restart(tmp_path
             assert wait_for(lambda: len(feishu.messages) == 1, timeout=5.0), second.log()
         finally:
             second.stop()
+
+
+@pytest.mark.parametrize("command", [None, [sys.executable, "webhook_server.py"]], ids=["gunicorn", "waitress"])
+def test_a_stop_during_a_retry_round_lets_the_round_finish(fake, tmp_path, command):
+    """`systemctl stop` with deliveries queued: the round under way sends its cards before the process
+    exits (Python would otherwise end the retry thread mid-call, or shut the delivery threads under it)."""
+    (tmp_path / "owners.json").write_text(json.dumps(OWNERS, ensure_ascii=False), encoding="utf-8")
+    first = start_service(fake, tmp_path, FEISHU_BASE_URL=f"http://127.0.0.1:{free_port()}")   # unreachable
+    try:
+        assert [push(first)[0].json()["status"] for _ in range(2)] == ["queued", "queued"]
+    finally:
+        first.stop()
+    port = free_port()
+    second = ServiceProcess(settings_for(fake, tmp_path, HOST="127.0.0.1", PORT=str(port)), tmp_path / "second.log",
+                            port=port, command=command)
+    fake.set_rtt(0.5)
+    try:
+        second.start()
+        assert wait_for(lambda: fake.answering() > 0)      # the round is fetching the token or looking up
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(timeout=30) == 0
+    finally:
+        fake.set_rtt(0.0)
+        second.kill()
+    assert len(fake.messages) == 2
+    logs = second.log() + "".join(path.read_text(encoding="utf-8") for path in (tmp_path / "logs").glob("*.log*"))
+    assert "Traceback" not in logs and " ERROR " not in logs
 
 
 def lease_left(folder) -> float:
