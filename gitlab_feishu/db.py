@@ -53,6 +53,20 @@ def is_damaged(exc: sqlite3.Error) -> bool:
     return "not a database" in str(exc) or "malformed" in str(exc)
 
 
+def why_unwritable(exc: sqlite3.Error) -> str:
+    """The likely cause of a failed write, in words for the person who has to fix it."""
+    name = getattr(exc, "sqlite_errorname", "")               # Python 3.11+
+    text = str(exc)
+    if name == "SQLITE_READONLY_DBMOVED":
+        return "the file was deleted or moved while the service ran: restart the service"
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")) or "readonly" in text:
+        return ("the service's user cannot write DATA_DIR or the files in it (made by root, say?): give them "
+                "back to that user")
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return "the disk is full: free space"
+    return "a full disk, or a damaged or deleted file?"
+
+
 def unusable(path: Path, exc: sqlite3.Error) -> str:
     """Why a database that only helps (the pacing log, the shared cache) cannot be used now."""
     if is_locked(exc):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 from . import cards, chats
 from .cards import render_content
-from .db import is_locked, storage_failure
+from .db import is_locked, storage_failure, why_unwritable
 from .delivery import Deliverer, Outcome, shown
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
@@ -195,7 +195,7 @@ class Notifier:
         if is_locked(exc):
             why = f"{where} stayed locked by another program (an sqlite3 shell or a backup tool in a transaction?)"
         else:
-            why = f"{where} could not be written ({exc}: a full disk, or a damaged or deleted file?)"
+            why = f"{where} could not be written ({exc}: {why_unwritable(exc)})"
         error = (f"{why}: nothing was recorded or sent; once it is fixed, resend this delivery from GitLab "
                  "(Settings > Webhooks > Edit > Recent events)")
         log.error("%s for %s: %s (%s)", key, base["project"], error, self.outbox.path)

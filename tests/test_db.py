@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gitlab_feishu.db import Database
+from gitlab_feishu.db import Database, why_unwritable
 
 
 @pytest.fixture
@@ -70,3 +70,30 @@ def test_a_file_made_before_with_a_wider_mode_is_narrowed(tmp_path):
     path.chmod(0o644)
     Database(path)
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def failed_write(tmp_path, how: str) -> sqlite3.Error:
+    """The error SQLite itself raises for a write to a file opened read-only, or deleted while open."""
+    path = tmp_path / "outbox.sqlite3"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if how == "read-only" else sqlite3.connect(path)
+    conn.execute("SELECT * FROM t").fetchall()
+    if how == "deleted":
+        path.unlink()
+    try:
+        conn.execute("INSERT INTO t VALUES (1)")
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError("the write went through")
+
+
+@pytest.mark.parametrize("error, words", [
+    (lambda tmp: failed_write(tmp, "read-only"), "cannot write DATA_DIR"),
+    (lambda tmp: failed_write(tmp, "deleted"), "deleted or moved while the service ran"),
+    (lambda tmp: sqlite3.OperationalError("database or disk is full"), "the disk is full"),
+    (lambda tmp: sqlite3.DatabaseError("database disk image is malformed"), "damaged or deleted file"),
+])
+def test_a_failed_write_says_its_likely_cause(tmp_path, error, words):
+    assert words in why_unwritable(error(tmp_path))
