@@ -138,7 +138,8 @@ def _json_error(text: str, exc: json.JSONDecodeError) -> str:
     before = text[:exc.pos].rstrip(_JSON_SPACE)
     if before.endswith(",") and text[exc.pos:exc.pos + 1] in ("}", "]"):
         return _at_line(text, len(before) - 1, "a comma after the last entry; remove it")
-    if exc.msg.startswith("Expecting ',' delimiter") and "\n" in text[len(before):exc.pos]:
+    # At the end of the text a comma is not what is missing: the file ends too soon (saved halfway).
+    if exc.msg.startswith("Expecting ',' delimiter") and "\n" in text[len(before):exc.pos] and exc.pos < len(text):
         return _at_line(text, len(before) - 1, "a comma is missing at the end of this line")
     return f"line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}{_syntax_hint(text, exc.pos)}"
 

@@ -170,6 +170,7 @@ def test_shipped_owners_file_loads_with_its_three_examples():
     ('{\n  "a": "x@example.com",\n\n  "b": ["y@example.com",]\n}', 4, ['"b": ["y@example.com",]', "remove it"]),
     ('{\n  "a": "x@example.com"\n  "测试项目": "y@example.com"\n}', 2, ['"a": "x@example.com")', "comma is missing"]),
     ('{\n  "a": "x@example.com" "b": "y@example.com"\n}', 2, ["column 24", "delimiter"]),
+    ('{\n  "a": "x@example.com",\n  "b": "y@example.com"\n', 4, ["column 1", "delimiter"]),    # saved halfway
     ('{\n  “测试项目”: "a@example.com"\n}', 2, ["not valid JSON", "ASCII quotes"]),
     ('["a@example.com"]', 1, ["top level must be a JSON object", "not a list"]),
     ('{\n  "client": 5\n}', 2, ['"client"', "the number 5"]),
