@@ -198,6 +198,7 @@ class PipelineEvent:
     finished_at: str = ""        # as GitLab wrote it: a job retried makes the pipeline finish again
     fixed: bool = False          # set by the service: a success after a failure on the same ref
     ref_protected: bool | None = None   # GitLab's object_attributes.protected_ref (current versions send it)
+    merge_request_iid: int | None = None  # a merge request pipeline's MR: its real ref is refs/merge-requests/IID/...
     kind: ClassVar[str] = "pipeline"
 
     @property

@@ -51,5 +51,10 @@ def _project_key(event: PipelineEvent) -> str:
 
 
 def _ref_key(event: PipelineEvent) -> str:
-    # A tag and a branch may share a name.
-    return f"refs/{'tags' if event.tag else 'heads'}/{event.ref}"
+    """The history a pipeline belongs to. GitLab names a merge request pipeline by its source branch, but it runs
+    on refs/merge-requests/IID/..., and a child pipeline (source parent_pipeline) runs other jobs on its parent's
+    ref: neither can fix, or be fixed by, the branch's own pipelines."""
+    if event.merge_request_iid is not None:
+        return f"refs/merge-requests/{event.merge_request_iid}"
+    ref = f"refs/{'tags' if event.tag else 'heads'}/{event.ref}"   # a tag and a branch may share a name
+    return f"child:{ref}" if event.source == "parent_pipeline" else ref

@@ -118,3 +118,17 @@ def test_a_resent_fix_is_still_a_fix_so_the_outbox_answers_it_as_a_repeat(outbox
 def test_a_resent_success_that_fixed_nothing_stays_ignored(outbox):
     decide(outbox, pipeline(1, "success"))
     assert outcome(decide(outbox, pipeline(1, "success"))) == "ignored"
+
+
+def test_merge_request_and_child_pipelines_keep_their_own_history(outbox):
+    """An MR pipeline (GitLab sends its source branch as the ref) and a child pipeline on the same ref are other
+    pipelines than the branch's: a branch pipeline passing fixes neither, nor does either fix the branch."""
+    mr = dict(merge_request_iid=17, source="merge_request_event")
+    child = dict(source="parent_pipeline")
+    decide(outbox, dataclasses.replace(pipeline(1, "failed", "feature/x"), **mr))
+    assert outcome(decide(outbox, pipeline(2, "success", "feature/x"))) == "ignored"
+    assert outcome(decide(outbox, dataclasses.replace(pipeline(3, "success", "feature/x"), **mr))) == "fixed"
+    decide(outbox, pipeline(4, "success"))
+    decide(outbox, dataclasses.replace(pipeline(5, "failed"), **child))
+    assert outcome(decide(outbox, pipeline(6, "success"))) == "ignored"
+    assert outcome(decide(outbox, dataclasses.replace(pipeline(7, "success"), **child))) == "fixed"
