@@ -106,7 +106,8 @@ def _pipeline_card(event: PipelineEvent, labels: dict, detail: _Detail) -> dict:
     if commit:
         elements += [{"tag": "hr"}, _markdown(f"<font color='grey'>{labels['commit']}</font> {commit}")]
     if event.fixed:
-        closing = _note(labels["fixed_note_tag" if event.tag else "fixed_note"])
+        closing = _note(labels["fixed_note_mr" if event.merge_request_iid is not None else
+                               "fixed_note_tag" if event.tag else "fixed_note"])
     elif event.failed_jobs:
         closing = _failed_jobs(event, labels, detail)
     else:

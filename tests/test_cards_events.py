@@ -216,6 +216,15 @@ def test_fixed_pipeline_card():
     assert "通过" in text and "上一次完成的流水线失败了" in text and "失败的作业" not in text
 
 
+@pytest.mark.parametrize("changes, note", [
+    ({}, "这个分支上一次完成的流水线失败了"),
+    ({"tag": True}, "这个标签上一次完成的流水线失败了"),
+    ({"merge_request_iid": 18}, "这个合并请求上一次完成的流水线失败了"),
+])
+def test_a_fixed_card_names_what_was_fixed(changes, note):
+    assert note in markdown(card(pipeline(), **fixed(), **changes))
+
+
 @pytest.mark.parametrize(("lang", "reason", "shown"), [
     ("zh", "script_failure", "脚本执行失败"), ("zh", "runner_system_failure", "Runner 系统故障"),
     ("en", "stuck_or_timeout_failure", "timed out or stuck"), ("zh", "some_new_failure", "some new failure")])

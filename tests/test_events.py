@@ -275,6 +275,8 @@ def test_old_minimal_pipeline_payload():
     (lambda p: p["object_attributes"].update(duration=None), lambda e: e.duration is None),
     (lambda p: p["object_attributes"].update(stages="oops"),
      lambda e: [job.name for job in e.failed_jobs] == ["test-build"]),
+    (lambda p: None, lambda e: e.merge_request_iid == 1),               # a merge request's pipeline
+    (lambda p: p.update(merge_request=None), lambda e: e.merge_request_iid is None),
 ])
 def test_pipeline_missing_fields(change, check):
     payload = with_attributes("pipeline.json", status="failed")
