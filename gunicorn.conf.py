@@ -21,12 +21,18 @@ for _name in [name for name in sys.modules if name == "http" or name.startswith(
         del sys.modules[_name]
 
 from gitlab_feishu.watched import check_files  # noqa: E402  (after the sys.path repair above)
-from gitlab_feishu.settings import ConfigError, Settings
+from gitlab_feishu.settings import ConfigError, Settings, serve_with, serving
 
 try:
     _settings = Settings.from_env()
 except ConfigError as exc:
-    sys.exit(f"error: {exc}")      # one line, not gunicorn's traceback of this file
+    if serving() is None:
+        sys.exit(f"error: {exc}")      # one line, not gunicorn's traceback of this file
+    # A reload (HUP) after a broken edit of .env: exiting here would stop the running service altogether.
+    print(f"error: {exc}; the reload keeps the settings the service ran with until .env is fixed",
+          file=sys.stderr, flush=True)
+    _settings = serving()
+serve_with(_settings)
 
 bind = f"{_settings.host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are

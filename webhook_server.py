@@ -16,12 +16,23 @@ __all__ = ["app", "create_app", "main"]
 
 def load_app():
     """The app for `gunicorn webhook_server:app`, configured from the environment."""
+    import logging
+
     from gitlab_feishu.logs import configure_logging
-    from gitlab_feishu.settings import ConfigError, Settings
+    from gitlab_feishu.settings import ConfigError, Settings, serving
 
     try:
-        settings = Settings.from_env()
+        try:
+            settings, broken = Settings.from_env(), None
+        except ConfigError as exc:
+            # .env broken since gunicorn's master read it (see settings.serving): run on what the master has.
+            settings, broken = serving(), exc
+            if settings is None:
+                raise
         configure_logging(settings, to_file=False)
+        if broken:
+            logging.getLogger("gitlab_feishu").error("%s; this worker runs with the settings the service started "
+                                                     "with until .env is fixed", broken)
         return create_app(settings)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -72,6 +72,22 @@ class Settings:
         return cls(**_parse(values))
 
 
+# In gunicorn's master, the settings it serves with (gunicorn.conf.py sets them at the start and at each good
+# reload). A worker it starts later, to replace one that died or on a reload, inherits them by fork: if .env
+# has been broken since, the worker runs on them rather than fail to boot, which would stop the whole service.
+_serving: Settings | None = None
+
+
+def serve_with(settings: Settings) -> None:
+    global _serving
+    _serving = settings
+
+
+def serving() -> Settings | None:
+    """The settings gunicorn's master serves with; None outside gunicorn and before its start."""
+    return _serving
+
+
 def _read_env_file(path: Path) -> dict[str, str]:
     """The KEY=value lines of `.env`, however Notepad saved it: UTF-8, "Unicode" (UTF-16) or "ANSI" (GBK)."""
     from dotenv import dotenv_values

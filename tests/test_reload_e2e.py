@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import sys
 import time
 import uuid
 
@@ -17,7 +19,8 @@ import pytest
 import requests
 
 from tests.conftest import SECRET, gitlab_headers, load_payload
-from tests.servers import ServiceProcess, service_env, wait_for
+from gitlab_feishu.settings import ENV_NAMES
+from tests.servers import ROOT, ServiceProcess, free_port, service_env, wait_for
 
 FEW_SECONDS = 8.0                  # "within a few seconds", with slack for a busy box
 KEY = "Y_野水发财"                 # matches chinese_push.json's project, fuzzily
@@ -165,3 +168,36 @@ def test_a_worker_started_after_a_broken_save_routes_by_the_last_good_version(se
     assert all(push(service)[1] == last_good for _ in range(6))
     healthz_agrees(service, lambda error: error is not None and "is not an email address" in error)
     save(owners, {KEY: last_good})
+
+
+def test_a_reload_or_a_new_worker_after_a_broken_edit_of_env_keeps_the_service_running(fake, tmp_path):
+    """A typo in .env, then `systemctl reload` (HUP) or a worker that died: gunicorn's master exited on the
+    reload, and a replacement worker's failed boot stopped gunicorn altogether."""
+    project = tmp_path / "project"               # a copy: .env is read from the project's own folder
+    shutil.copytree(ROOT / "gitlab_feishu", project / "gitlab_feishu", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("webhook_server.py", "gunicorn.conf.py"):
+        shutil.copy(ROOT / name, project / name)
+    save(tmp_path / "owners.json", {KEY: "zhangsan@example.com"})
+    port = free_port()
+    settings = dict(FEISHU_APP_ID="cli_test_app", FEISHU_APP_SECRET="test-secret", FEISHU_BASE_URL=fake.url,
+                    GITLAB_WEBHOOK_SECRET=SECRET, OWNERS_FILE=str(tmp_path / "owners.json"), HOST="127.0.0.1",
+                    PORT=str(port), DATA_DIR=str(tmp_path / "data"), FEISHU_PACING="off")
+    env_file = project / ".env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in settings.items()), encoding="utf-8")
+    environment = {name: value for name, value in service_env().items() if name not in ENV_NAMES}
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers", "2", "webhook_server:app"]
+    with ServiceProcess(environment, tmp_path / "service.log", port=port, cwd=project, command=command) as server:
+        push(server)
+        with env_file.open("a", encoding="utf-8") as env:
+            env.write("DELIVERY_DEADLINE_SECONDS=soon\n")
+        os.kill(server.process.pid, signal.SIGHUP)
+        fell_back = "this worker runs with the settings the service started with"
+        assert wait_for(lambda: server.log().count(fell_back) == 2, timeout=FEW_SECONDS)   # the reload's workers
+        os.kill(int(min(workers(server))), signal.SIGKILL)
+        assert wait_for(lambda: server.log().count(fell_back) == 3, timeout=FEW_SECONDS)   # its replacement
+        assert wait_for(lambda: len(workers(server)) == 2, timeout=FEW_SECONDS)
+        for _ in range(4):
+            push(server)
+        assert server.process.poll() is None
+    assert "DELIVERY_DEADLINE_SECONDS='soon' is not valid" in server.log()
+    assert "the reload keeps the settings the service ran with until .env is fixed" in server.log()
