@@ -121,11 +121,12 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
     @app.get("/healthz")
     def healthz():
         return jsonify({
-            "status": "ok",
+            "status": "degraded" if notifier.write_error else "ok",
             "mode": "dry-run" if settings.dry_run else "live",
             "owners": owners.state(),
             "users": users.state(),
             "outbox": outbox.counts(),
+            "outbox_write_error": notifier.write_error,
             "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
             "last_delivery_at": iso_time(outbox.last_sent_at()),
         })

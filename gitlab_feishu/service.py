@@ -25,6 +25,7 @@ from .quiet import SELF_SKIPPED, quiet_reason, split_self
 from .rows import QUEUED, SENT, Delivery, NewDelivery, feishu_uuid, recipient_identity
 from .settings import Settings
 from .users import UsersFile, with_people
+from .watched import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Notifier:
         self.lease_owner = lease_owner
         self.clock = clock
         self.inline_slots = threading.BoundedSemaphore(INLINE_SLOTS)
+        # The last webhook the outbox could not record, until one is recorded again: /healthz shows it.
+        self.write_error: dict | None = None
 
     def notify(self, payload: Any, headers: Mapping[str, str], started: float) -> dict:
         """Handle one delivery whose token and JSON have been checked; returns the response body."""
@@ -129,6 +132,7 @@ class Notifier:
                 if not storage_failure(exc):
                     raise
                 return self._not_recorded(exc, key, matches, base, skipped)
+            self.write_error = None
             if not new:
                 return self._repeat(key, earlier, base)
             if inline:
@@ -199,6 +203,7 @@ class Notifier:
         error = (f"{why}: nothing was recorded or sent; once it is fixed, resend this delivery from GitLab "
                  "(Settings > Webhooks > Edit > Recent events)")
         log.error("%s for %s: %s (%s)", key, base["project"], error, self.outbox.path)
+        self.write_error = {"at": iso_time(self.clock()), "error": error}
         return {"status": "failed", "reason": error, **base,
                 "deliveries": [{"to": m.shown, "rule": m.rule, "result": "failed", "error": error}
                                for m in matches] + skipped}

@@ -110,6 +110,21 @@ def test_an_outbox_that_cannot_be_written_is_answered_with_the_key_to_resend(set
     assert "idem:6a0bd3f2-outbox-error for grouptwogame/yeshui-client" in caplog.text and feishu.messages == []
 
 
+def test_healthz_is_degraded_while_the_outbox_cannot_record_webhooks(settings, feishu, monkeypatch):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
+    client = app.test_client()
+    assert client.get("/healthz").json["outbox_write_error"] is None
+    full = sqlite3.OperationalError("database or disk is full")
+    with monkeypatch.context() as patched:
+        patched.setattr(Outbox, "begin_event", lambda self, *args, **kwargs: (_ for _ in ()).throw(full))
+        post(client, load_payload("chinese_push.json"), gitlab_headers())
+        health = client.get("/healthz").json
+    assert health["status"] == "degraded" and "the disk is full" in health["outbox_write_error"]["error"]
+    assert post(client, load_payload("chinese_push.json"), gitlab_headers()).json["status"] == "sent"
+    health = client.get("/healthz").json
+    assert health["status"] == "ok" and health["outbox_write_error"] is None
+
+
 @pytest.mark.parametrize("token", [None, "", "wrong", SECRET + " ", SECRET.upper(), "tökén",
                                    "令牌".encode("utf-8").decode("latin-1")])
 def test_missing_or_wrong_token_is_refused(client, feishu, token):
