@@ -105,7 +105,14 @@ def parse_merge_request(payload: dict) -> MergeRequestEvent | Ignored:
         # GitLab 11 sends one `assignee` instead of the list.
         assignees=_people(payload.get("assignees") or [payload.get("assignee")]),
         updated_at=text(attributes.get("updated_at")),
+        source_project=_fork(attributes, project),
     )
+
+
+def _fork(attributes: dict, target: Project) -> str:
+    """The path of the project a merge request's source branch is in, when it is not the target (a fork)."""
+    source = text(as_dict(attributes.get("source")).get("path_with_namespace"))
+    return source if source and source.casefold() != target.path.casefold() else ""
 
 
 def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:

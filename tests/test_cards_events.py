@@ -156,6 +156,14 @@ def test_merge_request_card_content():
     assert made["config"]["summary"]["content"] == "张三 发起了合并请求 !17：登录界面：微信登录与 1080p 适配"
 
 
+def test_a_merge_request_from_a_fork_names_the_fork_as_gitlab_does():
+    payload = load_payload(MR)
+    payload["object_attributes"]["source"]["path_with_namespace"] = "lisi/yeshui-client"
+    made = card(payload)
+    assert made["header"]["subtitle"]["content"] == "!17 · lisi/yeshui-client:feature/登录界面 → main"
+    assert "lisi/yeshui&#45;client&#58;feature/登录界面 → main" in markdown(made)
+
+
 def test_merge_request_description_is_an_escaped_excerpt():
     text = markdown(card(load_payload(MR)))
     assert "改了什么\n&#45; 新增 &#42;&#42;微信登录&#42;&#42; &#60;at id&#61;all&#62;&#60;/at&#62;" in text
