@@ -92,6 +92,9 @@ class PushEvent:
             return self.branch_url
         if self.total_commits == 1 and len(self.commits) == 1 and self.commits[0].url:
             return self.commits[0].url
+        if not self.total_commits and not self.commits:
+            # A rewind: the new head is an ancestor of the old, so before...after is empty; this shows what went.
+            return f"{self.project.web_url}/-/compare/{self.after}...{self.before}"
         return f"{self.project.web_url}/-/compare/{self.before}...{self.after}"
 
     @property
