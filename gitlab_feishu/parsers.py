@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from .events import (Commit, Ignored, Job, MergeRequestEvent, Person, PipelineEvent, PushEvent, TagPushEvent,
-                     is_blank_sha)
+from .events import (Commit, Ignored, Job, MergeRequestEvent, Person, PipelineEvent, Project, PushEvent,
+                     TagPushEvent, is_blank_sha)
 from .payload import (as_dict, as_list, integer, optional_bool, parse_commit, parse_project, parse_pusher, parse_user,
                       text)
 
