@@ -8,6 +8,7 @@ with a status.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
@@ -22,12 +23,13 @@ from .watched import FileWatcher, iso_time
 from .delivery import Deliverer
 from .feishu import FeishuClient
 from .gitlab import MAX_BODY_BYTES, decode_payload, signature_problem, token_matches
+from .logs import configure_logging
 from .outbox import Outbox
 from .owners import OwnersFile
 from .pacing import Pacer
 from .selfcheck import CredentialCheck
 from .service import Notifier
-from .settings import Settings
+from .settings import ConfigError, Settings, serving
 from .shared_cache import SharedCache
 from .users import UsersFile
 from .worker import RetryWorker, process_owner
@@ -150,6 +152,19 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
         return _error(500, "internal error; see the service log")
 
     return app
+
+
+def gunicorn_app() -> Flask:
+    """The app `gunicorn webhook_server:app` serves: on the settings gunicorn.conf.py read in the master
+    (settings.serving), so every worker, a replacement or a reload's, runs on what the master checked; on
+    the environment's when gunicorn runs without that file."""
+    try:
+        settings = serving() or Settings.from_env()
+        configure_logging(settings, to_file=False)
+        return create_app(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None   # gunicorn's "worker failed to boot": stop, don't respawn
 
 
 def stop_background(app: object) -> None:

@@ -72,9 +72,10 @@ class Settings:
         return cls(**_parse(values))
 
 
-# In gunicorn's master, the settings it serves with (gunicorn.conf.py sets them at the start and at each good
-# reload). A worker it starts later, to replace one that died or on a reload, inherits them by fork: if .env
-# has been broken since, the worker runs on them rather than fail to boot, which would stop the whole service.
+# In gunicorn's master, the settings it serves with: gunicorn.conf.py sets them at the start and at each
+# reload whose .env is good. Its workers inherit them by fork and run on them, so a worker that replaces one
+# that died runs on what the master checked: with .env broken since, it would fail to boot, and gunicorn
+# would then stop altogether.
 _serving: Settings | None = None
 
 
