@@ -19,14 +19,13 @@ import requests
 
 from . import cutoff
 from .cutoff import CUTOFF
-from .feishu_errors import FeishuError, code_error, logged, no_answer_error, status_error
+from .feishu_errors import TOKEN_INVALID, FeishuError, code_error, logged, no_answer_error, status_error
 from .shared_cache import SharedCache
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
 LOOKUP_CHUNK = 50                                   # batch_get_id takes at most 50 emails
-TOKEN_INVALID = frozenset({99991661, 99991663, 99991664, 99991671, 99991677})  # refresh the token, retry once
 TOKEN_MIN_LEFT = 60.0                               # a shared token with less left is fetched afresh
 CHECK_SHARED_FOR = 60.0                             # seconds a token fetch also answers other processes' checks
 

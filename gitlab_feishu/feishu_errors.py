@@ -24,17 +24,17 @@ _TOKEN_REJECTED = ("Feishu rejected the tenant_access_token (expired or revoked)
                    "call tried again; if this repeats, check that the app is enabled in the Feishu developer console")
 _BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): see the sub-code in the message"
 
+# Feishu refused the tenant token: refresh it and retry once. 99991661 "Need a token" (the Go SDK refreshes on
+# it too), 99991663/99991664 invalid, 99991671 format, 99991677 expired.
+TOKEN_INVALID = frozenset({99991661, 99991663, 99991664, 99991671, 99991677})
+
 # code -> (retryable, hint). Codes not listed are permanent (see _UNKNOWN_CODE).
 ERRORS: dict[int, tuple[bool, str]] = {
+    **{code: (True, _TOKEN_REJECTED) for code in TOKEN_INVALID},
     99991400: (True, "the app hit Feishu's rate limit: retry after x-ogw-ratelimit-reset seconds"),
     230020: (True, "too many messages to this user (Feishu allows 5 per second): retry in a moment"),
     230049: (True, "Feishu is still sending this message: retry later with the same uuid"),
     18121: (True, "Feishu is still processing the same request: retry later with the same uuid"),
-    99991663: (True, _TOKEN_REJECTED),
-    99991664: (True, _TOKEN_REJECTED),
-    99991671: (True, _TOKEN_REJECTED),
-    99991661: (True, _TOKEN_REJECTED),   # "Need a token" (the Go SDK refreshes on it too)
-    99991677: (True, _TOKEN_REJECTED),   # "Authentication token expired"
     10003: (False, f"the app_id is wrong or the app does not exist: {_CREDENTIALS}"),
     10014: (False, f"the app secret is wrong: {_CREDENTIALS}"),
     10015: (False, f"the app secret is wrong: {_CREDENTIALS}"),
