@@ -59,7 +59,7 @@ def _merge_request_card(event: MergeRequestEvent, labels: dict, detail: _Detail)
     names = {**_names(event.actor, event.project, labels), "ref": event.reference,
              "title": _cut(event.title, HEADER_CHARS)}
     # GitLab's own notation for a branch in a fork: "lisi/yeshui-client:feature/登录".
-    source = f"{event.source_project}:{event.source_branch}" if event.source_project else event.source_branch
+    source = f"{event.fork_path}:{event.source_branch}" if event.fork_path else event.source_branch
     branches = f"{_cut(source, detail.text_chars)} → {_cut(event.target_branch, detail.text_chars)}"
     pairs = [_project_field(event.project, labels, detail), (labels["branch"], escape_markdown(branches))]
     if event.author and event.author.username != event.actor.username:   # the title already names the actor

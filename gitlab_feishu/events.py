@@ -152,7 +152,7 @@ class MergeRequestEvent:
     target_branch: str
     url: str
     author: Person | None = None  # the MR's author, when the payload names them
-    source_project: str = ""     # the fork the source branch is in ("" when it is the target project)
+    fork_path: str = ""          # the fork the source branch is in; "" when it is the target project
     description: str = ""
     reviewers: tuple[Person, ...] = ()
     assignees: tuple[Person, ...] = ()

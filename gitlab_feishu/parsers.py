@@ -105,7 +105,7 @@ def parse_merge_request(payload: dict) -> MergeRequestEvent | Ignored:
         # GitLab 11 sends one `assignee` instead of the list.
         assignees=_people(payload.get("assignees") or [payload.get("assignee")]),
         updated_at=text(attributes.get("updated_at")),
-        source_project=_fork(attributes, project),
+        fork_path=_fork(attributes, project),
     )
 
 

@@ -224,6 +224,15 @@ def test_merge_request_missing_fields(attribute, value, check):
     assert check(parse(payload))
 
 
+@pytest.mark.parametrize(("source", "fork_path"), [
+    ({"path_with_namespace": "lisi/yeshui-client"}, "lisi/yeshui-client"),        # a fork
+    ({"path_with_namespace": "GroupTwoGame/Yeshui-Client"}, ""),                  # the project itself
+    (None, ""),                                                                   # older GitLab: no source
+])
+def test_merge_request_from_a_fork_names_the_fork(source, fork_path):
+    assert parse(merge_request(source=source)).fork_path == fork_path
+
+
 def test_merge_request_without_iid_is_ignored():
     assert "iid" in parse(merge_request(iid=None)).reason
 
