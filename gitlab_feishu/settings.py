@@ -163,26 +163,36 @@ def _bool(raw: str) -> bool:
 
 
 def _seconds(low: float, high: float):
+    expected = f"a number of seconds from {low:g} to {high:g}"
+
     def convert(raw: str) -> float:
-        value = float(raw)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g} seconds")
+        value = _number(raw, float, expected)
+        if not low <= value <= high:          # nan too
+            raise ValueError(f"use {expected}")
         return value
     return convert
 
 
 def _port(raw: str) -> int:
-    value = int(raw)
+    value = _number(raw, int, "a port number from 1 to 65535")
     if not 0 < value < 65536:
-        raise ValueError("must be a TCP port number")
+        raise ValueError("use a port number from 1 to 65535")
     return value
 
 
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _number(raw, int, "a whole number, 1 or more")
     if value < 1:
-        raise ValueError("must be 1 or more")
+        raise ValueError("use a whole number, 1 or more")
     return value
+
+
+def _number(raw: str, kind: type, expected: str):
+    """`raw` as an int or float, or a ValueError that says what to write (not "invalid literal for int()")."""
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"use {expected}") from None
 
 
 def _url(raw: str) -> str:

@@ -134,7 +134,7 @@ def test_an_invalid_setting_stops_either_server_with_one_line(command):
                             env=service_env(PORT="abc"))
     assert result.returncode != 0
     assert result.stderr.decode("utf-8").strip() == \
-        "error: PORT='abc' is not valid: invalid literal for int() with base 10: 'abc'"
+        "error: PORT='abc' is not valid: use a port number from 1 to 65535"
 
 
 def test_gunicorn_with_preload_is_refused_with_one_line(tmp_path):

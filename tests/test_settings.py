@@ -64,3 +64,21 @@ def test_an_unknown_log_level_is_refused_naming_the_levels(level):
 
 def test_log_level_ignores_case():
     assert Settings.from_env({"LOG_LEVEL": "debug"}, env_file=None).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("PORT", "abc", "use a port number from 1 to 65535"),
+    ("PORT", "70000", "use a port number from 1 to 65535"),
+    ("DELIVERY_DEADLINE_SECONDS", "soon", "use a number of seconds from"),
+    ("DELIVERY_DEADLINE_SECONDS", "30", "use a number of seconds from"),
+    ("DELIVERY_DEADLINE_SECONDS", "nan", "use a number of seconds from"),
+    ("RETRY_BASE_SECONDS", "5s", "use a number of seconds from"),
+    ("ALERT_QUEUE_THRESHOLD", "0", "use a whole number, 1 or more"),
+    ("ALERT_QUEUE_THRESHOLD", "many", "use a whole number, 1 or more"),
+    ("FEISHU_PACING", "maybe", "use true or false"),
+    ("FEISHU_BASE_URL", "open.feishu.cn", "must start with http:// or https://"),
+])
+def test_a_bad_value_is_refused_saying_what_to_write(name, value, says):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value}, env_file=None)
+    assert str(raised.value).startswith(f"{name}={value!r} is not valid: ") and says in str(raised.value)
