@@ -206,8 +206,12 @@ def test_push_without_commits_says_so():
     assert card["header"]["template"] == "orange"
     assert card["header"]["subtitle"]["content"] == "master · 没有新提交"
     assert "没有新提交" in markdown(card)
-    # The new head is an ancestor of the old: the commits the branch no longer has, not an empty comparison.
-    assert button_url(card).endswith(f"/-/compare/{payload['after']}...{payload['before']}")
+
+
+def test_a_rewind_push_button_shows_the_commits_the_branch_dropped():
+    payload = with_commits(0, 0)
+    # The new head is an ancestor of the old: before...after would be an empty comparison.
+    assert button_url(card_for(payload)).endswith(f"/-/compare/{payload['after']}...{payload['before']}")
 
 
 def test_more_commits_than_the_payload_carries_are_counted():
