@@ -41,8 +41,8 @@ CUT_SHORT = "the body ended before its Content-Length: the client went away or w
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
 
 
-def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: FeishuClient | None = None,
-               clock: Callable[[], float] = time.time, background: bool = True) -> Flask:
+def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.time,
+               background: bool = True) -> Flask:
     """Build the service. Without arguments, settings come from the environment and `.env`;
     a mapping of setting names (`{"FEISHU_APP_ID": ...}`) stands for the environment alone.
 
@@ -63,8 +63,8 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, feishu: 
     if settings.dry_run:
         log.warning("FEISHU_APP_ID is not set: dry run, cards are written to the log and not sent")
     else:
-        feishu = feishu or FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret,
-                                        shared=SharedCache(settings.data_dir / "feishu_cache.sqlite3"))
+        feishu = FeishuClient(settings.feishu_base_url, settings.feishu_app_id, settings.feishu_app_secret,
+                              shared=SharedCache(settings.data_dir / "feishu_cache.sqlite3"))
         alerter = Alerter(settings, outbox, lease_owner=lease_owner, clock=clock) if settings.admin_emails else None
         pool = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="deliver")
         # An injected clock that can sleep (tests' FakeClock moves itself instead) does so for every wait.
