@@ -11,6 +11,7 @@ import unicodedata
 from typing import Callable, Iterable, Protocol, TypeVar
 
 from .events import Person
+from .rows import person_key
 from .users import TRIGGERED
 
 # Compared after NFKC + casefold, so "[Skip Notify]" and the full-width "［通知跳过］" count too;
@@ -69,11 +70,11 @@ def is_self(recipient: str, actor: Person, address_of: AddressOf | None = None) 
     By the email GitLab disclosed, else (GitLab hides emails by default) by
     what the users file maps the actor's username to.
     """
-    addresses = {_identity(actor.email)} if actor.email else set()
+    addresses = {person_key(actor.email.strip())} if actor.email else set()
     mapped = address_of(actor.username) if address_of and actor.username else None
     if mapped:
-        addresses.add(_identity(mapped))
-    return _identity(recipient) in addresses
+        addresses.add(person_key(mapped.strip()))
+    return person_key(recipient.strip()) in addresses
 
 
 def split_self(matches: list[R], actor: Person, address_of: AddressOf | None = None) -> tuple[list[R], list[R]]:
@@ -89,10 +90,6 @@ def split_self(matches: list[R], actor: Person, address_of: AddressOf | None = N
         mine = not spared and is_self(match.recipient, actor, address_of)
         (skipped if mine else kept).append(match)
     return kept, skipped
-
-
-def _identity(address: str) -> str:
-    return address.strip().casefold() if "@" in address else address.strip()
 
 
 def _folded(text: str) -> str:

@@ -8,9 +8,14 @@ from dataclasses import dataclass, field
 QUEUED, SENT, FAILED = "queued", "sent", "failed"
 
 
+def person_key(address: str) -> str:
+    """Who an owner is: an email whatever its case (Feishu's lookup ignores case), an open_id as written."""
+    return address.casefold() if "@" in address else address
+
+
 def recipient_identity(channel: str, recipient: str) -> tuple[str, str]:
-    """Who a recipient is: an email whatever its case (Feishu's lookup ignores case), else as written."""
-    return channel, recipient.casefold() if channel == "dm" and "@" in recipient else recipient
+    """Who a recipient is: a person by `person_key`, a group bot by its URL as written."""
+    return channel, person_key(recipient) if channel == "dm" else recipient
 
 
 def feishu_uuid(event_key: str, channel: str, recipient: str) -> str:

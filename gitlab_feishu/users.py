@@ -20,6 +20,7 @@ from .config_file import describe, object_members, read_config_text
 from .events import Event, MergeRequestEvent, Person, PipelineEvent
 from .owners import Match
 from .owners_format import is_recipient
+from .rows import person_key
 from .settings import ConfigError
 from .watched import WatchedFile
 
@@ -91,11 +92,11 @@ def with_people(matches: list[Match], event: Event, users: Users) -> list[Match]
     The rule says why each person gets the card: "reviewer: zhangsan", "assignee: lisi", "triggered: wangwu".
     """
     recipients = list(matches)
-    seen = {_identity(match.recipient) for match in matches}
+    seen = {person_key(match.recipient) for match in matches}
     for role, person in _concerned(event):
         recipient = users.recipient(person.username)
-        if recipient and _identity(recipient) not in seen:
-            seen.add(_identity(recipient))
+        if recipient and person_key(recipient) not in seen:
+            seen.add(person_key(recipient))
             recipients.append(Match(recipient, f"{role}: {person.username}"))
     return recipients
 
@@ -107,8 +108,3 @@ def _concerned(event: Event) -> list[tuple[str, Person]]:
     if isinstance(event, PipelineEvent) and event.status == "failed":
         return [(TRIGGERED, event.actor)]
     return []
-
-
-def _identity(recipient: str) -> str:
-    """Emails compare ignoring case; open_ids are case-sensitive."""
-    return recipient.casefold() if "@" in recipient else recipient
