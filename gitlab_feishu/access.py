@@ -100,8 +100,8 @@ def protect(app: Flask, settings: Settings) -> None:
             return None                                    # local monitoring keeps working
         peer = request.environ.get(PEER_KEY, "")
         via = f" via {peer}" if peer and peer != request.remote_addr else ""
-        # %r: the path is the caller's text and must not forge log lines.
-        log.warning("refused %s %r from %s%s: not in ALLOWED_SOURCES", request.method, request.path,
+        # The path is the caller's text: logs.OneLineFormatter escapes what could forge a line.
+        log.warning("refused %s %s from %s%s: not in ALLOWED_SOURCES", request.method, request.path,
                     request.remote_addr, via)
         return jsonify({"status": "error",
                         "reason": f"source address {request.remote_addr} is not allowed (ALLOWED_SOURCES)"}), 403
