@@ -3,9 +3,9 @@
 `wiring` reads projects and their hooks through GitLab's API (as the plain
 JSON objects GitLab returns) and hands them here. `plan` decides per project
 whether to create, update, leave (ok) or skip its hook; `check` describes the
-hook for `--wire-hooks --check`; `steps_report` and `check_report` put either
-in a table for people. Neither sees the API token or the secret
-token: the secret is added by `wiring` when it sends a hook.
+hook for `--wire-hooks --check`; `wiring` puts either in a table for people.
+Neither sees the API token or the secret token: the secret is added by
+`wiring` when it sends a hook.
 
 A hook "points here" when its URL is ours up to a trailing slash, the case of
 scheme and host and a default port. Hooks pointing anywhere else belong to
@@ -13,8 +13,6 @@ somebody else and are never changed.
 """
 from __future__ import annotations
 
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Mapping, Sequence
@@ -30,8 +28,6 @@ TRIGGERS = {
     "merge_request": "merge_requests_events",
     "pipeline": "pipeline_events",
 }
-SECRET_NOTE = ("Secret token: sent with every hook created or updated. GitLab never shows it; before 19.0 it "
-               "does not even say whether a hook has one (\"unknown\").")
 # GitLab answers a URL its validation refuses with only 422 "Invalid url given"; the usual cause is a private
 # address while GitLab blocks webhooks to the local network (its default).
 URL_REFUSED_HINT = ("GitLab refused PUBLIC_URL/gitlab-webhook as a hook URL: if that address is on your local "
@@ -154,29 +150,6 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
                       state or "active", tuple(hints + notes), attention=bool(hints))
 
 
-def steps_report(steps: Sequence[Step], dry_run: bool) -> tuple[list[str], bool]:
-    """The table of what was (or would be) done, and whether a project needs attention."""
-    lines = _table(("project", "action", "details"), [(step.project.path, step.action, step.why) for step in steps])
-    counts = Counter(step.action for step in steps)
-    summary = ", ".join(f"{action} {count}" for action, count in counts.items())
-    lines.append(f"{_projects(len(steps))}: {summary}." + (" Dry run: nothing was changed." if dry_run else ""))
-    if counts.keys() & {"create", "update", "created", "updated"} or any(step.secret_unknown for step in steps):
-        lines.append(SECRET_NOTE)
-    return lines, bool(counts.keys() & {"skip", "skipped", "failed"})
-
-
-def check_report(statuses: Sequence[HookStatus]) -> tuple[list[str], bool]:
-    """The `--check` table, its hints and summary, and whether a project needs attention."""
-    rows = [(s.project.path, s.hook, s.secret, s.triggers, s.state) for s in statuses]
-    lines = _table(("project", "hook", "secret", "triggers", "state"), rows)
-    lines += [f"{status.project.path}: {hint}" for status in statuses for hint in status.hints]
-    attention = sum(status.attention for status in statuses)
-    lines.append(f"{_projects(len(statuses))}: {attention} need{'s' if attention == 1 else ''} attention.")
-    if any(status.secret.startswith("unknown") for status in statuses):
-        lines.append(SECRET_NOTE)
-    return lines, bool(attention)
-
-
 def normalize_url(url: str) -> str:
     """The URL as compared: scheme and host lower-cased, default port and trailing slashes dropped."""
     parts = urlsplit(url.strip())
@@ -285,20 +258,3 @@ def _names(triggers: Iterable[str]) -> str:
     order = {name: i for i, name in enumerate(TRIGGERS.values())}
     names = sorted(triggers, key=lambda name: (order.get(name, len(order)), name))
     return ", ".join(names) or "no events (NOTIFY_EVENTS is empty)"
-
-
-def _projects(count: int) -> str:
-    return f"{count} project{'' if count == 1 else 's'}"
-
-
-def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
-    """Columns padded to their widest cell, as a console shows it (a Chinese character takes two columns);
-    the last one is left ragged."""
-    cells = [[str(cell) for cell in row] for row in [header, *rows]]
-    widths = [max(_width(row[i]) for row in cells) for i in range(len(header) - 1)]
-    return ["  ".join([cell + " " * (width - _width(cell)) for cell, width in zip(row, widths)] + [row[-1]]).rstrip()
-            for row in cells]
-
-
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)

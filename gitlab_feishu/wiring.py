@@ -2,18 +2,20 @@
 
 Finds the projects owners.json names (the same matcher the service routes
 with) through `gitlab_api`, reads their hooks, and hands everything to
-`hookplan`, then creates or updates what the plan says and prints a table.
+`hookplan`, then creates or updates what the plan says and prints it as a table.
 The API token and the secret token are never printed.
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
+import unicodedata
+from collections import Counter
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 from .gitlab_api import TOKEN_HELP, Found, GitLab, WiringError
-from .hookplan import check, check_report, desired_hook, plan, steps_report
+from .hookplan import HookStatus, Step, check, desired_hook, plan
 from .owners import Owners, load_owners
 from .owners_format import too_short
 from .settings import ConfigError, Settings
@@ -118,3 +120,49 @@ def _report_unused(owners: Owners, found: Found) -> None:
                          "group's or their own path",
                   None: "no group or project the token's user can see has such a path"}[found.admin]
         print(f"Keys of {owners.path} that name none of these projects: {', '.join(unused)} ({unseen})")
+
+
+# --- the tables --------------------------------------------------------------------------------
+
+SECRET_NOTE = ("Secret token: sent with every hook created or updated. GitLab never shows it; before 19.0 it "
+               "does not even say whether a hook has one (\"unknown\").")
+
+
+def steps_report(steps: Sequence[Step], dry_run: bool) -> tuple[list[str], bool]:
+    """The table of what was (or would be) done, and whether a project needs attention."""
+    lines = _table(("project", "action", "details"), [(step.project.path, step.action, step.why) for step in steps])
+    counts = Counter(step.action for step in steps)
+    summary = ", ".join(f"{action} {count}" for action, count in counts.items())
+    lines.append(f"{_projects(len(steps))}: {summary}." + (" Dry run: nothing was changed." if dry_run else ""))
+    if counts.keys() & {"create", "update", "created", "updated"} or any(step.secret_unknown for step in steps):
+        lines.append(SECRET_NOTE)
+    return lines, bool(counts.keys() & {"skip", "skipped", "failed"})
+
+
+def check_report(statuses: Sequence[HookStatus]) -> tuple[list[str], bool]:
+    """The `--check` table, its hints and summary, and whether a project needs attention."""
+    rows = [(s.project.path, s.hook, s.secret, s.triggers, s.state) for s in statuses]
+    lines = _table(("project", "hook", "secret", "triggers", "state"), rows)
+    lines += [f"{status.project.path}: {hint}" for status in statuses for hint in status.hints]
+    attention = sum(status.attention for status in statuses)
+    lines.append(f"{_projects(len(statuses))}: {attention} need{'s' if attention == 1 else ''} attention.")
+    if any(status.secret.startswith("unknown") for status in statuses):
+        lines.append(SECRET_NOTE)
+    return lines, bool(attention)
+
+
+def _projects(count: int) -> str:
+    return f"{count} project{'' if count == 1 else 's'}"
+
+
+def _table(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
+    """Columns padded to their widest cell, as a console shows it (a Chinese character takes two columns);
+    the last one is left ragged."""
+    cells = [[str(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(header) - 1)]
+    return ["  ".join([cell + " " * (width - _width(cell)) for cell, width in zip(row, widths)] + [row[-1]]).rstrip()
+            for row in cells]
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 import pytest
 
 from gitlab_feishu.events import Project
-from gitlab_feishu.hookplan import Listing, Step, check, desired_hook, normalize_url, plan, steps_report
+from gitlab_feishu.hookplan import Listing, Step, check, desired_hook, normalize_url, plan
+from gitlab_feishu.wiring import steps_report
 from gitlab_feishu.settings import EVENT_KINDS
 from tests.fake_gitlab import gitlab_hook
 
