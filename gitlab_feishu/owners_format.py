@@ -148,6 +148,10 @@ def _chats(value: list, where: str, line: int, secrets: dict[str, tuple[str, int
                 raise ConfigError(f"{at}: unknown field {_quote(unknown[0])}; a chat object takes "
                                   '"url" and "secret"')
             url, secret = item.get("url"), item.get("secret")
+            if "url" not in item:
+                raise ConfigError(f'{at}: "url" is missing; a chat object is {{"url": ..., "secret": ...}}')
+            if not isinstance(url, str):
+                raise ConfigError(f'{at}: "url" must be the bot\'s webhook URL in quotes, not {describe(url)}')
             if not isinstance(secret, str) or not secret.strip():
                 raise ConfigError(f'{at}: "secret" must be the bot\'s signing secret in quotes; '
                                   "leave the object out and write the URL alone when signing is off")

@@ -33,11 +33,11 @@ GITLAB_COMMIT_CAP = 20           # commits GitLab lists in a push payload at mos
 R = TypeVar("R", bound=_Recipient)
 
 
-def quiet_reason(event, ignore_pushers: frozenset[str]) -> str | None:
+def quiet_reason(event, ignore_pushers: frozenset[str], address_of: AddressOf | None = None) -> str | None:
     """Why `event` notifies nobody whatever owners.json says, or None."""
     if event.kind == "push" and asks_for_silence(event.commits, event.total_commits):
         return "every commit in this push carries [skip notify] or [通知跳过]"
-    ignored = ignored_actor(event.actor, ignore_pushers)
+    ignored = ignored_actor(event.actor, ignore_pushers, address_of)
     if ignored:
         return f"{ignored} is listed in IGNORE_PUSHERS"
     return None
@@ -56,9 +56,14 @@ def asks_for_silence(commits: Iterable, total_commits: int) -> bool:
     return all(any(marker in _folded(commit.message) for marker in SKIP_MARKERS) for commit in commits)
 
 
-def ignored_actor(actor: Person, ignore_pushers: frozenset[str]) -> str | None:
-    """The actor's username or email when IGNORE_PUSHERS (lower-cased) lists either, else None."""
-    for identity in (actor.username, actor.email):
+def ignored_actor(actor: Person, ignore_pushers: frozenset[str], address_of: AddressOf | None = None) -> str | None:
+    """The actor's username or email when IGNORE_PUSHERS (lower-cased) lists either, else None.
+
+    GitLab hides most emails, so an email listed there is also found through what the users file maps
+    the actor's username to, as NOTIFY_SELF does.
+    """
+    mapped = address_of(actor.username) if address_of and actor.username else None
+    for identity in (actor.username, actor.email, mapped):
         if identity and identity.lower() in ignore_pushers:
             return identity
     return None

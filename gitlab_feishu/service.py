@@ -101,7 +101,7 @@ class Notifier:
                 return self._not_recorded(exc, key, [], base, [])
             if isinstance(event, Ignored):
                 return self._ignored(event.reason, headers, base, pipeline)
-        quiet = quiet_reason(event, self.settings.ignore_pushers)
+        quiet = quiet_reason(event, self.settings.ignore_pushers, self._address_of)
         if quiet:
             return self._ignored(quiet, headers, base, event)
         matches = self._recipients(event)

@@ -57,12 +57,20 @@ def test_skip_markers_apply_to_pushes_only():
     ({"john@example.com"}, JOHN, "john@example.com"),
     ({"john@example.com"}, Person(username="jsmith", email="John@Example.com"), "John@Example.com"),
     ({"ci-bot"}, JOHN, None),
-    ({"zhangsan@example.com"}, HIDDEN, None),                      # a hidden email cannot be matched
+    ({"zhangsan@example.com"}, HIDDEN, None),                      # hidden, no users file: cannot be matched
     (set(), JOHN, None),
     ({""}, Person(), None),
 ])
 def test_ignored_actors(ignore, actor, found):
     assert ignored_actor(actor, frozenset(ignore)) == found
+
+
+def test_an_ignored_email_is_found_through_the_users_file():
+    # GitLab hides the pusher's email ("" or [REDACTED]); users.json knows it by username.
+    assert ignored_actor(HIDDEN, frozenset({"zhangsan@example.com"}), USERS.get) == "zhangsan@example.com"
+    assert ignored_actor(HIDDEN, frozenset({"lisi@example.com"}), USERS.get) is None
+    reason = quiet_reason(StandIn("merge_request", HIDDEN), frozenset({"zhangsan@example.com"}), USERS.get)
+    assert reason == "zhangsan@example.com is listed in IGNORE_PUSHERS"
 
 
 @pytest.mark.parametrize("kind", ["push", "tag_push", "merge_request", "pipeline"])
