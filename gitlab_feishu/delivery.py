@@ -231,7 +231,9 @@ class Deliverer:
         """Pause before another inline try when the error is transient and the `left` seconds allow it."""
         if not (error.retryable and retry_inline):
             return False
-        pause = error.retry_after if error.retry_after is not None else INLINE_BACKOFF * 2 ** (attempts - 1)
+        # Feishu's reset is in whole seconds, so "0" (under a second left) comes too: never less than the
+        # backoff, or a run of them would hammer Feishu thousands of times within one webhook's deadline.
+        pause = max(error.retry_after or 0.0, INLINE_BACKOFF * 2 ** (attempts - 1))
         if pause >= left:
             return False
         self.sleep(pause)

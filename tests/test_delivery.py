@@ -134,6 +134,13 @@ def test_rate_limit_reset_beyond_the_deadline_queues_until_the_reset(outbox, del
     assert len(feishu.sends) == 1
 
 
+def test_a_rate_limit_reset_of_zero_still_backs_off_inline(outbox, deliverer, feishu, clock):
+    feishu.answers["ou_a"] = [transient("HTTP 429", retry_after=0) for _ in range(1000)]
+    [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
+    assert outcome.status == "queued"
+    assert len(feishu.sends) <= 6      # 0.2, 0.4, 0.8, 1.6 s apart, as without a reset
+
+
 def test_permanent_error_fails_without_retry(outbox, deliverer, feishu, clock):
     feishu.answers["ou_a"] = [permanent()]
     [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
