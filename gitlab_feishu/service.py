@@ -212,8 +212,12 @@ class Notifier:
         now = self.clock()
         in_flight = any(row.status == QUEUED and row.lease_until and row.lease_until > now for row in rows)
         deliveries = [_delivery_json(row, Outcome(row.status, row.last_error)) for row in rows]
-        reason = ("repeat of a delivery still in progress: no new card" if in_flight
-                  else "repeat of an earlier delivery: no new card; results are from the first one")
+        if in_flight:
+            reason = "repeat of a delivery still in progress: no new card"
+        elif any(row.status == QUEUED for row in rows):
+            reason = "repeat of a delivery still in progress (waiting for a retry): no new card; results so far"
+        else:
+            reason = "repeat of an earlier delivery: no new card; results are from the first one"
         log.info("repeat %s for %s: %s", key, base["project"], reason)
         return {"status": overall_status([d["result"] for d in deliveries]), "reason": reason, **base,
                 "deliveries": deliveries}

@@ -300,6 +300,15 @@ def test_a_blank_idempotency_key_does_not_merge_different_events(client, feishu)
     assert len(feishu.messages) == 4          # two owners, two events
 
 
+def test_a_resend_while_the_card_waits_for_a_retry_says_it_is_still_in_progress(client, feishu):
+    feishu.set_down(True)
+    headers = gitlab_headers()
+    assert post(client, load_payload("push.json"), headers).json["status"] == "queued"
+    again = post(client, load_payload("push.json"), headers).json
+    assert again["status"] == "queued" and again["reason"].startswith("repeat of a delivery still in progress")
+    assert feishu.messages == []
+
+
 def test_recursive_hooks_sharing_an_event_uuid_are_not_taken_for_repeats(client, feishu):
     """Before 17.4 there is no Idempotency-Key, and GitLab gives a hook's follow-up events its Event-UUID."""
     first, second = load_payload("push.json"), load_payload("push.json")
