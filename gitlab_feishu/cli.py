@@ -197,9 +197,9 @@ def show_outbox(settings: Settings) -> int:
     counts = outbox.counts()
     print(f"{outbox.path}: {counts['queued']} queued, {counts['failed']} failed")
     for row in rows:
-        when = "" if row.status == "failed" else f" next try {_time(row.next_attempt_at)}"
+        when = "" if row.status == "failed" else f", next try {_time(row.next_attempt_at)}"
         print(f"#{row.id} {row.status:<6} to {shown(row)} ({row.rule}) since {_time(row.created_at)},"
-              f" {row.attempts} attempts{when}")
+              f" {_count(row.attempts, 'attempt')}{when}")
         if row.last_error:
             print(f"    {row.last_error}")
     return 0
@@ -209,8 +209,13 @@ def retry_failed(settings: Settings) -> int:
     from .service import RETRY_WINDOW
 
     count = _outbox(settings).retry_failed(retry_window=RETRY_WINDOW)
-    print(f"{count} failed deliveries queued again; the running service sends them within seconds")
+    print(f"{_count(count, 'failed delivery', 'failed deliveries')} queued again; the running service sends "
+          "them within seconds")
     return 0
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def show_match(settings: Settings, path: str, name: str | None, *, branch: str | None = None,

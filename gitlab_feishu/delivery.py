@@ -273,7 +273,7 @@ class Deliverer:
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)
         if next_at <= now:
             self.on_due()
-        log.warning("delivery to %s for %s queued for retry in %.0f s: %s", shown(row), row.event_key,
+        log.warning("delivery to %s for %s queued for retry in %.3g s: %s", shown(row), row.event_key,
                     next_at - now, error)
         return Outcome(QUEUED, str(error))
 

@@ -202,3 +202,21 @@ def test_a_data_dir_that_cannot_be_a_folder_stops_either_server_with_one_line(tm
     assert result.returncode != 0
     assert error == f"error: DATA_DIR={tmp_path / 'data'} cannot be made a folder: File exists"
     assert "Traceback" not in stderr
+
+
+def test_outbox_lists_each_waiting_card_and_retry_failed_counts_in_words(run, settings):
+    from gitlab_feishu.outbox import Outbox
+    from gitlab_feishu.rows import NewDelivery
+
+    outbox = Outbox(settings.data_dir / "outbox.sqlite3")
+    new, _ = outbox.begin_event("idem:1", "push", "mike/diaspora",
+                                [NewDelivery("dm", r, "exact: mike/diaspora", "{}", f"uuid-{r}")
+                                 for r in ("a@example.com", "b@example.com")], lease_owner="me", lease_seconds=10,
+                                retry_window=3600)
+    outbox.finish(new[0].id, "queued", attempts=1, error="Feishu down", next_attempt_at=outbox.clock() + 60)
+    outbox.finish(new[1].id, "failed", attempts=3, error="230013: outside the availability range")
+    code, out, _ = run("--outbox")
+    assert code == 0 and "1 queued, 1 failed" in out
+    assert "to a@example.com (exact: mike/diaspora) since " in out and ", 1 attempt, next try " in out
+    assert ", 3 attempts\n    230013" in out
+    assert run("--retry-failed")[1].startswith("1 failed delivery queued again;")
