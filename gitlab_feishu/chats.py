@@ -175,7 +175,10 @@ def _check(what: str, url: str, rsp: requests.Response) -> None:
                                   retry_after=retry_after(rsp) if retryable else None,
                                   hint="retry later" if retryable else "check the webhook URL in owners.json"))
     msg = _scrub(" ".join(str(payload.get("msg", "")).split()), url)
-    if code in ERRORS:
+    if code == 9499 and "too many" in msg.lower():
+        # Seen from bots in a burst (ccfos/nightingale#1437): 9499 with "too many request" is a rate limit.
+        retryable, hint = ERRORS[11232]
+    elif code in ERRORS:
         retryable, hint = ERRORS[code]
     elif status == 429 or status >= 500:
         retryable, hint = True, f"Feishu answered HTTP {status}: retry later"

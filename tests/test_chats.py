@@ -99,6 +99,7 @@ def test_bot_url_validation(url, problem):
     (200, {"code": 19024, "msg": "Key Words Not Found"}, False, ["keyword"]),
     (200, {"code": 9499, "msg": "Bad Request", "data": {}}, False, ["9499", "20 KB"]),
     (400, {"code": 9499, "msg": "Bad Request"}, False, ["9499"]),
+    (200, {"code": 9499, "msg": "too many request"}, True, ["9499", "rate limit"]),     # a burst, not the body
     (200, {"code": 19001, "msg": "param invalid: incoming webhook access token invalid"}, False, ["copy it again"]),
     (200, {"code": 77777, "msg": "something new"}, False, ["77777", "custom bot guide"]),
     (502, {"code": 77777, "msg": "upstream"}, True, ["HTTP 502"]),
