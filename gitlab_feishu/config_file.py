@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -147,9 +148,19 @@ def _json_error(text: str, exc: json.JSONDecodeError) -> str:
 def _at_line(text: str, pos: int, problem: str) -> str:
     start = text.rfind("\n", 0, pos) + 1
     end = text.find("\n", pos)
-    shown = text[start:end if end >= 0 else len(text)].strip()
+    shown = _masked(text[start:end if end >= 0 else len(text)].strip())
     shown = shown if len(shown) <= 60 else shown[:59] + "…"
     return f"line {text.count(chr(10), 0, pos) + 1} ({shown}): not valid JSON: {problem}"
+
+
+# A group bot's webhook token and signing secret are credentials: the line quoted in an error (which reaches the
+# log and /healthz) shows neither, as chats.mask_chat_url shows a bot elsewhere.
+_HOOK_TOKEN = re.compile(r"(/hook/)([^\"\s]{0,4})[^\"\s]*")
+_SECRET_VALUE = re.compile(r"(\"secret\"\s*:\s*\")[^\"]*", re.IGNORECASE)
+
+
+def _masked(line: str) -> str:
+    return _SECRET_VALUE.sub(r"\1…", _HOOK_TOKEN.sub(r"\1\2…", line))
 
 
 def _syntax_hint(text: str, pos: int) -> str:

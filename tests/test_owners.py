@@ -189,6 +189,26 @@ def test_invalid_file_names_file_line_and_problem(tmp_path, text, line, words):
         assert word in message
 
 
+@pytest.mark.parametrize("text", [
+    '{\n  "g/x": {"chats": [{\n    "url": "https://open.feishu.cn/open-apis/bot/v2/hook/0f1e2d3c-4b5a-6978",\n'
+    '    "secret": "qZ8xK2mN7pL4vB9w"\n    "x": 1\n  }]}\n}\n',
+    '{\n  "g/x": {"chats": [{\n    "secret": "qZ8xK2mN7pL4vB9w",\n'
+    '    "url": "https://open.feishu.cn/open-apis/bot/v2/hook/0f1e2d3c-4b5a-6978"\n    "x": 1\n  }]}\n}\n',
+    '{\n  "g/x": {"chats": [\n    "https://open.feishu.cn/open-apis/bot/v2/hook/0f1e2d3c-4b5a-6978"\n'
+    '    "https://open.feishu.cn/open-apis/bot/v2/hook/9a8b7c6d-5e4f-4a3b"\n  ]}\n}\n',
+    '{\n  "g/x": {"chats": [\n    {"url": "https://open.feishu.cn/open-apis/bot/v2/hook/0f1e", "secret": "qZ8xK2mN7pL4vB9w"}\n'
+    '    "x"\n  ]}\n}\n',
+])
+def test_a_json_error_never_quotes_a_bots_token_or_secret(tmp_path, text):
+    # The quoted line reaches the log and /healthz: a missing comma after a bot's URL or secret must not show it.
+    path = write_owners(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_owners(path)
+    message = str(raised.value)
+    assert "comma is missing" in message and "(" in message
+    assert "qZ8xK2" not in message and "0f1e2d" not in message and "9a8b7c" not in message
+
+
 def test_empty_file_is_refused(tmp_path):
     path = write_owners(tmp_path, "  \n")
     with pytest.raises(ConfigError, match="is empty"):
