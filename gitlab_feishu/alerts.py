@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
+from .alert_texts import APP_ACTIONS, LABELS, RETRY_HINT, TEXTS
 from .cards import card_content, escape_markdown
 from .delivery import shown
 from .feishu_errors import FeishuError, missing_scopes
@@ -42,99 +43,6 @@ CARD_CODES = frozenset({230099, 230025, 200621})
 BOT_SETTINGS_CODES = frozenset({19001, 19021, 19022, 19024})
 # The link a 99991672 message ends with: the console page that requests the missing scopes in one click.
 SCOPE_REQUEST = re.compile(r"https://[^\s\"'<>，。]+/app/[^\s\"'<>/，。]+/auth\?[^\s\"'<>，。]+")
-# Codes that affect every delivery, not one recipient: one problem however many owners hit it.
-APP_WIDE_CODES = CARD_CODES | {99991672, 230006, 10003, 10014, 10015, 99991543,
-                               99991401, 99991403, 99991662, 99991201}   # IP allow-list, quota, disabled, base URL
-
-RETRY_HINT = {"zh": "修复后运行 `python webhook_server.py --retry-failed` 重新发送失败的通知。",
-              "en": "After fixing it, run `python webhook_server.py --retry-failed` to send the failed notifications."}
-TEXTS = {   # kind -> lang -> (title, what is wrong, what to do); {placeholders} are escaped before use
-    "unknown_email": {
-        "zh": ("飞书中找不到 {recipient}",
-               "{file} 中的这个邮箱在飞书中查不到，或此人不在应用的通讯录权限范围内，通知没有发给他。",
-               "确认这是此人的飞书账号邮箱；或在飞书开发者后台「权限管理」中把通讯录权限范围扩大到包含此人，"
-               "并发布新版本；也可以在 {file} 中改写此人的 open_id（ou_...）。"),
-        "en": ("{recipient} not found in Feishu",
-               "This email in {file} is unknown to Feishu or outside the app's contact scope, so the "
-               "notification did not reach them.",
-               "Check that it is the person's Feishu login email, or widen the app's contact data scope under "
-               "Permissions & Scopes (权限管理) in the Feishu developer console and publish a new version, or put "
-               "the person's open_id (ou_...) in {file}."),
-    },
-    "availability": {
-        "zh": ("{recipient} 不在应用的可用范围内",
-               "飞书拒绝给此人发消息（230013）：此人不在应用的可用范围内，或已离职。",
-               "在飞书开发者后台「可用范围」中加入此人，并发布新版本。"),
-        "en": ("{recipient} is outside the app's availability range",
-               "Feishu refused to message this person (230013): they are outside the app's availability range, "
-               "or have left the company.",
-               "Add them under Availability (可用范围) in the Feishu developer console and publish a new version."),
-    },
-    "permission": {
-        "zh": ("飞书应用缺少权限 {scopes_zh}",
-               "飞书拒绝了调用（99991672）：应用没有 {scopes_zh} 权限，通知发不出去。",
-               "在飞书开发者后台「权限管理」中开通 {scopes_zh}，并发布新版本。"),
-        "en": ("The Feishu app lacks the permission {scopes}",
-               "Feishu refused the call (99991672): the app lacks {scopes}, so notifications cannot go out.",
-               "Add {scopes} under Permissions & Scopes (权限管理) in the Feishu developer console and publish a "
-               "new version."),
-    },
-    "card": {
-        "zh": ("飞书拒收了通知卡片（{code}）",
-               "飞书拒收了一张通知卡片：卡片格式有误或超过 30 KB。",
-               "这通常是本服务的缺陷：请把下面的错误信息（含 log id）和项目名报告给维护者。"),
-        "en": ("Feishu refused a notification card ({code})",
-               "Feishu refused a notification card: bad card JSON or over 30 KB.",
-               "This is usually a bug in this service: report the error below (with its log id) and the project "
-               "to its maintainers."),
-    },
-    "chat": {
-        "zh": ("群机器人发送失败（{code}）",
-               "飞书拒绝了发往群聊 {recipient} 的通知，重试也无济于事。",
-               "在该群的「设置 → 群机器人」中查看这个自定义机器人：是否已被移除，是否开启了签名校验、自定义关键词"
-               "或 IP 白名单（见下方错误信息）；再在 owners.json 中改正它的 webhook 地址或 secret。"),
-        "en": ("A group chat post failed ({code})",
-               "Feishu refused the notification to the group chat {recipient}; retrying will not help.",
-               "In the group's Settings > Bots (群机器人), look at this custom bot: was it removed, or are signature "
-               "verification, custom keywords or an IP allow-list turned on (see the error below)? Then correct its "
-               "webhook URL or secret in owners.json."),
-    },
-    "expired": {
-        "zh": ("通知重试 24 小时后仍未送达",
-               "飞书长时间不可用或一直限流，通知在重试期限内没有发出，已标记为失败。",
-               "确认飞书已恢复、服务能访问飞书开放平台。"),
-        "en": ("A notification was not delivered in 24 hours of retries",
-               "Feishu was unreachable or rate-limiting for a long time; the notification is marked failed.",
-               "Check that Feishu is back and that this service can reach the Feishu Open Platform."),
-    },
-    "other": {
-        "zh": ("通知发送失败（{code}）",
-               "飞书拒绝了发给 {recipient} 的通知，重试也无济于事。",
-               "按下方错误信息中的提示处理（飞书开发者后台）。"),
-        "en": ("A notification failed ({code})",
-               "Feishu refused the notification to {recipient}; retrying will not help.",
-               "Follow the hint in the error below (in the Feishu developer console)."),
-    },
-    "backlog": {
-        "zh": ("待发送通知积压：{queued} 条",
-               "超过 {minutes} 分钟以来，待发送的通知一直多于 {threshold} 条："
-               "飞书可能不可用、在限流，或应用凭证失效。",
-               "查看服务日志和 `python webhook_server.py --outbox` 中的错误；"
-               "在飞书开发者后台确认应用已启用、凭证有效。"),
-        "en": ("Notification backlog: {queued} queued",
-               "For more than {minutes} minutes over {threshold} notifications have been waiting: Feishu may be "
-               "down or rate-limiting, or the app's credentials stopped working.",
-               "Look at the service log and `python webhook_server.py --outbox`; in the Feishu developer console, "
-               "check that the app is enabled and its credentials are valid."),
-    },
-}
-LABELS = {
-    "zh": {"problem": "问题", "action": "处理", "recipient": "收件人", "project": "项目", "error": "错误信息",
-           "console": "打开飞书开发者后台", "summary": "GitLab 通知服务告警：{title}"},
-    "en": {"problem": "Problem", "action": "What to do", "recipient": "Recipient", "project": "Project",
-           "error": "Error", "console": "Open the Feishu developer console",
-           "summary": "GitLab notifier alert: {title}"},
-}
 
 
 @dataclass(frozen=True)
@@ -170,7 +78,11 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
         return Problem(f"99991672:{scopes['scopes']}", "permission", scopes, said, project, link[0] if link else "")
     if error.code in CARD_CODES:
         return Problem(f"card:{code}", "card", {"code": code}, said, project)
-    scope = "*" if error.code in APP_WIDE_CODES or error.code is None else recipient
+    if error.code in APP_ACTIONS:                           # every delivery is affected: one problem
+        actions = APP_ACTIONS[error.code]
+        return Problem(f"{code}:*", "app", {"code": code, "action_zh": actions["zh"], "action_en": actions["en"]},
+                       said, project)
+    scope = "*" if error.code is None else recipient       # an HTTP status alone: not this recipient's doing
     return Problem(f"{code}:{scope}", "other", values, detail, project)
 
 

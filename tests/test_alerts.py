@@ -247,8 +247,9 @@ def feishu_error(code=None, *, retryable=False, http_status=400, msg="refused"):
     (feishu_error(230099), "card:230099", "card"),
     (feishu_error(230025), "card:230025", "card"),
     (feishu_error(200621), "card:200621", "card"),
-    (feishu_error(230006), "230006:*", "other"),                    # bot capability off: everyone
-    (feishu_error(99991401), "99991401:*", "other"),                # the app's IP allow-list: everyone
+    (feishu_error(230006), "230006:*", "app"),                      # bot capability off: everyone
+    (feishu_error(99991401), "99991401:*", "app"),                  # the app's IP allow-list: everyone
+    (feishu_error(10014), "10014:*", "app"),                        # the app secret: everyone
     (feishu_error(230053), "230053:zhangsan@example.com", "other"),  # this user stopped the bot
     (feishu_error(None, http_status=404), "HTTP 404:*", "other"),
     (feishu_error(None, retryable=True, http_status=503), "expired", "expired"),   # retry window closed
@@ -341,6 +342,7 @@ EXAMPLES = [Problem("k", "unknown_email", {"recipient": "a@example.com", "file":
             Problem("k", "card", {"recipient": "a", "code": 230099}, "x"),
             Problem("k", "expired", {}, "x"),
             Problem("k", "other", {"recipient": "a", "code": 230053}, "x"),
+            Problem("k", "app", {"code": 230006, "action_zh": "启用机器人", "action_en": "enable the bot"}, "x"),
             Problem("k", "chat", {"recipient": "chat:…/hook/0a1b…", "code": 19021}, "x"),
             Problem("k", "backlog", {"queued": 150, "threshold": 100, "minutes": 5})]
 
@@ -351,6 +353,15 @@ def test_every_alert_card_is_one_feishu_accepts(problem, lang):
     card = render_alert(problem, lang, "https://open.feishu.cn/app/cli_test_app")
     check_card(card)
     assert title(card) == TEXTS[problem.kind][lang][0].format(**problem.values)
+
+
+@pytest.mark.parametrize(("lang", "words"), [("zh", "中启用「机器人」"), ("en", "Enable the Bot")])
+def test_an_app_wide_problem_says_what_to_do_in_the_cards_language_and_names_no_recipient(lang, words):
+    error = feishu_error(230006, msg="Bot ability is not activated.")
+    card = render_alert(classify(row(), error), lang, "https://open.feishu.cn/app/cli_test_app")
+    body = text(card)
+    assert words in body and "Bot ability is not activated." in body
+    assert "zhangsan@example.com" not in body
 
 
 def test_alert_card_escapes_feishus_text():

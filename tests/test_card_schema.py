@@ -54,7 +54,8 @@ def test_every_card_from_a_real_payload_is_valid_card_json_2(name, lang):
 @pytest.mark.parametrize("kind", sorted(TEXTS))
 def test_every_alert_card_is_valid_card_json_2(kind, lang):
     values = {"recipient": "a_b@example.com", "code": 230013, "scopes": "im:message", "scopes_zh": "im:message",
-              "count": 3, "minutes": 5, "threshold": 10, "queued": 12, "oldest": "10:00", "file": "users.json"}
+              "count": 3, "minutes": 5, "threshold": 10, "queued": 12, "oldest": "10:00", "file": "users.json",
+              "action_zh": "启用机器人", "action_en": "enable the bot"}
     problem = Problem("key", kind, values, "Feishu 230013: <b>x</b> *y*", "grp/项目_x")
     validate_card(render_alert(problem, lang, "https://open.feishu.cn/app/cli_x"))
 
