@@ -123,7 +123,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
     @app.get("/healthz")
     def healthz():
         return jsonify({
-            "status": "degraded" if notifier.write_error else "ok",
+            "status": "degraded" if notifier.write_error or (credentials and credentials.refused) else "ok",
             "mode": "dry-run" if settings.dry_run else "live",
             "owners": owners.state(),
             "users": users.state(),

@@ -41,6 +41,11 @@ class CredentialCheck:
     def kind(self) -> str:
         return self._state[0]
 
+    @property
+    def refused(self) -> bool:
+        """Feishu refused the credentials (or answered a token request with nonsense): nothing can be sent."""
+        return self.kind in (REJECTED, ERROR)
+
     def describe(self) -> str:
         """One line for /healthz and the banner, e.g. "rejected: 10014 app secret invalid: check ..."."""
         kind, detail = self._state

@@ -95,6 +95,14 @@ def test_healthz_says_feishu_is_unreachable(settings, running):
     assert app.test_client().get("/healthz").json["feishu_credentials"].startswith("unknown: Feishu unreachable (")
 
 
+@pytest.mark.parametrize(("secret", "status"), [("test-secret", "ok"), ("wrong-secret", "degraded")])
+def test_healthz_is_degraded_while_feishu_refuses_the_credentials(settings, fake, running, secret, status):
+    app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url, feishu_app_secret=secret))
+    running.append(app)
+    assert app.extensions["gitlab_feishu"]["credentials"].wait(5)
+    assert app.test_client().get("/healthz").json["status"] == status
+
+
 def test_healthz_in_dry_run_checks_nothing(settings):
     app = create_app(dataclasses.replace(settings, feishu_app_id=""), background=False)
     assert app.test_client().get("/healthz").json["feishu_credentials"] == "not checked: dry run"
