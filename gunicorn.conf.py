@@ -34,7 +34,8 @@ except ConfigError as exc:
     _settings = serving()
 serve_with(_settings)
 
-bind = f"{_settings.host}:{_settings.port}"
+# An IPv6 address goes in brackets, or gunicorn reads its last group as the port.
+bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
 # short (45 MB each). Two workers reach the same webhooks/s since connections are spread evenly (before,
 # 2-3% fewer), but four hold twice the threads for a burst or an outage, when each waits up to the deadline.

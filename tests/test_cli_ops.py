@@ -146,6 +146,17 @@ def test_gunicorn_with_preload_is_refused_with_one_line(tmp_path):
     assert "error: do not run this service with --preload" in result.stderr.decode("utf-8")
 
 
+def test_gunicorn_listens_on_an_ipv6_host_from_the_settings(tmp_path):
+    port = free_port()
+    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"),
+                      HOST="::1", PORT=str(port))
+    service = ServiceProcess(env, tmp_path / "service.log", port=port, workers=None,
+                             command=[sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "webhook_server:app"])
+    service.url = f"http://[::1]:{port}"
+    with service:
+        assert f"Listening at: http://[::1]:{port}" in service.log()
+
+
 def test_gunicorn_starts_without_an_error_line_where_home_is_not_writable(tmp_path):
     """A system user's home is not writable (README's unit): gunicorn's control socket must not be tried."""
     env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"), HOME="/proc")
