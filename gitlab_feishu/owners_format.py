@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from .chats import bot_url_problem, mask_chat_url, quoted_value
 from .config_file import describe, members_at, object_members, read_config_text
-from .settings import EVENT_KINDS, ConfigError
+from .settings import EVENT_KINDS, ConfigError, is_recipient
 
 log = logging.getLogger("gitlab_feishu.owners")
 
@@ -29,8 +29,6 @@ FIELDS = ("owners", "chats", "branches", "events")
 PRESETS = (":default", ":protected")
 MIN_KEY = 2        # keys and key parts shorter than this never match: they would match nearly everything
 
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")   # practical, not RFC 5322
-_OPEN_ID = re.compile(r"ou_[A-Za-z0-9]+")
 # What git refuses in a branch name (git check-ref-format), except `*`, which is our wildcard.
 _NOT_IN_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?\[\\]|\.\.|@\{|//")
 
@@ -64,11 +62,6 @@ def read_owners(path: Path) -> OwnersData:
                             "so it never matches; write the project's full path (group/project) or its name")
             log.warning("%s", warnings[-1])
     return OwnersData(entries, {url: secret for url, (secret, _) in secrets.items()}, tuple(warnings))
-
-
-def is_recipient(value: str) -> bool:
-    """An email address or a Feishu open_id: what owners.json and users.json may name."""
-    return bool(_EMAIL.fullmatch(value) or _OPEN_ID.fullmatch(value))
 
 
 def too_short(key: str) -> bool:

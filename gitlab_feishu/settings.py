@@ -10,6 +10,7 @@ import io
 import ipaddress
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -21,6 +22,15 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 EVENT_KINDS = ("push", "tag_push", "merge_request", "pipeline")
 CARD_LANGS = ("zh", "en")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")   # practical, not RFC 5322
+_OPEN_ID = re.compile(r"ou_[A-Za-z0-9]+")
+
+
+def is_recipient(value: str) -> bool:
+    """An email address or a Feishu open_id: what owners.json, users.json and ADMIN_EMAILS may name."""
+    return bool(_EMAIL.fullmatch(value) or _OPEN_ID.fullmatch(value))
 
 
 class ConfigError(Exception):
@@ -254,8 +264,9 @@ def _admins(raw: str) -> tuple[str, ...]:
     # An open_id needs no lookup, so it still gets the alert when the app lacks the contact permission.
     admins = tuple(_words(raw))
     for admin in admins:
-        if "@" not in admin and not admin.startswith("ou_"):
-            raise ValueError(f"{admin!r} is neither an email address nor a Feishu open_id (ou_...)")
+        if not is_recipient(admin):
+            raise ValueError(f"{admin!r} is neither an email address nor a Feishu open_id (ou_...); separate "
+                             "several with commas")
     return admins
 
 

@@ -19,9 +19,8 @@ from .chats import quoted_value
 from .config_file import describe, object_members, read_config_text
 from .events import Event, MergeRequestEvent, Person, PipelineEvent
 from .owners import Match
-from .owners_format import is_recipient
 from .rows import person_key
-from .settings import ConfigError
+from .settings import ConfigError, is_recipient
 from .watched import WatchedFile
 
 log = logging.getLogger("gitlab_feishu.users")

@@ -77,6 +77,8 @@ def test_log_level_ignores_case():
     ("ALERT_QUEUE_THRESHOLD", "many", "use a whole number, 1 or more"),
     ("FEISHU_PACING", "maybe", "use true or false"),
     ("FEISHU_BASE_URL", "open.feishu.cn", "must start with http:// or https://"),
+    ("ADMIN_EMAILS", "张三 <ops@example.com>", "neither an email address nor a Feishu open_id"),
+    ("ADMIN_EMAILS", "ops@example", "neither an email address nor a Feishu open_id"),
 ])
 def test_a_bad_value_is_refused_saying_what_to_write(name, value, says):
     with pytest.raises(ConfigError) as raised:
