@@ -99,7 +99,8 @@ def protect(app: Flask, settings: Settings) -> None:
         if request.path == "/healthz" and address is not None and address.is_loopback:
             return None                                    # local monitoring keeps working
         peer = request.environ.get(PEER_KEY, "")
-        via = f" via {peer}" if peer and peer != request.remote_addr else ""
+        # A dual-stack listener names an IPv4 caller ::ffff:a.b.c.d: that is the caller, not a proxy.
+        via = f" via {peer}" if peer and parse_address(peer) != address else ""
         # The path is the caller's text: logs.OneLineFormatter escapes what could forge a line.
         log.warning("refused %s %s from %s%s: not in ALLOWED_SOURCES", request.method, request.path,
                     request.remote_addr, via)

@@ -103,6 +103,17 @@ def test_forwarded_for_is_ignored_without_a_trusted_proxy(make_client, caplog):
     assert "203.0.113.9" in response.json["reason"] and "from 203.0.113.9" in caplog.text
 
 
+@pytest.mark.parametrize(("peer", "forwarded_for", "line"), [
+    ("203.0.113.9", None, "from 203.0.113.9: not in"),
+    ("::ffff:203.0.113.9", None, "from 203.0.113.9: not in"),          # a dual-stack listener: no proxy
+    ("127.0.0.1", "203.0.113.9", "from 203.0.113.9 via 127.0.0.1: not in"),
+])
+def test_a_refusal_names_a_proxy_only_when_there_is_one(make_client, caplog, peer, forwarded_for, line):
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        push(make_client(proxies="127.0.0.1"), peer, forwarded_for=forwarded_for)
+    assert line in caplog.text
+
+
 def test_forwarded_for_is_used_when_the_request_came_through_a_trusted_proxy(make_client):
     client = make_client(proxies="127.0.0.1")
     assert push(client, "127.0.0.1", forwarded_for="10.20.3.4").status_code == 200
