@@ -158,8 +158,14 @@ def _banner(settings: Settings, app) -> list[str]:
         f"  feishu:  credentials {feishu_state}",
         f"  sources: {_networks(settings.allowed_sources) or 'anyone (ALLOWED_SOURCES not set)'}"
         + (f" (trusted proxies: {_networks(settings.trusted_proxies)})" if settings.trusted_proxies else ""),
-        f"  alerts:  {', '.join(settings.admin_emails) or 'off (ADMIN_EMAILS not set)'}",
+        f"  alerts:  {_alerts_state(settings)}",
     ]
+
+
+def _alerts_state(settings: Settings) -> str:
+    if not settings.admin_emails:
+        return "off (ADMIN_EMAILS not set)"
+    return "off in dry-run" if settings.dry_run else ", ".join(settings.admin_emails)
 
 
 def _secret_state(settings: Settings) -> str:

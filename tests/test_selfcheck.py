@@ -154,9 +154,10 @@ def test_each_gunicorn_worker_checks_in_the_background(fake, tmp_path):
 
 
 def test_waitress_banner_in_dry_run(settings, serve):
-    banner = serve(dataclasses.replace(settings, feishu_app_id=""))
+    banner = serve(dataclasses.replace(settings, feishu_app_id="", admin_emails=("ops@example.com",)))
     assert "  mode:    dry-run (FEISHU_APP_ID not set" in banner
     assert "  feishu:  credentials not checked: dry run" in banner
+    assert "  alerts:  off in dry-run" in banner           # nothing is sent, alerts neither
 
 
 @pytest.mark.parametrize(("changes", "url"), [
