@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -84,7 +85,8 @@ def settled_state(fake: FakeFeishuProcess, server: ServiceProcess, handled_line:
 def capacity(server: ServiceProcess, fake: FakeFeishuProcess, args, body: bytes, handled_line: str) -> dict:
     """Warm up, then measure webhooks/s, ack latency, Feishu calls and cards per webhook, memory."""
     url = server.url + "/gitlab-webhook"
-    drive(url, body, args, args.warmup)
+    if args.warmup:
+        drive(url, body, args, args.warmup)
     before, handled_before = settled_state(fake, server, handled_line)
     sampler = MemorySampler(server.process.pid)
     cpu_before = process_tree_cpu(server.process.pid)
@@ -119,7 +121,8 @@ def stack_alone(folder: Path, fake: FakeFeishuProcess, args, body: bytes) -> dic
     server = start_bare_app(folder, fake.url, card=card, owner="owner@example.com")
     try:
         url = server.url + "/gitlab-webhook"
-        drive(url, body, args, args.warmup)
+        if args.warmup:
+            drive(url, body, args, args.warmup)
         cpu_before = process_tree_cpu(server.process.pid)
         result = drive(url, body, args, args.duration)
         cpu = process_tree_cpu(server.process.pid) - cpu_before
@@ -277,6 +280,18 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def stop_on_signals() -> None:
+    """`kill` (SIGTERM) or a closed terminal (SIGHUP) stop the run as Ctrl+C does: the servers and the fake are
+    stopped and the temporary folder removed. Python's default for both ends the process at once, and the
+    servers, in sessions of their own, went on running."""
+    def stop(signum, frame):
+        for name in ("SIGTERM", "SIGHUP"):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)     # a second one must not cut the clean-up short
+        raise SystemExit(128 + signum)
+    for name in ("SIGTERM", "SIGHUP"):
+        signal.signal(getattr(signal, name), stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per server (default 10)")
@@ -290,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.loadgen == "wrk" and not have_wrk():
         parser.error("--loadgen wrk: wrk is not installed (apt install wrk), or use --loadgen python")
+    if args.rtt <= 0 or args.connections < 1 or args.duration <= 0 or args.warmup < 0 or args.burst < 0:
+        parser.error("--rtt, --connections and --duration must be above 0 (the synchronous limit is connections / RTT); "
+                     "--warmup and --burst at least 0")
+    stop_on_signals()
     results = run(args)
     summarize(results)
     print(table(results))

@@ -102,12 +102,15 @@ def run_python(url: str, bodies: list[bytes], token: str, *, connections: int, s
     latencies: list[float] = []
     statuses: list[int] = []
     errors = 0
-    stop_at = time.monotonic() + seconds if seconds else None
+    stop_at = time.monotonic() + seconds if seconds is not None else None     # 0 s: nothing is sent
+
+    interrupted = threading.Event()
 
     def next_body() -> bytes | None:
         nonlocal sent
         with lock:
-            if (total is not None and sent >= total) or (stop_at and time.monotonic() >= stop_at):
+            if interrupted.is_set() or (total is not None and sent >= total) or \
+                    (stop_at and time.monotonic() >= stop_at):
                 return None
             sent += 1
             return bodies[(sent - 1) % len(bodies)]
@@ -138,11 +141,15 @@ def run_python(url: str, bodies: list[bytes], token: str, *, connections: int, s
         conn.close()
 
     started = time.monotonic()
-    threads = [threading.Thread(target=client) for _ in range(connections)]
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(connections)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:       # Ctrl+C or kill: the clients stop now, not at the end of the run's duration
+        interrupted.set()
+        raise
     elapsed = time.monotonic() - started
     ordered = sorted(latencies) or [0.0]
     return LoadResult(requests=len(latencies), seconds=elapsed, p50_ms=statistics.median(ordered),

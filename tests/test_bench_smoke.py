@@ -1,9 +1,12 @@
-"""The benchmark is a tool, not a test: this only checks that a tiny run produces its table."""
+"""The benchmark is a tool, not a test: this only checks that a tiny run produces its table (and that options
+it cannot divide by are refused before anything starts)."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from tests.servers import ROOT
 
@@ -21,3 +24,10 @@ def test_a_tiny_benchmark_run_prints_its_table(tmp_path):
     measured = json.loads(results.read_text(encoding="utf-8"))
     assert {"service", "stack_alone", "ten_owners", "hanging_feishu", "burst", "share_of_limit"} <= set(measured)
     assert measured["service"]["cards_per_webhook"] == 1.0      # the per-webhook rows count the right webhooks
+
+
+@pytest.mark.parametrize("option", [["--rtt", "0"], ["--connections", "0"], ["--duration", "0"]])
+def test_values_the_table_cannot_divide_by_are_refused_before_the_run(option):
+    run = subprocess.run([sys.executable, "bench/bench.py", *option, "--loadgen", "python"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "must be above 0" in run.stderr
