@@ -21,7 +21,8 @@ from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from .alert_texts import APP_ACTIONS, LABELS, RETRY_HINT, TEXTS
-from .cards import card_content, escape_markdown
+from .card_parts import escape_markdown
+from .cards import card_content
 from .delivery import shown
 from .feishu_errors import FeishuError, missing_scopes
 from .outbox import Outbox

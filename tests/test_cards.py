@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gitlab_feishu.cards import MAX_CARD_BYTES, card_content, escape_markdown, render_card, render_content
+from gitlab_feishu.card_parts import escape_markdown
+from gitlab_feishu.cards import MAX_CARD_BYTES, card_content, render_card, render_content
 from gitlab_feishu.gitlab import parse_event
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gitlab"
