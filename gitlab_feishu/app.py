@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from flask import Flask, jsonify, request
@@ -39,6 +40,25 @@ log = logging.getLogger(__name__)
 TOO_LARGE = "body larger than GitLab's 25 MB limit"
 CUT_SHORT = "the body ended before its Content-Length: the client went away or went silent"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
+
+
+@dataclass(frozen=True)
+class Service:
+    """What one process of the service is made of (`app.extensions["gitlab_feishu"]`); threads None when off."""
+    settings: Settings
+    owners: OwnersFile
+    users: UsersFile
+    outbox: Outbox
+    notifier: Notifier
+    worker: RetryWorker | None          # None in dry-run, like the credentials check
+    credentials: CredentialCheck | None
+    watcher: FileWatcher
+
+    def stop(self) -> None:
+        """Stop every background thread and wait for it (each a no-op when never started)."""
+        for thread in (self.worker, self.credentials, self.watcher):
+            if thread is not None:
+                thread.stop()
 
 
 def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: Callable[[], float] = time.time,
@@ -92,9 +112,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
     app.json.sort_keys = False
     # One byte over the limit lets a chunked body (no Content-Length) show that it is too large.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
-    app.extensions["gitlab_feishu"] = {"settings": settings, "owners": owners, "users": users, "outbox": outbox,
-                                       "worker": worker, "notifier": notifier, "credentials": credentials,
-                                       "watcher": watcher}
+    app.extensions["gitlab_feishu"] = Service(settings, owners, users, outbox, notifier, worker, credentials, watcher)
     protect(app, settings)
 
     # strict_slashes=False: a hook URL ending in "/gitlab-webhook/" is delivered too, not answered 404.
@@ -169,10 +187,11 @@ def gunicorn_app() -> Flask:
 
 def stop_background(app: object) -> None:
     """Stop the process's retry thread, letting a round in flight finish, before Python shuts down the
-    delivery threads under it: stopping with deliveries queued logged an ERROR with a traceback."""
-    worker = getattr(app, "extensions", {}).get("gitlab_feishu", {}).get("worker")
-    if worker is not None:
-        worker.stop()
+    delivery threads under it: stopping with deliveries queued logged an ERROR with a traceback. (The other
+    threads hold nothing that must finish.)"""
+    service = getattr(app, "extensions", {}).get("gitlab_feishu")
+    if service is not None and service.worker is not None:
+        service.worker.stop()
 
 
 def _error(status: int, reason: str):

@@ -140,8 +140,8 @@ def _interrupt(signum, frame) -> None:
 
 
 def _banner(settings: Settings, app) -> list[str]:
-    owners = app.extensions["gitlab_feishu"]["owners"]
-    credentials = app.extensions["gitlab_feishu"]["credentials"]
+    owners = app.extensions["gitlab_feishu"].owners
+    credentials = app.extensions["gitlab_feishu"].credentials
     if credentials is None:
         feishu_state = "not checked: dry run"
     elif credentials.wait(SELF_CHECK_WAIT):

@@ -115,7 +115,7 @@ def app(settings, feishu):
     """The app in-process, sending to the fake Feishu; no background threads."""
     app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
     yield app
-    app.extensions["gitlab_feishu"]["worker"].stop()
+    app.extensions["gitlab_feishu"].stop()
 
 
 @pytest.fixture

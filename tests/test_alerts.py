@@ -43,7 +43,7 @@ def make_app(settings, feishu, clock, owners_file):
         return app
     yield make
     for app in apps:
-        app.extensions["gitlab_feishu"]["worker"].stop()
+        app.extensions["gitlab_feishu"].worker.stop()
 
 
 def push(app) -> dict:
@@ -54,7 +54,7 @@ def push(app) -> dict:
 def run_worker(app) -> None:
     """Let the retry worker send what is due, alerts included (queued, not sent inline): due at once,
     with the clock standing still."""
-    app.extensions["gitlab_feishu"]["worker"].run_once()
+    app.extensions["gitlab_feishu"].worker.run_once()
 
 
 def alert_cards(fake, to=ADMIN) -> list[dict]:
@@ -70,7 +70,7 @@ def text(card: dict) -> str:
 
 
 def alert_rows(app) -> list[Delivery]:
-    return [row for row in app.extensions["gitlab_feishu"]["outbox"].pending() if row.event_key.startswith("alert:")]
+    return [row for row in app.extensions["gitlab_feishu"].outbox.pending() if row.event_key.startswith("alert:")]
 
 
 def test_a_permanent_failure_sends_the_admins_one_card_saying_what_to_do(make_app, feishu, clock):
@@ -167,7 +167,7 @@ def test_an_alert_that_fails_raises_no_further_alert(make_app, feishu, clock, ad
 def fill_queue(app, n: int, key: str = "idem:backlog") -> list[Delivery]:
     """`n` deliveries waiting for a retry, due far ahead so only the watch sees them."""
     planned = [NewDelivery("dm", f"ou_{i}", "exact: demo", "{}", f"uuid-{key}-{i}") for i in range(n)]
-    outbox = app.extensions["gitlab_feishu"]["outbox"]
+    outbox = app.extensions["gitlab_feishu"].outbox
     rows = outbox.begin_event(key, "push", "mike/diaspora", planned, lease_owner="elsewhere", lease_seconds=0,
                               retry_window=86400)[0]
     for row in rows:
@@ -177,7 +177,7 @@ def fill_queue(app, n: int, key: str = "idem:backlog") -> list[Delivery]:
 
 def watch(app, clock, seconds: float) -> None:
     """Let `seconds` of housekeeping pass, at the worker's watch interval."""
-    worker = app.extensions["gitlab_feishu"]["worker"]
+    worker = app.extensions["gitlab_feishu"].worker
     for _ in range(int(seconds // QUEUE_WATCH_INTERVAL)):
         worker.housekeeping()
         clock.advance(QUEUE_WATCH_INTERVAL)
@@ -196,7 +196,7 @@ def test_queue_backlog_alerts_only_after_staying_above_the_threshold(make_app, f
 
 def test_queue_backlog_timer_restarts_when_the_queue_drains(make_app, feishu, clock):
     app = make_app(alert_queue_threshold=3)
-    outbox = app.extensions["gitlab_feishu"]["outbox"]
+    outbox = app.extensions["gitlab_feishu"].outbox
     rows = fill_queue(app, 4)
     watch(app, clock, BACKLOG_SECONDS - QUEUE_WATCH_INTERVAL)  # above for 4.5 minutes
     outbox.finish(rows[0].id, SENT, attempts=1)                # 3 left: not above the threshold at the next look

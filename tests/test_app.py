@@ -72,7 +72,7 @@ def test_warm_caches_make_one_feishu_call_per_owner(client, feishu):
 
 def test_unknown_email_is_reported_and_nothing_is_sent_to_it(client, feishu, owners_file):
     owners_file.write_text(json.dumps({"mike/diaspora": ["mike@example.com", "ghost@example.com"]}), "utf-8")
-    app = create_app(client.application.extensions["gitlab_feishu"]["settings"], background=False)
+    app = create_app(client.application.extensions["gitlab_feishu"].settings, background=False)
     response = post(app.test_client(), load_payload("push.json"))
     assert response.json["status"] == "partial"
     ghost = response.json["deliveries"][1]
@@ -351,7 +351,7 @@ def test_a_hook_url_with_a_trailing_slash_is_delivered(client, feishu):
 
 @pytest.mark.parametrize("path", ["/gitlab-webhook", "/gitlab-webhook/"])
 def test_a_bug_is_answered_200_with_a_reason_so_gitlab_keeps_the_hook(client, monkeypatch, caplog, path):
-    notifier = client.application.extensions["gitlab_feishu"]["notifier"]
+    notifier = client.application.extensions["gitlab_feishu"].notifier
     monkeypatch.setattr(notifier, "notify", lambda *args: 1 / 0)
     with caplog.at_level(logging.ERROR, logger="gitlab_feishu"):
         response = client.post(path, data=json.dumps(load_payload("push.json")), headers=gitlab_headers())
@@ -416,7 +416,7 @@ def test_an_injected_clock_without_sleep_never_hangs_a_webhook(settings, feishu,
                                                             for _ in range(pushes)), daemon=True)
     worker.start()
     worker.join(timeout=60)
-    app.extensions["gitlab_feishu"]["worker"].stop()
+    app.extensions["gitlab_feishu"].worker.stop()
     assert not worker.is_alive() and answers == [200] * pushes
 
 
@@ -427,7 +427,7 @@ def test_another_file_in_data_dir_another_program_keeps_locked_delays_no_card(se
     started = time.monotonic()
     with another_program_locks(settings.data_dir / database):
         response = post(app.test_client(), load_payload("chinese_push.json"))
-    app.extensions["gitlab_feishu"]["worker"].stop()
+    app.extensions["gitlab_feishu"].worker.stop()
     assert response.json["status"] == "sent" and len(feishu.messages) == 1
     assert time.monotonic() - started < 3.0
 
@@ -440,7 +440,7 @@ def test_a_helper_database_another_program_locked_at_start_up_is_used_once_it_is
     with another_program_locks(settings.data_dir / database):
         app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
     response = post(app.test_client(), load_payload("chinese_push.json"))
-    app.extensions["gitlab_feishu"]["worker"].stop()
+    app.extensions["gitlab_feishu"].worker.stop()
     assert response.json["status"] == "sent"
     with sqlite3.connect(settings.data_dir / database) as db:
         assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] > 0
@@ -453,7 +453,7 @@ def test_a_damaged_helper_database_delays_no_card_and_is_named_once(settings, fe
     (settings.data_dir / database).write_bytes(b"not a database, " * 512)
     app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
     answers = [post(app.test_client(), load_payload("chinese_push.json")).json["status"] for _ in range(2)]
-    app.extensions["gitlab_feishu"]["worker"].stop()
+    app.extensions["gitlab_feishu"].worker.stop()
     assert answers == ["sent", "sent"] and len(feishu.messages) == 2
     named = [r.getMessage() for r in caplog.records if database in r.getMessage()]
     assert len(named) == 1 and "delete it" in named[0]

@@ -43,8 +43,8 @@ def make_client(settings, fake, bots):
         return app.test_client()
     yield make
     for app in apps:
-        if app.extensions["gitlab_feishu"]["worker"]:
-            app.extensions["gitlab_feishu"]["worker"].stop()
+        if app.extensions["gitlab_feishu"].worker:
+            app.extensions["gitlab_feishu"].worker.stop()
 
 
 def post(client, payload: dict, **headers):

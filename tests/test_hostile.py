@@ -72,7 +72,7 @@ def client(tmp_path_factory, fake):
                         log_dir=folder / "logs", delivery_deadline_seconds=2)
     app = create_app(settings, background=False)
     yield app.test_client()
-    app.extensions["gitlab_feishu"]["worker"].stop()
+    app.extensions["gitlab_feishu"].worker.stop()
 
 
 fuzz = hypothesis_settings(max_examples=250, deadline=None, derandomize=True,

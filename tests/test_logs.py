@@ -42,7 +42,7 @@ def log_file(settings):
 def client(settings, feishu, log_file):
     app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url), background=False)
     yield app.test_client()
-    app.extensions["gitlab_feishu"]["worker"].stop()
+    app.extensions["gitlab_feishu"].worker.stop()
 
 
 def post(client, payload_name: str, headers: dict | None = None):

@@ -30,9 +30,7 @@ def running():
     apps = []
     yield apps
     for app in apps:
-        for thread in ("credentials", "worker", "watcher"):
-            if app.extensions["gitlab_feishu"][thread]:
-                app.extensions["gitlab_feishu"][thread].stop()
+        app.extensions["gitlab_feishu"].stop()
 
 
 @pytest.fixture
@@ -91,7 +89,7 @@ def test_start_up_is_not_blocked_by_a_silent_feishu(settings, silent_feishu, run
 def test_healthz_says_feishu_is_unreachable(settings, running):
     app = create_app(settings)               # settings point Feishu at a closed port
     running.append(app)
-    assert app.extensions["gitlab_feishu"]["credentials"].wait(5)
+    assert app.extensions["gitlab_feishu"].credentials.wait(5)
     assert app.test_client().get("/healthz").json["feishu_credentials"].startswith("unknown: Feishu unreachable (")
 
 
@@ -99,7 +97,7 @@ def test_healthz_says_feishu_is_unreachable(settings, running):
 def test_healthz_is_degraded_while_feishu_refuses_the_credentials(settings, fake, running, secret, status):
     app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url, feishu_app_secret=secret))
     running.append(app)
-    assert app.extensions["gitlab_feishu"]["credentials"].wait(5)
+    assert app.extensions["gitlab_feishu"].credentials.wait(5)
     assert app.test_client().get("/healthz").json["status"] == status
 
 

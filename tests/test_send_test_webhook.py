@@ -34,7 +34,7 @@ def service(settings, fake, owners_file):
     threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     yield server
     server.shutdown()
-    app.extensions["gitlab_feishu"]["worker"].stop()
+    app.extensions["gitlab_feishu"].worker.stop()
 
 
 @pytest.fixture

@@ -175,7 +175,7 @@ def make_client(settings, fake):
         return app.test_client()
     yield make
     for app in apps:
-        app.extensions["gitlab_feishu"]["worker"].stop()
+        app.extensions["gitlab_feishu"].worker.stop()
 
 
 def signed(body: bytes, token: str = GITLAB_TOKEN, *, skew: int = 0, secret: str | None = None) -> dict:
