@@ -78,7 +78,7 @@ def on_starting(server):
         return         # listening sockets handed over (USR2 upgrade, systemd): the port is ours already
     for address in server.cfg.address:
         if isinstance(address, tuple):
-            refuse_a_taken_port(*address[:2])
+            exit_if_the_port_is_taken(*address[:2])
 
 
 def worker_exit(server, worker):
@@ -87,7 +87,7 @@ def worker_exit(server, worker):
     stop_background(getattr(worker, "wsgi", None))
 
 
-def refuse_a_taken_port(host: str, port: int) -> None:
+def exit_if_the_port_is_taken(host: str, port: int) -> None:
     """Exit with one line if something listens on host:port already, this service included (gunicorn
     itself would retry for five seconds, then print "Connection in use" and "Can't connect")."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET       # as gunicorn picks it: a name is IPv4

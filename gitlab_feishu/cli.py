@@ -96,7 +96,7 @@ def serve(settings: Settings) -> int:
         # the app itself believes it only from TRUSTED_PROXIES (access.py). waitress reads a whole body
         # before the app can refuse it, so it stops at GitLab's limit itself; and idle connections, which
         # anyone can open, are dropped after 20 s and may number 400 (Windows' select() takes 512).
-        refuse_a_taken_port(settings.host, settings.port)
+        refuse_a_port_windows_would_share(settings.host, settings.port)
         server = waitress.create_server(
             app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS, ident="gitlab-feishu",
             channel_timeout=20, connection_limit=400, max_request_body_size=MAX_BODY_BYTES + 1,
@@ -118,7 +118,7 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def refuse_a_taken_port(host: str, port: int) -> None:
+def refuse_a_port_windows_would_share(host: str, port: int) -> None:
     """Raise OSError if something on Windows accepts connections on host:port already. waitress sets
     SO_REUSEADDR, which there lets a second program bind a port in use (a second start_server.bat beside the
     Windows service) and share its connections without a word. A probe bound with SO_EXCLUSIVEADDRUSE would

@@ -91,13 +91,13 @@ def test_on_windows_a_port_something_accepts_on_is_refused_before_waitress_share
         listener.listen()
         port = listener.getsockname()[1]
         with pytest.raises(OSError) as refused:
-            cli.refuse_a_taken_port(host, port)
+            cli.refuse_a_port_windows_would_share(host, port)
     assert refused.value.errno == errno.EADDRINUSE and f"port {port}" in str(refused.value)
 
 
 def test_on_windows_a_port_nothing_listens_on_is_left_to_waitress(monkeypatch):
     monkeypatch.setattr(cli.sys, "platform", "win32")
-    cli.refuse_a_taken_port("127.0.0.1", free_port())          # a port in TIME_WAIT is such a port too
+    cli.refuse_a_port_windows_would_share("127.0.0.1", free_port())          # a port in TIME_WAIT is such a port too
 
 
 def gunicorn_on(port: int, tmp_path) -> subprocess.CompletedProcess:
