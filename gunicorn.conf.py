@@ -23,19 +23,18 @@ for _name in [name for name in sys.modules if name == "http" or name.startswith(
 from gitlab_feishu.watched import check_files  # noqa: E402  (after the sys.path repair above)
 from gitlab_feishu.settings import ConfigError, Settings, serve_with, serving
 
+# Read here for `bind`; the workers' settings are read again once gunicorn has put its -e/raw_env values in
+# the environment (on_starting, on_reload), and kept by the master for the workers (settings.serving).
 try:
     _settings = Settings.from_env()
 except ConfigError as exc:
     if serving() is None:
         sys.exit(f"error: {exc}")      # one line, not gunicorn's traceback of this file
-    # A reload (HUP) after a broken edit of .env: exiting here would stop the running service altogether.
-    print(f"error: {exc}; the reload keeps the settings the service ran with until .env is fixed",
-          file=sys.stderr, flush=True)
-    _settings = serving()
-serve_with(_settings)
+    _settings = serving()              # a reload: on_reload says what is wrong
 
 # An IPv6 address goes in brackets, or gunicorn reads its last group as the port.
-bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
+_host = _settings.host.strip("[]")
+bind = f"[{_host}]:{_settings.port}" if ":" in _host else f"{_host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
 # short (45 MB each). Two workers reach the same webhooks/s since connections are spread evenly (before,
 # 2-3% fewer), but four hold twice the threads for a burst or an outage, when each waits up to the deadline.
@@ -71,9 +70,11 @@ def on_starting(server):
     # Here, once, before any worker: a worker that cannot start makes gunicorn stop with tracebacks. A worker
     # started later (one replacing a dead worker, a reload) routes by the last good version instead.
     try:
-        check_files(_settings)
+        settings = Settings.from_env()
+        check_files(settings)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
+    serve_with(settings)
     if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
         return         # listening sockets handed over (USR2 upgrade, systemd): the port is ours already
     for address in server.cfg.address:
@@ -81,10 +82,22 @@ def on_starting(server):
             exit_if_the_port_is_taken(*address[:2])
 
 
+def on_reload(server):
+    # HUP: the new workers run on .env as it is now, unless an edit broke it; exiting would stop the service.
+    try:
+        serve_with(Settings.from_env())
+    except ConfigError as exc:
+        print(f"error: {exc}; the reload keeps the settings the service ran with until .env is fixed",
+              file=sys.stderr, flush=True)
+
+
 def worker_exit(server, worker):
-    # In the worker, after its last request and before Python shuts down.
-    from gitlab_feishu.app import stop_background
-    stop_background(getattr(worker, "wsgi", None))
+    # In the worker, after its last request and before Python shuts down. (gunicorn calls it in the master
+    # too, for a worker that never started there: no app, and no Flask to import into the master.)
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        from gitlab_feishu.app import stop_background
+        stop_background(app)
 
 
 def exit_if_the_port_is_taken(host: str, port: int) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 from gitlab_feishu import cli
 from tests.servers import ROOT, ServiceProcess, free_port, service_env, wait_for
@@ -146,15 +147,26 @@ def test_gunicorn_with_preload_is_refused_with_one_line(tmp_path):
     assert "error: do not run this service with --preload" in result.stderr.decode("utf-8")
 
 
-def test_gunicorn_listens_on_an_ipv6_host_from_the_settings(tmp_path):
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_gunicorn_listens_on_an_ipv6_host_from_the_settings(tmp_path, host):
     port = free_port()
     env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"),
-                      HOST="::1", PORT=str(port))
+                      HOST=host, PORT=str(port))
     service = ServiceProcess(env, tmp_path / "service.log", port=port, workers=None,
                              command=[sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "webhook_server:app"])
     service.url = f"http://[::1]:{port}"
     with service:
         assert f"Listening at: http://[::1]:{port}" in service.log()
+
+
+def test_settings_given_to_gunicorn_with_e_reach_the_workers(tmp_path):
+    """`gunicorn -e NAME=value` (or raw_env) puts settings in the environment after gunicorn.conf.py is read."""
+    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"))
+    service = ServiceProcess(env, tmp_path / "service.log", workers=1)
+    service.command[-1:-1] = ["-e", "FEISHU_APP_ID=cli_from_e", "-e", "FEISHU_APP_SECRET=from-e",
+                              "-e", f"FEISHU_BASE_URL=http://127.0.0.1:{free_port()}"]
+    with service:
+        assert requests.get(service.url + "/healthz", timeout=5).json()["mode"] == "live"
 
 
 def test_gunicorn_starts_without_an_error_line_where_home_is_not_writable(tmp_path):
