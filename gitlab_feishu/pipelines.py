@@ -53,8 +53,11 @@ def _project_key(event: PipelineEvent) -> str:
 def _ref_key(event: PipelineEvent) -> str:
     """The history a pipeline belongs to. GitLab names a merge request pipeline by its source branch, but it runs
     on refs/merge-requests/IID/..., and a child pipeline (source parent_pipeline) runs other jobs on its parent's
-    ref: neither can fix, or be fixed by, the branch's own pipelines."""
+    ref: neither can fix, or be fixed by, the branch's own pipelines. A merge request pipeline's children carry
+    its merge request too, and keep a history apart from it. (The children of one parent share theirs: their
+    payload does not say which trigger job made them.)"""
     if event.merge_request_iid is not None:
-        return f"refs/merge-requests/{event.merge_request_iid}"
-    ref = f"refs/{'tags' if event.tag else 'heads'}/{event.ref}"   # a tag and a branch may share a name
+        ref = f"refs/merge-requests/{event.merge_request_iid}"
+    else:
+        ref = f"refs/{'tags' if event.tag else 'heads'}/{event.ref}"   # a tag and a branch may share a name
     return f"child:{ref}" if event.source == "parent_pipeline" else ref

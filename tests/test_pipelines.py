@@ -132,3 +132,12 @@ def test_merge_request_and_child_pipelines_keep_their_own_history(outbox):
     decide(outbox, dataclasses.replace(pipeline(5, "failed"), **child))
     assert outcome(decide(outbox, pipeline(6, "success"))) == "ignored"
     assert outcome(decide(outbox, dataclasses.replace(pipeline(7, "success"), **child))) == "fixed"
+
+
+def test_a_merge_request_pipelines_child_keeps_a_history_apart_from_its_parent(outbox):
+    """GitLab gives a child pipeline its parent's merge request: a child passing does not fix the parent."""
+    parent = dict(merge_request_iid=17, source="merge_request_event")
+    child = dict(merge_request_iid=17, source="parent_pipeline")
+    decide(outbox, dataclasses.replace(pipeline(1, "failed", "feature/x"), **parent))
+    assert outcome(decide(outbox, dataclasses.replace(pipeline(2, "success", "feature/x"), **child))) == "ignored"
+    assert outcome(decide(outbox, dataclasses.replace(pipeline(3, "success", "feature/x"), **parent))) == "fixed"
