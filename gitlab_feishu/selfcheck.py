@@ -5,13 +5,15 @@ another one did a moment ago, see FeishuClient.check_credentials), so a
 Feishu that is down or slow never delays start-up. The answer goes to the log,
 the waitress banner and /healthz. When Feishu cannot be reached the answer is
 "unknown" and the check is repeated (10 s, doubling up to 5 minutes) until
-Feishu gives a definite answer; a rejection is final until the settings change,
-which takes a restart anyway.
+the credentials work. A refusal is checked again the same way: some are put
+right in the Feishu console (a disabled app, the IP allow-list) without a
+restart; wrong credentials in .env take one.
 """
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from .feishu import FeishuClient
 from .feishu_errors import FeishuError
@@ -76,8 +78,16 @@ class CredentialCheck:
             self._thread.join(timeout=self.budget + 1)
 
     def _run(self) -> None:
+        self.check_until_ok(self._stop.wait)
+
+    def check_until_ok(self, wait: Callable[[float], bool]) -> None:
+        """Check, then again after FIRST_RETRY, doubling up to MAX_RETRY, until the credentials work or
+        `wait` says to stop. A refusal is checked again too: an app re-enabled or an IP allow-list fixed in
+        the console needs no restart, and /healthz must not stay degraded after it."""
         delay = FIRST_RETRY
-        while not self.check() and not self._stop.wait(delay):
+        self.check()
+        while self.kind != OK and not wait(delay):
+            self.check()
             delay = min(delay * 2, MAX_RETRY)
 
     def _set(self, kind: str, detail: str) -> None:

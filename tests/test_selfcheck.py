@@ -15,7 +15,8 @@ import waitress
 from gitlab_feishu import cli
 from gitlab_feishu.app import create_app
 from gitlab_feishu.feishu import FeishuClient
-from gitlab_feishu.selfcheck import CredentialCheck
+from gitlab_feishu.feishu_errors import FeishuError
+from gitlab_feishu.selfcheck import FIRST_RETRY, CredentialCheck
 from tests.fake_feishu import FakeFeishu
 from tests.servers import ServiceProcess, free_port, service_env, wait_for
 
@@ -76,6 +77,36 @@ def test_unreachable_feishu_is_unknown_until_a_later_check_succeeds():
     with FakeFeishu(port=port):
         assert credentials.check() is True
     assert credentials.describe() == "ok: tenant token fetched"
+
+
+class Answers:
+    """A stand-in FeishuClient whose credential checks give the next answer each time."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+
+    def check_credentials(self, budget):
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_refused_credentials_are_checked_again_until_they_work():
+    """An app re-enabled (or an IP allow-list fixed) in the console: no restart, and /healthz recovers."""
+    refused = FeishuError("getting a tenant_access_token: Feishu 99991662: app is disabled", code=99991662)
+    credentials = CredentialCheck(Answers(refused, refused, "tenant token fetched"))
+    waits = []
+    credentials.check_until_ok(lambda seconds: waits.append(seconds) and False)
+    assert credentials.describe() == "ok: tenant token fetched" and credentials.refused is False
+    assert waits == [FIRST_RETRY, 2 * FIRST_RETRY]
+
+
+def test_checking_again_ends_when_told_to_stop():
+    refused = FeishuError("getting a tenant_access_token: Feishu 10014: app secret invalid", code=10014)
+    credentials = CredentialCheck(Answers(refused))
+    credentials.check_until_ok(lambda seconds: True)          # stopping
+    assert credentials.refused is True
 
 
 def test_start_up_is_not_blocked_by_a_silent_feishu(settings, silent_feishu, running):
