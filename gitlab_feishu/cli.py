@@ -114,7 +114,11 @@ def serve(settings: Settings) -> int:
     server.task_dispatcher.shutdown = functools.partial(server.task_dispatcher.shutdown,
                                                         timeout=settings.delivery_deadline_seconds + 1)
     server.run()                      # returns after Ctrl+C or SIGTERM, once the requests in flight are done
-    stop_background(app)
+    try:
+        stop_background(app)
+    except KeyboardInterrupt:         # a second Ctrl+C or SIGTERM: stop now; the rows keep their lease
+        print("stopped before the retry round under way finished; its cards go out after the next start",
+              file=sys.stderr)
     return 0
 
 

@@ -156,6 +156,14 @@ def serve(monkeypatch, capsys, running):
     return run
 
 
+def test_a_second_ctrl_c_while_the_retry_round_finishes_stops_without_a_traceback(settings, serve, monkeypatch, capsys):
+    def interrupted(app):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("gitlab_feishu.app.stop_background", interrupted)
+    assert cli.serve(settings) == 0                         # `serve` has made waitress's server return at once
+    assert "stopped before the retry round under way finished" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("secret", "line"), [
     ("test-secret", "  feishu:  credentials ok: tenant token fetched"),
     ("wrong-secret", "  feishu:  credentials rejected: 10014 app secret invalid: the app secret is wrong"),
