@@ -139,8 +139,9 @@ def _json_error(text: str, exc: json.JSONDecodeError) -> str:
     before = text[:exc.pos].rstrip(_JSON_SPACE)
     if before.endswith(",") and text[exc.pos:exc.pos + 1] in ("}", "]"):
         return _at_line(text, len(before) - 1, "a comma after the last entry; remove it")
-    # At the end of the text a comma is not what is missing: the file ends too soon (saved halfway).
-    if exc.msg.startswith("Expecting ',' delimiter") and "\n" in text[len(before):exc.pos] and exc.pos < len(text):
+    if exc.pos >= len(text.rstrip(_JSON_SPACE)):
+        return f"line {exc.lineno}: not valid JSON: the file ends too soon (saved halfway?): {exc.msg}"
+    if exc.msg.startswith("Expecting ',' delimiter") and "\n" in text[len(before):exc.pos]:
         return _at_line(text, len(before) - 1, "a comma is missing at the end of this line")
     return f"line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}{_syntax_hint(text, exc.pos)}"
 
@@ -155,8 +156,9 @@ def _at_line(text: str, pos: int, problem: str) -> str:
 
 # A group bot's webhook token and signing secret are credentials: the line quoted in an error (which reaches the
 # log and /healthz) shows neither, as chats.mask_chat_url shows a bot elsewhere.
-_HOOK_TOKEN = re.compile(r"(/hook/)([^\"\s]{0,4})[^\"\s]*")
-_SECRET_VALUE = re.compile(r"(\"secret\"\s*:\s*\")[^\"]*", re.IGNORECASE)
+# JSON may write "/" as "\/" and put "\"" inside a string: both forms are masked.
+_HOOK_TOKEN = re.compile(r"(\\?/hook\\?/)([^\"\s\\]{0,4})[^\"\s]*")
+_SECRET_VALUE = re.compile(r"(\"secret\"\s*:\s*\")(?:[^\"\\]|\\.)*", re.IGNORECASE)
 
 
 def _masked(line: str) -> str:
