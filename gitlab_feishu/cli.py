@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     wiring_mode.add_argument("--check", action="store_true",
                              help="with --wire-hooks: report each project's hook and whether GitLab disabled it")
     args = parser.parse_args(argv)
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            setattr(args, name, os_text(value))      # a C locale hands Chinese over as surrogate escapes
     if (args.dry_run or args.check) and not args.wire_hooks:
         parser.error("--dry-run and --check go with --wire-hooks")
     for stream in (sys.stdout, sys.stderr):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 import sys
+import time
 
 from .settings import ConfigError, Settings
 
@@ -27,7 +29,7 @@ def configure_logging(settings: Settings, *, to_file: bool) -> None:
     if to_file:
         try:
             settings.log_dir.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.handlers.RotatingFileHandler(
+            handlers.append(RotatingFile(
                 settings.log_dir / "webhook_server.log", maxBytes=10 * 1024 * 1024, backupCount=5,
                 encoding="utf-8", errors="backslashreplace"))   # a lone surrogate is written escaped, not refused
         except OSError as exc:
@@ -65,3 +67,30 @@ _NAMED = {"\n": "\\n", "\r": "\\r"}
 def _escape_control(match: re.Match) -> str:
     char = match.group()
     return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+class RotatingFile(logging.handlers.RotatingFileHandler):
+    """A rotating log that survives a file it cannot rename. On Windows a viewer that holds the log open
+    (PowerShell's `Get-Content -Wait`, some tail tools, a virus scanner) makes the rename fail; the standard
+    handler has by then shifted the old files along, so it drops every record and pushes out one old file
+    per record until the viewer lets go. This one keeps writing to the file and tries again a minute later."""
+
+    RETRY_SECONDS = 60.0
+    _retry_at = 0.0
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        return time.monotonic() >= self._retry_at and bool(super().shouldRollover(record))
+
+    def doRollover(self) -> None:
+        if self.stream:
+            self.stream.close()
+            self.stream = None
+        probe = self.baseFilename + ".rotating"
+        try:                      # can the file be renamed at all? Only then shift the old ones along
+            os.rename(self.baseFilename, probe)
+            os.rename(probe, self.baseFilename)
+        except OSError:
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            self.stream = self._open()
+            return
+        super().doRollover()

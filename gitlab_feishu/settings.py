@@ -121,6 +121,16 @@ def _read_env_file(path: Path) -> dict[str, str]:
         logging.getLogger(__name__).warning(
             "%s was read as %s; if a value looks garbled, open it in Notepad, File > Save As, choose "
             "Encoding: UTF-8 and save", path, "UTF-16" if utf16 else "GBK")
+    from dotenv.parser import parse_stream
+
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            # python-dotenv would skip this line and the next ones up to a closing quote, with only a warning
+            # that names neither file nor setting: a lost GITLAB_WEBHOOK_SECRET would let anyone send. The line
+            # itself is not quoted here: it may hold a secret.
+            raise ConfigError(f"{path}, line {binding.original.line}: cannot be read as KEY=value; a value in "
+                              "double quotes that ends with a backslash (\"C:\\data\\\") never closes: write a "
+                              "Windows path without quotes or in single quotes")
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
@@ -159,6 +169,12 @@ def _path(raw: str) -> Path:
         # python-dotenv reads \n, \t, \b... inside double quotes as escapes: "C:\服务\new" loses its \n.
         raise ValueError("it contains a control character; in .env write a Windows path without quotes "
                          "or in single quotes")
+    try:
+        os.fsencode(raw)
+    except UnicodeEncodeError:
+        # Chinese read from .env under a file system encoding that cannot hold it (LC_ALL=C, PYTHONUTF8=0): as
+        # the environment would hand it over, the UTF-8 bytes as surrogate escapes.
+        raw = os.fsdecode(raw.encode("utf-8"))
     path = Path(raw).expanduser()
     return path if path.is_absolute() else PROJECT_DIR / path
 

@@ -59,3 +59,33 @@ def test_send_test_webhook_under_a_c_locale_sends_the_chinese_it_was_given(tmp_p
     assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
     [payload] = received
     assert (payload["user_name"], payload["ref"]) == ("李四", "refs/heads/feature/登录界面")
+
+
+def test_a_chinese_path_from_env_file_is_usable_under_a_c_locale(tmp_path):
+    """LOG_DIR=日志 in .env (real text, not escapes) must not end in a UnicodeEncodeError traceback at start."""
+    folder = tmp_path / "项目"
+    folder.mkdir()
+    script = ("import os, sys\n"
+              "from pathlib import Path\n"
+              "from gitlab_feishu.settings import Settings\n"
+              "s = Settings.from_env({}, env_file=Path(sys.argv[1]))\n"
+              "s.data_dir.mkdir(parents=True)\n")
+    env_file = folder / ".env"
+    env_file.write_text(f"DATA_DIR={folder}/数据\n", encoding="utf-8")
+    env = service_env(LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0")
+    env["PYTHONUTF8"] = "0"
+    result = subprocess.run([sys.executable, "-c", script, os.fsencode(env_file)], cwd=ROOT, env=env,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    assert (folder / "数据").is_dir()
+
+
+def test_match_under_a_c_locale_finds_a_chinese_key(tmp_path):
+    owners = tmp_path / "owners.json"
+    owners.write_text('{"测试项目": "test@example.com"}', encoding="utf-8")
+    env = service_env(LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", OWNERS_FILE=str(owners))
+    env["PYTHONUTF8"] = "0"
+    result = subprocess.run([sys.executable, "webhook_server.py", "--match", "demo/ceshi", "--name", "测试项目"],
+                            cwd=ROOT, env=env, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    assert b"notifies: test@example.com" in result.stdout

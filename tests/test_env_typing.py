@@ -36,3 +36,11 @@ def test_an_admin_may_be_an_open_id(tmp_path):
 def test_an_admin_that_is_neither_email_nor_open_id_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"ADMIN_EMAILS.*'张三' is neither an email address nor a Feishu open_id"):
         from_env_file(tmp_path, "ADMIN_EMAILS=张三\n")
+
+
+def test_a_double_quoted_path_ending_in_a_backslash_stops_the_start_instead_of_dropping_the_next_lines(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text('DATA_DIR="D:\\gitlab 通知\\data\\"\r\nGITLAB_WEBHOOK_SECRET="tok-123"\r\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\.env, line 1: .*without quotes or in single quotes") as caught:
+        Settings.from_env({}, env_file=env_file)
+    assert "tok-123" not in str(caught.value)

@@ -160,3 +160,41 @@ def test_a_traceback_still_follows_on_its_own_lines(log_file):
         logging.getLogger("gitlab_feishu.test").exception("failed\nhere")
     text = log_file.read_text(encoding="utf-8")
     assert "failed\\nhere\nTraceback (most recent call last):" in text
+
+
+def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(tmp_path, monkeypatch):
+    """Windows: while a viewer holds webhook_server.log open without FILE_SHARE_DELETE its rename fails. The
+    old files stay, every record still reaches the file, and the rotation happens once it is let go."""
+    import logging as logging_
+    import os as os_
+
+    from gitlab_feishu.logs import RotatingFile
+
+    handler = RotatingFile(tmp_path / "webhook_server.log", maxBytes=2000, backupCount=5, encoding="utf-8")
+    log = logging_.getLogger("gitlab_feishu.test_rotation_held")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging_.INFO)
+    try:
+        for i in range(60):
+            log.info("line %d %s", i, "x" * 100)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        real_rename = os_.rename
+
+        def rename(src, dst):
+            if str(src).endswith("webhook_server.log"):
+                raise PermissionError(32, "The process cannot access the file", str(src))
+            return real_rename(src, dst)
+
+        monkeypatch.setattr(os_, "rename", rename)
+        for i in range(30):
+            log.info("held %d %s", i, "y" * 100)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+        assert (tmp_path / "webhook_server.log").read_text(encoding="utf-8").count("held") == 30
+        monkeypatch.setattr(os_, "rename", real_rename)
+        handler._retry_at = 0.0
+        log.info("after")
+        assert (tmp_path / "webhook_server.log.1").read_text(encoding="utf-8").count("held") == 30
+    finally:
+        log.removeHandler(handler)
+        handler.close()
