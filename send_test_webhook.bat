@@ -8,15 +8,15 @@ cd /d "%~dp0" || goto :fail
 set PYTHONUTF8=1
 if not exist ".venv\Scripts\python.exe" goto :no_venv
 ".venv\Scripts\python.exe" send_test_webhook.py %*
-if %errorlevel% neq 0 goto :fail
-rem Double-clicked (no options): keep the window open to read the answer.
+set result=%errorlevel%
+rem Double-clicked (no options): keep the window open to read the answer; run with options, a script goes on.
 if "%~1"=="" pause
-exit /b 0
+exit /b %result%
 
 :no_venv
 echo .venv is missing: double-click start_server.bat first; it sets everything up.
 
 :fail
 echo.
-pause
+if "%~1"=="" pause
 exit /b 1

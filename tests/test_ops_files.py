@@ -29,7 +29,7 @@ def test_batch_file_is_ascii_with_crlf_everywhere(name):
 def test_batch_file_sets_up_the_console_and_folder(name, command):
     """UTF-8 console, the script's own folder (not System32 under "Run as administrator"), a window that stays."""
     lines = read_bytes(name).decode("ascii").splitlines()
-    assert any(line.startswith(command) for line in lines)
+    assert any(line.startswith(command) or line == f'if "%~1"=="" {command}' for line in lines)
 
 
 @pytest.mark.parametrize("command", [
@@ -62,7 +62,9 @@ def test_start_server_pauses_on_every_failure_path():
 def test_send_test_webhook_bat_runs_the_script_with_the_venv_and_passes_arguments():
     text = read_bytes("send_test_webhook.bat").decode("ascii")
     assert '".venv\\Scripts\\python.exe" send_test_webhook.py %*' in text
-    assert "if %errorlevel% neq 0 goto :fail" in text and "start_server.bat first" in text
+    assert "set result=%errorlevel%" in text and "exit /b %result%" in text and "start_server.bat first" in text
+    # It pauses only when double-clicked: run with options from a script, it must not wait for a key.
+    assert "\r\npause\r\n" not in text and text.count('if "%~1"=="" pause') == 2
 
 
 @pytest.mark.parametrize("name, pattern", [(".env.example", ".env.example"), ("config/owners.json", "config/*.json"),
