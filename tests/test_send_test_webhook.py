@@ -241,9 +241,14 @@ def test_as_a_process_ctrl_c_while_waiting_is_one_line_not_a_traceback():
                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=service_env())
         try:
             listener.settimeout(20)
-            listener.accept()[0].close()  # it is waiting for the answer now
-            process.send_signal(signal.SIGINT)
-            _, err = process.communicate(timeout=20)
+            # Keep the connection open: closing it resets the request, and the script would exit on its
+            # own (1, or killed by the SIGINT during its shutdown) in a race with the signal.
+            connection = listener.accept()[0]  # it is waiting for the answer now
+            try:
+                process.send_signal(signal.SIGINT)
+                _, err = process.communicate(timeout=20)
+            finally:
+                connection.close()
         finally:
             process.kill()
     assert process.returncode == 130
