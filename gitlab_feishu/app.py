@@ -72,7 +72,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
     if settings is None:
         settings = Settings.from_env()
     elif isinstance(settings, Mapping):
-        settings = Settings.from_env(settings, env_file=None)
+        settings = Settings.from_mapping(settings)
     owners = OwnersFile(settings.owners_file, last_good=settings.data_dir / "last-good-owners.json")
     users = UsersFile(settings.users_file, last_good=settings.data_dir / "last-good-users.json")
     watcher = FileWatcher([owners, users])

@@ -5,16 +5,14 @@ test ever reads a developer's environment or `.env`.
 """
 from __future__ import annotations
 
-import codecs
-import io
 import ipaddress
-import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .envfile import EnvFileError, read_env_file
 from .gitlab import signing_key
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -66,6 +64,13 @@ class Settings:
     gitlab_api_token: str = field(default="", repr=False)
     public_url: str = ""
 
+    def __post_init__(self) -> None:
+        # Paths given as text (a test building Settings by hand) are read as .env's are.
+        for name in ("owners_file", "users_file", "data_dir", "log_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, Path):
+                object.__setattr__(self, name, _path(os.fspath(value)))
+
     @property
     def dry_run(self) -> bool:
         """Without a Feishu app nothing is sent: cards go to the log instead."""
@@ -77,9 +82,25 @@ class Settings:
         """Build settings from `environ` (default os.environ) over the `.env` file; the environment wins."""
         values: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            values.update(_read_env_file(Path(env_file)))
+            try:
+                values.update(read_env_file(Path(env_file)))
+            except EnvFileError as exc:
+                raise ConfigError(str(exc)) from None
         values.update(os.environ if environ is None else environ)
         return cls(**_parse(values))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> "Settings":
+        """Settings from `values` alone, without the environment or `.env` (tests): keys are the settings'
+        names (FEISHU_APP_ID) or the fields' (feishu_app_id); a list is written as in .env, comma-separated."""
+        environ = {}
+        for key, value in values.items():
+            name = str(key).upper()
+            if name not in ENV_NAMES:
+                raise ConfigError(f"{key!r} is not a setting; the settings are {', '.join(ENV_NAMES)}")
+            many = isinstance(value, (list, tuple, set, frozenset))
+            environ[name] = ",".join(map(str, value)) if many else "" if value is None else str(value)
+        return cls.from_env(environ, env_file=None)
 
 
 # In gunicorn's master, the settings it serves with: gunicorn.conf.py sets them at the start and at each
@@ -97,41 +118,6 @@ def serve_with(settings: Settings) -> None:
 def serving() -> Settings | None:
     """The settings gunicorn's master serves with; None outside gunicorn and before its start."""
     return _serving
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    """The KEY=value lines of `.env`, however Notepad saved it: UTF-8, "Unicode" (UTF-16) or "ANSI" (GBK)."""
-    from dotenv import dotenv_values
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path} cannot be read: {exc.strerror}") from None
-    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
-    for encoding in ("utf-16",) if utf16 else ("utf-8-sig", "gb18030"):
-        try:
-            text = data.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        raise ConfigError(f"{path} is not readable as UTF-8, UTF-16 or GBK text: open it in Notepad, "
-                          "File > Save As, choose Encoding: UTF-8 and save")
-    if encoding != "utf-8-sig":
-        logging.getLogger(__name__).warning(
-            "%s was read as %s; if a value looks garbled, open it in Notepad, File > Save As, choose "
-            "Encoding: UTF-8 and save", path, "UTF-16" if utf16 else "GBK")
-    from dotenv.parser import parse_stream
-
-    for binding in parse_stream(io.StringIO(text)):
-        if binding.error:
-            # python-dotenv would skip this line and the next ones up to a closing quote, with only a warning
-            # that names neither file nor setting: a lost GITLAB_WEBHOOK_SECRET would let anyone send. The line
-            # itself is not quoted here: it may hold a secret.
-            raise ConfigError(f"{path}, line {binding.original.line}: cannot be read as KEY=value; a value in "
-                              "double quotes that ends with a backslash (\"C:\\data\\\") never closes: write a "
-                              "Windows path without quotes or in single quotes")
-    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 def _parse(env: Mapping[str, str]) -> dict:

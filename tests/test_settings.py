@@ -84,3 +84,20 @@ def test_a_bad_value_is_refused_saying_what_to_write(name, value, says):
     with pytest.raises(ConfigError) as raised:
         Settings.from_env({name: value}, env_file=None)
     assert str(raised.value).startswith(f"{name}={value!r} is not valid: ") and says in str(raised.value)
+
+
+def test_a_mapping_of_settings_takes_their_names_or_their_fields_and_lists():
+    settings = Settings.from_mapping({"FEISHU_APP_ID": "cli_a", "feishu_app_secret": "s", "port": 8080,
+                                      "admin_emails": ["a@example.com", "ou_b"], "notify_self": False})
+    assert (settings.feishu_app_id, settings.feishu_app_secret, settings.port) == ("cli_a", "s", 8080)
+    assert settings.admin_emails == ("a@example.com", "ou_b") and settings.notify_self is False
+
+
+def test_a_mapping_with_a_name_that_is_no_setting_is_refused():
+    with pytest.raises(ConfigError, match="'FEISHU_APPID' is not a setting"):
+        Settings.from_mapping({"FEISHU_APPID": "cli_a"})
+
+
+def test_paths_given_as_text_are_paths(tmp_path):
+    settings = Settings(data_dir=str(tmp_path / "data"), owners_file="config/owners.json")
+    assert settings.data_dir == tmp_path / "data" and settings.owners_file.is_absolute()

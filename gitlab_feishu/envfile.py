@@ -1,0 +1,47 @@
+"""`.env` as Windows Notepad saves it: UTF-8, "Unicode" (UTF-16) or "ANSI" (GBK), read as KEY=value lines by
+python-dotenv. settings.py turns them into the service's settings."""
+from __future__ import annotations
+
+import codecs
+import io
+import logging
+from pathlib import Path
+
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
+
+log = logging.getLogger(__name__)
+
+
+class EnvFileError(ValueError):
+    """`.env` cannot be read; the message names the file (and line) and says what to do."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=value lines of `.env`, however Notepad saved it: UTF-8, "Unicode" (UTF-16) or "ANSI" (GBK)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EnvFileError(f"{path} cannot be read: {exc.strerror}") from None
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    for encoding in ("utf-16",) if utf16 else ("utf-8-sig", "gb18030"):
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise EnvFileError(f"{path} is not readable as UTF-8, UTF-16 or GBK text: open it in Notepad, "
+                           "File > Save As, choose Encoding: UTF-8 and save")
+    if encoding != "utf-8-sig":
+        log.warning("%s was read as %s; if a value looks garbled, open it in Notepad, File > Save As, choose "
+                    "Encoding: UTF-8 and save", path, "UTF-16" if utf16 else "GBK")
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            # python-dotenv would skip this line and the next ones up to a closing quote, with only a warning
+            # that names neither file nor setting: a lost GITLAB_WEBHOOK_SECRET would let anyone send. The line
+            # itself is not quoted here: it may hold a secret.
+            raise EnvFileError(f"{path}, line {binding.original.line}: cannot be read as KEY=value; a value in "
+                               "double quotes that ends with a backslash (\"C:\\data\\\") never closes: write a "
+                               "Windows path without quotes or in single quotes")
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
