@@ -21,20 +21,23 @@ for _name in [name for name in sys.modules if name == "http" or name.startswith(
         del sys.modules[_name]
 
 from gitlab_feishu.watched import check_files  # noqa: E402  (after the sys.path repair above)
-from gitlab_feishu.settings import ConfigError, Settings, serve_with, serving
+from gitlab_feishu.settings import ConfigError, Settings, serve_with, serving, serving_bind
 
-# Read here for `bind`; the workers' settings are read again once gunicorn has put its -e/raw_env values in
-# the environment (on_starting, on_reload), and kept by the master for the workers (settings.serving).
+# Read here for `bind` (gunicorn's -e/raw_env values are not in the environment yet: they set no address; use
+# --bind). The workers' settings are read again once they are (on_starting, on_reload), and kept by the master
+# for the workers (settings.serving).
 try:
     _settings = Settings.from_env()
 except ConfigError as exc:
     if serving() is None:
         sys.exit(f"error: {exc}")      # one line, not gunicorn's traceback of this file
-    _settings = serving()              # a reload: on_reload says what is wrong
-
-# An IPv6 address goes in brackets, or gunicorn reads its last group as the port.
-_host = _settings.host.strip("[]")
-bind = f"[{_host}]:{_settings.port}" if ":" in _host else f"{_host}:{_settings.port}"
+    _settings = None                   # a reload with a broken .env: on_reload says so; the address stays
+if _settings is None:
+    bind = serving_bind()
+else:
+    # An IPv6 address goes in brackets, or gunicorn reads its last group as the port.
+    _host = _settings.host.strip("[]")
+    bind = f"[{_host}]:{_settings.port}" if ":" in _host else f"{_host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
 # short (45 MB each). Two workers reach the same webhooks/s since connections are spread evenly (before,
 # 2-3% fewer), but four hold twice the threads for a burst or an outage, when each waits up to the deadline.
@@ -74,7 +77,7 @@ def on_starting(server):
         check_files(settings)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    serve_with(settings)
+    serve_with(settings, bind)
     if os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
         return         # listening sockets handed over (USR2 upgrade, systemd): the port is ours already
     for address in server.cfg.address:
@@ -85,7 +88,7 @@ def on_starting(server):
 def on_reload(server):
     # HUP: the new workers run on .env as it is now, unless an edit broke it; exiting would stop the service.
     try:
-        serve_with(Settings.from_env())
+        serve_with(Settings.from_env(), bind)
     except ConfigError as exc:
         print(f"error: {exc}; the reload keeps the settings the service ran with until .env is fixed",
               file=sys.stderr, flush=True)

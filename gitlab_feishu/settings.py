@@ -103,21 +103,26 @@ class Settings:
         return cls.from_env(environ, env_file=None)
 
 
-# In gunicorn's master, the settings it serves with: gunicorn.conf.py sets them at the start and at each
-# reload whose .env is good. Its workers inherit them by fork and run on them, so a worker that replaces one
-# that died runs on what the master checked: with .env broken since, it would fail to boot, and gunicorn
-# would then stop altogether.
-_serving: Settings | None = None
+# In gunicorn's master, the settings it serves with and the address it listens on: gunicorn.conf.py sets them
+# at the start and at each reload whose .env is good. Its workers inherit them by fork and run on them, so a
+# worker that replaces one that died runs on what the master checked: with .env broken since, it would fail
+# to boot, and gunicorn would then stop altogether. A reload with a broken .env keeps both.
+_serving: tuple[Settings, str] | None = None
 
 
-def serve_with(settings: Settings) -> None:
+def serve_with(settings: Settings, bind: str) -> None:
     global _serving
-    _serving = settings
+    _serving = (settings, bind)
 
 
 def serving() -> Settings | None:
     """The settings gunicorn's master serves with; None outside gunicorn and before its start."""
-    return _serving
+    return _serving[0] if _serving else None
+
+
+def serving_bind() -> str | None:
+    """The address gunicorn's master listens on (gunicorn.conf.py's `bind`); None before its start."""
+    return _serving[1] if _serving else None
 
 
 def _parse(env: Mapping[str, str]) -> dict:

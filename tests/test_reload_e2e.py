@@ -185,7 +185,9 @@ def test_a_reload_or_a_new_worker_after_a_broken_edit_of_env_keeps_the_service_r
     env_file = project / ".env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in settings.items()), encoding="utf-8")
     environment = {name: value for name, value in service_env().items() if name not in ENV_NAMES}
-    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers", "2", "webhook_server:app"]
+    # A PORT given with -e sets no address: the reload must keep listening where the start did.
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--workers", "2",
+               "-e", f"PORT={free_port()}", "webhook_server:app"]
     with ServiceProcess(environment, tmp_path / "service.log", port=port, cwd=project, command=command) as server:
         push(server)
         with env_file.open("a", encoding="utf-8") as env:
