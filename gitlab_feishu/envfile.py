@@ -41,7 +41,16 @@ def read_env_file(path: Path) -> dict[str, str]:
             # python-dotenv would skip this line and the next ones up to a closing quote, with only a warning
             # that names neither file nor setting: a lost GITLAB_WEBHOOK_SECRET would let anyone send. The line
             # itself is not quoted here: it may hold a secret.
-            raise EnvFileError(f"{path}, line {binding.original.line}: cannot be read as KEY=value; a value in "
-                               "double quotes that ends with a backslash (\"C:\\data\\\") never closes: write a "
-                               "Windows path without quotes or in single quotes")
+            raise EnvFileError(f"{path}, line {binding.original.line}: cannot be read as NAME=value"
+                               f"{_why_unreadable(binding.original.string)}")
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+
+
+def _why_unreadable(line: str) -> str:
+    # A quoted Windows path ending in a backslash: python-dotenv reads \" and \' as escaped quotes, so the value
+    # never closes (single quotes do not help).
+    first = (line.splitlines() or [""])[0].rstrip()       # an unclosed quote may run on into the next lines
+    if first.endswith(('\\"', "\\'")):
+        return ('; a quoted value ending in a backslash ("C:\\data\\") never closes: write a Windows path '
+                "without quotes")
+    return "; write NAME=value, with a value in quotes closed on the same line"

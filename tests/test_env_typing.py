@@ -38,9 +38,16 @@ def test_an_admin_that_is_neither_email_nor_open_id_is_refused(tmp_path):
         from_env_file(tmp_path, "ADMIN_EMAILS=张三\n")
 
 
-def test_a_double_quoted_path_ending_in_a_backslash_stops_the_start_instead_of_dropping_the_next_lines(tmp_path):
+@pytest.mark.parametrize(("line", "says"), [
+    ('DATA_DIR="D:\\gitlab 通知\\data\\"', "ending in a backslash"),       # \" reads as an escaped quote
+    ("DATA_DIR='D:\\gitlab\\data\\'", "ending in a backslash"),            # so does \'
+    ('GITLAB_URL="https://git.example.cn" the server', "closed on the same line"),
+    ("set PORT=8080", "write NAME=value"),
+])
+def test_a_line_python_dotenv_would_skip_with_the_next_ones_stops_the_start(tmp_path, line, says):
     env_file = tmp_path / ".env"
-    env_file.write_text('DATA_DIR="D:\\gitlab 通知\\data\\"\r\nGITLAB_WEBHOOK_SECRET="tok-123"\r\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"\.env, line 1: .*without quotes or in single quotes") as caught:
+    env_file.write_text(f'{line}\r\nGITLAB_WEBHOOK_SECRET="tok-123"\r\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
         Settings.from_env({}, env_file=env_file)
-    assert "tok-123" not in str(caught.value)
+    assert str(caught.value).startswith(f"{env_file}, line 1: cannot be read as NAME=value")
+    assert says in str(caught.value) and "tok-123" not in str(caught.value)
