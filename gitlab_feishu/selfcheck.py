@@ -91,8 +91,10 @@ class CredentialCheck:
             delay = min(delay * 2, MAX_RETRY)
 
     def _set(self, kind: str, detail: str) -> None:
+        changed = (kind, detail) != self._state
         self._state = (kind, detail)
-        log.log(_LOG_LEVELS[kind], "Feishu credentials %s", self.describe())
+        # The same answer again (refused credentials are checked every few minutes) is no news for the log.
+        log.log(_LOG_LEVELS[kind] if changed else logging.DEBUG, "Feishu credentials %s", self.describe())
 
 
 def _judge(exc: FeishuError) -> tuple[str, str]:

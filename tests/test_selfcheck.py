@@ -102,6 +102,15 @@ def test_refused_credentials_are_checked_again_until_they_work():
     assert waits == [FIRST_RETRY, 2 * FIRST_RETRY]
 
 
+def test_a_refusal_checked_again_is_logged_once(caplog):
+    refused = FeishuError("getting a tenant_access_token: Feishu 10014: app secret invalid", code=10014)
+    credentials = CredentialCheck(Answers(refused, refused, refused))
+    waits = iter([False, False, True])
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu.selfcheck"):
+        credentials.check_until_ok(lambda seconds: next(waits))
+    assert [r.levelno for r in caplog.records if r.name == "gitlab_feishu.selfcheck"] == [logging.ERROR]
+
+
 def test_checking_again_ends_when_told_to_stop():
     refused = FeishuError("getting a tenant_access_token: Feishu 10014: app secret invalid", code=10014)
     credentials = CredentialCheck(Answers(refused))
