@@ -36,7 +36,7 @@ if _settings is None:
     bind = serving_bind()
 else:
     # An IPv6 address goes in brackets, or gunicorn reads its last group as the port.
-    _host = _settings.host.strip("[]")
+    _host = _settings.host
     bind = f"[{_host}]:{_settings.port}" if ":" in _host else f"{_host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
 # short (45 MB each). Two workers reach the same webhooks/s since connections are spread evenly (before,

@@ -288,7 +288,7 @@ _FIELDS = (
     ("DATA_DIR", "data_dir", _path),
     ("LOG_DIR", "log_dir", _path),
     ("LOG_LEVEL", "log_level", _log_level),
-    ("HOST", "host", str),
+    ("HOST", "host", lambda raw: raw.strip("[]")),      # an IPv6 address as URLs write it: [::1]
     ("PORT", "port", _port),
     ("DELIVERY_DEADLINE_SECONDS", "delivery_deadline_seconds", _seconds(0.5, 8)),
     ("RETRY_BASE_SECONDS", "retry_base_seconds", _seconds(0.01, 600)),

@@ -101,3 +101,8 @@ def test_a_mapping_with_a_name_that_is_no_setting_is_refused():
 def test_paths_given_as_text_are_paths(tmp_path):
     settings = Settings(data_dir=str(tmp_path / "data"), owners_file="config/owners.json")
     assert settings.data_dir == tmp_path / "data" and settings.owners_file.is_absolute()
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_may_be_written_in_brackets(host):
+    assert Settings.from_mapping({"HOST": host}).host == "::1"
