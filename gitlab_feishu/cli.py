@@ -116,12 +116,12 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     server.task_dispatcher.shutdown = functools.partial(server.task_dispatcher.shutdown,
                                                         timeout=settings.delivery_deadline_seconds + 1)
-    server.run()                      # returns after Ctrl+C or SIGTERM, once the requests in flight are done
     try:
+        server.run()                  # returns after Ctrl+C or SIGTERM, once the requests in flight are done
         stop_background(app)
     except KeyboardInterrupt:         # a second Ctrl+C or SIGTERM: stop now; the rows keep their lease
-        print("stopped before the retry round under way finished; its cards go out after the next start",
-              file=sys.stderr)
+        print("stopped without waiting for the webhooks or the retry round under way; what they had not sent "
+              "goes out after the next start", file=sys.stderr)
     return 0
 
 

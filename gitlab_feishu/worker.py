@@ -132,7 +132,10 @@ class RetryWorker:
             self._thread.join(timeout=BATCH_BUDGET + 5)
 
     def _report(self, exc: Exception, what: str) -> None:
-        if isinstance(exc, sqlite3.OperationalError) and is_locked(exc):
+        if self._stop.is_set():       # stopping, and Python shutting the delivery threads down under the round
+            log.info("retry worker %s cut short by the stop (%s); its cards are tried again after the next start",
+                     what, exc)
+        elif isinstance(exc, sqlite3.OperationalError) and is_locked(exc):
             log.warning("retry worker %s: %s is locked by another program; trying again", what, self.outbox.path)
         else:
             log.exception("retry worker %s failed", what)

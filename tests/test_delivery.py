@@ -252,6 +252,20 @@ def test_worker_retries_once_a_round_with_doubling_backoff(outbox, deliverer, fe
     assert len(feishu.sends) == 4 and len({uuid for _, uuid in feishu.sends}) == 1
 
 
+def test_a_round_cut_short_by_the_stop_is_no_error(outbox, clock, caplog):
+    """At exit Python shuts the delivery threads down under a round still submitting: not a failure to report."""
+    class Stopping:
+        def deliver(self, rows, deadline, retry_inline):
+            worker.stop()
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+    record(outbox, "a@example.com", "b@example.com")
+    outbox.release_leases(["me"])
+    worker = RetryWorker(outbox, Stopping(), retry_base=5.0, clock=clock, owner="w")
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
+        worker._run()
+    assert "cut short by the stop" in caplog.text and "ERROR" not in [r.levelname for r in caplog.records]
+
+
 def test_each_delivery_the_worker_sends_is_logged_with_its_webhooks_key(outbox, deliverer, feishu, clock, caplog):
     """The webhook's own line said queued; grepping its key shows whether the card went out after all."""
     feishu.answers["ou_a"] = [transient()] * 2

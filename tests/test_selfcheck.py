@@ -170,7 +170,7 @@ def test_a_second_ctrl_c_while_the_retry_round_finishes_stops_without_a_tracebac
         raise KeyboardInterrupt
     monkeypatch.setattr("gitlab_feishu.app.stop_background", interrupted)
     assert cli.serve(settings) == 0                         # `serve` has made waitress's server return at once
-    assert "stopped before the retry round under way finished" in capsys.readouterr().err
+    assert "stopped without waiting for the webhooks or the retry round" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("secret", "line"), [
