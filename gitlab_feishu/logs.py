@@ -70,10 +70,11 @@ def _escape_control(match: re.Match) -> str:
 
 
 class RotatingFile(logging.handlers.RotatingFileHandler):
-    """A rotating log that survives a file it cannot rename. On Windows a viewer that holds the log open
+    """A rotating log that survives a file it cannot move. On Windows a viewer that holds the log open
     (PowerShell's `Get-Content -Wait`, some tail tools, a virus scanner) makes the rename fail; the standard
     handler has by then shifted the old files along, so it drops every record and pushes out one old file
-    per record until the viewer lets go. This one keeps writing to the file and tries again a minute later."""
+    per record until the viewer lets go. This one moves the log aside first, in one step, and only then shifts
+    the old files; when it cannot, it keeps writing to the log and tries again a minute later."""
 
     RETRY_SECONDS = 60.0
     _retry_at = 0.0
@@ -85,12 +86,23 @@ class RotatingFile(logging.handlers.RotatingFileHandler):
         if self.stream:
             self.stream.close()
             self.stream = None
-        probe = self.baseFilename + ".rotating"
-        try:                      # can the file be renamed at all? Only then shift the old ones along
-            os.rename(self.baseFilename, probe)
-            os.rename(probe, self.baseFilename)
+        aside = self.baseFilename + ".rotating"
+        try:
+            os.replace(self.baseFilename, aside)     # replaces a leftover of a rotation cut short, if any
         except OSError:
             self._retry_at = time.monotonic() + self.RETRY_SECONDS
-            self.stream = self._open()
-            return
-        super().doRollover()
+        else:
+            shifted: list[tuple[str, str]] = []
+            try:
+                for n in range(self.backupCount - 1, 0, -1):
+                    older, newer = f"{self.baseFilename}.{n}", f"{self.baseFilename}.{n + 1}"
+                    if os.path.exists(older):
+                        os.replace(older, newer)
+                        shifted.append((older, newer))
+                os.replace(aside, f"{self.baseFilename}.1")
+            except OSError:        # an old file held open: everything back where it was (bar the oldest), later
+                for older, newer in reversed(shifted):
+                    os.replace(newer, older)
+                os.replace(aside, self.baseFilename)
+                self._retry_at = time.monotonic() + self.RETRY_SECONDS
+        self.stream = self._open()

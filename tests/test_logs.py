@@ -162,9 +162,11 @@ def test_a_traceback_still_follows_on_its_own_lines(log_file):
     assert "failed\\nhere\nTraceback (most recent call last):" in text
 
 
-def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(tmp_path, monkeypatch):
-    """Windows: while a viewer holds webhook_server.log open without FILE_SHARE_DELETE its rename fails. The
-    old files stay, every record still reaches the file, and the rotation happens once it is let go."""
+@pytest.mark.parametrize("held", ["webhook_server.log", "webhook_server.log.1"])
+def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(tmp_path, monkeypatch, held):
+    """Windows: while a viewer holds a log file open without FILE_SHARE_DELETE it cannot be moved (nor, there,
+    can a file be moved onto it). The old files stay, every record still reaches the log, and the rotation
+    happens once it is let go."""
     import logging as logging_
     import os as os_
 
@@ -178,23 +180,26 @@ def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(t
     try:
         for i in range(60):
             log.info("line %d %s", i, "x" * 100)
-        before = sorted(p.name for p in tmp_path.iterdir())
-        real_rename = os_.rename
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        real_replace = os_.replace
 
-        def rename(src, dst):
-            if str(src).endswith("webhook_server.log"):
+        def replace(src, dst):
+            if str(src).endswith(held) or str(dst).endswith(held):
                 raise PermissionError(32, "The process cannot access the file", str(src))
-            return real_rename(src, dst)
+            return real_replace(src, dst)
 
-        monkeypatch.setattr(os_, "rename", rename)
+        monkeypatch.setattr(os_, "replace", replace)
         for i in range(30):
             log.info("held %d %s", i, "y" * 100)
-        assert sorted(p.name for p in tmp_path.iterdir()) == before
+        after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        assert set(after) == set(before) and all(after[name] == before[name] for name in before
+                                                  if name != "webhook_server.log")
         assert (tmp_path / "webhook_server.log").read_text(encoding="utf-8").count("held") == 30
-        monkeypatch.setattr(os_, "rename", real_rename)
+        monkeypatch.setattr(os_, "replace", real_replace)
         handler._retry_at = 0.0
         log.info("after")
         assert (tmp_path / "webhook_server.log.1").read_text(encoding="utf-8").count("held") == 30
+        assert not (tmp_path / "webhook_server.log.rotating").exists()
     finally:
         log.removeHandler(handler)
         handler.close()
