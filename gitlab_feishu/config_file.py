@@ -150,6 +150,8 @@ def _at_line(text: str, pos: int, problem: str) -> str:
     start = text.rfind("\n", 0, pos) + 1
     end = text.find("\n", pos)
     shown = _masked(text[start:end if end >= 0 else len(text)].strip())
+    if _SECRET_KEY_ENDS.search(text, 0, start):             # the secret's value on a line of its own
+        shown = re.sub(r'"(?:[^"\\]|\\.)*"', '"…"', shown)
     shown = shown if len(shown) <= 60 else shown[:59] + "…"
     return f"line {text.count(chr(10), 0, pos) + 1} ({shown}): not valid JSON: {problem}"
 
@@ -159,6 +161,7 @@ def _at_line(text: str, pos: int, problem: str) -> str:
 # JSON may write "/" as "\/" and put "\"" inside a string: both forms are masked.
 _HOOK_TOKEN = re.compile(r"(\\?/hook\\?/)([^\"\s\\]{0,4})[^\"\s]*")
 _SECRET_VALUE = re.compile(r"(\"secret\"\s*:\s*\")(?:[^\"\\]|\\.)*", re.IGNORECASE)
+_SECRET_KEY_ENDS = re.compile(r"\"secret\"\s*:\s*\Z", re.IGNORECASE)
 
 
 def _masked(line: str) -> str:
