@@ -185,13 +185,13 @@ def gunicorn_app() -> Flask:
         raise SystemExit(3) from None   # gunicorn's "worker failed to boot": stop, don't respawn
 
 
-def stop_background(app: object) -> None:
-    """Stop the process's retry thread, letting a round in flight finish, before Python shuts down the
+def stop_background(app: object, *, wait: bool = True) -> None:
+    """Stop the process's retry thread, letting a round in flight finish (`wait`), before Python shuts down the
     delivery threads under it: stopping with deliveries queued logged an ERROR with a traceback. (The other
     threads hold nothing that must finish.)"""
     service = getattr(app, "extensions", {}).get("gitlab_feishu")
     if service is not None and service.worker is not None:
-        service.worker.stop()
+        service.worker.stop(wait=wait)
 
 
 def _error(status: int, reason: str):

@@ -120,6 +120,7 @@ def serve(settings: Settings) -> int:
         server.run()                  # returns after Ctrl+C or SIGTERM, once the requests in flight are done
         stop_background(app)
     except KeyboardInterrupt:         # a second Ctrl+C or SIGTERM: stop now; the rows keep their lease
+        stop_background(app, wait=False)
         print("stopped without waiting for the webhooks or the retry round under way; what they had not sent "
               "goes out after the next start", file=sys.stderr)
     return 0

@@ -125,14 +125,15 @@ class RetryWorker:
         self._thread = threading.Thread(target=self._run, name="retry-worker", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop after the round under way; `wait` for it (up to BATCH_BUDGET and a margin)."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=BATCH_BUDGET + 5)
 
     def _report(self, exc: Exception, what: str) -> None:
-        if self._stop.is_set():       # stopping, and Python shutting the delivery threads down under the round
+        if self._stop.is_set() and isinstance(exc, RuntimeError):   # Python shut the delivery threads down
             log.info("retry worker %s cut short by the stop (%s); its cards are tried again after the next start",
                      what, exc)
         elif isinstance(exc, sqlite3.OperationalError) and is_locked(exc):

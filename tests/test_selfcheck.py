@@ -166,11 +166,23 @@ def serve(monkeypatch, capsys, running):
 
 
 def test_a_second_ctrl_c_while_the_retry_round_finishes_stops_without_a_traceback(settings, serve, monkeypatch, capsys):
-    def interrupted(app):
-        raise KeyboardInterrupt
+    def interrupted(app, wait=True):
+        if wait:
+            raise KeyboardInterrupt
     monkeypatch.setattr("gitlab_feishu.app.stop_background", interrupted)
     assert cli.serve(settings) == 0                         # `serve` has made waitress's server return at once
     assert "stopped without waiting for the webhooks or the retry round" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_while_webhooks_are_in_flight_still_tells_the_retry_thread_to_stop(settings, serve,
+                                                                                           monkeypatch, running):
+    """Otherwise its next round meets the delivery threads Python shuts down at exit: an ERROR and a traceback."""
+    def interrupted():
+        raise KeyboardInterrupt
+    server = SimpleNamespace(run=interrupted, task_dispatcher=SimpleNamespace(shutdown=lambda timeout: None))
+    monkeypatch.setattr(waitress, "create_server", lambda app, **options: running.append(app) or server)
+    assert cli.serve(settings) == 0
+    assert running[-1].extensions["gitlab_feishu"].worker._stop.is_set()
 
 
 @pytest.mark.parametrize(("secret", "line"), [
