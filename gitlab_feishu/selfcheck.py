@@ -25,6 +25,8 @@ FIRST_RETRY = 10.0
 MAX_RETRY = 300.0
 
 OK, REJECTED, ERROR, UNKNOWN = "ok", "rejected", "error", "unknown"
+# A wrong app id or secret is put right in .env, which takes a restart: no point asking Feishu again.
+WRONG_CREDENTIALS = frozenset({10003, 10014, 10015, 99991543})
 _LOG_LEVELS = {OK: logging.INFO, REJECTED: logging.ERROR, ERROR: logging.ERROR, UNKNOWN: logging.WARNING}
 
 
@@ -35,6 +37,7 @@ class CredentialCheck:
         self.feishu = feishu
         self.budget = budget
         self._state = (UNKNOWN, "not checked yet")      # replaced whole, so readers need no lock
+        self._wrong_credentials = False
         self._checked = threading.Event()               # set after the first check, whatever its answer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -58,6 +61,7 @@ class CredentialCheck:
         try:
             detail = self.feishu.check_credentials(budget=self.budget)
         except FeishuError as exc:
+            self._wrong_credentials = exc.code in WRONG_CREDENTIALS
             self._set(*_judge(exc))
         else:
             self._set(OK, detail)
@@ -82,18 +86,19 @@ class CredentialCheck:
 
     def check_until_ok(self, wait: Callable[[float], bool]) -> None:
         """Check, then again after FIRST_RETRY, doubling up to MAX_RETRY, until the credentials work or
-        `wait` says to stop. A refusal is checked again too: an app re-enabled or an IP allow-list fixed in
-        the console needs no restart, and /healthz must not stay degraded after it."""
+        `wait` says to stop. A refusal is checked again too (an app re-enabled or an IP allow-list fixed in
+        the console needs no restart, and /healthz must not stay degraded after it), unless it is the app id
+        or secret itself."""
         delay = FIRST_RETRY
         self.check()
-        while self.kind != OK and not wait(delay):
+        while self.kind != OK and not self._wrong_credentials and not wait(delay):
             self.check()
             delay = min(delay * 2, MAX_RETRY)
 
     def _set(self, kind: str, detail: str) -> None:
-        changed = (kind, detail) != self._state
+        changed = kind != self._state[0]
         self._state = (kind, detail)
-        # The same answer again (refused credentials are checked every few minutes) is no news for the log.
+        # The same verdict again (with another log id, say) is no news for the log.
         log.log(_LOG_LEVELS[kind] if changed else logging.DEBUG, "Feishu credentials %s", self.describe())
 
 

@@ -103,7 +103,7 @@ def test_refused_credentials_are_checked_again_until_they_work():
 
 
 def test_a_refusal_checked_again_is_logged_once(caplog):
-    refused = FeishuError("getting a tenant_access_token: Feishu 10014: app secret invalid", code=10014)
+    refused = FeishuError("getting a tenant_access_token: Feishu 99991401: ip not allowed", code=99991401)
     credentials = CredentialCheck(Answers(refused, refused, refused))
     waits = iter([False, False, True])
     with caplog.at_level(logging.INFO, logger="gitlab_feishu.selfcheck"):
@@ -112,10 +112,20 @@ def test_a_refusal_checked_again_is_logged_once(caplog):
 
 
 def test_checking_again_ends_when_told_to_stop():
-    refused = FeishuError("getting a tenant_access_token: Feishu 10014: app secret invalid", code=10014)
+    refused = FeishuError("getting a tenant_access_token: Feishu 99991401: ip not allowed", code=99991401)
     credentials = CredentialCheck(Answers(refused))
     credentials.check_until_ok(lambda seconds: True)          # stopping
     assert credentials.refused is True
+
+
+@pytest.mark.parametrize("code", [10003, 10014])
+def test_a_wrong_app_id_or_secret_is_not_checked_again(code):
+    """Only an edit of .env and a restart put it right: asking Feishu again would only fill the log."""
+    refused = FeishuError(f"getting a tenant_access_token: Feishu {code}: invalid", code=code)
+    credentials = CredentialCheck(Answers(refused))
+    waits = []
+    credentials.check_until_ok(lambda seconds: waits.append(seconds) and False)
+    assert waits == [] and credentials.refused is True
 
 
 def test_start_up_is_not_blocked_by_a_silent_feishu(settings, silent_feishu, running):
