@@ -88,21 +88,30 @@ class RotatingFile(logging.handlers.RotatingFileHandler):
             self.stream = None
         aside = self.baseFilename + ".rotating"
         try:
-            os.replace(self.baseFilename, aside)     # replaces a leftover of a rotation cut short, if any
+            # A rotation cut short (a crash, a held file) left its file aside: it goes in first, the log later.
+            if not os.path.exists(aside):
+                os.replace(self.baseFilename, aside)
+            self._shift_in(aside)
         except OSError:
             self._retry_at = time.monotonic() + self.RETRY_SECONDS
-        else:
-            shifted: list[tuple[str, str]] = []
-            try:
-                for n in range(self.backupCount - 1, 0, -1):
-                    older, newer = f"{self.baseFilename}.{n}", f"{self.baseFilename}.{n + 1}"
-                    if os.path.exists(older):
-                        os.replace(older, newer)
-                        shifted.append((older, newer))
-                os.replace(aside, f"{self.baseFilename}.1")
-            except OSError:        # an old file held open: everything back where it was (bar the oldest), later
-                for older, newer in reversed(shifted):
+        finally:
+            self.stream = self._open()
+
+    def _shift_in(self, aside: str) -> None:
+        """Shift the old files along and make `aside` the newest of them; when one is held open, undo the
+        shift (bar the oldest, which was going anyway) and leave `aside` for the next try."""
+        shifted: list[tuple[str, str]] = []
+        try:
+            for n in range(self.backupCount - 1, 0, -1):
+                older, newer = f"{self.baseFilename}.{n}", f"{self.baseFilename}.{n + 1}"
+                if os.path.exists(older):
+                    os.replace(older, newer)
+                    shifted.append((older, newer))
+            os.replace(aside, f"{self.baseFilename}.1")
+        except OSError:
+            for older, newer in reversed(shifted):
+                try:
                     os.replace(newer, older)
-                os.replace(aside, self.baseFilename)
-                self._retry_at = time.monotonic() + self.RETRY_SECONDS
-        self.stream = self._open()
+                except OSError:
+                    pass                      # a gap in the numbers, not a lost record
+            raise

@@ -191,15 +191,36 @@ def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(t
         monkeypatch.setattr(os_, "replace", replace)
         for i in range(30):
             log.info("held %d %s", i, "y" * 100)
-        after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-        assert set(after) == set(before) and all(after[name] == before[name] for name in before
-                                                  if name != "webhook_server.log")
-        assert (tmp_path / "webhook_server.log").read_text(encoding="utf-8").count("held") == 30
+        def everything() -> str:
+            return "".join(path.read_text(encoding="utf-8") for path in tmp_path.iterdir())
+        assert everything().count("held") == 30 and everything().count("line ") == 60    # nothing lost
+        assert all((tmp_path / name).read_bytes() == data for name, data in before.items()
+                   if name not in ("webhook_server.log", held))
         monkeypatch.setattr(os_, "replace", real_replace)
         handler._retry_at = 0.0
-        log.info("after")
-        assert (tmp_path / "webhook_server.log.1").read_text(encoding="utf-8").count("held") == 30
+        for i in range(20):
+            log.info("after %d %s", i, "z" * 100)
         assert not (tmp_path / "webhook_server.log.rotating").exists()
+        assert everything().count("held") == 30 and everything().count("after ") == 20
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def test_a_log_a_rotation_cut_short_left_aside_becomes_the_newest_old_file(tmp_path):
+    from gitlab_feishu.logs import RotatingFile
+
+    (tmp_path / "webhook_server.log.rotating").write_text("leftover from a crash\n", encoding="utf-8")
+    handler = RotatingFile(tmp_path / "webhook_server.log", maxBytes=2000, backupCount=5, encoding="utf-8")
+    log = logging.getLogger("gitlab_feishu.test_rotation_leftover")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for i in range(60):
+            log.info("line %d %s", i, "x" * 100)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert not (tmp_path / "webhook_server.log.rotating").exists()
+    assert "leftover from a crash" in "".join(p.read_text(encoding="utf-8") for p in tmp_path.iterdir())
