@@ -149,23 +149,26 @@ def _json_error(text: str, exc: json.JSONDecodeError) -> str:
 def _at_line(text: str, pos: int, problem: str) -> str:
     start = text.rfind("\n", 0, pos) + 1
     end = text.find("\n", pos)
-    shown = _masked(text[start:end if end >= 0 else len(text)].strip())
-    if _SECRET_KEY_ENDS.search(text, 0, start):             # the secret's value on a line of its own
-        shown = re.sub(r'"(?:[^"\\]|\\.)*"', '"…"', shown)
+    end = end if end >= 0 else len(text)
+    shown = _HOOK_TOKEN.sub(r"\1\2…", _without_secrets(text, start, end).strip())
     shown = shown if len(shown) <= 60 else shown[:59] + "…"
     return f"line {text.count(chr(10), 0, pos) + 1} ({shown}): not valid JSON: {problem}"
 
 
 # A group bot's webhook token and signing secret are credentials: the line quoted in an error (which reaches the
-# log and /healthz) shows neither, as chats.mask_chat_url shows a bot elsewhere.
-# JSON may write "/" as "\/" and put "\"" inside a string: both forms are masked.
+# log and /healthz) shows neither, as chats.mask_chat_url shows a bot elsewhere. JSON may write "/" as "\/" and
+# put "\"" inside a string; a secret's value may sit on another line than its key, or run past a missing quote.
 _HOOK_TOKEN = re.compile(r"(\\?/hook\\?/)([^\"\s\\]{0,4})[^\"\s]*")
-_SECRET_VALUE = re.compile(r"(\"secret\"\s*:\s*\")(?:[^\"\\]|\\.)*", re.IGNORECASE)
-_SECRET_KEY_ENDS = re.compile(r"\"secret\"\s*:\s*\Z", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"\"secret\"\s*:\s*\"((?:[^\"\\\n]|\\.)*)", re.IGNORECASE)
 
 
-def _masked(line: str) -> str:
-    return _SECRET_VALUE.sub(r"\1…", _HOOK_TOKEN.sub(r"\1\2…", line))
+def _without_secrets(text: str, start: int, end: int) -> str:
+    """text[start:end] with the value of every "secret" key in `text` that reaches into it written as "…"."""
+    line = text[start:end]
+    for found in reversed([m for m in _SECRET_VALUE.finditer(text) if m.end(1) > start and m.start(1) < end]):
+        a, b = max(found.start(1), start) - start, min(found.end(1), end) - start
+        line = line[:a] + "…" + line[b:]
+    return line
 
 
 def _syntax_hint(text: str, pos: int) -> str:

@@ -202,6 +202,8 @@ def test_invalid_file_names_file_line_and_problem(tmp_path, text, line, words):
     '    "x"\n  ]}\n}\n',                                                 # "\/" and "\"" as JSON may write them
     '{\n  "g/x": {"chats": [{"url": "https://h.cn/open-apis/bot/v2/hook/0f1e2d3c", "secret":\n'
     '    "qZ8xK2mN7pL4vB9w"\n    "x": 1\n  }]}\n}\n',                        # the secret on a line of its own
+    '{\n  "g/x": {"chats": [{"url": "https://h.cn/open-apis/bot/v2/hook/0f1e2d3c", "secret"\n'
+    '    : "qZ8xK2mN7pL4vB9w"\n    "x": 1\n  }]}\n}\n',                      # its colon too
 ])
 def test_a_json_error_never_quotes_a_bots_token_or_secret(tmp_path, text):
     # The quoted line reaches the log and /healthz: a missing comma after a bot's URL or secret must not show it.
