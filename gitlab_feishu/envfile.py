@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import io
 import logging
+import re
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -49,8 +50,8 @@ def read_env_file(path: Path) -> dict[str, str]:
 def _why_unreadable(line: str) -> str:
     # A quoted Windows path ending in a backslash: python-dotenv reads \" and \' as escaped quotes, so the value
     # never closes (single quotes do not help).
-    first = (line.splitlines() or [""])[0].rstrip()       # an unclosed quote may run on into the next lines
-    if first.endswith(('\\"', "\\'")):
+    first = (line.splitlines() or [""])[0]                # an unclosed quote may run on into the next lines
+    if re.search(r"""\\["']\s*(#.*)?$""", first):           # ... \" or \' at the end, a comment after it
         return ('; a quoted value ending in a backslash ("C:\\data\\") never closes: write a Windows path '
                 "without quotes")
     return "; write NAME=value, with a value in quotes closed on the same line"

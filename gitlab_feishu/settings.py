@@ -158,8 +158,7 @@ def os_text(value: str) -> str:
 def _path(raw: str) -> Path:
     if any(ch < " " for ch in raw):
         # python-dotenv reads \n, \t, \b... inside double quotes as escapes: "C:\服务\new" loses its \n.
-        raise ValueError("it contains a control character; in .env write a Windows path without quotes "
-                         "or in single quotes")
+        raise ValueError("it contains a control character; in .env write a Windows path without quotes")
     try:
         os.fsencode(raw)
     except UnicodeEncodeError:
