@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from datetime import datetime
 from urllib.parse import quote
@@ -162,65 +163,60 @@ def test_a_traceback_still_follows_on_its_own_lines(log_file):
     assert "failed\\nhere\nTraceback (most recent call last):" in text
 
 
-@pytest.mark.parametrize("held", ["webhook_server.log", "webhook_server.log.1"])
-def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(tmp_path, monkeypatch, held):
-    """Windows: while a viewer holds a log file open without FILE_SHARE_DELETE it cannot be moved (nor, there,
-    can a file be moved onto it). The old files stay, every record still reaches the log, and the rotation
-    happens once it is let go."""
-    import logging as logging_
-    import os as os_
-
+@pytest.fixture
+def rotating_log(tmp_path):
+    """A logger writing to tmp_path/webhook_server.log through the service's RotatingFile (2 KB, 5 old files)."""
     from gitlab_feishu.logs import RotatingFile
 
     handler = RotatingFile(tmp_path / "webhook_server.log", maxBytes=2000, backupCount=5, encoding="utf-8")
-    log = logging_.getLogger("gitlab_feishu.test_rotation_held")
-    log.propagate = False
-    log.addHandler(handler)
-    log.setLevel(logging_.INFO)
-    try:
-        for i in range(60):
-            log.info("line %d %s", i, "x" * 100)
-        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-        real_replace = os_.replace
-
-        def replace(src, dst):
-            if str(src).endswith(held) or str(dst).endswith(held):
-                raise PermissionError(32, "The process cannot access the file", str(src))
-            return real_replace(src, dst)
-
-        monkeypatch.setattr(os_, "replace", replace)
-        for i in range(30):
-            log.info("held %d %s", i, "y" * 100)
-        def everything() -> str:
-            return "".join(path.read_text(encoding="utf-8") for path in tmp_path.iterdir())
-        assert everything().count("held") == 30 and everything().count("line ") == 60    # nothing lost
-        assert all((tmp_path / name).read_bytes() == data for name, data in before.items()
-                   if name not in ("webhook_server.log", held))
-        monkeypatch.setattr(os_, "replace", real_replace)
-        handler._retry_at = 0.0
-        for i in range(20):
-            log.info("after %d %s", i, "z" * 100)
-        assert not (tmp_path / "webhook_server.log.rotating").exists()
-        assert everything().count("held") == 30 and everything().count("after ") == 20
-    finally:
-        log.removeHandler(handler)
-        handler.close()
-
-
-def test_a_log_a_rotation_cut_short_left_aside_becomes_the_newest_old_file(tmp_path):
-    from gitlab_feishu.logs import RotatingFile
-
-    (tmp_path / "webhook_server.log.rotating").write_text("leftover from a crash\n", encoding="utf-8")
-    handler = RotatingFile(tmp_path / "webhook_server.log", maxBytes=2000, backupCount=5, encoding="utf-8")
-    log = logging.getLogger("gitlab_feishu.test_rotation_leftover")
+    log = logging.getLogger(f"gitlab_feishu.test_rotation.{tmp_path.name}")
     log.propagate = False
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    try:
-        for i in range(60):
-            log.info("line %d %s", i, "x" * 100)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    yield log, handler
+    log.removeHandler(handler)
+    handler.close()
+
+
+def every_log_line(folder) -> str:
+    return "".join(path.read_text(encoding="utf-8") for path in folder.iterdir())
+
+
+@pytest.mark.parametrize("held", ["webhook_server.log", "webhook_server.log.1"])
+def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(tmp_path, monkeypatch, rotating_log,
+                                                                                held):
+    """Windows: while a viewer holds a log file open without FILE_SHARE_DELETE it cannot be moved (nor, there,
+    can a file be moved onto it). The old files stay, every record still reaches the log, and the rotation
+    happens once it is let go."""
+    log, handler = rotating_log
+    for i in range(60):
+        log.info("line %d %s", i, "x" * 100)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(held) or str(dst).endswith(held):
+            raise PermissionError(32, "The process cannot access the file", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    for i in range(30):
+        log.info("held %d %s", i, "y" * 100)
+    assert every_log_line(tmp_path).count("held") == 30 and every_log_line(tmp_path).count("line ") == 60
+    assert all((tmp_path / name).read_bytes() == data for name, data in before.items()
+               if name not in ("webhook_server.log", held))
+    monkeypatch.setattr(os, "replace", real_replace)
+    handler._retry_at = 0.0
+    for i in range(20):
+        log.info("after %d %s", i, "z" * 100)
     assert not (tmp_path / "webhook_server.log.rotating").exists()
-    assert "leftover from a crash" in "".join(p.read_text(encoding="utf-8") for p in tmp_path.iterdir())
+    assert every_log_line(tmp_path).count("held") == 30 and every_log_line(tmp_path).count("after ") == 20
+
+
+def test_a_log_a_rotation_cut_short_left_aside_becomes_the_newest_old_file(tmp_path, rotating_log):
+    (tmp_path / "webhook_server.log.rotating").write_text("leftover from a crash\n", encoding="utf-8")
+    log, _ = rotating_log
+    for i in range(60):
+        log.info("line %d %s", i, "x" * 100)
+    assert not (tmp_path / "webhook_server.log.rotating").exists()
+    assert "leftover from a crash" in every_log_line(tmp_path)
