@@ -6,6 +6,7 @@ of it in DATA_DIR for a process started later by the running service.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -63,6 +64,7 @@ class WatchedFile(Generic[Loaded]):
         self._last_good = last_good              # a copy of the last version that loaded, for a later process
         self._lock = threading.Lock()
         self._signature = self._stat()           # before reading, so an edit during the load is seen later
+        self._digest = self._content_digest()    # the same: an edit during the load differs from it
         self._last_error: str | None = None
         self._loaded_at = _now()
         try:
@@ -103,7 +105,25 @@ class WatchedFile(Generic[Loaded]):
         return {"path": os_text(str(self._path)), "entries": len(self._loaded),
                 "loaded_at": self._loaded_at, "last_error": self._last_error}
 
+    def look_inside(self) -> None:
+        """For the background watcher: notice an edit the file's size and times do not show. On Windows a file
+        restored over the old one with its old modification time (robocopy, a backup tool) keeps its size,
+        times and identity there when the sizes happen to match."""
+        digest = self._content_digest()
+        if digest is not None and digest != self._digest:
+            with self._lock:
+                self._signature = _UNREAD       # the next use reads the file again
+            self.current()
+
+    def _content_digest(self) -> bytes | None:
+        try:
+            return hashlib.sha256(self._path.read_bytes()).digest()
+        except OSError:
+            return None
+
     def _reload(self, signature: tuple[int, ...] | None) -> None:
+        digest = self._content_digest()          # before the load, like the signature
+        self._digest = digest
         try:
             loaded = self._load(self._path)
         except ConfigError as exc:
@@ -193,6 +213,7 @@ class FileWatcher:
             for watched in self._files:
                 try:
                     watched.current()
+                    watched.look_inside()
                 except Exception:                # a surprise in one check must not end the watching
                     logging.getLogger(__name__).exception("checking %r failed", watched)
 

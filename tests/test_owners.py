@@ -361,6 +361,19 @@ def test_an_edit_of_the_same_size_that_keeps_the_old_mtime_applies(watched):
     assert recipients(owners_file) == ["new@example.com"]
 
 
+def test_an_edit_that_leaves_size_and_times_as_they_were_is_found_by_its_content(tmp_path, monkeypatch):
+    """Windows keeps a file's size, times and identity through a restore over it with the old modification time:
+    the background watcher reads the content too."""
+    path = tmp_path / "owners.json"
+    save(path, {"client": "old@example.com"}, 1_700_000_000)
+    monkeypatch.setattr(OwnersFile, "_stat", lambda self: (1, 2, 3, 4))      # what Windows would show throughout
+    owners_file = OwnersFile(path)
+    path.write_text(json.dumps({"client": "new@example.com"}), encoding="utf-8")
+    assert recipients(owners_file) == ["old@example.com"]                    # a webhook looks at the times only
+    owners_file.look_inside()
+    assert recipients(owners_file) == ["new@example.com"]
+
+
 def test_unchanged_file_is_not_reloaded(watched):
     _, clock, owners_file = watched
     before = owners_file.current()
