@@ -113,5 +113,5 @@ class RotatingFile(logging.handlers.RotatingFileHandler):
                 try:
                     os.replace(newer, older)
                 except OSError:
-                    pass                      # a gap in the numbers, not a lost record
+                    break                     # the rest stay shifted: a gap in the numbers, nothing overwritten
             raise

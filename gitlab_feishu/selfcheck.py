@@ -38,6 +38,7 @@ class CredentialCheck:
         self.budget = budget
         self._state = (UNKNOWN, "not checked yet")      # replaced whole, so readers need no lock
         self._wrong_credentials = False
+        self._logged: tuple | None = None                # the verdict last logged: (kind, Feishu's code)
         self._checked = threading.Event()               # set after the first check, whatever its answer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,7 +63,7 @@ class CredentialCheck:
             detail = self.feishu.check_credentials(budget=self.budget)
         except FeishuError as exc:
             self._wrong_credentials = exc.code in WRONG_CREDENTIALS
-            self._set(*_judge(exc))
+            self._set(*_judge(exc), code=exc.code)
         else:
             self._set(OK, detail)
         self._checked.set()
@@ -95,11 +96,11 @@ class CredentialCheck:
             self.check()
             delay = min(delay * 2, MAX_RETRY)
 
-    def _set(self, kind: str, detail: str) -> None:
-        changed = kind != self._state[0]
+    def _set(self, kind: str, detail: str, *, code: int | None = None) -> None:
         self._state = (kind, detail)
-        # The same verdict again (with another log id, say) is no news for the log.
-        log.log(_LOG_LEVELS[kind] if changed else logging.DEBUG, "Feishu credentials %s", self.describe())
+        # The same verdict again (the same code, with another log id) is no news for the log.
+        news, self._logged = (kind, code) != self._logged, (kind, code)
+        log.log(_LOG_LEVELS[kind] if news else logging.DEBUG, "Feishu credentials %s", self.describe())
 
 
 def _judge(exc: FeishuError) -> tuple[str, str]:

@@ -133,7 +133,7 @@ class RetryWorker:
             self._thread.join(timeout=BATCH_BUDGET + 5)
 
     def _report(self, exc: Exception, what: str) -> None:
-        if self._stop.is_set() and isinstance(exc, RuntimeError):   # Python shut the delivery threads down
+        if self._stop.is_set() and isinstance(exc, RuntimeError) and "shutdown" in str(exc):   # Python's, at exit
             log.info("retry worker %s cut short by the stop (%s); its cards are tried again after the next start",
                      what, exc)
         elif isinstance(exc, sqlite3.OperationalError) and is_locked(exc):

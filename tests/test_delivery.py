@@ -266,6 +266,19 @@ def test_a_round_cut_short_by_the_stop_is_no_error(outbox, clock, caplog):
     assert "cut short by the stop" in caplog.text and "ERROR" not in [r.levelname for r in caplog.records]
 
 
+def test_a_bug_during_the_stop_keeps_its_traceback(outbox, clock, caplog):
+    class Broken:
+        def deliver(self, rows, deadline, retry_inline):
+            worker.stop()
+            raise RuntimeError("dictionary changed size during iteration")
+    record(outbox, "a@example.com", "b@example.com")
+    outbox.release_leases(["me"])
+    worker = RetryWorker(outbox, Broken(), retry_base=5.0, clock=clock, owner="w")
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
+        worker._run()
+    assert "retry worker round failed" in caplog.text and "Traceback" in caplog.text
+
+
 def test_each_delivery_the_worker_sends_is_logged_with_its_webhooks_key(outbox, deliverer, feishu, clock, caplog):
     """The webhook's own line said queued; grepping its key shows whether the card went out after all."""
     feishu.answers["ou_a"] = [transient()] * 2

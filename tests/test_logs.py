@@ -220,3 +220,22 @@ def test_a_log_a_rotation_cut_short_left_aside_becomes_the_newest_old_file(tmp_p
         log.info("line %d %s", i, "x" * 100)
     assert not (tmp_path / "webhook_server.log.rotating").exists()
     assert "leftover from a crash" in every_log_line(tmp_path)
+
+
+def test_an_undo_that_fails_leaves_a_gap_and_overwrites_no_old_file(tmp_path, monkeypatch, rotating_log):
+    log, handler = rotating_log
+    for i in range(60):
+        log.info("line %d %s", i, "x" * 100)
+    real_replace, refused = os.replace, []
+
+    def replace(src, dst):
+        # The newest old file cannot be made, and the first step back fails too (a scanner on the moved file).
+        if str(dst).endswith(".log.1") and len(refused) < 2:
+            refused.append(dst)
+            raise PermissionError(32, "The process cannot access the file", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    for i in range(30):
+        log.info("held %d %s", i, "y" * 100)
+    assert every_log_line(tmp_path).count("line ") == 60 and every_log_line(tmp_path).count("held") == 30

@@ -111,6 +111,20 @@ def test_a_refusal_checked_again_is_logged_once(caplog):
     assert [r.levelno for r in caplog.records if r.name == "gitlab_feishu.selfcheck"] == [logging.ERROR]
 
 
+def test_each_new_verdict_is_logged_at_its_level(caplog):
+    """Feishu unreachable at the start, then one refusal, then another, then working: four lines."""
+    unreachable = FeishuError("getting a tenant_access_token: cannot reach Feishu", retryable=True)
+    credentials = CredentialCheck(Answers(
+        unreachable, unreachable,
+        FeishuError("getting a tenant_access_token: Feishu 99991401: ip not allowed", code=99991401),
+        FeishuError("getting a tenant_access_token: Feishu 99991662: app disabled", code=99991662),
+        "tenant token fetched"))
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu.selfcheck"):
+        credentials.check_until_ok(lambda seconds: False)
+    assert [r.levelno for r in caplog.records if r.name == "gitlab_feishu.selfcheck"] == [
+        logging.WARNING, logging.ERROR, logging.ERROR, logging.INFO]
+
+
 def test_checking_again_ends_when_told_to_stop():
     refused = FeishuError("getting a tenant_access_token: Feishu 99991401: ip not allowed", code=99991401)
     credentials = CredentialCheck(Answers(refused))
