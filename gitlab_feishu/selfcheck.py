@@ -6,7 +6,7 @@ Feishu that is down or slow never delays start-up. The answer goes to the log,
 the waitress banner and /healthz. When Feishu cannot be reached the answer is
 "unknown" and the check is repeated (10 s, doubling up to 5 minutes) until
 the credentials work. A refusal is checked again the same way: some are put
-right in the Feishu console (a disabled app, the IP allow-list) without a
+right in the Feishu console (a disabled app) without a
 restart; wrong credentials in .env take one.
 """
 from __future__ import annotations
@@ -87,8 +87,8 @@ class CredentialCheck:
 
     def check_until_ok(self, wait: Callable[[float], bool]) -> None:
         """Check, then again after FIRST_RETRY, doubling up to MAX_RETRY, until the credentials work or
-        `wait` says to stop. A refusal is checked again too (an app re-enabled or an IP allow-list fixed in
-        the console needs no restart, and /healthz must not stay degraded after it), unless it is the app id
+        `wait` says to stop. A refusal is checked again too (an app re-enabled in the console needs no
+        restart, and /healthz must not stay degraded after it), unless it is the app id
         or secret itself."""
         delay = FIRST_RETRY
         self.check()
