@@ -31,13 +31,10 @@ try:
 except ConfigError as exc:
     if serving() is None:
         sys.exit(f"error: {exc}")      # one line, not gunicorn's traceback of this file
-    _settings = None                   # a reload with a broken .env: on_reload says so; the address stays
-if _settings is None:
-    bind = serving_bind()
+    bind = serving_bind()              # a reload with a broken .env: on_reload says so; the address stays
 else:
     # An IPv6 address goes in brackets, or gunicorn reads its last group as the port.
-    _host = _settings.host
-    bind = f"[{_host}]:{_settings.port}" if ":" in _host else f"{_host}:{_settings.port}"
+    bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 # Two per core: a process's threads take turns on its GIL, and with four processes the turns are
 # short (45 MB each). Two workers reach the same webhooks/s since connections are spread evenly (before,
 # 2-3% fewer), but four hold twice the threads for a burst or an outage, when each waits up to the deadline.

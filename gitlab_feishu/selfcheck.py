@@ -37,8 +37,7 @@ class CredentialCheck:
         self.feishu = feishu
         self.budget = budget
         self._state = (UNKNOWN, "not checked yet")      # replaced whole, so readers need no lock
-        self._wrong_credentials = False
-        self._logged: tuple | None = None                # the verdict last logged: (kind, Feishu's code)
+        self._verdict: tuple[str, int | None] | None = None   # the last answer's (kind, Feishu's code)
         self._checked = threading.Event()               # set after the first check, whatever its answer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,7 +61,6 @@ class CredentialCheck:
         try:
             detail = self.feishu.check_credentials(budget=self.budget)
         except FeishuError as exc:
-            self._wrong_credentials = exc.code in WRONG_CREDENTIALS
             self._set(*_judge(exc), code=exc.code)
         else:
             self._set(OK, detail)
@@ -92,14 +90,14 @@ class CredentialCheck:
         or secret itself."""
         delay = FIRST_RETRY
         self.check()
-        while self.kind != OK and not self._wrong_credentials and not wait(delay):
+        while self.kind != OK and self._verdict[1] not in WRONG_CREDENTIALS and not wait(delay):
             self.check()
             delay = min(delay * 2, MAX_RETRY)
 
     def _set(self, kind: str, detail: str, *, code: int | None = None) -> None:
         self._state = (kind, detail)
         # The same verdict again (the same code, with another log id) is no news for the log.
-        news, self._logged = (kind, code) != self._logged, (kind, code)
+        news, self._verdict = (kind, code) != self._verdict, (kind, code)
         log.log(_LOG_LEVELS[kind] if news else logging.DEBUG, "Feishu credentials %s", self.describe())
 
 

@@ -182,6 +182,18 @@ def every_log_line(folder) -> str:
     return "".join(path.read_text(encoding="utf-8") for path in folder.iterdir())
 
 
+def refuse_moves(monkeypatch, refused) -> None:
+    """os.replace refuses the moves `refused(src, dst)` picks, as Windows does a file another program holds."""
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if refused(str(src), str(dst)):
+            raise PermissionError(32, "The process cannot access the file", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
 @pytest.mark.parametrize("held", ["webhook_server.log", "webhook_server.log.1"])
 def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(tmp_path, monkeypatch, rotating_log,
                                                                                 held):
@@ -192,20 +204,13 @@ def test_a_log_another_program_holds_open_is_not_lost_when_it_is_due_to_rotate(t
     for i in range(60):
         log.info("line %d %s", i, "x" * 100)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    real_replace = os.replace
-
-    def replace(src, dst):
-        if str(src).endswith(held) or str(dst).endswith(held):
-            raise PermissionError(32, "The process cannot access the file", str(src))
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    refuse_moves(monkeypatch, lambda src, dst: src.endswith(held) or dst.endswith(held))
     for i in range(30):
         log.info("held %d %s", i, "y" * 100)
     assert every_log_line(tmp_path).count("held") == 30 and every_log_line(tmp_path).count("line ") == 60
     assert all((tmp_path / name).read_bytes() == data for name, data in before.items()
                if name not in ("webhook_server.log", held))
-    monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.undo()
     handler._retry_at = 0.0
     for i in range(20):
         log.info("after %d %s", i, "z" * 100)
@@ -226,16 +231,16 @@ def test_an_undo_that_fails_leaves_a_gap_and_overwrites_no_old_file(tmp_path, mo
     log, handler = rotating_log
     for i in range(60):
         log.info("line %d %s", i, "x" * 100)
-    real_replace, refused = os.replace, []
+    refused = []
 
-    def replace(src, dst):
+    def newest_old_file_twice(src, dst):
         # The newest old file cannot be made, and the first step back fails too (a scanner on the moved file).
-        if str(dst).endswith(".log.1") and len(refused) < 2:
+        if dst.endswith(".log.1") and len(refused) < 2:
             refused.append(dst)
-            raise PermissionError(32, "The process cannot access the file", str(src))
-        return real_replace(src, dst)
+            return True
+        return False
 
-    monkeypatch.setattr(os, "replace", replace)
+    refuse_moves(monkeypatch, newest_old_file_twice)
     for i in range(30):
         log.info("held %d %s", i, "y" * 100)
     assert every_log_line(tmp_path).count("line ") == 60 and every_log_line(tmp_path).count("held") == 30
