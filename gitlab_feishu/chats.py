@@ -172,12 +172,13 @@ def _check(what: str, url: str, rsp: requests.Response) -> None:
         retryable = status == 429 or status >= 500
         raise logged(FeishuError(f"{what}: Feishu answered HTTP {status} without an error code",
                                   http_status=status, log_id=log_id, retryable=retryable,
-                                  retry_after=retry_after(rsp) if retryable else None,
+                                  retry_after=retry_after(rsp) if retryable else None, rate_limited=status == 429,
                                   hint="retry later" if retryable else "check the webhook URL in owners.json"))
     msg = _scrub(" ".join(str(payload.get("msg", "")).split()), url)
+    rate_limited = code == 11232 or status == 429
     if code == 9499 and "too many" in msg.lower():
         # Seen from bots in a burst (ccfos/nightingale#1437): 9499 with "too many request" is a rate limit.
-        retryable, hint = ERRORS[11232]
+        (retryable, hint), rate_limited = ERRORS[11232], True
     elif code in ERRORS:
         retryable, hint = ERRORS[code]
     elif status == 429 or status >= 500:
@@ -185,7 +186,8 @@ def _check(what: str, url: str, rsp: requests.Response) -> None:
     else:
         retryable, hint = False, _UNKNOWN_CODE
     raise logged(FeishuError(f"{what}: Feishu {code}: {msg}", code=code, http_status=status, log_id=log_id,
-                              retryable=retryable, retry_after=retry_after(rsp) if retryable else None, hint=hint))
+                              retryable=retryable, retry_after=retry_after(rsp) if retryable else None,
+                              rate_limited=rate_limited, hint=hint))
 
 
 def _scrub(text: str, url: str) -> str:

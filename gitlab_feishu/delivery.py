@@ -18,7 +18,7 @@ from typing import Callable
 from .chats import BotClient, mask_chat_url
 from .cutoff import Countdown
 from .feishu import UNKNOWN_EMAIL, FeishuClient
-from .feishu_errors import FeishuError
+from .feishu_errors import USER_RATE_LIMITED, FeishuError
 from .outbox import Outbox
 from .pacing import Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas
 from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid
@@ -44,6 +44,12 @@ class Outcome:
     status: str                # sent | queued | failed
     error: str | None = None
     duration: float = 0.0      # seconds from the start of deliver() (the email lookup included) to this outcome
+
+
+def refused_quota(quotas: list[Quota], error: FeishuError) -> Quota:
+    """The quota a rate-limit refusal is about: one user's 5 a second (230020, the last of a DM's quotas), or
+    otherwise the app's or the group bot's (the first)."""
+    return quotas[-1] if error.code == USER_RATE_LIMITED else quotas[0]
 
 
 def is_open_id(recipient: str) -> bool:
@@ -150,6 +156,8 @@ class Deliverer:
                 return {}, {row.id: refused or exc for row in rows if row.recipient in emails}
             except FeishuError as exc:
                 attempts, refused = attempts + 1, exc
+                if exc.rate_limited and self.pacer is not None:
+                    self.pacer.hold(lookup_quotas()[0], exc.retry_after)
                 if not self._paused_for_retry(exc, attempts, countdown.left(), retry_inline):
                     return {}, {row.id: exc for row in rows if row.recipient in emails}
         open_ids: dict[int, str] = {}
@@ -186,8 +194,8 @@ class Deliverer:
         while True:
             if countdown.left() <= 0:
                 break
+            quotas = bot_quotas(row.recipient) if row.channel == "chat" else dm_quotas(open_id)
             if self.pacer is not None:
-                quotas = bot_quotas(row.recipient) if row.channel == "chat" else dm_quotas(open_id)
                 try:
                     self._take_turn(quotas, deadline, retry_inline)
                 except TurnWait as waited:
@@ -202,6 +210,8 @@ class Deliverer:
                 message_id = self._send(row, open_id, budget)
             except FeishuError as exc:
                 error = exc
+                if exc.rate_limited and self.pacer is not None:
+                    self.pacer.hold(refused_quota(quotas, exc), exc.retry_after)
                 if exc.code in STALE_OPEN_ID and not looked_up_again and row.channel == "dm" \
                         and not is_open_id(row.recipient):
                     # The cached open_id may be stale (cached before the app or the user changed): look

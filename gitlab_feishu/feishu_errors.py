@@ -28,11 +28,15 @@ _BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): se
 # it too), 99991663/99991664 invalid, 99991671 format, 99991677 expired.
 TOKEN_INVALID = frozenset({99991661, 99991663, 99991664, 99991671, 99991677})
 
+# Feishu's rate limits: the app's (99991400, HTTP 429) and one user's 5 a second (230020).
+USER_RATE_LIMITED = 230020
+RATE_LIMITS = frozenset({99991400, USER_RATE_LIMITED})
+
 # code -> (retryable, hint). Codes not listed are permanent (see _UNKNOWN_CODE).
 ERRORS: dict[int, tuple[bool, str]] = {
     **{code: (True, _TOKEN_REJECTED) for code in TOKEN_INVALID},
     99991400: (True, "the app hit Feishu's rate limit: retry after x-ogw-ratelimit-reset seconds"),
-    230020: (True, "too many messages to this user (Feishu allows 5 per second): retry in a moment"),
+    USER_RATE_LIMITED: (True, "too many messages to this user (Feishu allows 5 per second): retry in a moment"),
     230049: (True, "Feishu is still sending this message: retry later with the same uuid"),
     18121: (True, "Feishu is still processing the same request: retry later with the same uuid"),
     10003: (False, f"the app_id is wrong or the app does not exist: {_CREDENTIALS}"),
@@ -75,7 +79,8 @@ class FeishuError(Exception):
     """A failed Feishu call: what failed, Feishu's code and log id, and what to do about it."""
 
     def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None, log_id: str = "",
-                 retryable: bool = False, retry_after: float | None = None, hint: str = ""):
+                 retryable: bool = False, retry_after: float | None = None, rate_limited: bool = False,
+                 hint: str = ""):
         super().__init__(message)
         self.message = message
         self.code = code
@@ -83,6 +88,7 @@ class FeishuError(Exception):
         self.log_id = log_id
         self.retryable = retryable
         self.retry_after = retry_after
+        self.rate_limited = rate_limited      # refused for a quota: the sends under it should pause
         self.hint = hint
 
     def __str__(self) -> str:
@@ -104,10 +110,11 @@ def code_error(what: str, rsp: requests.Response, payload: dict) -> FeishuError:
     else:
         retryable, hint = False, _UNKNOWN_CODE
     retry_after_ = retry_after(rsp) if retryable else None
-    if code == 230020 and retry_after_ is None:
+    if code == USER_RATE_LIMITED and retry_after_ is None:
         retry_after_ = 1.0
-    return FeishuError(f"{what}: Feishu {code}" + (f": {msg}" if msg else ""), code=code, http_status=rsp.status_code, log_id=log_id,
-                       retryable=retryable, retry_after=retry_after_, hint=hint)
+    return FeishuError(f"{what}: Feishu {code}" + (f": {msg}" if msg else ""), code=code, http_status=rsp.status_code,
+                       log_id=log_id, retryable=retryable, retry_after=retry_after_,
+                       rate_limited=code in RATE_LIMITS or rsp.status_code == 429, hint=hint)
 
 
 def status_error(what: str, rsp: requests.Response) -> FeishuError:
@@ -118,7 +125,8 @@ def status_error(what: str, rsp: requests.Response) -> FeishuError:
         "check FEISHU_BASE_URL (https://open.feishu.cn, or https://open.larksuite.com for Lark)"
     return FeishuError(f"{what}: Feishu answered HTTP {status} without an error code", http_status=status,
                        log_id=rsp.headers.get("X-Tt-Logid", ""), retryable=retryable,
-                       retry_after=retry_after(rsp) if status == 429 else None, hint=hint)
+                       retry_after=retry_after(rsp) if status == 429 else None, rate_limited=status == 429,
+                       hint=hint)
 
 
 def no_answer_error(what: str, failure: requests.RequestException | None, *, cut: bool, may_have: str,

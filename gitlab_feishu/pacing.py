@@ -7,6 +7,9 @@ gives each send a turn only when all its windows have room. The windows are a
 quarter of a second wider than Feishu's: a send may reach Feishu that much later
 than it took its turn (a loaded host, network jitter) without tipping a burst
 over the limit; with 0.1 s, a strict stand-in refused 2 of 1,100 cards.
+
+When Feishu refuses a send for a quota all the same (another program using the same app, a user's other
+bots), every send under that quota waits out Feishu's reset, not only the refused one.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ LOG_SECONDS = 62.0                       # the longest window: older entries are
 # them would hold every send back by the size of the step, an hour for an hour. A write waiting for the
 # lock may log a send a few milliseconds ahead of another's `now`: that is well inside the slack.
 CLOCK_SLACK = 1.0
+MIN_HOLD = 1.0                           # Feishu's reset is in whole seconds: "0" is under one
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ class Pacer:
         # which is retried, than no card.
         self._db = HelperDatabase(self.path, (
             "CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)"),
+            "CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)",
+            "CREATE TABLE IF NOT EXISTS holds (key TEXT PRIMARY KEY, until REAL NOT NULL)"),
             log=log, meanwhile="sending without pacing meanwhile")
 
     def wait_turn(self, quotas: list[Quota], deadline: float) -> float:
@@ -94,6 +99,9 @@ class Pacer:
         with self._db.write(timeout=lock_wait) as conn:
             wait = 0.0
             for quota in quotas:
+                [until] = conn.execute("SELECT until FROM holds WHERE key = ? AND until <= ?",
+                                       (quota.key, now + LOG_SECONDS + CLOCK_SLACK)).fetchone() or [now]
+                wait = max(wait, until - now)
                 for count, seconds in quota.windows:
                     rows = conn.execute("SELECT at FROM sends WHERE key = ? AND at > ? AND at <= ?"
                                         " ORDER BY at DESC LIMIT ?",
@@ -105,4 +113,19 @@ class Pacer:
             conn.executemany("INSERT INTO sends (key, at) VALUES (?, ?)", [(q.key, now) for q in quotas])
             if random.random() < 0.01:
                 conn.execute("DELETE FROM sends WHERE at < ?", (now - LOG_SECONDS,))
+                conn.execute("DELETE FROM holds WHERE until < ?", (now,))
         return 0.0
+
+    def hold(self, quota: Quota, seconds: float | None) -> None:
+        """Feishu refused a send under `quota`: no send under it takes a turn, in any process, for `seconds`
+        (Feishu's reset; at least a second, at most the longest window)."""
+        now = self.clock()
+        until = now + min(max(seconds or 0.0, MIN_HOLD), LOG_SECONDS)
+
+        def write() -> None:
+            with self._db.write() as conn:
+                # A longer hold stays; one from before the clock was stepped back does not.
+                conn.execute("INSERT INTO holds (key, until) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until ="
+                             " CASE WHEN until > ? THEN excluded.until ELSE max(until, excluded.until) END",
+                             (quota.key, until, now + LOG_SECONDS))
+        self._db.use(write, None)

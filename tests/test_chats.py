@@ -119,6 +119,22 @@ def test_failures_say_whether_a_retry_can_help(status, body, retryable, words):
     assert TOKEN not in str(raised.value) and "chat:…/hook/7c1f…" in str(raised.value)
 
 
+@pytest.mark.parametrize("status, body, rate_limited", [
+    (200, {"code": 11232, "data": {}, "msg": "frequency limited psm[lark.oapi]"}, True),
+    (200, {"code": 9499, "msg": "too many request"}, True),
+    (429, "", True),
+    (200, {"code": 9499, "msg": "Bad Request", "data": {}}, False),
+    (503, "<html>503</html>", False),
+    (200, {"code": 19021, "msg": "sign match fail"}, False),
+])
+@responses.activate
+def test_rate_limit_refusals_say_so(status, body, rate_limited):
+    responses.post(URL, status=status, **({"json": body} if isinstance(body, dict) else {"body": body}))
+    with pytest.raises(FeishuError) as raised:
+        client().post_card(URL, None, CARD)
+    assert raised.value.rate_limited is rate_limited
+
+
 @responses.activate
 def test_a_read_timeout_is_retryable_and_warns_of_a_possible_duplicate():
     responses.post(URL, body=requests.ReadTimeout("read timed out"))

@@ -436,3 +436,52 @@ def test_a_lookup_feishu_refused_then_left_waiting_for_a_turn_shows_feishus_erro
     assert outcome.status == "queued" and "HTTP 500" in row.last_error
     assert (row.attempts, row.rounds) == (1, 1) and len(feishu.lookups) == 1
     assert row.next_attempt_at - clock() > 20                # when the minute's window frees, not at once
+
+
+# --- Feishu refused for a quota all the same: every send under it waits out the reset -------------
+
+def rate_limited(code=99991400, retry_after=1.0):
+    return FeishuError(f"sending a card: Feishu {code}", code=code, http_status=429 if code == 99991400 else 400,
+                       retryable=True, retry_after=retry_after, rate_limited=True)
+
+
+@pytest.fixture
+def paced(tmp_path, outbox, feishu, clock):
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield Deliverer(outbox, feishu, pool=pool, retry_base=5.0, clock=clock, sleep=clock.sleep,
+                        pacer=Pacer(tmp_path / "pacing.sqlite3", clock=clock, sleep=clock.sleep))
+
+
+def test_an_app_rate_limit_holds_the_next_card_to_anyone_until_the_reset(paced, outbox, feishu, clock):
+    feishu.answers["ou_a"] = [rate_limited(retry_after=1)]
+    start = clock()
+    [first] = paced.deliver(record(outbox, "a@example.com"), deadline=start + 0.5).values()
+    [second] = paced.deliver(record(outbox, "b@example.com", key="idem:2"), deadline=clock() + 5).values()
+    assert (first.status, second.status) == ("queued", "sent")
+    assert feishu.sends[-1][0] == "ou_b" and clock() - start >= 1
+
+
+def test_a_reset_longer_than_a_webhook_waits_queues_the_next_card_without_sending_it(paced, outbox, feishu, clock):
+    feishu.answers["ou_a"] = [rate_limited(retry_after=30)]
+    start = clock()
+    paced.deliver(record(outbox, "a@example.com"), deadline=start + 5)
+    [second] = paced.deliver(record(outbox, "b@example.com", key="idem:2"), deadline=clock() + 5).values()
+    assert second.status == "queued" and [open_id for open_id, _ in feishu.sends] == ["ou_a"]
+    [row] = outbox.event_rows("idem:2")
+    assert row.next_attempt_at == pytest.approx(start + 30, abs=0.1)
+
+
+def test_one_users_rate_limit_holds_only_their_cards(paced, outbox, feishu, clock):
+    feishu.answers["ou_a"] = [rate_limited(230020, retry_after=30)]
+    start = clock()
+    paced.deliver(record(outbox, "a@example.com"), deadline=start + 5)
+    [other] = paced.deliver(record(outbox, "b@example.com", key="idem:2"), deadline=start + 5).values()
+    [same] = paced.deliver(record(outbox, "a@example.com", key="idem:3"), deadline=start + 5).values()
+    assert (other.status, same.status) == ("sent", "queued") and clock() - start < 2
+
+
+def test_a_rate_limited_lookup_holds_the_next_lookup(paced, outbox, feishu, clock):
+    feishu.lookup_errors = [rate_limited(retry_after=30)]
+    paced.deliver(record(outbox, "a@example.com"), deadline=clock() + 5)
+    [second] = paced.deliver(record(outbox, "b@example.com", key="idem:2"), deadline=clock() + 5).values()
+    assert second.status == "queued" and len(feishu.lookups) == 1

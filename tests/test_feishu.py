@@ -328,6 +328,25 @@ def test_error_classification(client, status, body, headers, retryable, retry_af
         assert error.code == body["code"] and f"Feishu {body['code']}: {body['msg']}" in str(error)
 
 
+@pytest.mark.parametrize("status, body, rate_limited", [
+    (429, {"code": 99991400, "msg": "request trigger frequency limit"}, True),
+    (400, {"code": 99991400, "msg": "request trigger frequency limit"}, True),
+    (400, {"code": 230020, "msg": "This operation triggers the frequency limit."}, True),
+    (429, "slow down", True),
+    (500, {"code": 1234567, "msg": "internal error"}, False),
+    (502, "<html>Bad Gateway</html>", False),
+    (400, {"code": 230013, "msg": "Bot has NO availability to this user."}, False),
+])
+@responses.activate
+def test_rate_limit_refusals_say_so(client, status, body, rate_limited):
+    """So that every send under that quota waits out the reset, not only the refused one."""
+    token_ok()
+    responses.post(SEND_URL, status=status, **({"json": body} if isinstance(body, dict) else {"body": body}))
+    with pytest.raises(FeishuError) as caught:
+        client.send_card("ou_a", CARD, "uuid-1")
+    assert caught.value.rate_limited is rate_limited
+
+
 @responses.activate
 def test_error_names_code_msg_log_id_and_hint_in_one_line_and_logs_it(client, caplog):
     token_ok()

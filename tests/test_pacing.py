@@ -96,3 +96,54 @@ def test_a_clock_stepped_back_does_not_hold_sends_back_for_the_size_of_the_step(
     clock.now = start - 3600                      # NTP steps the clock back an hour
     assert pacer.wait_turn(dm_quotas("ou_a"), deadline=clock() + 5) == 0
     assert clock() == start - 3600
+
+
+# --- holds: Feishu refused a send for a quota all the same --------------------------------------
+
+def test_a_hold_keeps_every_send_under_that_quota_waiting_for_the_reset(pacer, clock):
+    [app, _] = dm_quotas("ou_a")
+    pacer.hold(app, 3)
+    assert pacer.try_turn(dm_quotas("ou_b")) == pytest.approx(3)
+    start = clock()
+    assert pacer.wait_turn(dm_quotas("ou_b"), deadline=start + 5) == 0
+    assert clock() - start >= 3
+
+
+def test_a_hold_leaves_other_quotas_alone(pacer):
+    [_, user] = dm_quotas("ou_a")
+    pacer.hold(user, 3)
+    assert pacer.try_turn(dm_quotas("ou_b")) == 0
+    assert pacer.try_turn(bot_quotas("https://open.feishu.cn/open-apis/bot/v2/hook/x")) == 0
+    assert pacer.try_turn(dm_quotas("ou_a")) > 0
+
+
+@pytest.mark.parametrize(("reset", "held"), [(None, 1.0), (0, 1.0), (2, 2.0), (3600, 62.0)])
+def test_a_hold_lasts_the_reset_but_at_least_a_second_and_at_most_the_longest_window(pacer, reset, held):
+    [app, _] = dm_quotas("ou_a")
+    pacer.hold(app, reset)
+    assert pacer.try_turn([app]) == pytest.approx(held)
+
+
+def test_a_hold_is_shared_by_every_process(tmp_path, clock):
+    first = Pacer(tmp_path / "pacing.sqlite3", clock=clock, sleep=clock.sleep)
+    second = Pacer(tmp_path / "pacing.sqlite3", clock=clock, sleep=clock.sleep)
+    first.hold(dm_quotas("ou_a")[0], 2)
+    assert second.try_turn(dm_quotas("ou_b")) == pytest.approx(2)
+
+
+def test_a_shorter_hold_does_not_cut_a_longer_one(pacer):
+    [app, _] = dm_quotas("ou_a")
+    pacer.hold(app, 30)
+    pacer.hold(app, 2)
+    assert pacer.try_turn([app]) == pytest.approx(30)
+
+
+def test_a_hold_from_before_the_clock_was_stepped_back_is_not_kept(pacer, clock):
+    [app, _] = dm_quotas("ou_a")
+    start = clock()
+    pacer.hold(app, 30)
+    clock.now = start - 3600
+    assert pacer.try_turn([app]) == 0
+    pacer.hold(app, 2)
+    clock.advance(0.5)
+    assert pacer.try_turn([app]) == pytest.approx(1.5)
