@@ -10,9 +10,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Callable, Iterable, Protocol, TypeVar
 
-from .events import Person
+from .events import Event, Person, PipelineEvent
 from .rows import person_key
-from .users import TRIGGERED
 
 # Compared after NFKC + casefold, so "[Skip Notify]" and the full-width "［通知跳过］" count too;
 # 【】 are the brackets a Chinese input method types for [ ].
@@ -82,17 +81,18 @@ def is_self(recipient: str, actor: Person, address_of: AddressOf | None = None) 
     return person_key(recipient.strip()) in addresses
 
 
-def split_self(matches: list[R], actor: Person, address_of: AddressOf | None = None) -> tuple[list[R], list[R]]:
+def split_self(matches: list[R], event: Event, address_of: AddressOf | None = None) -> tuple[list[R], list[R]]:
     """(kept, skipped): people who caused the event themselves are skipped; group chats never are.
 
-    Nor is whoever triggered a failed pipeline, in that role (users.json): they are always its actor,
-    and the card is news about their own pipeline, so skipping them would turn that rule off.
+    Nor is anyone for a failed pipeline: its actor is always whoever triggered it, owner or not, and the card
+    is news about their own pipeline (users.json sends it to them for that reason), not an echo of what they did.
     """
+    if isinstance(event, PipelineEvent) and event.status == "failed":
+        return list(matches), []
     kept: list[R] = []
     skipped: list[R] = []
     for match in matches:
-        spared = match.channel != "dm" or match.rule.startswith(f"{TRIGGERED}: ")
-        mine = not spared and is_self(match.recipient, actor, address_of)
+        mine = match.channel == "dm" and is_self(match.recipient, event.actor, address_of)
         (skipped if mine else kept).append(match)
     return kept, skipped
 

@@ -157,13 +157,15 @@ class Notifier:
     def _recipients(self, event: Event) -> list[Match]:
         """Who hears about this event, each once, with the rule that chose them."""
         matches = self.owners.current().match(event)
-        return with_people(matches, event, self.users.current()) if self.users else matches
+        # Only an event owners.json routes: a project nobody owns, or an event its entries' filters leave out,
+        # notifies nobody, its reviewers and whoever triggered it included.
+        return with_people(matches, event, self.users.current()) if matches and self.users else matches
 
     def _skip_self(self, event: Event, matches: list[Match]) -> tuple[list[Match], list[dict]]:
         """With NOTIFY_SELF=false, the person who caused the event is left out, shown as skipped."""
         if self.settings.notify_self:
             return matches, []
-        kept, mine = split_self(matches, event.actor, self._address_of)
+        kept, mine = split_self(matches, event, self._address_of)
         if mine:
             log.info("not telling %s about their own %s (NOTIFY_SELF=false)", ", ".join(m.shown for m in mine),
                      event.kind)

@@ -108,6 +108,31 @@ def test_whoever_triggered_a_failed_pipeline_gets_its_card_even_with_notify_self
     assert sent_to(feishu) == ["lisi@example.com", "zhangsan@example.com"]
 
 
+def test_an_owner_who_triggered_a_failed_pipeline_gets_its_card_with_notify_self_false(settings, feishu):
+    client = make_client(dataclasses.replace(settings, notify_self=False))
+    assert post(client, pipeline(5031, "failed"))["deliveries"] == [ZHANGSAN]
+
+
+def test_reviewers_of_a_project_nobody_owns_get_nothing(client, feishu):
+    payload = load_payload("chinese_merge_request.json")
+    payload["project"].update(path_with_namespace="nobody/owns-this", name="unowned")
+    response = post(client, payload)
+    assert response["status"] == "ignored" and response["deliveries"] == [] and feishu.messages == []
+
+
+@pytest.mark.parametrize("entry", [
+    {"owners": ["zhangsan@example.com"], "events": ["push", "tag_push"]},
+    {"owners": ["zhangsan@example.com"], "branches": ["release/*"]},       # the MR targets another branch
+])
+def test_filters_that_leave_an_event_out_leave_its_reviewers_and_trigger_out_too(settings, feishu, entry):
+    settings.owners_file.write_text(json.dumps({"grouptwogame/yeshui-client": entry}), encoding="utf-8")
+    client = make_client(settings)
+    for payload in (load_payload("chinese_merge_request.json"), pipeline(5031, "failed", username="lisi")):
+        response = post(client, payload)
+        assert response["status"] == "ignored" and response["deliveries"] == []
+    assert feishu.messages == []
+
+
 def test_success_after_a_failure_says_fixed(client, feishu):
     post(client, pipeline(5031, "failed"))
     response = post(client, pipeline(5032, "success"))

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gitlab_feishu.events import Commit, Person, Project, PushEvent
+from gitlab_feishu.events import Commit, Person, PipelineEvent, Project, PushEvent
 from gitlab_feishu.owners import Match
 from gitlab_feishu.quiet import asks_for_silence, ignored_actor, is_self, quiet_reason, split_self
 
@@ -97,6 +97,15 @@ def test_is_self(recipient, actor, users, mine):
 def test_split_self_keeps_group_chats():
     matches = [Match("john@example.com", "exact: p"), Match("mike@example.com", "exact: p"),
                Match("https://open.feishu.cn/open-apis/bot/v2/hook/x", "exact: p", "chat")]
-    kept, skipped = split_self(matches, JOHN)
+    kept, skipped = split_self(matches, StandIn("push", JOHN))
     assert [m.recipient for m in skipped] == ["john@example.com"]
     assert [m.channel for m in kept] == ["dm", "chat"]
+
+
+@pytest.mark.parametrize("status, spared", [("failed", True), ("success", False)])
+def test_split_self_spares_whoever_triggered_a_failed_pipeline_owner_or_not(status, spared):
+    """The failure is news about their own pipeline; a success (fixed) is what they did."""
+    event = PipelineEvent(project=Project("g/p", "p"), actor=JOHN, id=1, status=status, ref="main", tag=False, url="")
+    matches = [Match("john@example.com", "exact: p"), Match("mike@example.com", "exact: p")]
+    kept, skipped = split_self(matches, event)
+    assert [m.recipient for m in skipped] == ([] if spared else ["john@example.com"])
