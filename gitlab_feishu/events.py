@@ -203,6 +203,7 @@ class PipelineEvent:
     fixed: bool = False          # set by the service: a success after a failure on the same ref
     ref_protected: bool | None = None   # GitLab's object_attributes.protected_ref (current versions send it)
     merge_request_iid: int | None = None  # a merge request pipeline's MR: its real ref is refs/merge-requests/IID/...
+    name: str = ""               # GitLab's object_attributes.name (workflow:name in .gitlab-ci.yml), when set
     kind: ClassVar[str] = "pipeline"
 
     @property

@@ -150,6 +150,7 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         finished_at=text(attributes.get("finished_at")),
         ref_protected=optional_bool(attributes.get("protected_ref")),
         merge_request_iid=integer(as_dict(payload.get("merge_request")).get("iid")),
+        name=text(attributes.get("name")),
     )
 
 

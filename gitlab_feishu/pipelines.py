@@ -24,11 +24,18 @@ def pipeline_to_notify(event: PipelineEvent, outbox: Outbox, event_key: str) -> 
     Records the pipeline as the latest finished one on its ref as a side effect.
     """
     where = f"pipeline {event.id} on {event.ref}"
-    previous = outbox.record_finished_pipeline(_project_key(event), _ref_key(event), event.id, event.status)
+    # The children of one parent run on its ref side by side; unnamed, one's success would "fix" a sibling's
+    # failure on every run. GitLab's payload names neither the trigger job nor the child's configuration.
+    unnamed_child = event.source == "parent_pipeline" and not event.name
+    previous = None if unnamed_child else \
+        outbox.record_finished_pipeline(_project_key(event), _ref_key(event), event.id, event.status)
     if event.status == FAILED:
         return event
     if event.status != SUCCESS:
         return Ignored(f"{where} was {event.status}: only failed pipelines, and successes that fix one, notify")
+    if unnamed_child:
+        return Ignored(f"{where} is a child pipeline without a name (workflow:name in its configuration), so it "
+                       f"cannot be told from its siblings and fixes nothing{RULE}")
     if outbox.event_summary(event_key) is not None:
         # GitLab resent a success that was a fix: let the outbox answer it as a repeat.
         return dataclasses.replace(event, fixed=True)
@@ -54,10 +61,9 @@ def _ref_key(event: PipelineEvent) -> str:
     """The history a pipeline belongs to. GitLab names a merge request pipeline by its source branch, but it runs
     on refs/merge-requests/IID/..., and a child pipeline (source parent_pipeline) runs other jobs on its parent's
     ref: neither can fix, or be fixed by, the branch's own pipelines. A merge request pipeline's children carry
-    its merge request too, and keep a history apart from it. (The children of one parent share theirs: their
-    payload does not say which trigger job made them.)"""
+    its merge request too, and keep a history apart from it; each named child keeps its own."""
     if event.merge_request_iid is not None:
         ref = f"refs/merge-requests/{event.merge_request_iid}"
     else:
         ref = f"refs/{'tags' if event.tag else 'heads'}/{event.ref}"   # a tag and a branch may share a name
-    return f"child:{ref}" if event.source == "parent_pipeline" else ref
+    return f"child:{event.name}:{ref}" if event.source == "parent_pipeline" else ref

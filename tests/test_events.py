@@ -286,6 +286,9 @@ def test_old_minimal_pipeline_payload():
      lambda e: [job.name for job in e.failed_jobs] == ["test-build"]),
     (lambda p: None, lambda e: e.merge_request_iid == 1),               # a merge request's pipeline
     (lambda p: p.update(merge_request=None), lambda e: e.merge_request_iid is None),
+    (lambda p: None, lambda e: e.name == "Pipeline for branch: master"),     # workflow:name
+    (lambda p: p["object_attributes"].update(name=None), lambda e: e.name == ""),
+    (lambda p: p["object_attributes"].pop("name"), lambda e: e.name == ""),  # before GitLab 16
 ])
 def test_pipeline_missing_fields(change, check):
     payload = with_attributes("pipeline.json", status="failed")

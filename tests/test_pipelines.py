@@ -124,7 +124,7 @@ def test_merge_request_and_child_pipelines_keep_their_own_history(outbox):
     """An MR pipeline (GitLab sends its source branch as the ref) and a child pipeline on the same ref are other
     pipelines than the branch's: a branch pipeline passing fixes neither, nor does either fix the branch."""
     mr = dict(merge_request_iid=17, source="merge_request_event")
-    child = dict(source="parent_pipeline")
+    child = dict(source="parent_pipeline", name="frontend")
     decide(outbox, dataclasses.replace(pipeline(1, "failed", "feature/x"), **mr))
     assert outcome(decide(outbox, pipeline(2, "success", "feature/x"))) == "ignored"
     assert outcome(decide(outbox, dataclasses.replace(pipeline(3, "success", "feature/x"), **mr))) == "fixed"
@@ -137,7 +137,26 @@ def test_merge_request_and_child_pipelines_keep_their_own_history(outbox):
 def test_a_merge_request_pipelines_child_keeps_a_history_apart_from_its_parent(outbox):
     """GitLab gives a child pipeline its parent's merge request: a child passing does not fix the parent."""
     parent = dict(merge_request_iid=17, source="merge_request_event")
-    child = dict(merge_request_iid=17, source="parent_pipeline")
+    child = dict(merge_request_iid=17, source="parent_pipeline", name="frontend")
     decide(outbox, dataclasses.replace(pipeline(1, "failed", "feature/x"), **parent))
     assert outcome(decide(outbox, dataclasses.replace(pipeline(2, "success", "feature/x"), **child))) == "ignored"
     assert outcome(decide(outbox, dataclasses.replace(pipeline(3, "success", "feature/x"), **parent))) == "fixed"
+
+
+def test_named_children_of_one_parent_keep_a_history_each(outbox):
+    """Two child pipelines per run: frontend fails, backend passes; the backend's success fixes nothing."""
+    for run in (10, 20):
+        assert outcome(decide(outbox, child(run + 1, "failed", "frontend"))) == "failed"
+        assert outcome(decide(outbox, child(run + 2, "success", "backend"))) == "ignored"
+    assert outcome(decide(outbox, child(31, "success", "frontend"))) == "fixed"
+
+
+def test_an_unnamed_childs_success_fixes_nothing(outbox):
+    """Unnamed siblings cannot be told apart: a success never says fixed, a failure still notifies."""
+    assert outcome(decide(outbox, child(11, "failed", ""))) == "failed"
+    result = decide(outbox, child(12, "success", ""))
+    assert outcome(result) == "ignored" and "workflow:name" in result.reason
+
+
+def child(pipeline_id: int, status: str, name: str) -> PipelineEvent:
+    return dataclasses.replace(pipeline(pipeline_id, status), source="parent_pipeline", name=name)
