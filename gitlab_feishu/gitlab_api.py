@@ -13,6 +13,7 @@ import dataclasses
 import re
 import unicodedata
 from typing import Callable
+from urllib.parse import urljoin, urlsplit
 
 import gitlab
 import requests
@@ -65,9 +66,23 @@ class GitLab:
 
     def __init__(self, settings: Settings) -> None:
         self.url = settings.gitlab_url
+        self._moved_to: str | None = None       # where GITLAB_URL redirects to (another scheme, host or port)
+        session = requests.Session()
+        session.hooks["response"].append(self._note_redirect)
         # keep_base_url: follow pagination links at GITLAB_URL even if GitLab's external_url differs.
         self._gl = gitlab.Gitlab(settings.gitlab_url, private_token=settings.gitlab_api_token,
-                                 timeout=TIMEOUT_SECONDS, keep_base_url=True)
+                                 timeout=TIMEOUT_SECONDS, keep_base_url=True, session=session)
+
+    def _note_redirect(self, response, *args, **kwargs) -> None:
+        """A redirect of the same path to another origin (http:// to https://, another host): python-gitlab
+        follows it for a GET, but refuses it for the POST and PUT of the real run, so every change would
+        fail. (A moved project's old path redirects to /projects/:id, another path, and is followed.)"""
+        if response.is_redirect and self._moved_to is None:
+            target = urlsplit(urljoin(response.url, response.headers.get("location", "")))
+            here = urlsplit(response.url)
+            if (target.scheme, target.netloc) != (here.scheme, here.netloc) and target.path == here.path:
+                base = urlsplit(self.url)
+                self._moved_to = base._replace(scheme=target.scheme, netloc=target.netloc).geturl()
 
     def owned_projects(self, owners: Owners) -> Found:
         """The projects owners.json names, found as the module docstring says, by id."""
@@ -187,8 +202,11 @@ class GitLab:
 
     def _call(self, doing: str, call: Callable, *, per_project: bool = False):
         """Run one API call; a project-level refusal raises _ProjectFailed, anything else WiringError."""
+        refused_redirect = False
         try:
-            return call()
+            answer = call()
+        except gitlab.RedirectError:
+            refused_redirect = True
         except gitlab.GitlabAuthenticationError as exc:
             raise TokenRefused(f"GitLab refused GITLAB_API_TOKEN ({exc.error_message}): it is invalid, expired "
                               f"or revoked; {TOKEN_HELP}") from None
@@ -217,6 +235,12 @@ class GitLab:
             if exc.response_code == 403:
                 raise _ProjectFailed(NO_PERMISSION, "skipped", 403, failure) from None
             raise _ProjectFailed(failure, "failed", exc.response_code, failure) from None
+        if self._moved_to is not None or refused_redirect:
+            where = f"to {self._moved_to}; set GITLAB_URL={self._moved_to}" if self._moved_to else \
+                "elsewhere; set GITLAB_URL to GitLab's own address"
+            raise WiringError(f"GITLAB_URL={self.url} redirects {where} (GitLab does not take changes "
+                              "through a redirect)")
+        return answer
 
 
 class _ProjectFailed(Exception):

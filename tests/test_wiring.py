@@ -525,6 +525,20 @@ def test_ctrl_c_during_a_real_run_still_shows_what_was_done(wiring_settings, rsp
     assert "error: interrupted (Ctrl+C); run it again: a second run does only what is left" in captured.err
 
 
+@pytest.mark.parametrize("mode", [{}, {"dry_run": True}, {"check_only": True}])
+def test_ctrl_c_while_reading_gitlab_says_nothing_was_changed_in_one_line(wiring_settings, rsps, capsys, mode):
+    def interrupted(request):
+        raise KeyboardInterrupt
+
+    rsps.add_callback(responses.GET, f"{API}/projects/2/hooks", callback=interrupted)
+    FakeGitLab(rsps, [YESHUI, NAINA])
+    assert run(wiring_settings, **mode) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ("error: interrupted (Ctrl+C) while reading GitLab, before any change: nothing was "
+                            "changed\n")
+    assert changes(rsps) == []
+
+
 @pytest.mark.parametrize("reports_token, noted", [(True, False), (False, True)])    # GitLab 19.0+, before
 def test_the_secret_token_note_stays_only_while_gitlab_does_not_say_whether_a_hook_has_one(
         wiring_settings, rsps, capsys, reports_token, noted):
@@ -541,3 +555,30 @@ def test_finds_our_hook_on_a_later_page_of_hooks(wiring_settings, rsps, capsys):
     FakeGitLab(rsps, [YESHUI], {1: others + [gitlab_hook(99, OURS, 1, **RIGHT)]})   # GitLab pages hooks by 20
     assert run(wiring_settings) == 0 and changes(rsps) == []
     assert "hook #99 up to date" in row(capsys.readouterr().out, "grouptwogame/yeshui-client")
+
+
+@pytest.mark.parametrize("mode", [{}, {"dry_run": True}, {"check_only": True}])
+def test_a_gitlab_url_that_redirects_to_https_stops_every_mode_with_the_address_to_use(wiring_settings, rsps,
+                                                                                       capsys, mode):
+    # Omnibus GitLab answers http:// with 301 to https://: GETs follow it, but python-gitlab refuses the POST
+    # and PUT of the real run, so every change would fail; say so at once, in every mode.
+    plain = BASE.replace("https://", "http://")
+    rsps.add_callback(responses.GET, re.compile(rf"{re.escape(plain)}/.*"),
+                      callback=lambda request: (301, {"Location": request.url.replace(plain, BASE)}, ""))
+    FakeGitLab(rsps, [YESHUI, NAINA])
+    assert run(dataclasses.replace(wiring_settings, gitlab_url=plain), **mode) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"set GITLAB_URL={BASE}" in err
+    assert changes(rsps) == []
+
+
+def test_a_moved_project_redirect_within_gitlab_is_followed(wiring_settings, rsps, capsys, tmp_path):
+    # GitLab 16.7+ answers a project's old path with 301 to /projects/:id on the same address.
+    rsps.add(responses.GET, f"{API}/projects/grouptwogame%2Fold-naina", status=301,
+             headers={"Location": f"{API}/projects/2"})
+    FakeGitLab(rsps, [NAINA])
+    settings = with_owners(wiring_settings, tmp_path, {"grouptwogame/old-naina": "a@example.com",
+                                                       "grouptwogame/naina": "b@example.com"})
+    assert run(settings, dry_run=True) == 0
+    assert "redirects" not in capsys.readouterr().err
+
