@@ -35,10 +35,11 @@ TEXTS = {   # kind -> lang -> (title, what is wrong, what to do); {placeholders}
     },
     "card": {
         "zh": ("飞书拒收了通知卡片（{code}）",
-               "飞书拒收了一张通知卡片：卡片格式有误或超过 30 KB。",
+               "飞书拒收了一张通知卡片：卡片格式有误或超过 30 KB；原样重发也会被拒收。",
                "这通常是本服务的缺陷：请把下面的错误信息（含 log id）和项目名报告给维护者。"),
         "en": ("Feishu refused a notification card ({code})",
-               "Feishu refused a notification card: bad card JSON or over 30 KB.",
+               "Feishu refused a notification card: bad card JSON or over 30 KB; sent again as it is, it would be "
+               "refused again.",
                "This is usually a bug in this service: report the error below (with its log id) and the project "
                "to its maintainers."),
     },
@@ -69,13 +70,21 @@ TEXTS = {   # kind -> lang -> (title, what is wrong, what to do); {placeholders}
                "Feishu refused this service's call ({code}): every notification is affected, not one person.",
                "{action_en}"),
     },
+    "person": {
+        "zh": ("飞书不给 {recipient} 发消息（{code}）",
+               "飞书拒绝了发给 {recipient} 的通知（{code}），重试也无济于事。",
+               "{action_zh}"),
+        "en": ("Feishu will not message {recipient} ({code})",
+               "Feishu refused the notification to {recipient} ({code}); retrying will not help.",
+               "{action_en}"),
+    },
     "other": {
         "zh": ("通知发送失败（{code}）",
                "飞书拒绝了发给 {recipient} 的通知，重试也无济于事。",
-               "按下方错误信息中的提示处理（飞书开发者后台）。"),
+               "按下方错误信息中的提示处理。"),
         "en": ("A notification failed ({code})",
                "Feishu refused the notification to {recipient}; retrying will not help.",
-               "Follow the hint in the error below (in the Feishu developer console)."),
+               "Follow the hint in the error below."),
     },
     "backlog": {
         "zh": ("待发送通知积压：{queued} 条",
@@ -120,4 +129,19 @@ APP_ACTIONS = {
                      "https://open.larksuite.com，不带 /open-apis），然后重启服务。",
                "en": "Feishu does not know this API path: check FEISHU_BASE_URL in .env (https://open.feishu.cn, or "
                      "https://open.larksuite.com for Lark, without /open-apis), then restart the service."},
+}
+# What to do about a code that stops the notifications to one person (the "person" kind), per language.
+PERSON_ACTIONS = {
+    230053: {"zh": "此人关闭了本应用机器人的消息：请此人在飞书中打开与机器人的会话，重新开启接收消息。",
+             "en": "They have stopped receiving this bot's messages: ask them to open the bot's chat in Feishu and "
+                   "turn its messages back on."},
+    230029: {"zh": "此人已离职：在 owners.json 或 users.json 中删除此人，或换成接手的同事。",
+             "en": "They have left the company: remove them from owners.json or users.json, or name whoever took "
+                   "over."},
+    230035: {"zh": "飞书不允许本应用给此人发消息（被禁言、屏蔽或企业策略）：请此人或飞书管理员检查。",
+             "en": "Feishu does not let this app message them (muted, blocked or a tenant policy): ask them or a "
+                   "Feishu admin."},
+    230038: {"zh": "此人属于另一个飞书企业，不能跨企业私聊：在 owners.json 或 users.json 中改用此人在本企业的账号。",
+             "en": "They belong to another Feishu organisation, and cross-tenant DMs are not allowed: use their "
+                   "account in this organisation in owners.json or users.json."},
 }

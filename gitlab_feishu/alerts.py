@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
-from .alert_texts import APP_ACTIONS, LABELS, RETRY_HINT, TEXTS
+from .alert_texts import APP_ACTIONS, LABELS, PERSON_ACTIONS, RETRY_HINT, TEXTS
 from .card_parts import escape_markdown
 from .cards import card_content
 from .delivery import shown
@@ -83,6 +83,10 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
         actions = APP_ACTIONS[error.code]
         return Problem(f"{code}:*", "app", {"code": code, "action_zh": actions["zh"], "action_en": actions["en"]},
                        said, project)
+    if error.code in PERSON_ACTIONS:
+        actions = PERSON_ACTIONS[error.code]
+        return Problem(f"{code}:{recipient}", "person",
+                       {**values, "action_zh": actions["zh"], "action_en": actions["en"]}, said, project)
     scope = "*" if error.code is None else recipient       # an HTTP status alone: not this recipient's doing
     return Problem(f"{code}:{scope}", "other", values, detail, project)
 
@@ -100,7 +104,7 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
     values = {name: escape_markdown(str(value)) for name, value in problem.values.items()}
     wrong, action = wrong.format(**values), action.format(**values)
     lines = [f"**{labels['problem']}**  {wrong}", f"**{labels['action']}**  {action}"]
-    if problem.kind != "backlog":
+    if problem.kind not in ("backlog", "card"):              # a refused card would be refused again
         lines.append(RETRY_HINT[lang])
     for label, value in ((labels["project"], problem.project), (labels["recipient"], problem.values.get("recipient"))):
         if value:

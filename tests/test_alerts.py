@@ -250,7 +250,9 @@ def feishu_error(code=None, *, retryable=False, http_status=400, msg="refused"):
     (feishu_error(230006), "230006:*", "app"),                      # bot capability off: everyone
     (feishu_error(99991401), "99991401:*", "app"),                  # the app's IP allow-list: everyone
     (feishu_error(10014), "10014:*", "app"),                        # the app secret: everyone
-    (feishu_error(230053), "230053:zhangsan@example.com", "other"),  # this user stopped the bot
+    (feishu_error(230053), "230053:zhangsan@example.com", "person"),  # this user stopped the bot
+    (feishu_error(230029), "230029:zhangsan@example.com", "person"),  # left the company
+    (feishu_error(1234567), "1234567:zhangsan@example.com", "other"),
     (feishu_error(None, http_status=404), "HTTP 404:*", "other"),
     (feishu_error(None, retryable=True, http_status=503), "expired", "expired"),   # retry window closed
 ])
@@ -341,7 +343,9 @@ EXAMPLES = [Problem("k", "unknown_email", {"recipient": "a@example.com", "file":
                                         "scopes_zh": "im:message"}, "x"),
             Problem("k", "card", {"recipient": "a", "code": 230099}, "x"),
             Problem("k", "expired", {}, "x"),
-            Problem("k", "other", {"recipient": "a", "code": 230053}, "x"),
+            Problem("k", "other", {"recipient": "a", "code": 1234567}, "x"),
+            Problem("k", "person", {"recipient": "a", "code": 230053, "action_zh": "解除屏蔽", "action_en": "unblock"},
+                    "x"),
             Problem("k", "app", {"code": 230006, "action_zh": "启用机器人", "action_en": "enable the bot"}, "x"),
             Problem("k", "chat", {"recipient": "chat:…/hook/0a1b…", "code": 19021}, "x"),
             Problem("k", "backlog", {"queued": 150, "threshold": 100, "minutes": 5})]
@@ -353,6 +357,21 @@ def test_every_alert_card_is_one_feishu_accepts(problem, lang):
     card = render_alert(problem, lang, "https://open.feishu.cn/app/cli_test_app")
     check_card(card)
     assert title(card) == TEXTS[problem.kind][lang][0].format(**problem.values)
+
+
+@pytest.mark.parametrize("lang", list(LABELS))
+def test_a_refused_card_does_not_suggest_retry_failed_which_would_send_it_again(lang):
+    card = render_alert(classify(row(), feishu_error(230099)), lang, "https://open.feishu.cn/app/cli_test_app")
+    assert "--retry-failed" not in text(card)
+
+
+@pytest.mark.parametrize(("lang", "words"), [("zh", "重新开启接收消息"), ("en", "turn its messages back on")])
+def test_a_person_who_stopped_the_bot_is_told_apart_in_the_cards_language(lang, words):
+    error = feishu_error(230053, msg="The user has stopped the bot from sending messages to him.")
+    card = render_alert(classify(row(), error), lang, "https://open.feishu.cn/app/cli_test_app")
+    action = card["body"]["elements"][0]["content"].split("\n")[1]
+    assert words in action and "230053" in title(card) and "--retry-failed" in text(card)
+    assert "developer console" not in action and "开发者后台" not in action       # nothing to do there
 
 
 @pytest.mark.parametrize(("lang", "words"), [("zh", "中启用「机器人」"), ("en", "Enable the Bot")])
