@@ -209,10 +209,22 @@ def show_outbox(settings: Settings) -> int:
     outbox = _outbox(settings)
     rows = outbox.pending()
     counts = outbox.counts()
-    print(f"{outbox.path}: {counts['queued']} queued, {counts['failed']} failed")
+    now = outbox.clock()
+
+    def first_try(row) -> bool:
+        # What counts() leaves out: a card on its first try, inside a webhook now (or in a process that was
+        # killed during it, until the retry thread takes the row over). It is in the list, so say what it is.
+        return (row.status == "queued" and row.attempts == 0 and row.last_error is None
+                and (row.lease_until or 0) > now)
+
+    sending = sum(1 for row in rows if first_try(row))
+    print(f"{outbox.path}: {counts['queued']} queued, {counts['failed']} failed"
+          + (f", {sending} on a first try (inside a webhook now, or left by a stopped process: the retry"
+             " thread takes those over)" if sending else ""))
     for row in rows:
+        status = "trying" if first_try(row) else row.status
         when = "" if row.status == "failed" else f", next try {_time(row.next_attempt_at)}"
-        print(f"#{row.id} {row.status:<6} to {shown(row)} ({row.rule}) since {_time(row.created_at)},"
+        print(f"#{row.id} {status:<6} to {shown(row)} ({row.rule}) since {_time(row.created_at)},"
               f" {_count(row.attempts, 'attempt')}{when}")
         if row.last_error:
             print(f"    {row.last_error}")

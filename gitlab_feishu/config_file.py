@@ -140,10 +140,23 @@ def _json_error(text: str, exc: json.JSONDecodeError) -> str:
     if before.endswith(",") and text[exc.pos:exc.pos + 1] in ("}", "]"):
         return _at_line(text, len(before) - 1, "a comma after the last entry; remove it")
     if exc.pos >= len(text.rstrip(_JSON_SPACE)):
-        return f"line {exc.lineno}: not valid JSON: the file ends too soon (saved halfway?): {exc.msg}"
+        return f"line {exc.lineno}: not valid JSON: the file ends too soon (saved halfway?): {_plain(exc.msg)}"
     if exc.msg.startswith("Expecting ',' delimiter") and "\n" in text[len(before):exc.pos]:
         return _at_line(text, len(before) - 1, "a comma is missing at the end of this line")
-    return f"line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}{_syntax_hint(text, exc.pos)}"
+    return f"line {exc.lineno} column {exc.colno}: not valid JSON: {_plain(exc.msg)}{_syntax_hint(text, exc.pos)}"
+
+
+# json's messages that end in "at", made for "... at: line L column C (char N)": the position is already in front.
+_PLAIN_MESSAGES = {
+    "Unterminated string starting at": 'a quoted string starts here and never ends: a closing double quote (") is'
+                                       " missing",
+    "Invalid control character at": 'a line break or tab inside a quoted string: a closing double quote (") is'
+                                    " missing before it",
+}
+
+
+def _plain(msg: str) -> str:
+    return _PLAIN_MESSAGES.get(msg, msg[:-3] if msg.endswith(" at") else msg)
 
 
 def _at_line(text: str, pos: int, problem: str) -> str:

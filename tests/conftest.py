@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -48,6 +49,20 @@ def another_program_locks(path: Path) -> Iterator[None]:
     finally:
         shell.execute("ROLLBACK")
         shell.close()
+
+
+def shipped_file(relative: str, tmp_path: Path) -> Path:
+    """The committed version of a config file (config/owners.json, config/users.json), not the working copy:
+    the README has operators edit these in place, and their edits must not fail the test run."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        content = subprocess.run(["git", "show", f"HEAD:{relative}"], cwd=root, capture_output=True,
+                                 check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return root / relative          # not a git checkout (an unpacked archive): the file as shipped
+    copy = tmp_path / Path(relative).name
+    copy.write_bytes(content)
+    return copy
 
 
 def load_payload(name: str) -> dict:

@@ -243,3 +243,40 @@ def test_outbox_lists_each_waiting_card_and_retry_failed_counts_in_words(run, se
     assert "to a@example.com (exact: mike/diaspora) since " in out and ", 1 attempt, next try " in out
     assert ", 3 attempts\n    230013" in out
     assert run("--retry-failed")[1].startswith("1 failed delivery queued again;")
+
+
+def test_outbox_header_agrees_with_its_list_for_a_card_on_its_first_try(run, settings):
+    """A card whose first try is under way (or whose process was killed during it) is listed: the header must
+    not say "0 queued" above it without a word about what it is."""
+    from gitlab_feishu.outbox import Outbox
+    from gitlab_feishu.rows import NewDelivery
+
+    outbox = Outbox(settings.data_dir / "outbox.sqlite3")
+    outbox.begin_event("idem:2", "push", "mike/diaspora",
+                       [NewDelivery("dm", "a@example.com", "exact: mike/diaspora", "{}", "uuid-a")],
+                       lease_owner="a-process-that-was-killed", lease_seconds=60, retry_window=3600)
+    code, out, _ = run("--outbox")
+    header, row = out.splitlines()[:2]
+    assert code == 0 and header.endswith("0 queued, 0 failed, 1 on a first try (inside a webhook now, or left by"
+                                         " a stopped process: the retry thread takes those over)")
+    assert row.startswith("#") and " trying to a@example.com (exact: mike/diaspora) since " in row
+
+
+def test_outbox_piped_into_head_ends_without_a_traceback(tmp_path):
+    from gitlab_feishu.outbox import Outbox
+    from gitlab_feishu.rows import NewDelivery
+
+    owners = tmp_path / "owners.json"
+    owners.write_text('{"测试项目": "test@example.com"}', encoding="utf-8")
+    outbox = Outbox(tmp_path / "data" / "outbox.sqlite3")
+    outbox.begin_event("idem:3", "push", "demo/x",
+                       [NewDelivery("dm", f"u{n}@example.com", "exact: 测试项目", "{}", f"uuid-{n}")
+                        for n in range(2000)], lease_owner="gone", lease_seconds=60, retry_window=3600)
+    env = service_env(OWNERS_FILE=str(owners), DATA_DIR=str(tmp_path / "data"))
+    reader = subprocess.Popen([sys.executable, "webhook_server.py", "--outbox"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.readline()
+    reader.stdout.close()                      # what `| head -1` does
+    stderr = reader.stderr.read().decode("utf-8", "replace")
+    reader.wait(timeout=30)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

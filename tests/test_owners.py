@@ -16,8 +16,8 @@ from gitlab_feishu.watched import FileWatcher, WatchedFile
 from gitlab_feishu.events import Person, Project, PushEvent
 from gitlab_feishu.owners import Match, OwnersFile, load_owners
 from gitlab_feishu.settings import ConfigError
+from tests.conftest import shipped_file
 
-SHIPPED = Path(__file__).resolve().parent.parent / "config" / "owners.json"
 LOGGER = "gitlab_feishu.owners"
 
 
@@ -150,8 +150,8 @@ def test_project_nobody_owns_matches_nobody(tmp_path):
     assert match(owners, "other/project", "别的项目") == []
 
 
-def test_shipped_owners_file_loads_with_its_three_examples():
-    owners = load_owners(SHIPPED)
+def test_shipped_owners_file_loads_with_its_three_examples(tmp_path):
+    owners = load_owners(shipped_file("config/owners.json", tmp_path))
     assert len(owners) == 3 and owners.warnings == ()
     assert [m.recipient for m in match(owners, "farm/grandma", "N_奶奶的小农院")] == [
         "lisi@example.com", "wangwu@example.com"]
@@ -171,6 +171,9 @@ def test_shipped_owners_file_loads_with_its_three_examples():
     ('{\n  "a": "x@example.com"\n  "测试项目": "y@example.com"\n}', 2, ['"a": "x@example.com")', "comma is missing"]),
     ('{\n  "a": "x@example.com" "b": "y@example.com"\n}', 2, ["column 24", "delimiter"]),
     ('{\n  "a": "x@example.com",\n  "b": "y@example.com"\n', 4, ["ends too soon"]),       # saved halfway
+    ('{\n  "a": "x@example.com",\n  "b": "y@example.com\n}\n', 3, ["column 22", "closing double quote"]),
+    ('{\n  "a": "x@example.com",\n  "b": "y@exa', 3, ["column 8", "never ends"]),         # saved mid-string
+    ('{\n  "a": "x@example.com",\n  "b": "y@exa\n  ', 3, ["ends too soon", "closing double quote"]),
     ('{\n  “测试项目”: "a@example.com"\n}', 2, ["not valid JSON", "ASCII quotes"]),
     ('["a@example.com"]', 1, ["top level must be a JSON object", "not a list"]),
     ('{\n  "client": 5\n}', 2, ['"client"', "the number 5"]),

@@ -11,10 +11,9 @@ from gitlab_feishu.gitlab import parse_event
 from gitlab_feishu.owners import Match
 from gitlab_feishu.settings import ConfigError
 from gitlab_feishu.users import Users, UsersFile, load_users, with_people
-from tests.conftest import load_payload
+from tests.conftest import load_payload, shipped_file
 from tests.test_owners import FakeClock, save, write_owners
 
-SHIPPED = Path(__file__).resolve().parent.parent / "config" / "users.json"
 LOGGER = "gitlab_feishu.users"
 PEOPLE = {"zhangsan": "zhangsan@example.com", "lisi": "LiSi@Example.com", "wangwu": "ou_0123456789abcdef"}
 
@@ -38,8 +37,8 @@ def test_missing_file_turns_the_feature_off(tmp_path):
     assert not users.found and len(users) == 0
 
 
-def test_shipped_users_file_is_an_empty_map():
-    users = load_users(SHIPPED)
+def test_shipped_users_file_is_an_empty_map(tmp_path):
+    users = load_users(shipped_file("config/users.json", tmp_path))
     assert users.found and len(users) == 0 and users.warnings == ()
 
 
