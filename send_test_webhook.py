@@ -199,7 +199,7 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
         # Every answer of this service carries "status"; a 2xx without it is another program's.
         text = " ".join(rsp.text.split())[:80]
         return False, [f"error: HTTP {rsp.status_code} from {url}, but not this service's JSON answer ({text!r}):"
-                       " is --url right? It ends with /gitlab-webhook"]
+                       " is --url right? This service's URL ends with /gitlab-webhook"]
     if rsp.status_code == 401:
         # The service says whether the token or (GitLab 19) the signature was wrong.
         return False, [f"error: HTTP 401 from {url}: {answer.get('reason') or 'refused'} (this script sends"

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 TOO_LARGE = "body larger than GitLab's 25 MB limit"
 CUT_SHORT = "the body ended before its Content-Length: the client went away or went silent"
+# A hook URL without the path is the usual mistake; werkzeug's own words would not say what the path is.
+NO_SUCH_PATH = "no such path: GitLab's hook URL ends with /gitlab-webhook (POST); /healthz answers GET"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
 
 
@@ -159,7 +161,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return _refused(exc.code or 500, exc.description or exc.name)
+        return _refused(exc.code or 500, NO_SUCH_PATH if exc.code == 404 else exc.description or exc.name)
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):

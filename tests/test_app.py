@@ -342,6 +342,12 @@ def test_http_errors_are_json(client, method, path, status):
     assert response.status_code == status and response.json["status"] == "error"
 
 
+@pytest.mark.parametrize("path", ["/", "/hooks/gitlab", "/gitlab-webhooks"])
+def test_a_wrong_path_is_answered_with_the_right_one(client, path):
+    response = client.post(path, data=b"{}", headers=gitlab_headers())
+    assert response.status_code == 404 and "/gitlab-webhook (POST)" in response.json["reason"]
+
+
 def test_a_hook_url_with_a_trailing_slash_is_delivered(client, feishu):
     response = client.post("/gitlab-webhook/", data=json.dumps(load_payload("chinese_push.json"), ensure_ascii=False),
                            headers=gitlab_headers())

@@ -73,6 +73,12 @@ def test_a_project_nobody_owns_says_so(run, service):
     assert "ignored (no entry in owners.json matches other/thing (thing))" in out and "--match" in out
 
 
+def test_a_url_without_the_path_is_told_the_path(run, service, fake):
+    code, _, err = run("--url", f"http://127.0.0.1:{service.server_port}")
+    assert code == 1 and err.count("\n") == 1
+    assert "HTTP 404" in err and "ends with /gitlab-webhook" in err and fake.messages == []
+
+
 def test_wrong_token_is_one_line_and_fails(run, service, fake):
     code, out, err = run("--token", "not-the-secret", port=service.server_port)
     assert code == 1
