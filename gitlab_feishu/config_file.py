@@ -170,9 +170,12 @@ def _at_line(text: str, pos: int, problem: str) -> str:
 
 # A group bot's webhook token and signing secret are credentials: the line quoted in an error (which reaches the
 # log and /healthz) shows neither, as chats.mask_chat_url shows a bot elsewhere. JSON may write "/" as "\/" and
-# put "\"" inside a string; a secret's value may sit on another line than its key, or run past a missing quote.
-_HOOK_TOKEN = re.compile(r"(\\?/hook\\?/)([^\"\s\\]{0,4})[^\"\s]*")
-_SECRET_VALUE = re.compile(r"\"secret\"\s*:\s*\"((?:[^\"\\\n]|\\.)*)", re.IGNORECASE)
+# put "\"" inside a string, and any character as \uXXXX; a secret's value may sit on another line than its key,
+# or run past a missing quote.
+_SLASH = r"(?:\\?/|\\u002f)"
+_HOOK_TOKEN = re.compile(rf"({_SLASH}hook{_SLASH})([^\"\s\\]{{0,4}})[^\"\s]*", re.IGNORECASE)
+_SECRET_KEY = "".join(rf"(?:{c}|\\u{ord(c):04x}|\\u{ord(c.upper()):04x})" for c in "secret")
+_SECRET_VALUE = re.compile(rf"\"{_SECRET_KEY}\"\s*:\s*\"((?:[^\"\\\n]|\\.)*)", re.IGNORECASE)
 
 
 def _without_secrets(text: str, start: int, end: int) -> str:

@@ -207,6 +207,8 @@ def test_invalid_file_names_file_line_and_problem(tmp_path, text, line, words):
     '    "qZ8xK2mN7pL4vB9w"\n    "x": 1\n  }]}\n}\n',                        # the secret on a line of its own
     '{\n  "g/x": {"chats": [{"url": "https://h.cn/open-apis/bot/v2/hook/0f1e2d3c", "secret"\n'
     '    : "qZ8xK2mN7pL4vB9w"\n    "x": 1\n  }]}\n}\n',                      # its colon too
+    '{\n  "g/x": {"chats": [\n    {"url": "https:\\u002f\\u002fh.cn\\u002Fhook\\u002f0f1e2d3c", '
+    '"secr\\u0065t": "qZ8xK2mN7pL4vB9w"}\n    "x"\n  ]}\n}\n',                # any character written as \\uXXXX
 ])
 def test_a_json_error_never_quotes_a_bots_token_or_secret(tmp_path, text):
     # The quoted line reaches the log and /healthz: a missing comma after a bot's URL or secret must not show it.
