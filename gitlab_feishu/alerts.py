@@ -39,6 +39,9 @@ BACKLOG_SECONDS = 300.0        # how long the queue must stay above the threshol
 DETAIL_CHARS = 1000            # of the error line shown on the card
 
 CARD_CODES = frozenset({230099, 230025, 200621})
+# A person who left (230029) or is in another organisation (230038) is fixed by naming someone else in
+# owners.json or users.json: --retry-failed would send the stored rows to the same person again.
+GONE_CODES = frozenset({230029, 230038})
 # A group's custom bot refusing a post for its own settings: a removed bot or a wrong URL, a signature, an IP
 # allow-list, a keyword (chats.py says which).
 BOT_SETTINGS_CODES = frozenset({19001, 19021, 19022, 19024})
@@ -54,6 +57,7 @@ class Problem:
     detail: str = ""           # the error line: Feishu code, message, log id (and hint, when the card has none)
     project: str = ""
     button_url: str = ""       # a page that fixes it (Feishu's own scope request link), else the app's console
+    resend_helps: bool = True  # whether --retry-failed, after the fix, gets the failed cards out
 
 
 def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Problem:
@@ -78,7 +82,7 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
         link = SCOPE_REQUEST.search(error.message)
         return Problem(f"99991672:{scopes['scopes']}", "permission", scopes, said, project, link[0] if link else "")
     if error.code in CARD_CODES:
-        return Problem(f"card:{code}", "card", {"code": code}, said, project)
+        return Problem(f"card:{code}", "card", {"code": code}, said, project, resend_helps=False)
     if error.code in APP_ACTIONS:                           # every delivery is affected: one problem
         actions = APP_ACTIONS[error.code]
         return Problem(f"{code}:*", "app", {"code": code, "action_zh": actions["zh"], "action_en": actions["en"]},
@@ -86,7 +90,8 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
     if error.code in PERSON_ACTIONS:
         actions = PERSON_ACTIONS[error.code]
         return Problem(f"{code}:{recipient}", "person",
-                       {**values, "action_zh": actions["zh"], "action_en": actions["en"]}, said, project)
+                       {**values, "action_zh": actions["zh"], "action_en": actions["en"]}, said, project,
+                       resend_helps=error.code not in GONE_CODES)
     scope = "*" if error.code is None else recipient       # an HTTP status alone: not this recipient's doing
     return Problem(f"{code}:{scope}", "other", values, detail, project)
 
@@ -104,7 +109,7 @@ def render_alert(problem: Problem, lang: str, console_url: str) -> dict:
     values = {name: escape_markdown(str(value)) for name, value in problem.values.items()}
     wrong, action = wrong.format(**values), action.format(**values)
     lines = [f"**{labels['problem']}**  {wrong}", f"**{labels['action']}**  {action}"]
-    if problem.kind not in ("backlog", "card"):              # a refused card would be refused again
+    if problem.resend_helps and problem.kind != "backlog":
         lines.append(RETRY_HINT[lang])
     for label, value in ((labels["project"], problem.project), (labels["recipient"], problem.values.get("recipient"))):
         if value:

@@ -56,7 +56,7 @@ def shipped_file(relative: str, tmp_path: Path) -> Path:
     the README has operators edit these in place, and their edits must not fail the test run."""
     root = Path(__file__).resolve().parent.parent
     try:
-        content = subprocess.run(["git", "show", f"HEAD:{relative}"], cwd=root, capture_output=True,
+        content = subprocess.run(["git", "show", f"HEAD:./{relative}"], cwd=root, capture_output=True,
                                  check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return root / relative          # not a git checkout (an unpacked archive): the file as shipped

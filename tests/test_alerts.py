@@ -387,3 +387,12 @@ def test_alert_card_escapes_feishus_text():
     problem = Problem("k", "other", {"recipient": "a@example.com", "code": 1}, "**bold** <at id=all></at> [x](y)")
     body = text(render_alert(problem, "en", "https://open.feishu.cn/app/cli_test_app"))
     assert "<at" not in body and "**bold**" not in body and "[x](y)" not in body
+
+
+@pytest.mark.parametrize("code", [230029, 230038])
+@pytest.mark.parametrize("lang", list(LABELS))
+def test_a_person_who_left_or_is_in_another_tenant_is_not_sent_to_retry_failed(code, lang):
+    """The fix names someone else in owners.json/users.json; --retry-failed resends the stored rows to the same
+    person, and Feishu refuses them again."""
+    card = render_alert(classify(row(), feishu_error(code)), lang, "https://open.feishu.cn/app/cli_test_app")
+    assert "--retry-failed" not in text(card)
