@@ -6,7 +6,6 @@
 
 Settings come from the environment and `.env`; see README.md.
 """
-import os
 import sys
 
 from gitlab_feishu.app import create_app, gunicorn_app
@@ -24,9 +23,4 @@ def __getattr__(name):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BrokenPipeError:
-        # `--outbox | head`, `| more` closed early: the reader has what it wanted; no traceback for that.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    sys.exit(main())

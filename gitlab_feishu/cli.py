@@ -6,11 +6,13 @@ import datetime
 import errno
 import functools
 import logging
+import os
 import signal
 import socket
 import sqlite3
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 from .events import Project
 from .gitlab import MAX_BODY_BYTES
@@ -58,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         if args.outbox:
-            return show_outbox(settings)
+            return _printed(lambda: show_outbox(settings))
         if args.retry_failed:
             return retry_failed(settings)
         if args.match:
-            return show_match(settings, args.match, args.name, branch=args.branch, event=args.event,
-                              default_branch=args.default_branch)
+            return _printed(lambda: show_match(settings, args.match, args.name, branch=args.branch, event=args.event,
+                                               default_branch=args.default_branch))
         if args.wire_hooks:
             from .wiring import wire_hooks
 
@@ -80,6 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {settings.data_dir / 'outbox.sqlite3'} is locked by another program (an sqlite3 shell or "
               "a backup tool in a transaction?); close it and try again", file=sys.stderr)
         return 1
+
+
+def _printed(report: Callable[[], int]) -> int:
+    """Run a report for the console. Piped into `head` or `more`, which may close early, the reader has what
+    it wanted: no traceback for that (Python's advice: point stdout at devnull so the exit flush is quiet)."""
+    try:
+        code = report()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
 
 
 def serve(settings: Settings) -> int:
@@ -210,19 +224,12 @@ def show_outbox(settings: Settings) -> int:
     rows = outbox.pending()
     counts = outbox.counts()
     now = outbox.clock()
-
-    def first_try(row) -> bool:
-        # What counts() leaves out: a card on its first try, inside a webhook now (or in a process that was
-        # killed during it, until the retry thread takes the row over). It is in the list, so say what it is.
-        return (row.status == "queued" and row.attempts == 0 and row.last_error is None
-                and (row.lease_until or 0) > now)
-
-    sending = sum(1 for row in rows if first_try(row))
+    sending = sum(1 for row in rows if row.on_first_try(now))      # counts() leaves these out: say what they are
     print(f"{outbox.path}: {counts['queued']} queued, {counts['failed']} failed"
           + (f", {sending} on a first try (inside a webhook now, or left by a stopped process: the retry"
              " thread takes those over)" if sending else ""))
     for row in rows:
-        status = "trying" if first_try(row) else row.status
+        status = "trying" if row.on_first_try(now) else row.status
         when = "" if row.status == "failed" else f", next try {_time(row.next_attempt_at)}"
         print(f"#{row.id} {status:<6} to {shown(row)} ({row.rule}) since {_time(row.created_at)},"
               f" {_count(row.attempts, 'attempt')}{when}")

@@ -20,7 +20,7 @@ from .cutoff import Countdown
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import USER_RATE_LIMITED, FeishuError
 from .outbox import Outbox
-from .pacing import Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas
+from .pacing import Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas, refused_quota
 from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,6 @@ class Outcome:
     status: str                # sent | queued | failed
     error: str | None = None
     duration: float = 0.0      # seconds from the start of deliver() (the email lookup included) to this outcome
-
-
-def refused_quota(quotas: list[Quota], error: FeishuError) -> Quota:
-    """The quota a rate-limit refusal is about: one user's 5 a second (230020, the last of a DM's quotas), or
-    otherwise the app's or the group bot's (the first)."""
-    return quotas[-1] if error.code == USER_RATE_LIMITED else quotas[0]
 
 
 def is_open_id(recipient: str) -> bool:
@@ -211,7 +205,7 @@ class Deliverer:
             except FeishuError as exc:
                 error = exc
                 if exc.rate_limited and self.pacer is not None:
-                    self.pacer.hold(refused_quota(quotas, exc), exc.retry_after)
+                    self.pacer.hold(refused_quota(quotas, one_user=exc.code == USER_RATE_LIMITED), exc.retry_after)
                 if exc.code in STALE_OPEN_ID and not looked_up_again and row.channel == "dm" \
                         and not is_open_id(row.recipient):
                     # The cached open_id may be stale (cached before the app or the user changed): look

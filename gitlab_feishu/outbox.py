@@ -240,8 +240,8 @@ class Outbox:
     def counts(self) -> dict[str, int]:
         """Deliveries waiting for a retry, and those failed for good. A card on its first try inside a webhook
         is not waiting: counted, a busy service's status line and backlog alert would report a queue."""
-        # A first try holds its lease and has no error yet; a row put back (by a pacing wait too, with
-        # attempts 0) has its lease released (NULL) and an error: it waits, and is counted.
+        # A first try (Delivery.on_first_try) holds its lease and has no error yet; a row put back (by a pacing
+        # wait too, with attempts 0) has its lease released (NULL) and an error: it waits, and is counted.
         rows = self._connect().execute(
             "SELECT status, COUNT(*) FROM deliveries WHERE status = 'failed' OR (status = 'queued' AND"
             " NOT (attempts = 0 AND last_error IS NULL AND COALESCE(lease_until, 0) > ?)) GROUP BY status",

@@ -50,6 +50,12 @@ def dm_quotas(open_id: str) -> list[Quota]:
     return [Quota("app", APP_MESSAGES), Quota(f"user:{open_id}", ONE_USER)]
 
 
+def refused_quota(quotas: list[Quota], *, one_user: bool) -> Quota:
+    """The quota Feishu refused a send for: one user's 5 a second (`one_user`), otherwise the app's or the
+    group bot's."""
+    return next(q for q in quotas if q.key.startswith("user:") is one_user)
+
+
 def lookup_quotas() -> list[Quota]:
     return [Quota("lookup", LOOKUPS)]
 
@@ -125,7 +131,7 @@ class Pacer:
         def write() -> None:
             with self._db.write() as conn:
                 # A longer hold stays; one from before the clock was stepped back does not.
-                conn.execute("INSERT INTO holds (key, until) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until ="
-                             " CASE WHEN until > ? THEN excluded.until ELSE max(until, excluded.until) END",
-                             (quota.key, until, now + LOG_SECONDS))
+                conn.execute("INSERT OR IGNORE INTO holds (key, until) VALUES (?, ?)", (quota.key, until))
+                conn.execute("UPDATE holds SET until = CASE WHEN until > ? THEN ? ELSE max(until, ?) END"
+                             " WHERE key = ?", (now + LOG_SECONDS, until, until, quota.key))
         self._db.use(write, None)

@@ -52,3 +52,9 @@ class Delivery:
     last_error: str | None
     created_at: float
     give_up_at: float
+
+    def on_first_try(self, now: float) -> bool:
+        """A card on its first try: inside a webhook now, or left by a process killed during it until the retry
+        thread takes the row over. Not waiting, so Outbox.counts() leaves it out (its SQL says the same)."""
+        return self.status == QUEUED and self.attempts == 0 and self.last_error is None \
+            and (self.lease_until or 0) > now

@@ -47,7 +47,8 @@ def wire_hooks(settings: Settings, *, dry_run: bool = False, check_only: bool = 
     except WiringError as exc:
         return _stopped(exc)
     except KeyboardInterrupt:
-        return _stopped(WiringError("interrupted (Ctrl+C) while reading GitLab, before any change: nothing was changed"))
+        return _stopped(WiringError("interrupted (Ctrl+C) while reading GitLab, before any change: nothing was "
+                                    "changed"))
     error = None
     if check_only:
         lines, attention = check_report([check(listing, desired, now) for listing in listings])
