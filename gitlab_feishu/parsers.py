@@ -151,6 +151,7 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         ref_protected=optional_bool(attributes.get("protected_ref")),
         merge_request_iid=integer(as_dict(payload.get("merge_request")).get("iid")),
         name=text(attributes.get("name")),
+        job_names=tuple(sorted({text(as_dict(build).get("name")) for build in as_list(payload.get("builds"))} - {""})),
     )
 
 

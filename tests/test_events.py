@@ -289,6 +289,9 @@ def test_old_minimal_pipeline_payload():
     (lambda p: None, lambda e: e.name == "Pipeline for branch: master"),     # workflow:name
     (lambda p: p["object_attributes"].update(name=None), lambda e: e.name == ""),
     (lambda p: p["object_attributes"].pop("name"), lambda e: e.name == ""),  # before GitLab 16
+    (lambda p: p["builds"].append(dict(p["builds"][0], id=999)),            # a retried job is named once
+     lambda e: e.job_names == tuple(sorted({b["name"] for b in load_payload("pipeline.json")["builds"]}))),
+    (lambda p: p.update(builds=None), lambda e: e.job_names == ()),
 ])
 def test_pipeline_missing_fields(change, check):
     payload = with_attributes("pipeline.json", status="failed")
