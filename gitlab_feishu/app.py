@@ -93,6 +93,9 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
         sleep = getattr(clock, "sleep", time.sleep)
         pacer = Pacer(settings.data_dir / "pacing.sqlite3", clock=clock, sleep=sleep) if settings.feishu_pacing \
             else None
+        if pacer is None:
+            log.warning("FEISHU_PACING=off: cards are sent without taking turns under Feishu's rate limits; a burst "
+                        "will meet 429s (meant only for capacity runs against a fake without quotas)")
         deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, pacer=pacer,
                               clock=clock, sleep=sleep, on_failed=alerter.delivery_failed if alerter else None,
                               chats=BotClient(), chat_secret=lambda url: owners.current().chat_secret(url))

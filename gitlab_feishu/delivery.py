@@ -20,7 +20,7 @@ from .cutoff import Countdown
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import USER_RATE_LIMITED, FeishuError
 from .outbox import Outbox
-from .pacing import Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas, refused_quota
+from .pacing import LOG_SECONDS, Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas, refused_quota
 from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,11 @@ class Deliverer:
                                           f"last error: {error}", attempts)
         next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
         if error.retry_after is not None:       # Feishu's rate-limit reset, at most the longest backoff
-            next_at = max(next_at, now + min(error.retry_after, MAX_BACKOFF))
+            # A quota's reset is believed as far as the pacer's hold believes it (Feishu's longest window is a
+            # minute): a reset of 3600 must not keep this card back for ten minutes while every other card under
+            # the same quota goes after the hold.
+            cap = LOG_SECONDS if error.rate_limited else MAX_BACKOFF
+            next_at = max(next_at, now + min(error.retry_after, cap))
         next_at = min(next_at, row.give_up_at)      # one last try as the window closes
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)
         if next_at <= now:

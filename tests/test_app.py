@@ -142,6 +142,13 @@ def test_a_non_ascii_secret_matches_the_bytes_gitlab_sends(settings, feishu, hea
     assert post(app.test_client(), load_payload("push.json"), gitlab_headers(token=header)).status_code == 200
 
 
+@pytest.mark.parametrize("pacing", [True, False])
+def test_pacing_turned_off_is_said_at_start(settings, caplog, pacing):
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        create_app(dataclasses.replace(settings, feishu_pacing=pacing), background=False)
+    assert ("FEISHU_PACING=off" in caplog.text) is not pacing
+
+
 def test_without_a_secret_any_token_is_accepted(settings, feishu, caplog):
     with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
         app = create_app(dataclasses.replace(settings, feishu_base_url=feishu.url, gitlab_webhook_secret=""),

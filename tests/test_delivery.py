@@ -485,3 +485,15 @@ def test_a_rate_limited_lookup_holds_the_next_lookup(paced, outbox, feishu, cloc
     paced.deliver(record(outbox, "a@example.com"), deadline=clock() + 5)
     [second] = paced.deliver(record(outbox, "b@example.com", key="idem:2"), deadline=clock() + 5).values()
     assert second.status == "queued" and len(feishu.lookups) == 1
+
+
+def test_a_quota_refusal_with_an_hour_long_reset_waits_no_longer_than_the_pacers_hold(paced, outbox, feishu, clock):
+    """A reset header of 3600 (a lie, or a proxy's): the app is held for a minute; the refused card with it."""
+    feishu.answers["ou_a"] = [rate_limited(retry_after=3600)]
+    start = clock()
+    paced.deliver(record(outbox, "a@example.com"), deadline=start + 5)
+    [second] = paced.deliver(record(outbox, "b@example.com", key="idem:2"), deadline=clock() + 5).values()
+    [refused] = outbox.event_rows("idem:1")
+    [held] = outbox.event_rows("idem:2")
+    assert second.status == "queued"
+    assert refused.next_attempt_at <= held.next_attempt_at + 1 and refused.next_attempt_at - start < 65
