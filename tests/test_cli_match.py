@@ -94,3 +94,13 @@ def test_an_unknown_event_is_refused_by_the_parser(run):
     with pytest.raises(SystemExit) as raised:
         run("--match", "g/p", "--event", "issue")
     assert raised.value.code == 2
+
+
+def test_match_protected_follows_what_gitlab_would_say(run):
+    owners = {"platform": {"owners": ["ops@example.com"], "branches": [":protected"]}}
+    code, out, _ = run("--match", "platform/infra-tools", "--branch", "develop", owners=owners)
+    assert "nobody is notified" in out and "pass --protected yes or no" in out
+    code, out, _ = run("--match", "platform/infra-tools", "--branch", "develop", "--protected", "yes", owners=owners)
+    assert out.splitlines()[-1] == "notifies: ops@example.com" and "--protected" not in out
+    code, out, _ = run("--match", "platform/infra-tools", "--branch", "main", "--protected", "no", owners=owners)
+    assert "filtered out: branch main" in out and "nobody is notified" in out
