@@ -29,6 +29,8 @@ FIELDS = ("owners", "chats", "branches", "events")
 PRESETS = (":default", ":protected")
 MIN_KEY = 2        # keys and key parts shorter than this never match: they would match nearly everything
 
+# What a GitLab group or project path may hold (folded), and `*`: a pattern with anything else never matches.
+_PATH_PATTERN = re.compile(r"[a-z0-9_.\-/*]+")
 # What git refuses in a branch name (git check-ref-format), except `*`, which is our wildcard.
 _NOT_IN_BRANCH = re.compile(r"[\x00-\x20\x7f~^:?\[\\]|\.\.|@\{|//")
 
@@ -57,9 +59,9 @@ def read_owners(path: Path) -> OwnersData:
     secrets: dict[str, tuple[str, int]] = {}
     entries = tuple(_entries(text, path, secrets))
     for entry in entries:
-        if too_short(entry.key):
-            warnings.append(f"{path}, line {entry.line}: key {_quote(entry.key)} is shorter than {MIN_KEY} characters, "
-                            "so it never matches; write the project's full path (group/project) or its name")
+        why = _never_matches(entry.key)
+        if why:
+            warnings.append(f"{path}, line {entry.line}: key {_quote(entry.key)} {why}")
             log.warning("%s", warnings[-1])
     return OwnersData(entries, {url: secret for url, (secret, _) in secrets.items()}, tuple(warnings))
 
@@ -68,6 +70,18 @@ def too_short(key: str) -> bool:
     """A key that never matches: shorter than MIN_KEY and no `*` pattern."""
     folded = fold(key).strip().strip("/")
     return len(folded) < MIN_KEY and "*" not in folded
+
+
+def _never_matches(key: str) -> str | None:
+    """Why a key can never match anything, or None."""
+    if too_short(key):
+        return (f"is shorter than {MIN_KEY} characters, so it never matches; write the project's full path "
+                "(group/project) or its name")
+    folded = fold(key).strip().strip("/")
+    if "*" in folded and not _PATH_PATTERN.fullmatch(folded):
+        return ("is a * pattern, which matches a project's path (group/project: letters, digits, - _ .) and never "
+                "its display name, so it never matches; write a pattern over the path, or the name without *")
+    return None
 
 
 def fold(text: str) -> str:

@@ -90,6 +90,20 @@ def test_a_key_too_short_to_match_is_named_in_a_warning(tmp_path, key):
     assert f"line 3: key \"{key}\" is shorter than 2 characters, so it never matches" in warning
 
 
+@pytest.mark.parametrize(("key", "warned"), [
+    ("Y_野水发财*", True),                       # a pattern over the display name: patterns match paths only
+    ("grouptwogame/yeshui client*", True),
+    ("GroupTwoGame/yeshui-*", False),            # paths compare ignoring case
+    ("*/client-*", False),
+    ("grouptwogame/v1.2_x*", False),
+])
+def test_a_pattern_that_cannot_match_a_gitlab_path_is_named_in_a_warning(tmp_path, key, warned):
+    owners = load_owners(write_owners(tmp_path, {"grouptwogame": "lead@example.com", key: "owner@example.com"}))
+    assert bool(owners.warnings) is warned
+    if warned:
+        assert f'line 3: key "{key}" is a * pattern, which matches a project\'s path' in owners.warnings[0]
+
+
 @pytest.mark.parametrize("glob", ["*", "＊"])             # the full-width star of a Chinese input method too
 def test_a_one_character_glob_still_matches_every_project(tmp_path, glob):
     owners = load_owners(write_owners(tmp_path, {glob: "owner@example.com"}))
