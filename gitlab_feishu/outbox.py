@@ -268,15 +268,31 @@ class Outbox:
                 "UPDATE deliveries SET status = 'queued', rounds = 0, next_attempt_at = ?, give_up_at = ?,"
                 " updated_at = ? WHERE status = 'failed'", (now, now + retry_window, now)).rowcount
 
-    def prune(self, *, keep_seconds: float) -> int:
-        """Forget finished events (and their sent deliveries) older than keep_seconds."""
-        cutoff = self.clock() - keep_seconds
-        with self._write() as conn:
-            old = "SELECT key FROM events WHERE created_at < ?"
-            busy = "SELECT event_key FROM deliveries WHERE status != 'sent'"
-            conn.execute(f"DELETE FROM deliveries WHERE event_key IN ({old}) AND event_key NOT IN ({busy})", (cutoff,))
-            return conn.execute(f"DELETE FROM events WHERE created_at < ? AND key NOT IN ({busy})", (cutoff,)).rowcount
+    def prune(self, *, keep_seconds: float, keep_failed_seconds: float | None = None, batch: int = 500) -> int:
+        """Forget events older than keep_seconds (with their deliveries) once nothing of theirs is queued, and no
+        delivery of theirs failed within keep_failed_seconds (None: a failed delivery is kept for good).
 
+        In batches of `batch` events, one transaction each: every webhook of every process waits for the
+        write lock while a batch is deleted, so the first prune after weeks of failures must not hold it long.
+        """
+        now = self.clock()
+        cutoff = now - keep_seconds
+        failed_cutoff = None if keep_failed_seconds is None else now - keep_failed_seconds
+        # NOT EXISTS looks each old event's rows up by the (event_key, ...) index instead of scanning them all.
+        old = ("SELECT key FROM events WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
+               " WHERE d.event_key = events.key AND (d.status = 'queued'"
+               " OR (d.status = 'failed' AND (? IS NULL OR d.updated_at >= ?)))) LIMIT ?")
+        forgotten = 0
+        while True:
+            with self._write() as conn:
+                keys = [row[0] for row in conn.execute(old, (cutoff, failed_cutoff, failed_cutoff, batch))]
+                if keys:
+                    marks = ", ".join("?" * len(keys))
+                    conn.execute(f"DELETE FROM deliveries WHERE event_key IN ({marks})", keys)
+                    conn.execute(f"DELETE FROM events WHERE key IN ({marks})", keys)
+            forgotten += len(keys)
+            if len(keys) < batch:
+                return forgotten
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:

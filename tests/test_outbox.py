@@ -221,6 +221,46 @@ def test_prune_forgets_old_finished_events_only(outbox, clock):
     assert outbox.event_summary("idem:waiting") == ("push", "group/project")
 
 
+def test_prune_forgets_failed_deliveries_after_their_own_retention_with_their_event(outbox, clock):
+    # A departed owner (230013) fails on every push: those events must not be kept, and pinned, for ever.
+    [sent, failed], _ = begin(outbox, "idem:old", "a@example.com", "gone@example.com")
+    outbox.finish(sent.id, "sent", attempts=1, message_id="om_1")
+    outbox.finish(failed.id, "failed", attempts=1, error="Feishu 230013")
+    clock.advance(9 * DAY)
+    assert outbox.prune(keep_seconds=8 * DAY) == 0                          # kept for good unless told
+    assert outbox.prune(keep_seconds=8 * DAY, keep_failed_seconds=30 * DAY) == 0    # failed 9 days ago: listed
+    assert outbox.counts()["failed"] == 1
+    clock.advance(22 * DAY)
+    assert outbox.prune(keep_seconds=8 * DAY, keep_failed_seconds=30 * DAY) == 1
+    assert outbox.event_summary("idem:old") is None and outbox.event_rows("idem:old") == []
+    assert outbox.counts()["failed"] == 0 and outbox.pending() == []
+
+
+def test_prune_keeps_an_event_whose_failed_row_was_retried_recently(outbox, clock):
+    [row], _ = begin(outbox, "idem:old", "gone@example.com")
+    outbox.finish(row.id, "failed", attempts=1, error="Feishu 230013")
+    clock.advance(40 * DAY)
+    outbox.retry_failed(retry_window=DAY)                      # queued again: never forgotten while queued
+    assert outbox.prune(keep_seconds=8 * DAY, keep_failed_seconds=30 * DAY) == 0
+    outbox.finish(row.id, "failed", attempts=1, error="Feishu 230013")   # failed again today: kept 30 more days
+    assert outbox.prune(keep_seconds=8 * DAY, keep_failed_seconds=30 * DAY) == 0
+
+
+def test_prune_works_in_batches(outbox, clock):
+    for n in range(7):
+        [row], _ = begin(outbox, f"idem:{n}")
+        outbox.finish(row.id, "sent", attempts=1, message_id=f"om_{n}")
+    clock.advance(9 * DAY)
+    assert outbox.prune(keep_seconds=8 * DAY, batch=3) == 7
+    assert outbox.last_sent_at() is None
+
+
+def test_the_last_delivery_time_is_read_from_an_index(outbox):
+    plan = [row[3] for row in outbox._connect().execute(
+        "EXPLAIN QUERY PLAN SELECT MAX(updated_at) FROM deliveries WHERE status = 'sent'")]
+    assert any("COVERING INDEX deliveries_status_updated" in step for step in plan), plan
+
+
 def test_a_version_1_database_gains_the_pipeline_history(tmp_path):
     from gitlab_feishu.outbox import MIGRATIONS
 
@@ -232,7 +272,7 @@ def test_a_version_1_database_gains_the_pipeline_history(tmp_path):
     conn.commit()
     conn.close()
     upgraded = Outbox(path)
-    assert upgraded.schema_version == 2
+    assert upgraded.schema_version == SCHEMA_VERSION
     assert upgraded.record_finished_pipeline("42", "refs/heads/main", 1, "failed") is None
 
 
