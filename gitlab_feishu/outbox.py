@@ -30,9 +30,12 @@ LOCK_WAIT = 2.0
 # Seconds ahead no next try (backoff at most 10 minutes, or Feishu's rate-limit reset) or lease is ever set.
 FURTHEST_AHEAD = 1800.0
 
-_FINISH = ("UPDATE deliveries SET status = ?, attempts = attempts + ?, rounds = rounds + (? > 0 AND ? != 'sent'),"
-           " last_error = ?, message_id = COALESCE(?, message_id), next_attempt_at = COALESCE(?, next_attempt_at),"
-           " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ? AND status != 'sent'")
+# A sent card is never sent again: its content (most of a row) is dropped, so eight days of a busy GitLab's
+# deliveries take a third of the disk.
+_FINISH = ("UPDATE deliveries SET status = ?1, attempts = attempts + ?2, rounds = rounds + (?2 > 0 AND ?1 != 'sent'),"
+           " last_error = ?3, message_id = COALESCE(?4, message_id), next_attempt_at = COALESCE(?5, next_attempt_at),"
+           " content = CASE WHEN ?1 = 'sent' THEN '' ELSE content END,"
+           " lease_owner = NULL, lease_until = NULL, updated_at = ?6 WHERE id = ?7 AND status != 'sent'")
 
 
 class Outbox:
@@ -142,7 +145,7 @@ class Outbox:
     def finish(self, delivery_id: int, status: str, *, attempts: int, error: str | None = None,
                message_id: str | None = None, next_attempt_at: float | None = None) -> None:
         """Record the outcome of a round of attempts and release the lease; a sent row never changes again."""
-        values = (status, attempts, attempts, status, error, message_id, next_attempt_at, self.clock(), delivery_id)
+        values = (status, attempts, error, message_id, next_attempt_at, self.clock(), delivery_id)
         try:
             with self._write() as conn:
                 conn.execute(_FINISH, values)
@@ -268,31 +271,39 @@ class Outbox:
                 "UPDATE deliveries SET status = 'queued', rounds = 0, next_attempt_at = ?, give_up_at = ?,"
                 " updated_at = ? WHERE status = 'failed'", (now, now + retry_window, now)).rowcount
 
-    def prune(self, *, keep_seconds: float, keep_failed_seconds: float | None = None, batch: int = 500) -> int:
-        """Forget events older than keep_seconds (with their deliveries) once nothing of theirs is queued, and no
-        delivery of theirs failed within keep_failed_seconds (None: a failed delivery is kept for good).
+    def prune(self, *, keep_seconds: float, keep_failed_seconds: float, keep_pipeline_seconds: float,
+              batch: int = 500) -> int:
+        """Forget events older than keep_seconds (with their deliveries) once nothing of theirs is queued and no
+        delivery of theirs failed within keep_failed_seconds; and the pipelines of refs quiet for
+        keep_pipeline_seconds. Returns the events forgotten.
 
         In batches of `batch` events, one transaction each: every webhook of every process waits for the
         write lock while a batch is deleted, so the first prune after weeks of failures must not hold it long.
         """
         now = self.clock()
-        cutoff = now - keep_seconds
-        failed_cutoff = None if keep_failed_seconds is None else now - keep_failed_seconds
         # NOT EXISTS looks each old event's rows up by the (event_key, ...) index instead of scanning them all.
         old = ("SELECT key FROM events WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
-               " WHERE d.event_key = events.key AND (d.status = 'queued'"
-               " OR (d.status = 'failed' AND (? IS NULL OR d.updated_at >= ?)))) LIMIT ?")
-        forgotten = 0
+               " WHERE d.event_key = events.key AND (d.status = 'queued' OR (d.status = 'failed'"
+               " AND d.updated_at >= ?))) LIMIT ?")
+        forgotten = failed = 0
         while True:
             with self._write() as conn:
-                keys = [row[0] for row in conn.execute(old, (cutoff, failed_cutoff, failed_cutoff, batch))]
+                keys = [row[0] for row in conn.execute(old, (now - keep_seconds, now - keep_failed_seconds, batch))]
                 if keys:
                     marks = ", ".join("?" * len(keys))
+                    failed += conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE status = 'failed' AND event_key"
+                                           f" IN ({marks})", keys).fetchone()[0]
                     conn.execute(f"DELETE FROM deliveries WHERE event_key IN ({marks})", keys)
                     conn.execute(f"DELETE FROM events WHERE key IN ({marks})", keys)
             forgotten += len(keys)
             if len(keys) < batch:
-                return forgotten
+                break
+        with self._write() as conn:
+            conn.execute("DELETE FROM pipeline_refs WHERE updated_at < ?", (now - keep_pipeline_seconds,))
+        if failed:      # they were listed by --outbox and counted on /healthz: say where they went
+            log.info("forgot %d failed deliveries that last failed over %.0f days ago", failed,
+                     keep_failed_seconds / 86400)
+        return forgotten
 
 
 def _delivery(row: sqlite3.Row) -> Delivery:

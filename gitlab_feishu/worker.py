@@ -24,6 +24,7 @@ BATCH_BUDGET = 20.0          # seconds one round of retries may take
 LEASE_SECONDS = 60.0         # longer than a round, so a live worker never loses its rows
 KEEP_EVENTS_SECONDS = 8 * 24 * 3600   # idempotency keys outlive Resend in a hook's Recent events (7 days)
 KEEP_FAILED_SECONDS = 30 * 24 * 3600  # failed deliveries stay listed (--outbox) and resendable (--retry-failed)
+KEEP_PIPELINES_SECONDS = 90 * 24 * 3600   # a ref's last pipeline: "fixed" after three quiet months is worth little
 STATUS_LOG_INTERVAL = 300.0
 PRUNE_INTERVAL = 3600.0
 QUEUE_WATCH_INTERVAL = 30.0
@@ -106,7 +107,8 @@ class RetryWorker:
             if self.outbox.release_leases(gone):
                 log.warning("took over deliveries leased to stopped processes: %s", ", ".join(gone))
         if self._due("prune", PRUNE_INTERVAL, now):
-            self.outbox.prune(keep_seconds=KEEP_EVENTS_SECONDS, keep_failed_seconds=KEEP_FAILED_SECONDS)
+            self.outbox.prune(keep_seconds=KEEP_EVENTS_SECONDS, keep_failed_seconds=KEEP_FAILED_SECONDS,
+                              keep_pipeline_seconds=KEEP_PIPELINES_SECONDS)
         if self.watch_queue is not None and self._due("queue watch", QUEUE_WATCH_INTERVAL, now):
             self.watch_queue(self.outbox.counts()["queued"])
 

@@ -1,6 +1,8 @@
 """The durable outbox: schema, idempotent events, leases across processes, operator commands."""
 from __future__ import annotations
 
+import logging
+
 import multiprocessing
 import sqlite3
 from pathlib import Path
@@ -210,29 +212,52 @@ def test_retry_failed_requeues_with_a_fresh_window_and_backoff(outbox, clock):
     assert claimed.give_up_at == clock() + DAY and claimed.rounds == 0
 
 
+def prune(outbox, **retention) -> int:
+    return outbox.prune(**{"keep_seconds": 8 * DAY, "keep_failed_seconds": 30 * DAY,
+                           "keep_pipeline_seconds": 90 * DAY, **retention})
+
+
+def test_prune_forgets_the_pipelines_of_refs_quiet_for_its_retention(outbox, clock):
+    outbox.record_finished_pipeline("42", "refs/heads/gone", 1, "failed")
+    clock.advance(50 * DAY)
+    outbox.record_finished_pipeline("42", "refs/heads/main", 2, "failed")
+    clock.advance(50 * DAY)
+    prune(outbox)
+    assert outbox.record_finished_pipeline("42", "refs/heads/gone", 3, "success") is None
+    assert outbox.record_finished_pipeline("42", "refs/heads/main", 4, "success") == (2, "failed")
+
+
+def test_a_sent_card_keeps_no_content_and_a_waiting_one_keeps_it(outbox):
+    [sent, waiting], _ = begin(outbox, "idem:1", "a@example.com", "b@example.com")
+    outbox.finish(sent.id, "sent", attempts=1, message_id="om_1")
+    outbox.finish(waiting.id, "queued", attempts=1, error="503", next_attempt_at=0)
+    assert [row.content for row in outbox.event_rows("idem:1")] == ["", waiting.content]
+
+
 def test_prune_forgets_old_finished_events_only(outbox, clock):
     [done], _ = begin(outbox, "idem:done")
     outbox.finish(done.id, "sent", attempts=1, message_id="om_1")
     [waiting], _ = begin(outbox, "idem:waiting")
     outbox.finish(waiting.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 5)
     clock.advance(3 * DAY)
-    assert outbox.prune(keep_seconds=2 * DAY) == 1
+    assert prune(outbox, keep_seconds=2 * DAY) == 1
     assert outbox.event_summary("idem:done") is None
     assert outbox.event_summary("idem:waiting") == ("push", "group/project")
 
 
-def test_prune_forgets_failed_deliveries_after_their_own_retention_with_their_event(outbox, clock):
+def test_prune_forgets_failed_deliveries_after_their_own_retention_with_their_event(outbox, clock, caplog):
     # A departed owner (230013) fails on every push: those events must not be kept, and pinned, for ever.
     [sent, failed], _ = begin(outbox, "idem:old", "a@example.com", "gone@example.com")
     outbox.finish(sent.id, "sent", attempts=1, message_id="om_1")
     outbox.finish(failed.id, "failed", attempts=1, error="Feishu 230013")
     clock.advance(9 * DAY)
-    assert outbox.prune(keep_seconds=8 * DAY) == 0                          # kept for good unless told
-    assert outbox.prune(keep_seconds=8 * DAY, keep_failed_seconds=30 * DAY) == 0    # failed 9 days ago: listed
+    assert prune(outbox) == 0                                   # failed 9 days ago: still listed
     assert outbox.counts()["failed"] == 1
     clock.advance(22 * DAY)
-    assert outbox.prune(keep_seconds=8 * DAY, keep_failed_seconds=30 * DAY) == 1
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
+        assert prune(outbox) == 1
     assert outbox.event_summary("idem:old") is None and outbox.event_rows("idem:old") == []
+    assert "forgot 1 failed deliveries that last failed over 30 days ago" in caplog.text
     assert outbox.counts()["failed"] == 0 and outbox.pending() == []
 
 
@@ -241,9 +266,9 @@ def test_prune_keeps_an_event_whose_failed_row_was_retried_recently(outbox, cloc
     outbox.finish(row.id, "failed", attempts=1, error="Feishu 230013")
     clock.advance(40 * DAY)
     outbox.retry_failed(retry_window=DAY)                      # queued again: never forgotten while queued
-    assert outbox.prune(keep_seconds=8 * DAY, keep_failed_seconds=30 * DAY) == 0
+    assert prune(outbox) == 0
     outbox.finish(row.id, "failed", attempts=1, error="Feishu 230013")   # failed again today: kept 30 more days
-    assert outbox.prune(keep_seconds=8 * DAY, keep_failed_seconds=30 * DAY) == 0
+    assert prune(outbox) == 0
 
 
 def test_prune_works_in_batches(outbox, clock):
@@ -251,7 +276,7 @@ def test_prune_works_in_batches(outbox, clock):
         [row], _ = begin(outbox, f"idem:{n}")
         outbox.finish(row.id, "sent", attempts=1, message_id=f"om_{n}")
     clock.advance(9 * DAY)
-    assert outbox.prune(keep_seconds=8 * DAY, batch=3) == 7
+    assert prune(outbox, batch=3) == 7
     assert outbox.last_sent_at() is None
 
 
