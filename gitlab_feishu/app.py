@@ -103,6 +103,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
                              owner=lease_owner, watch_queue=alerter.watch_queue if alerter else None)
         deliverer.on_due = worker.wake
         credentials = CredentialCheck(feishu)
+        feishu.on_token_answer = credentials.heard
         if background:
             worker.start()
             credentials.start()

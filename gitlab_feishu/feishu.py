@@ -62,6 +62,8 @@ class FeishuClient:
         self._token_key = f"token:{self._scope}:{hashlib.sha256(app_secret.encode('utf-8')).hexdigest()[:16]}"
         self._checked_key = "checked:" + self._token_key
         self._urls: dict[tuple[str, tuple], str] = {}   # (path, params) -> URL, encoded once
+        # Told what every token fetch got (None: a token), so the self-check sees a secret reset in the console.
+        self.on_token_answer: Callable[[FeishuError | None], None] = lambda error: None
 
     def __repr__(self) -> str:
         return f"FeishuClient({self._base_url!r}, app_id={self._app_id!r})"
@@ -179,11 +181,16 @@ class FeishuClient:
 
     def _fetch_token(self, deadline: float | None) -> str:
         what = "getting a tenant_access_token"
-        payload = self._post(what, "/open-apis/auth/v3/tenant_access_token/internal",
-                             {"app_id": self._app_id, "app_secret": self._app_secret}, deadline)
-        token, expire = payload.get("tenant_access_token"), payload.get("expire")
-        if not isinstance(token, str) or not token or not isinstance(expire, (int, float)):
-            raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
+        try:
+            payload = self._post(what, "/open-apis/auth/v3/tenant_access_token/internal",
+                                 {"app_id": self._app_id, "app_secret": self._app_secret}, deadline)
+            token, expire = payload.get("tenant_access_token"), payload.get("expire")
+            if not isinstance(token, str) or not token or not isinstance(expire, (int, float)):
+                raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
+        except FeishuError as exc:
+            self.on_token_answer(exc)
+            raise
+        self.on_token_answer(None)
         self._keep_token(token, expire)
         if self._shared:
             self._shared.put({self._token_key: (token, expire),

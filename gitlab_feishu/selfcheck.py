@@ -67,6 +67,15 @@ class CredentialCheck:
         self._checked.set()
         return self.kind != UNKNOWN
 
+    def heard(self, error: FeishuError | None) -> None:
+        """What a token fetch for a card got (FeishuClient.on_token_answer): an App Secret reset in the Feishu
+        console, or put right again, shows here between checks."""
+        if error is None:
+            if self.kind != OK:
+                self._set(OK, "tenant token fetched")
+        else:
+            self._set(*_judge(error), code=error.code)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="feishu-self-check", daemon=True)
         self._thread.start()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import signal
 import socket
@@ -17,6 +18,7 @@ from gitlab_feishu.app import create_app
 from gitlab_feishu.feishu import FeishuClient
 from gitlab_feishu.feishu_errors import FeishuError
 from gitlab_feishu.selfcheck import FIRST_RETRY, CredentialCheck
+from tests.conftest import gitlab_headers, load_payload
 from tests.fake_feishu import FakeFeishu
 from tests.servers import ServiceProcess, free_port, service_env, wait_for
 
@@ -163,6 +165,29 @@ def test_healthz_is_degraded_while_feishu_refuses_the_credentials(settings, fake
     running.append(app)
     assert app.extensions["gitlab_feishu"].credentials.wait(5)
     assert app.test_client().get("/healthz").json["status"] == status
+
+
+def test_healthz_follows_the_token_fetches_of_cards_after_the_first_check(settings, fake, monkeypatch):
+    """The App Secret reset in the Feishu console while the service runs: the next token refresh is refused,
+    and /healthz says so until a token comes again."""
+    fake.reset()
+    fake.add_user("zhangsan@example.com")
+    app = create_app(dataclasses.replace(settings, feishu_base_url=fake.url), background=False)
+    client = app.test_client()
+    assert app.extensions["gitlab_feishu"].credentials.check() is True
+
+    def push():
+        client.post("/gitlab-webhook", data=json.dumps(load_payload("chinese_push.json"), ensure_ascii=False),
+                    headers=gitlab_headers())
+        return client.get("/healthz").json
+
+    monkeypatch.setattr(fake, "app_secret", "reset-in-the-console")
+    fake.revoke_tokens()
+    health = push()
+    assert health["status"] == "degraded" and health["feishu_credentials"].startswith("rejected: 10014 ")
+    monkeypatch.setattr(fake, "app_secret", "test-secret")          # put back in the console
+    health = push()
+    assert (health["status"], health["feishu_credentials"]) == ("ok", "ok: tenant token fetched")
 
 
 def test_healthz_in_dry_run_checks_nothing(settings):
