@@ -45,7 +45,9 @@ def commit_line(commit: Commit, detail: Detail) -> str:
 
 
 def sha_link(web_url: str, sha: str) -> str:
-    url = f"{web_url}/-/commit/{quote(_clean(sha), safe='')}" if web_url else ""
+    """A commit's short SHA linked to its page; "" when GitLab sent none (never a link to `-/commit/`)."""
+    sha = sha.strip()
+    url = f"{web_url}/-/commit/{quote(_clean(sha), safe='')}" if web_url and sha else ""
     return link(sha[:8], url)
 
 
@@ -64,7 +66,10 @@ def frame(colour: str, title: str, subtitle: str, summary: str, elements: list) 
 
 
 def fields(pairs: list[tuple[str, str]]) -> list[dict]:
-    """Labelled values two to a row; each row is its own column_set so the columns line up."""
+    """Labelled values two to a row (a label with no value is left out); each row is its own column_set so the
+    columns line up."""
+    pairs = [pair for pair in pairs if pair[1]]
+
     def cell(pair):
         content = [{"tag": "markdown", "content": f"<font color='grey'>{pair[0]}</font>\n{pair[1]}"}] if pair else []
         return {"tag": "column", "width": "weighted", "weight": 1, "elements": content}

@@ -88,8 +88,8 @@ class PushEvent:
         """Where the primary button points: the branch when created, else the commit or the compare view."""
         if self.deleted:
             return f"{self.project.web_url}/-/branches" if self.project.web_url else ""
-        if self.created or not self.project.web_url:
-            return self.branch_url
+        if self.created or not self.project.web_url or not (self.before and self.after):
+            return self.branch_url          # nothing to compare (GitLab left a side out)
         if self.total_commits == 1 and len(self.commits) == 1 and self.commits[0].url:
             return self.commits[0].url
         if not self.total_commits and not self.commits:

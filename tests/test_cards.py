@@ -348,3 +348,20 @@ def test_card_content_is_compact_utf8_json():
 ])
 def test_escape_markdown(text, expected):
     assert escape_markdown(text) == expected
+
+
+@pytest.mark.parametrize("change", [
+    {"after": "0" * 40, "before": None},            # a deletion without the commit it pointed at
+    {"before": "0" * 40, "after": None},            # a new branch without its head
+])
+def test_a_push_without_before_or_after_shows_no_empty_commit_link(change):
+    """GitLab omits fields: a missing SHA leaves its field out instead of linking to `-/commit/`."""
+    payload = {**load("chinese_push.json"), "commits": [], "total_commits_count": 0, **change}
+    text = json.dumps(card_for(payload), ensure_ascii=False)
+    assert "/-/commit/)" not in text and "[](" not in text
+
+
+@pytest.mark.parametrize("side", ["before", "after"])
+def test_a_push_missing_one_side_links_the_branch_not_an_empty_comparison(side):
+    payload = {**load("chinese_push.json"), "commits": [], "total_commits_count": 0, side: ""}
+    assert "/-/compare/" not in json.dumps(card_for(payload)) and "/-/tree/" in json.dumps(card_for(payload))
