@@ -205,6 +205,7 @@ class PipelineEvent:
     merge_request_iid: int | None = None  # a merge request pipeline's MR: its real ref is refs/merge-requests/IID/...
     name: str = ""               # GitLab's object_attributes.name (workflow:name in .gitlab-ci.yml), when set
     job_names: tuple[str, ...] = ()     # every job the payload lists (`builds`), sorted, each once
+    fork_merge_request_url: str = ""    # a merge request pipeline whose source branch is in a fork: the MR's page
     kind: ClassVar[str] = "pipeline"
 
     @property
@@ -214,6 +215,8 @@ class PipelineEvent:
 
     @property
     def ref_url(self) -> str:
+        if self.fork_merge_request_url:         # the branch is the fork's: this project has none by that name
+            return self.fork_merge_request_url
         if not self.project.web_url or not self.ref:
             return ""
         kind = "tags" if self.tag else "tree"

@@ -133,6 +133,9 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         return Ignored("pipeline payload has no object_attributes.ref")
     web_url = project.web_url
     duration = attributes.get("duration")
+    merge_request = as_dict(payload.get("merge_request"))
+    source, target = integer(merge_request.get("source_project_id")), integer(merge_request.get("target_project_id"))
+    from_fork = source is not None and target is not None and source != target
     return PipelineEvent(
         project=project,
         actor=parse_user(payload.get("user")),
@@ -149,9 +152,10 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         duration=int(duration) if isinstance(duration, (int, float)) and not isinstance(duration, bool) else None,
         finished_at=text(attributes.get("finished_at")),
         ref_protected=optional_bool(attributes.get("protected_ref")),
-        merge_request_iid=integer(as_dict(payload.get("merge_request")).get("iid")),
+        merge_request_iid=integer(merge_request.get("iid")),
         name=text(attributes.get("name")),
         job_names=tuple(sorted({text(as_dict(build).get("name")) for build in as_list(payload.get("builds"))} - {""})),
+        fork_merge_request_url=text(merge_request.get("url")) if from_fork else "",
     )
 
 
