@@ -5,6 +5,7 @@ a few processes with many threads each. HOST and PORT come from the service's
 own settings (environment or .env); command-line flags override this file.
 The choices below were measured with bench/bench.py (README, Performance).
 """
+import errno
 import os
 import socket
 import sys
@@ -109,5 +110,8 @@ def exit_if_the_port_is_taken(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                sys.exit(f"error: cannot listen on {host}:{port}: {exc}: set HOST in .env to an address of this "
+                         "machine (0.0.0.0 for all of them), and PORT to 1024 or above unless it runs as root")
             sys.exit(f"error: cannot listen on {host}:{port}: {exc}: another program, or this service already "
                      f"running, uses port {port}; stop it or set PORT in .env to a free port")

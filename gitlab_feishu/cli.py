@@ -126,6 +126,10 @@ def serve(settings: Settings) -> int:
                 "to a free port") if exc.errno in _ADDRESS_IN_USE else ""
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
         return 1
+    except ValueError:             # waitress: a HOST that is no address and no name this machine resolves
+        print(f"error: HOST={settings.host!r} is not an address of this machine: write 0.0.0.0 (every address), "
+              "127.0.0.1 (behind a proxy) or one of this machine's IPs", file=sys.stderr)
+        return 2
     print("\n".join(_banner(settings, app)), flush=True)
     # `kill`, `systemctl stop`, `docker stop`: finish the webhooks in flight and answer GitLab, as Ctrl+C does.
     # waitress's own wait is 5 s; a DELIVERY_DEADLINE_SECONDS of up to 8 needs as long as the deadline.

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from .envfile import EnvFileError, read_env_file
 from .gitlab import signing_key
@@ -214,6 +215,13 @@ def _number(raw: str, kind: type, expected: str):
 def _url(raw: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
+    parts = urlsplit(raw)
+    try:
+        parts.port                      # "https://host:443x" raises here
+    except ValueError:
+        raise ValueError("the port after the host is not a number from 1 to 65535") from None
+    if not parts.hostname or any(ch.isspace() for ch in raw):
+        raise ValueError("write it as https://host[:port], with a host and no spaces")
     return raw.rstrip("/")
 
 

@@ -83,6 +83,26 @@ def test_a_port_in_use_is_one_clear_error_not_a_traceback(tmp_path):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "not a host"])
+def test_a_host_that_is_no_address_is_one_clear_error_not_a_traceback(tmp_path, host):
+    env = service_env(HOST=host, PORT=str(free_port()), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"))
+    result = subprocess.run([sys.executable, "webhook_server.py"], cwd=ROOT, capture_output=True, env=env, timeout=30)
+    stderr = result.stderr.decode("utf-8")
+    assert result.returncode == 2 and f"error: HOST={host!r} is not an address of this machine" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_gunicorn_on_a_host_that_is_no_address_does_not_blame_another_program(tmp_path):
+    env = service_env(HOST="192.0.2.99", PORT=str(free_port()), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                      DATA_DIR=str(tmp_path / "data"))
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "webhook_server:app"],
+                            cwd=ROOT, capture_output=True, env=env, timeout=30)
+    stderr = result.stderr.decode("utf-8")
+    assert result.returncode != 0 and "error: cannot listen on 192.0.2.99:" in stderr
+    assert "set HOST in .env" in stderr and "another program" not in stderr and "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
 def test_on_windows_a_port_something_accepts_on_is_refused_before_waitress_shares_it(monkeypatch, host):
     """waitress's SO_REUSEADDR lets a second program bind a taken port on Windows: a connection probe finds it."""

@@ -77,6 +77,11 @@ def test_log_level_ignores_case():
     ("ALERT_QUEUE_THRESHOLD", "many", "use a whole number, 1 or more"),
     ("FEISHU_PACING", "maybe", "use true or false"),
     ("FEISHU_BASE_URL", "open.feishu.cn", "must start with http:// or https://"),
+    ("FEISHU_BASE_URL", "https://", "with a host"),
+    ("FEISHU_BASE_URL", "https://open feishu.cn", "no spaces"),
+    ("FEISHU_BASE_URL", "https://open.feishu.cn:443x", "the port after the host"),
+    ("GITLAB_URL", "https://git.example.cn:80x", "the port after the host"),
+    ("PUBLIC_URL", "https://", "with a host"),
     ("ADMIN_EMAILS", "张三 <ops@example.com>", "neither an email address nor a Feishu open_id"),
     ("ADMIN_EMAILS", "ops@example", "neither an email address nor a Feishu open_id"),
 ])
@@ -106,3 +111,8 @@ def test_paths_given_as_text_are_paths(tmp_path):
 @pytest.mark.parametrize("host", ["::1", "[::1]"])
 def test_an_ipv6_host_may_be_written_in_brackets(host):
     assert Settings.from_mapping({"HOST": host}).host == "::1"
+
+
+@pytest.mark.parametrize("url", ["https://open.feishu.cn/", "http://127.0.0.1:8080", "http://[::1]:5000/sub/"])
+def test_a_url_with_host_and_port_is_taken(url):
+    assert Settings.from_mapping({"FEISHU_BASE_URL": url}).feishu_base_url == url.rstrip("/")
