@@ -116,8 +116,11 @@ def serve(settings: Settings) -> int:
         # before the app can refuse it, so it stops at GitLab's limit itself; and idle connections, which
         # anyone can open, are dropped after 20 s and may number 400 (Windows' select() takes 512).
         refuse_a_port_windows_would_share(settings.host, settings.port)
+        # HOST=:: means every address, IPv4's too, as under gunicorn: waitress alone would take IPv6 only.
+        where = {"listen": f"0.0.0.0:{settings.port} [::]:{settings.port}"} if settings.host == "::" else \
+            {"host": settings.host, "port": settings.port}
         server = waitress.create_server(
-            app, host=settings.host, port=settings.port, threads=WAITRESS_THREADS, ident="gitlab-feishu",
+            app, **where, threads=WAITRESS_THREADS, ident="gitlab-feishu",
             channel_timeout=20, connection_limit=400, max_request_body_size=MAX_BODY_BYTES + 1,
             clear_untrusted_proxy_headers=False)
     except OSError as exc:

@@ -179,6 +179,17 @@ def test_gunicorn_listens_on_an_ipv6_host_from_the_settings(tmp_path, host):
         assert f"Listening at: http://[::1]:{port}" in service.log()
 
 
+def test_waitress_on_every_ipv6_address_takes_ipv4_too_as_gunicorn_does(tmp_path):
+    """HOST=:: : the banner's LAN address and send_test_webhook.py's 127.0.0.1 must answer."""
+    port = free_port()
+    env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"),
+                      LOG_DIR=str(tmp_path / "logs"), HOST="::", PORT=str(port))
+    service = ServiceProcess(env, tmp_path / "service.log", port=port, command=[sys.executable, "webhook_server.py"])
+    with service:
+        for url in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+            assert requests.get(url + "/healthz", timeout=5).status_code == 200
+
+
 def test_settings_given_to_gunicorn_with_e_reach_the_workers(tmp_path):
     """`gunicorn -e NAME=value` (or raw_env) puts settings in the environment after gunicorn.conf.py is read."""
     env = service_env(OWNERS_FILE=str(ROOT / "config" / "owners.json"), DATA_DIR=str(tmp_path / "data"))
