@@ -241,6 +241,8 @@ def _words(raw: str) -> list[str]:
 
 def _event_kinds(raw: str) -> frozenset[str]:
     kinds = frozenset(word.lower() for word in _words(raw))
+    if not kinds:         # only separators: every kind off would leave a service that notifies nobody
+        raise ValueError(f"name at least one of {', '.join(EVENT_KINDS)}, or leave it empty for all of them")
     unknown = sorted(kinds - set(EVENT_KINDS))
     if unknown:
         raise ValueError(f"unknown event kind {', '.join(unknown)}; choose from {', '.join(EVENT_KINDS)}")

@@ -84,6 +84,8 @@ def test_log_level_ignores_case():
     ("PUBLIC_URL", "https://", "with a host"),
     ("ADMIN_EMAILS", "张三 <ops@example.com>", "neither an email address nor a Feishu open_id"),
     ("ADMIN_EMAILS", "ops@example", "neither an email address nor a Feishu open_id"),
+    ("NOTIFY_EVENTS", ",", "name at least one of push"),
+    ("NOTIFY_EVENTS", "、", "or leave it empty for all of them"),
 ])
 def test_a_bad_value_is_refused_saying_what_to_write(name, value, says):
     with pytest.raises(ConfigError) as raised:
