@@ -26,7 +26,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 
 from gitlab_feishu.gitlab import signing_key
-from gitlab_feishu.settings import ConfigError, Settings, os_text
+from gitlab_feishu.setting_values import os_text
+from gitlab_feishu.settings import ConfigError, Settings
 
 GITLAB_VERSION = "18.6.0"                # what the User-Agent claims; any GitLab/<version> is fine
 DEFAULT_PROJECT = ("demo/ceshi-xiangmu", "测试项目")   # named like the shipped owners.json's "测试项目"

@@ -15,7 +15,8 @@ from typing import Callable
 from .gitlab import MAX_BODY_BYTES
 from .hookplan import HOOK_PATH, desired_hook
 from .reports import retry_failed, show_match, show_outbox
-from .settings import EVENT_KINDS, ConfigError, Settings, os_text
+from .setting_values import EVENT_KINDS, os_text
+from .settings import ConfigError, Settings
 
 log = logging.getLogger("gitlab_feishu.cli")
 

@@ -44,7 +44,8 @@ def read_env_file(path: Path) -> dict[str, str]:
             # itself is not quoted here: it may hold a secret.
             raise EnvFileError(f"{path}, line {binding.original.line}: cannot be read as NAME=value"
                                f"{_why_unreadable(binding.original.string)}")
-    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
+    # interpolate=False: a generated secret holding "${" is taken as written, not expanded to something else.
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text), interpolate=False).items() if v is not None}
 
 
 def _why_unreadable(line: str) -> str:

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 from .chats import bot_url_problem, mask_chat_url, quoted_value
 from .config_file import describe, members_at, object_members, read_config_text
-from .settings import EVENT_KINDS, ConfigError, is_recipient
+from .setting_values import EVENT_KINDS, is_recipient
+from .settings import ConfigError
 
 log = logging.getLogger("gitlab_feishu.owners")
 

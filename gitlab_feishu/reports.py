@@ -6,7 +6,8 @@ import datetime
 from dataclasses import dataclass
 
 from .events import Project
-from .settings import Settings, os_text
+from .setting_values import os_text
+from .settings import Settings
 
 
 def show_outbox(settings: Settings) -> int:

@@ -5,32 +5,20 @@ test ever reads a developer's environment or `.env`.
 """
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import urlsplit
 
 from .envfile import EnvFileError, read_env_file
-from .gitlab import signing_key
+from .setting_values import (EVENT_KINDS, PROJECT_DIR, admins_value, bool_value, card_lang_value, count_value,
+                             event_kinds_value, log_level_value, networks_value, os_text, path_value, port_value,
+                             seconds_value, signing_token_value, url_value, word_list)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-EVENT_KINDS = ("push", "tag_push", "merge_request", "pipeline")
-CARD_LANGS = ("zh", "en")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")   # practical, not RFC 5322
-_OPEN_ID = re.compile(r"ou_[A-Za-z0-9]+")
-
-
-def is_recipient(value: str) -> bool:
-    """An email address or a Feishu open_id: what owners.json, users.json and ADMIN_EMAILS may name."""
-    return bool(_EMAIL.fullmatch(value) or _OPEN_ID.fullmatch(value))
-
+log = logging.getLogger(__name__)
 
 class ConfigError(Exception):
     """A setting or configuration file a person has to fix; the message says how."""
@@ -70,7 +58,7 @@ class Settings:
         for name in ("owners_file", "users_file", "data_dir", "log_dir"):
             value = getattr(self, name)
             if not isinstance(value, Path):
-                object.__setattr__(self, name, _path(os.fspath(value)))
+                object.__setattr__(self, name, path_value(os.fspath(value)))
 
     @property
     def dry_run(self) -> bool:
@@ -87,6 +75,7 @@ class Settings:
                 values.update(read_env_file(Path(env_file)))
             except EnvFileError as exc:
                 raise ConfigError(str(exc)) from None
+            _warn_of_near_misses(Path(env_file), values)
         values.update(os.environ if environ is None else environ)
         return cls(**_parse(values))
 
@@ -102,6 +91,16 @@ class Settings:
             many = isinstance(value, (list, tuple, set, frozenset))
             environ[name] = ",".join(map(str, value)) if many else "" if value is None else str(value)
         return cls.from_env(environ, env_file=None)
+
+
+def _warn_of_near_misses(env_file: Path, values: Mapping[str, str]) -> None:
+    """A name in .env that is almost a setting (FEISHU_APPID, a lower-case one) sets nothing: say which it
+    looks like. (Other names, HTTPS_PROXY say, are the environment's business.)"""
+    for name in values:
+        if name not in ENV_NAMES:
+            near = difflib.get_close_matches(name.upper(), ENV_NAMES, n=1, cutoff=0.8)
+            if near:
+                log.warning("%s: %s is not a setting, so it sets nothing; did you mean %s?", env_file, name, near[0])
 
 
 # In gunicorn's master, the settings it serves with and the address it listens on: gunicorn.conf.py sets them
@@ -136,183 +135,41 @@ def _parse(env: Mapping[str, str]) -> dict:
         raw = get(name)
         if raw is not None:
             try:
-                parsed[attr] = convert(raw if convert is _path else os_text(raw))
+                parsed[attr] = convert(raw if convert is path_value else os_text(raw))
             except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from None
+                shown = name if name in SECRETS else f"{name}={raw!r}"      # a secret is never quoted
+                raise ConfigError(f"{shown} is not valid: {exc}") from None
     return parsed
-
-
-def os_text(value: str) -> str:
-    """A value from the environment or the command line as it was typed.
-
-    Under a locale that cannot decode it (LC_ALL=C with PYTHONUTF8=0 on Linux) Python hands non-ASCII
-    bytes over as surrogate escapes, which no encoder accepts; they were UTF-8 text. A path keeps its
-    escapes, because the file system wants the same bytes back, and goes through here only to be shown.
-    """
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _path(raw: str) -> Path:
-    if any(ch < " " for ch in raw):
-        # python-dotenv reads \n, \t, \b... inside double quotes as escapes: "C:\服务\new" loses its \n.
-        raise ValueError("it contains a control character; in .env write a Windows path without quotes")
-    try:
-        os.fsencode(raw)
-    except UnicodeEncodeError:
-        # Chinese read from .env under a file system encoding that cannot hold it (LC_ALL=C, PYTHONUTF8=0): as
-        # the environment would hand it over, the UTF-8 bytes as surrogate escapes.
-        raw = os.fsdecode(raw.encode("utf-8"))
-    path = Path(raw).expanduser()
-    return path if path.is_absolute() else PROJECT_DIR / path
-
-
-def _bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("use true or false")
-
-
-def _seconds(low: float, high: float):
-    expected = f"a number of seconds from {low:g} to {high:g}"
-
-    def convert(raw: str) -> float:
-        value = _number(raw, float, expected)
-        if not low <= value <= high:          # nan too
-            raise ValueError(f"use {expected}")
-        return value
-    return convert
-
-
-def _port(raw: str) -> int:
-    value = _number(raw, int, "a port number from 1 to 65535")
-    if not 0 < value < 65536:
-        raise ValueError("use a port number from 1 to 65535")
-    return value
-
-
-def _positive_int(raw: str) -> int:
-    value = _number(raw, int, "a whole number, 1 or more")
-    if value < 1:
-        raise ValueError("use a whole number, 1 or more")
-    return value
-
-
-def _number(raw: str, kind: type, expected: str):
-    """`raw` as an int or float, or a ValueError that says what to write (not "invalid literal for int()")."""
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"use {expected}") from None
-
-
-def _url(raw: str) -> str:
-    if not raw.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    parts = urlsplit(raw)
-    try:
-        parts.port                      # "https://host:443x" raises here
-    except ValueError:
-        raise ValueError("the port after the host is not a number from 1 to 65535") from None
-    if not parts.hostname or any(ch.isspace() for ch in raw):
-        raise ValueError("write it as https://host[:port], with a host and no spaces")
-    return raw.rstrip("/")
-
-
-def _log_level(raw: str) -> str:
-    level = raw.upper()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
-    return level
-
-
-def _words(raw: str) -> list[str]:
-    # A Chinese input method types the full-width ， ； or 、 between the words.
-    for separator in (";", "，", "；", "、"):
-        raw = raw.replace(separator, ",")
-    return [word.strip() for word in raw.split(",") if word.strip()]
-
-
-def _event_kinds(raw: str) -> frozenset[str]:
-    kinds = frozenset(word.lower() for word in _words(raw))
-    if not kinds:         # only separators: every kind off would leave a service that notifies nobody
-        raise ValueError(f"name at least one of {', '.join(EVENT_KINDS)}, or leave it empty for all of them")
-    unknown = sorted(kinds - set(EVENT_KINDS))
-    if unknown:
-        raise ValueError(f"unknown event kind {', '.join(unknown)}; choose from {', '.join(EVENT_KINDS)}")
-    return kinds
-
-
-def _card_lang(raw: str) -> str:
-    if raw.lower() not in CARD_LANGS:
-        raise ValueError(f"choose one of {', '.join(CARD_LANGS)}")
-    return raw.lower()
-
-
-def _signing_token(raw: str) -> str:
-    # ConfigError, not ValueError: _parse would quote the value, and this one is a secret.
-    try:
-        signing_key(raw)
-    except ValueError as exc:
-        raise ConfigError(f"GITLAB_SIGNING_TOKEN is not valid: {exc}") from None
-    return raw
-
-
-def _networks(raw: str) -> tuple:
-    return tuple(_unmapped(ipaddress.ip_network(word, strict=False)) for word in _words(raw))
-
-
-def _unmapped(network):
-    """An IPv4-mapped network (::ffff:10.0.0.0/104) as the IPv4 one: callers' addresses are compared as IPv4."""
-    mapped = network.network_address.ipv4_mapped if network.version == 6 else None
-    if mapped is None or network.prefixlen < 96:
-        return network
-    return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
-
-
-def _admins(raw: str) -> tuple[str, ...]:
-    # An open_id needs no lookup, so it still gets the alert when the app lacks the contact permission.
-    admins = tuple(_words(raw))
-    for admin in admins:
-        if not is_recipient(admin):
-            raise ValueError(f"{admin!r} is neither an email address nor a Feishu open_id (ou_...); separate "
-                             "several with commas")
-    return admins
 
 
 _FIELDS = (
     ("FEISHU_APP_ID", "feishu_app_id", str),
     ("FEISHU_APP_SECRET", "feishu_app_secret", str),
-    ("FEISHU_BASE_URL", "feishu_base_url", _url),
+    ("FEISHU_BASE_URL", "feishu_base_url", url_value),
     ("GITLAB_WEBHOOK_SECRET", "gitlab_webhook_secret", str),
-    ("GITLAB_SIGNING_TOKEN", "gitlab_signing_token", _signing_token),
-    ("OWNERS_FILE", "owners_file", _path),
-    ("USERS_FILE", "users_file", _path),
-    ("DATA_DIR", "data_dir", _path),
-    ("LOG_DIR", "log_dir", _path),
-    ("LOG_LEVEL", "log_level", _log_level),
+    ("GITLAB_SIGNING_TOKEN", "gitlab_signing_token", signing_token_value),
+    ("OWNERS_FILE", "owners_file", path_value),
+    ("USERS_FILE", "users_file", path_value),
+    ("DATA_DIR", "data_dir", path_value),
+    ("LOG_DIR", "log_dir", path_value),
+    ("LOG_LEVEL", "log_level", log_level_value),
     ("HOST", "host", lambda raw: raw.strip("[]")),      # an IPv6 address as URLs write it: [::1]
-    ("PORT", "port", _port),
-    ("DELIVERY_DEADLINE_SECONDS", "delivery_deadline_seconds", _seconds(0.5, 8)),
-    ("RETRY_BASE_SECONDS", "retry_base_seconds", _seconds(0.01, 600)),
-    ("FEISHU_PACING", "feishu_pacing", _bool),
-    ("NOTIFY_EVENTS", "notify_events", _event_kinds),
-    ("IGNORE_PUSHERS", "ignore_pushers", lambda raw: frozenset(w.lower() for w in _words(raw))),
-    ("NOTIFY_SELF", "notify_self", _bool),
-    ("CARD_LANG", "card_lang", _card_lang),
-    ("ALLOWED_SOURCES", "allowed_sources", _networks),
-    ("TRUSTED_PROXIES", "trusted_proxies", _networks),
-    ("ADMIN_EMAILS", "admin_emails", _admins),
-    ("ALERT_QUEUE_THRESHOLD", "alert_queue_threshold", _positive_int),
-    ("GITLAB_URL", "gitlab_url", _url),
+    ("PORT", "port", port_value),
+    ("DELIVERY_DEADLINE_SECONDS", "delivery_deadline_seconds", seconds_value(0.5, 8)),
+    ("RETRY_BASE_SECONDS", "retry_base_seconds", seconds_value(0.01, 600)),
+    ("FEISHU_PACING", "feishu_pacing", bool_value),
+    ("NOTIFY_EVENTS", "notify_events", event_kinds_value),
+    ("IGNORE_PUSHERS", "ignore_pushers", lambda raw: frozenset(w.lower() for w in word_list(raw))),
+    ("NOTIFY_SELF", "notify_self", bool_value),
+    ("CARD_LANG", "card_lang", card_lang_value),
+    ("ALLOWED_SOURCES", "allowed_sources", networks_value),
+    ("TRUSTED_PROXIES", "trusted_proxies", networks_value),
+    ("ADMIN_EMAILS", "admin_emails", admins_value),
+    ("ALERT_QUEUE_THRESHOLD", "alert_queue_threshold", count_value),
+    ("GITLAB_URL", "gitlab_url", url_value),
     ("GITLAB_API_TOKEN", "gitlab_api_token", str),
-    ("PUBLIC_URL", "public_url", _url),
+    ("PUBLIC_URL", "public_url", url_value),
 )
 
 ENV_NAMES = tuple(name for name, _, _ in _FIELDS)
+SECRETS = frozenset({"FEISHU_APP_SECRET", "GITLAB_WEBHOOK_SECRET", "GITLAB_SIGNING_TOKEN", "GITLAB_API_TOKEN"})

@@ -20,7 +20,8 @@ from .config_file import describe, object_members, read_config_text
 from .events import Event, MergeRequestEvent, Person, PipelineEvent
 from .owners import Match
 from .rows import person_key
-from .settings import ConfigError, is_recipient
+from .setting_values import is_recipient
+from .settings import ConfigError
 from .watched import WatchedFile
 
 log = logging.getLogger("gitlab_feishu.users")

@@ -17,7 +17,8 @@ from typing import Callable, Generic, Sized, TypeVar
 
 from .config_file import UnreadableFile
 from .db import owner_only
-from .settings import ConfigError, Settings, os_text
+from .setting_values import os_text
+from .settings import ConfigError, Settings
 
 Loaded = TypeVar("Loaded", bound=Sized)
 _UNREAD = (-1, -1)           # a signature no file has: the next check reads the file again

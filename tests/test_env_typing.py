@@ -1,6 +1,8 @@
 """What Notepad with a Chinese input method does to .env values, read as the person meant them."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from gitlab_feishu.settings import ConfigError, Settings
@@ -52,3 +54,18 @@ def test_a_line_python_dotenv_would_skip_with_the_next_ones_stops_the_start(tmp_
         Settings.from_env({}, env_file=env_file)
     assert str(caught.value).startswith(f"{env_file}, line 1: cannot be read as NAME=value")
     assert says in str(caught.value) and "tok-123" not in str(caught.value)
+
+
+def test_a_secret_holding_a_dollar_brace_is_taken_as_written(tmp_path):
+    settings = from_env_file(tmp_path, "GITLAB_WEBHOOK_SECRET=pa${HOME}word\n")
+    assert settings.gitlab_webhook_secret == "pa${HOME}word"
+
+
+@pytest.mark.parametrize(("line", "meant"), [("FEISHU_APPID=cli_a", "FEISHU_APP_ID"),
+                                             ("feishu_app_id=cli_a", "FEISHU_APP_ID"),
+                                             ("OWNER_FILE=owners.json", "OWNERS_FILE")])
+def test_a_name_that_is_almost_a_setting_is_named_with_the_one_it_looks_like(tmp_path, caplog, line, meant):
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        from_env_file(tmp_path, line + "\nHTTPS_PROXY=http://proxy:3128\n")
+    [record] = caplog.records
+    assert f"is not a setting, so it sets nothing; did you mean {meant}?" in record.getMessage()

@@ -9,7 +9,7 @@ import pytest
 from gitlab_feishu.events import Project
 from gitlab_feishu.hookplan import Listing, Step, check, desired_hook, normalize_url, plan
 from gitlab_feishu.wiring import steps_report
-from gitlab_feishu.settings import EVENT_KINDS
+from gitlab_feishu.setting_values import EVENT_KINDS
 from tests.fake_gitlab import gitlab_hook
 
 OURS = "https://hooks.example.cn/gitlab-webhook"
