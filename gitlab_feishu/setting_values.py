@@ -146,7 +146,17 @@ def signing_token_value(raw: str) -> str:
 
 
 def networks_value(raw: str) -> tuple:
-    return tuple(_unmapped(ipaddress.ip_network(word, strict=False)) for word in word_list(raw))
+    try:
+        return tuple(_unmapped(ipaddress.ip_network(word, strict=False)) for word in word_list(raw))
+    except ValueError as exc:
+        raise ValueError(f"{exc}; write addresses or networks (10.0.0.0/8), several separated by commas") from None
+
+
+def gitlab_url_value(raw: str) -> str:
+    url = url_value(raw)
+    if url.lower().endswith("/api/v4"):
+        raise ValueError("write GitLab's own address, without /api/v4 (https://gitlab.example.com)")
+    return url
 
 
 def _unmapped(network):

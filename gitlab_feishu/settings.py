@@ -15,8 +15,8 @@ from typing import Mapping
 
 from .envfile import EnvFileError, read_env_file
 from .setting_values import (EVENT_KINDS, PROJECT_DIR, admins_value, bool_value, card_lang_value, count_value,
-                             event_kinds_value, log_level_value, networks_value, os_text, path_value, port_value,
-                             seconds_value, signing_token_value, url_value, word_list)
+                             event_kinds_value, gitlab_url_value, log_level_value, networks_value, os_text,
+                             path_value, port_value, seconds_value, signing_token_value, url_value, word_list)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ _FIELDS = (
     ("TRUSTED_PROXIES", "trusted_proxies", networks_value),
     ("ADMIN_EMAILS", "admin_emails", admins_value),
     ("ALERT_QUEUE_THRESHOLD", "alert_queue_threshold", count_value),
-    ("GITLAB_URL", "gitlab_url", url_value),
+    ("GITLAB_URL", "gitlab_url", gitlab_url_value),
     ("GITLAB_API_TOKEN", "gitlab_api_token", str),
     ("PUBLIC_URL", "public_url", url_value),
 )

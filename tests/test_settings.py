@@ -85,6 +85,8 @@ def test_log_level_ignores_case():
     ("ADMIN_EMAILS", "张三 <ops@example.com>", "neither an email address nor a Feishu open_id"),
     ("ADMIN_EMAILS", "ops@example", "neither an email address nor a Feishu open_id"),
     ("NOTIFY_EVENTS", ",", "name at least one of push"),
+    ("ALLOWED_SOURCES", "10.0.0.0/8 192.168.0.0/16", "several separated by commas"),
+    ("GITLAB_URL", "https://git.example.cn/api/v4", "without /api/v4"),
     ("NOTIFY_EVENTS", "、", "or leave it empty for all of them"),
 ])
 def test_a_bad_value_is_refused_saying_what_to_write(name, value, says):
