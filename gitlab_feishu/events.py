@@ -204,7 +204,6 @@ class PipelineEvent:
     ref_protected: bool | None = None   # GitLab's object_attributes.protected_ref (current versions send it)
     merge_request_iid: int | None = None  # a merge request pipeline's MR: its real ref is refs/merge-requests/IID/...
     name: str = ""               # GitLab's object_attributes.name (workflow:name in .gitlab-ci.yml), when set
-    job_names: tuple[str, ...] = ()     # every job the payload lists (`builds`), sorted, each once
     fork_merge_request_url: str = ""    # a merge request pipeline whose source branch is in a fork: the MR's page
     kind: ClassVar[str] = "pipeline"
 

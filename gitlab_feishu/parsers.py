@@ -154,9 +154,15 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         ref_protected=optional_bool(attributes.get("protected_ref")),
         merge_request_iid=integer(merge_request.get("iid")),
         name=text(attributes.get("name")),
-        job_names=tuple(sorted({text(as_dict(build).get("name")) for build in as_list(payload.get("builds"))} - {""})),
-        fork_merge_request_url=text(merge_request.get("url")) if from_fork else "",
+        fork_merge_request_url=(text(merge_request.get("url")) or _merge_request_url(web_url, merge_request))
+        if from_fork else "",
     )
+
+
+def _merge_request_url(web_url: str, merge_request: dict) -> str:
+    """A merge request's page when the payload leaves its URL out: it lives in the target project, this one."""
+    iid = integer(merge_request.get("iid"))
+    return f"{web_url}/-/merge_requests/{iid}" if web_url and iid is not None else ""
 
 
 def _commits(payload: dict) -> tuple[Commit, ...]:

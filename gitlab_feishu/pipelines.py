@@ -10,7 +10,6 @@ runs in the service, after parsing and before matching (in dry-run too).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 from .events import Ignored, PipelineEvent
 from .outbox import Outbox
@@ -25,18 +24,18 @@ def pipeline_to_notify(event: PipelineEvent, outbox: Outbox, event_key: str) -> 
     Records the pipeline as the latest finished one on its ref as a side effect.
     """
     where = f"pipeline {event.id} on {event.ref}"
-    # The children of one parent run on its ref side by side: one's success must not "fix" a sibling's failure.
-    # GitLab's payload does not name the trigger job; a child is known by its name and its jobs.
-    unknown_child = event.source == "parent_pipeline" and not event.name and not event.job_names
-    previous = None if unknown_child else \
+    # The children of one parent run on its ref side by side; unnamed, one's success would "fix" a sibling's
+    # failure on every run. GitLab's payload names neither the trigger job nor the child's configuration.
+    unnamed_child = event.source == "parent_pipeline" and not event.name
+    previous = None if unnamed_child else \
         outbox.record_finished_pipeline(_project_key(event), _ref_key(event), event.id, event.status)
     if event.status == FAILED:
         return event
     if event.status != SUCCESS:
         return Ignored(f"{where} was {event.status}: only failed pipelines, and successes that fix one, notify")
-    if unknown_child:
-        return Ignored(f"{where} is a child pipeline that names neither itself (workflow:name) nor its jobs, so "
-                       f"it cannot be told from its siblings and fixes nothing{RULE}")
+    if unnamed_child:
+        return Ignored(f"{where} is a child pipeline without a name (workflow:name in its configuration), so it "
+                       f"cannot be told from its siblings and fixes nothing{RULE}")
     if outbox.event_summary(event_key) is not None:
         # GitLab resent a success that was a fix: let the outbox answer it as a repeat.
         return dataclasses.replace(event, fixed=True)
@@ -62,13 +61,9 @@ def _ref_key(event: PipelineEvent) -> str:
     """The history a pipeline belongs to. GitLab names a merge request pipeline by its source branch, but it runs
     on refs/merge-requests/IID/..., and a child pipeline (source parent_pipeline) runs other jobs on its parent's
     ref: neither can fix, or be fixed by, the branch's own pipelines. A merge request pipeline's children carry
-    its merge request too, and keep a history apart from it; each child keeps its own, known by its name
-    (workflow:name) and the jobs it runs."""
+    its merge request too, and keep a history apart from it; each named child keeps its own."""
     if event.merge_request_iid is not None:
         ref = f"refs/merge-requests/{event.merge_request_iid}"
     else:
         ref = f"refs/{'tags' if event.tag else 'heads'}/{event.ref}"   # a tag and a branch may share a name
-    if event.source != "parent_pipeline":
-        return ref
-    jobs = hashlib.sha256("\n".join(event.job_names).encode("utf-8")).hexdigest()[:16] if event.job_names else ""
-    return f"child:{event.name}:{jobs}:{ref}"
+    return f"child:{event.name}:{ref}" if event.source == "parent_pipeline" else ref
