@@ -62,7 +62,8 @@ class FeishuClient:
         self._token_key = f"token:{self._scope}:{hashlib.sha256(app_secret.encode('utf-8')).hexdigest()[:16]}"
         self._checked_key = "checked:" + self._token_key
         self._urls: dict[tuple[str, tuple], str] = {}   # (path, params) -> URL, encoded once
-        # Told what every token fetch got (None: a token), so the self-check sees a secret reset in the console.
+        # Told what every token fetch got (None: a token, this process's or another's), so the self-check sees
+        # a secret reset in the console, and that it works again in every process.
         self.on_token_answer: Callable[[FeishuError | None], None] = lambda error: None
 
     def __repr__(self) -> str:
@@ -166,6 +167,7 @@ class FeishuClient:
                 token, left = self._shared.get([self._token_key]).get(self._token_key, ("", 0.0))
                 if token and left > TOKEN_MIN_LEFT:
                     self._keep_token(token, left)
+                    self.on_token_answer(None)      # another process of this app id and secret got it
                     return token
             return self._fetch_token(deadline)
 

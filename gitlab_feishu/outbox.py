@@ -282,21 +282,32 @@ class Outbox:
         """
         now = self.clock()
         # NOT EXISTS looks each old event's rows up by the (event_key, ...) index instead of scanning them all.
-        old = ("SELECT key FROM events WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"
-               " WHERE d.event_key = events.key AND (d.status = 'queued' OR (d.status = 'failed'"
-               " AND d.updated_at >= ?))) LIMIT ?")
+        prunable = ("created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_key = events.key"
+                    " AND (d.status = 'queued' OR (d.status = 'failed' AND d.updated_at >= ?)))")
+        cutoffs = (now - keep_seconds, now - keep_failed_seconds)
         forgotten = failed = 0
+        after = (float("-inf"), 0)          # (created_at, rowid) of the last event looked at
         while True:
+            # Found by a read, which holds up no webhook; events kept (a recent failure) are passed over once,
+            # not again by every batch. Each batch is checked again under the write lock.
+            found = self._connect().execute(
+                f"SELECT key, created_at, rowid FROM events WHERE (created_at, rowid) > (?, ?) AND {prunable}"
+                " ORDER BY created_at, rowid LIMIT ?", (*after, *cutoffs, batch)).fetchall()
+            if not found:
+                break
+            after = (found[-1]["created_at"], found[-1]["rowid"])
+            marks = ", ".join("?" * len(found))
             with self._write() as conn:
-                keys = [row[0] for row in conn.execute(old, (now - keep_seconds, now - keep_failed_seconds, batch))]
-                if keys:
-                    marks = ", ".join("?" * len(keys))
-                    failed += conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE status = 'failed' AND event_key"
-                                           f" IN ({marks})", keys).fetchone()[0]
-                    conn.execute(f"DELETE FROM deliveries WHERE event_key IN ({marks})", keys)
-                    conn.execute(f"DELETE FROM events WHERE key IN ({marks})", keys)
+                keys = [row[0] for row in conn.execute(f"SELECT key FROM events WHERE key IN ({marks}) AND {prunable}",
+                                                       (*[row["key"] for row in found], *cutoffs))]
+                marks = ", ".join("?" * len(keys))
+                # `+status`: count by the event_key index, not by reading every failed row through the status one.
+                failed += conn.execute(f"SELECT COUNT(*) FROM deliveries WHERE event_key IN ({marks})"
+                                       " AND +status = 'failed'", keys).fetchone()[0]
+                conn.execute(f"DELETE FROM deliveries WHERE event_key IN ({marks})", keys)
+                conn.execute(f"DELETE FROM events WHERE key IN ({marks})", keys)
             forgotten += len(keys)
-            if len(keys) < batch:
+            if len(found) < batch:
                 break
         with self._write() as conn:
             conn.execute("DELETE FROM pipeline_refs WHERE updated_at < ?", (now - keep_pipeline_seconds,))

@@ -73,8 +73,10 @@ class CredentialCheck:
         if error is None:
             if self.kind != OK:
                 self._set(OK, "tenant token fetched")
-        else:
+        elif not error.retryable:
             self._set(*_judge(error), code=error.code)
+        # A retryable error (Feishu unreachable, the webhook's deadline spent) says nothing about the credentials,
+        # and no background check is left running to put "unknown" right: the last verdict stands.
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="feishu-self-check", daemon=True)

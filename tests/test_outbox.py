@@ -280,6 +280,29 @@ def test_prune_works_in_batches(outbox, clock):
     assert outbox.last_sent_at() is None
 
 
+def test_prune_holds_the_write_lock_only_for_work_on_the_keys_of_its_batch(outbox, clock):
+    """Every webhook of every process waits while a batch holds the lock: under it, prune neither searches the
+    events (the kept ones would be read again by every batch) nor reads failed rows through the status index."""
+    for n in range(4):
+        [row], _ = begin(outbox, f"idem:{n}", "gone@example.com")
+        outbox.finish(row.id, "failed", attempts=1, error="Feishu 230013")
+    clock.advance(31 * DAY)
+    conn = outbox._connect()
+    statements = []
+    conn.set_trace_callback(statements.append)
+    try:
+        assert prune(outbox, batch=2) == 4
+    finally:
+        conn.set_trace_callback(None)
+    locked, inside = [], False
+    for sql in statements:
+        inside = sql == "BEGIN IMMEDIATE" or (inside and sql not in ("COMMIT", "ROLLBACK"))
+        locked += [sql] if inside else []
+    plans = [step[3] for sql in locked if sql.startswith(("SELECT", "DELETE")) and "pipeline_refs" not in sql
+             for step in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+    assert not [step for step in plans if "events_created" in step or "deliveries_status_updated" in step], plans
+
+
 def test_the_last_delivery_time_is_read_from_an_index(outbox):
     plan = [row[3] for row in outbox._connect().execute(
         "EXPLAIN QUERY PLAN SELECT MAX(updated_at) FROM deliveries WHERE status = 'sent'")]

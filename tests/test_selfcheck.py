@@ -18,6 +18,7 @@ from gitlab_feishu.app import create_app
 from gitlab_feishu.feishu import FeishuClient
 from gitlab_feishu.feishu_errors import FeishuError
 from gitlab_feishu.selfcheck import FIRST_RETRY, CredentialCheck
+from gitlab_feishu.shared_cache import SharedCache
 from tests.conftest import gitlab_headers, load_payload
 from tests.fake_feishu import FakeFeishu
 from tests.servers import ServiceProcess, free_port, service_env, wait_for
@@ -301,3 +302,35 @@ def test_no_open_endpoint_warning_when_deliveries_are_signed(settings, caplog):
         create_app(dataclasses.replace(settings, feishu_app_id="", gitlab_webhook_secret="",
                                        gitlab_signing_token=SIGNING_TOKEN), background=False)
     assert "GITLAB_WEBHOOK_SECRET is not set" not in caplog.text
+
+
+def test_a_worker_that_takes_the_shared_token_hears_that_the_credentials_work_again(fake, tmp_path, monkeypatch):
+    """Under gunicorn one worker refreshes the token and the others take it from the shared cache: all of
+    them, not only the one that fetched it, stop saying the secret is refused."""
+    fake.reset()
+    shared = SharedCache(tmp_path / "feishu_cache.sqlite3")
+    clients = [FeishuClient(fake.url, "cli_test_app", "test-secret", shared=shared) for _ in range(2)]
+    checks = [CredentialCheck(client) for client in clients]
+    for client, credentials in zip(clients, checks):
+        client.on_token_answer = credentials.heard
+    monkeypatch.setattr(fake, "app_secret", "reset-in-the-console")
+    for client in clients:
+        with pytest.raises(FeishuError):
+            client.tenant_token()
+    assert all(credentials.refused for credentials in checks)
+    monkeypatch.setattr(fake, "app_secret", "test-secret")          # put back in the console
+    fetched_by_first, taken_by_second = (client.tenant_token() for client in clients)
+    assert fetched_by_first == taken_by_second
+    assert [credentials.kind for credentials in checks] == ["ok", "ok"]
+
+
+def test_an_outage_at_a_token_refresh_leaves_the_credentials_verdict_alone(fake, caplog):
+    """Feishu unreachable (or a webhook's deadline spent) at a refresh says nothing about the credentials; no
+    background check runs any more to take back an "unknown ... checking again in the background"."""
+    fake.reset()
+    client = FeishuClient(fake.url, "cli_test_app", "test-secret")
+    credentials = CredentialCheck(client)
+    client.on_token_answer = credentials.heard
+    assert credentials.check() is True
+    credentials.heard(FeishuError("getting a tenant_access_token: connection refused", retryable=True))
+    assert credentials.describe() == "ok: tenant token fetched"
