@@ -20,7 +20,7 @@ from .cutoff import Countdown
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import USER_RATE_LIMITED, FeishuError
 from .outbox import Outbox
-from .pacing import LOG_SECONDS, Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas, refused_quota
+from .pacing import MAX_HOLD, Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas, refused_quota
 from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ class Deliverer:
             # A quota's reset is believed as far as the pacer's hold believes it (Feishu's longest window is a
             # minute): a reset of 3600 must not keep this card back for ten minutes while every other card under
             # the same quota goes after the hold.
-            cap = LOG_SECONDS if error.rate_limited else MAX_BACKOFF
+            cap = MAX_HOLD if error.rate_limited else MAX_BACKOFF
             next_at = max(next_at, now + min(error.retry_after, cap))
         next_at = min(next_at, row.give_up_at)      # one last try as the window closes
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)

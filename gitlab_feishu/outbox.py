@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from .db import BUSY_TIMEOUT, Database, is_damaged, is_locked, storage_failure
 from .rows import FAILED, QUEUED, Delivery, NewDelivery, recipient_identity
-from .schema import MIGRATIONS, SCHEMA_VERSION
+from .schema import migrate, schema_version
 from .settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Outbox:
         self._unrecorded: dict[int, tuple] = {}
         self._unrecorded_lock = threading.Lock()
         try:
-            self._migrate()
+            migrate(self._db, self.path, lock_wait=BUSY_TIMEOUT)
         except sqlite3.DatabaseError as exc:
             if not storage_failure(exc) or is_locked(exc):
                 raise
@@ -68,27 +68,9 @@ class Outbox:
     def _write(self, timeout: float | None = None):
         return self._db.write(LOCK_WAIT if timeout is None else timeout)
 
-    def _migrate(self) -> None:
-        # The usual start: a read, which no other program's write transaction holds up. In our turn all the
-        # same: processes switching a new file to WAL at the same moment get "locked" at once.
-        with self._db.turn():
-            if self.schema_version == SCHEMA_VERSION:
-                return
-        # Processes starting together all get here; BEGIN IMMEDIATE lets one
-        # create or upgrade the schema while the others wait, then find it done.
-        with self._write(BUSY_TIMEOUT) as conn:
-            version = self.schema_version
-            if version > SCHEMA_VERSION:
-                raise ConfigError(f"{self.path} was written by a newer release (schema {version}); "
-                                  f"upgrade this service or move the file aside")
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
-
     @property
     def schema_version(self) -> int:
-        return self._connect().execute("PRAGMA user_version").fetchone()[0]
+        return schema_version(self._connect())
 
     # -- events ----------------------------------------------------------------
 

@@ -38,6 +38,7 @@ LOG_SECONDS = 62.0                       # the longest window: older entries are
 # lock may log a send a few milliseconds ahead of another's `now`: that is well inside the slack.
 CLOCK_SLACK = 1.0
 MIN_HOLD = 1.0                           # Feishu's reset is in whole seconds: "0" is under one
+MAX_HOLD = LOG_SECONDS                   # its longest window: a longer reset (a lie, a proxy's) is not believed
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class Pacer:
         """Feishu refused a send under `quota`: no send under it takes a turn, in any process, for `seconds`
         (Feishu's reset; at least a second, at most the longest window)."""
         now = self.clock()
-        until = now + min(max(seconds or 0.0, MIN_HOLD), LOG_SECONDS)
+        until = now + min(max(seconds or 0.0, MIN_HOLD), MAX_HOLD)
 
         def write() -> None:
             with self._db.write() as conn:

@@ -67,6 +67,9 @@ def show_match(settings: Settings, path: str, name: str | None, *, branch: str |
             and any(":protected" in note for note in routing.notes):
         print(f"  :protected counted only the default branch ({default_branch}) as protected; for real pushes and "
               "pipelines GitLab says whether the branch is protected: pass --protected yes or no")
+    if protected is not None and event not in ("push", "pipeline"):
+        print(f"  --protected was not used: GitLab's {event.replace('_', ' ')} payloads do not say whether a branch "
+              "is protected, so :protected counts only the default branch")
     if event not in settings.notify_events:
         print(f"nobody is notified: {event} events are turned off (NOTIFY_EVENTS)")
     elif routing.matches:

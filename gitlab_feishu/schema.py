@@ -1,5 +1,11 @@
-"""The outbox's SQLite schema, as numbered migrations (outbox.py applies them in order on open)."""
+"""The outbox's SQLite schema, as numbered migrations, applied in order when the outbox is opened."""
 from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from .db import Database
+from .settings import ConfigError
 
 SCHEMA_VERSION = 3
 
@@ -49,3 +55,27 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX deliveries_status_updated ON deliveries (status, updated_at)",
     ),
 }
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(db: Database, path: Path, *, lock_wait: float) -> None:
+    """Create the schema, or upgrade it to SCHEMA_VERSION."""
+    # The usual start: a read, which no other program's write transaction holds up. In our turn all the
+    # same: processes switching a new file to WAL at the same moment get "locked" at once.
+    with db.turn():
+        if schema_version(db.connection()) == SCHEMA_VERSION:
+            return
+    # Processes starting together all get here; BEGIN IMMEDIATE lets one
+    # create or upgrade the schema while the others wait, then find it done.
+    with db.write(lock_wait) as conn:
+        version = schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"{path} was written by a newer release (schema {version}); "
+                              f"upgrade this service or move the file aside")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[target]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")

@@ -104,3 +104,10 @@ def test_match_protected_follows_what_gitlab_would_say(run):
     assert out.splitlines()[-1] == "notifies: ops@example.com" and "--protected" not in out
     code, out, _ = run("--match", "platform/infra-tools", "--branch", "main", "--protected", "no", owners=owners)
     assert "filtered out: branch main" in out and "nobody is notified" in out
+
+
+def test_match_says_protected_is_not_used_for_a_merge_request(run):
+    owners = {"platform": {"owners": ["ops@example.com"], "branches": [":protected"]}}
+    code, out, _ = run("--match", "platform/infra-tools", "--branch", "develop", "--event", "merge_request",
+                       "--protected", "yes", owners=owners)
+    assert "--protected was not used" in out and "nobody is notified" in out

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import logging
-
 import multiprocessing
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from gitlab_feishu.outbox import SCHEMA_VERSION, Outbox
+from gitlab_feishu.outbox import Outbox
+from gitlab_feishu.schema import SCHEMA_VERSION
 from gitlab_feishu.rows import NewDelivery
 from gitlab_feishu.settings import ConfigError
 from tests.conftest import another_program_locks
@@ -51,7 +51,7 @@ def test_a_damaged_outbox_is_refused_naming_the_file_and_how_to_save_its_cards(t
 
 def test_older_schema_is_upgraded_on_open(tmp_path, monkeypatch):
     """A database at version 1 gains a later migration when a newer release opens it."""
-    from gitlab_feishu import outbox as module
+    from gitlab_feishu import schema as module
 
     path = tmp_path / "outbox.sqlite3"
     begin(Outbox(path), "idem:old")
@@ -310,7 +310,7 @@ def test_the_last_delivery_time_is_read_from_an_index(outbox):
 
 
 def test_a_version_1_database_gains_the_pipeline_history(tmp_path):
-    from gitlab_feishu.outbox import MIGRATIONS
+    from gitlab_feishu.schema import MIGRATIONS
 
     path = tmp_path / "outbox.sqlite3"
     conn = sqlite3.connect(path)
