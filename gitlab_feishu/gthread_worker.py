@@ -1,4 +1,4 @@
-"""gunicorn's gthread worker with two changes (gunicorn.conf.py's `worker_class`).
+"""gunicorn's gthread worker with three changes (gunicorn.conf.py's `worker_class`).
 
 Workers take turns at new connections. All workers wait on one listening socket, and the first to call
 accept() gets a new connection: the worker already running usually wins, and a client that opens its
@@ -13,12 +13,17 @@ A request must arrive whole within REQUEST_ARRIVAL_SECONDS of its first byte. gt
 on a blocking socket with no timeout, so a client that sent part of one and went silent (a peer that
 lost its network, a stuck scanner) held a thread for good, one trickling a byte at a time as long as it
 liked, and enough of them would hold every thread while GitLab's deliveries waited.
+
+A request gunicorn itself refuses (a header it cannot parse, one over 8 KB) is answered in JSON, as every
+other answer of this service is, not with gunicorn's HTML page.
 """
 import errno
+import json
 import logging
 import socket
 import time
 
+from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,19 @@ log = logging.getLogger(__name__)
 ACCEPT_PAUSE_SECONDS = 0.005
 # GitLab sends a delivery at once and gives up on it after 10 s: a request still arriving then is no delivery.
 REQUEST_ARRIVAL_SECONDS = 10.0
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's util.write_error, in JSON: `{"status": "error", "reason": ...}` like the app's own errors."""
+    body = json.dumps({"status": "error", "reason": f"{reason}: {mesg}" if mesg else reason}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn's worker calls util.write_error by name when it cannot parse a request; only this worker's
+# processes (and the master, which answers none) import this module.
+util.write_error = write_json_error
 
 
 class ServiceThreadWorker(ThreadWorker):

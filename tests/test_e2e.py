@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -71,6 +72,20 @@ def push(service, payload_name="chinese_push.json", headers=None, path="/gitlab-
 def queue_is_empty(service):
     return requests.get(service.url + "/healthz", timeout=5).json()["outbox"]["queued"] == 0
 
+
+
+@pytest.mark.parametrize("header", [b"X-Gitlab-Token: abc\x00def", b"X-Long: " + b"x" * 9000,
+                                    b"Content-Length: abc"])
+def test_a_request_gunicorn_cannot_parse_is_answered_in_json_not_html(service, header):
+    """Issue 2: no input produces an HTML error page, gunicorn's own answers included."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=5) as conn:
+        conn.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] in (b"400", b"431") and b"Content-Type: application/json" in head
+    assert json.loads(body)["status"] == "error"
 
 def test_chinese_push_reaches_the_owner_intact(service, fake):
     response, waited = push(service)
