@@ -133,6 +133,18 @@ def members_at(text: str, start: int) -> Iterator[tuple[str, Any, int, int]]:
             pos = skip(pos + 1)
 
 
+def element_lines(text: str, start: int) -> list[int]:
+    """The line of each element of the JSON array at `start` (valid JSON, as for members_at)."""
+    decoder, lines, pos = json.JSONDecoder(), [], start + 1
+    while True:
+        while text[pos] in _JSON_SPACE or text[pos] == ",":
+            pos += 1
+        if text[pos] == "]":
+            return lines
+        lines.append(text.count("\n", 0, pos) + 1)
+        pos = decoder.raw_decode(text, pos)[1]
+
+
 def _json_error(text: str, exc: json.JSONDecodeError) -> str:
     """Where the JSON broke, named at the comma to fix: the decoder notices a comma too many only at the
     bracket after it, and a missing one only at the start of the next entry, often a line later."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .chats import bot_url_problem, mask_chat_url, quoted_value
-from .config_file import describe, members_at, object_members, read_config_text
+from .config_file import describe, element_lines, members_at, object_members, read_config_text
 from .setting_values import EVENT_KINDS, is_recipient
 from .settings import ConfigError
 
@@ -98,13 +98,13 @@ def _entries(text: str, path: Path, secrets: dict[str, tuple[str, int]]) -> Iter
         if isinstance(value, dict):
             yield _object_entry(key, line, text, value_at, where, path, secrets)
         else:
-            yield Entry(key, line, owners=_owners(value, where))
+            yield Entry(key, line, owners=_owners(value, where, _lines_of(text, value_at, value)))
 
 
 def _object_entry(key: str, line: int, text: str, start: int, where: str, path: Path,
                   secrets: dict[str, tuple[str, int]]) -> Entry:
     values: dict[str, Any] = {}
-    for name, value, field_line, _ in members_at(text, start):
+    for name, value, field_line, value_at in members_at(text, start):
         at = f"{path}, line {field_line}: key {_quote(key)}, field {_quote(name)}"
         if name not in FIELDS:
             guess = next((f for f in FIELDS if f.rstrip("s") == name.lower().rstrip("s")), None)
@@ -117,7 +117,10 @@ def _object_entry(key: str, line: int, text: str, start: int, where: str, path: 
         if not value and name in ("branches", "events"):
             raise ConfigError(f"{at}: the list is empty, so nothing would match; remove the field to mean "
                               f"every {'branch' if name == 'branches' else 'event'}")
-        values[name] = _FIELD_CHECKS[name](value, at, field_line, secrets)
+        if name == "owners":
+            values[name] = _owners(value, at, _lines_of(text, value_at, value)) if value else ()
+        else:
+            values[name] = _FIELD_CHECKS[name](value, at, field_line, secrets)
     if not values.get("owners") and not values.get("chats"):
         raise ConfigError(f"{where}: the object names nobody to notify; give \"owners\" (emails) "
                           f"or \"chats\" (group bot webhook URLs), or both")
@@ -125,25 +128,27 @@ def _object_entry(key: str, line: int, text: str, start: int, where: str, path: 
                  branches=values.get("branches"), events=values.get("events"))
 
 
-def _owners(value: Any, where: str, *_: Any) -> tuple[str, ...]:
+def _lines_of(text: str, start: int, value: Any) -> list[int]:
+    return element_lines(text, start) if isinstance(value, list) else []
+
+
+def _owners(value: Any, where: str, lines: list[int]) -> tuple[str, ...]:
+    """The owners of an entry; a bad one is named with its own line when the list spans several."""
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list):
         raise ConfigError(f"{where}: the value must be an email, a list of emails, or an object with "
                           f"{', '.join(FIELDS)}; not {describe(value)}")
     if not values:
         raise ConfigError(f"{where}: the list of owners is empty; add an email or remove the key")
-    for item in values:
+    for n, item in enumerate(values):
+        on_line = f" (line {lines[n]})" if len(set(lines)) > 1 else ""
         if not isinstance(item, str):
-            raise ConfigError(f"{where}: every owner must be an email in quotes, not {describe(item)}")
+            raise ConfigError(f"{where}: every owner must be an email in quotes, not {describe(item)}{on_line}")
         if not is_recipient(item):
             bot = ' (a group bot\'s webhook URL goes under "chats")' if "/open-apis/bot/" in item else ""
-            raise ConfigError(f"{where}: {quoted_value(item)} is not an email address "
+            raise ConfigError(f"{where}: {quoted_value(item)}{on_line} is not an email address "
                               f"(name@domain.tld, no spaces) or a Feishu open_id (ou_...){bot}")
     return tuple(values)
-
-
-def _object_owners(value: list, where: str, *_: Any) -> tuple[str, ...]:
-    return _owners(value, where) if value else ()
 
 
 def _chats(value: list, where: str, line: int, secrets: dict[str, tuple[str, int]]) -> tuple[str, ...]:
@@ -207,7 +212,7 @@ def _events(value: list, where: str, *_: Any) -> frozenset[str]:
     return frozenset(value)
 
 
-_FIELD_CHECKS = {"owners": _object_owners, "chats": _chats, "branches": _branches, "events": _events}
+_FIELD_CHECKS = {"chats": _chats, "branches": _branches, "events": _events}   # and "owners": _owners, given lines
 _EXAMPLES = {"owners": '["lead@example.com"]', "chats": '["https://open.feishu.cn/open-apis/bot/v2/hook/…"]',
              "branches": '["main", "release/*"]', "events": '["push", "merge_request"]'}
 

@@ -592,3 +592,15 @@ def test_without_a_good_copy_a_broken_file_still_stops_the_start(tmp_path, copy)
         kept.write_text('{"client": ', encoding="utf-8")
     with pytest.raises(ConfigError, match=f"{path.name}.*empty"):
         OwnersFile(path, last_good=None if copy is None else kept)
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('{\n  "team": [\n    "a@example.com",\n    "d@example,com"\n  ]\n}\n', 'line 2: key "team": "d@example,com" (line 4)'),
+    ('{\n  "team": {"owners": [\n    "a@example.com",\n    "d@example,com"]}\n}\n',
+     'line 2: key "team", field "owners": "d@example,com" (line 4)'),
+    ('{\n  "team": ["a@example.com", "d@example,com"]\n}\n', 'line 2: key "team": "d@example,com" is not'),
+])
+def test_a_bad_owner_in_a_list_over_several_lines_is_named_with_its_own_line(tmp_path, text, named):
+    with pytest.raises(ConfigError) as raised:
+        load_owners(write_owners(tmp_path, text))
+    assert named in str(raised.value)
