@@ -110,8 +110,11 @@ def exit_if_the_port_is_taken(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
+            if exc.errno == errno.EACCES:
+                sys.exit(f"error: cannot listen on {host}:{port}: {exc}: a port under 1024 needs root; set PORT in "
+                         ".env to 1024 or above (and put a proxy on port 80 or 443 in front)")
             if exc.errno != errno.EADDRINUSE:
                 sys.exit(f"error: cannot listen on {host}:{port}: {exc}: set HOST in .env to an address of this "
-                         "machine (0.0.0.0 for all of them), and PORT to 1024 or above unless it runs as root")
+                         "machine (0.0.0.0 for all of them)")
             sys.exit(f"error: cannot listen on {host}:{port}: {exc}: another program, or this service already "
                      f"running, uses port {port}; stop it or set PORT in .env to a free port")

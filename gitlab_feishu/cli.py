@@ -117,6 +117,8 @@ def serve(settings: Settings) -> int:
         # before the app can refuse it, so it stops at GitLab's limit itself; and idle connections, which
         # anyone can open, are dropped after 20 s and may number 400 (Windows' select() takes 512).
         refuse_a_port_windows_would_share(settings.host, settings.port)
+        # waitress answers a HOST it cannot resolve with a ValueError, as it does a bad keyword: asked first here.
+        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         # HOST=:: means every address, IPv4's too, as under gunicorn: waitress alone would take IPv6 only.
         where = {"listen": f"0.0.0.0:{settings.port} [::]:{settings.port}"} if settings.host == "::" else \
             {"host": settings.host, "port": settings.port}
@@ -124,16 +126,16 @@ def serve(settings: Settings) -> int:
             app, **where, threads=WAITRESS_THREADS, ident="gitlab-feishu",
             channel_timeout=20, connection_limit=400, max_request_body_size=MAX_BODY_BYTES + 1,
             clear_untrusted_proxy_headers=False)
+    except (socket.gaierror, UnicodeError):      # a HOST that is no address and no name this machine resolves
+        print(f"error: HOST={settings.host!r} is not an address of this machine: write 0.0.0.0 (every address), "
+              "127.0.0.1 (behind a proxy) or one of this machine's IPs", file=sys.stderr)
+        return 2
     except OSError as exc:
         hint = (f": another program, or this service already running, uses port {settings.port} (or Windows "
                 "reserves it: netsh interface ipv4 show excludedportrange protocol=tcp); stop it or set PORT in .env "
                 "to a free port") if exc.errno in _ADDRESS_IN_USE else ""
         print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}{hint}", file=sys.stderr)
         return 1
-    except ValueError:             # waitress: a HOST that is no address and no name this machine resolves
-        print(f"error: HOST={settings.host!r} is not an address of this machine: write 0.0.0.0 (every address), "
-              "127.0.0.1 (behind a proxy) or one of this machine's IPs", file=sys.stderr)
-        return 2
     print("\n".join(_banner(settings, app)), flush=True)
     # `kill`, `systemctl stop`, `docker stop`: finish the webhooks in flight and answer GitLab, as Ctrl+C does.
     # waitress's own wait is 5 s; a DELIVERY_DEADLINE_SECONDS of up to 8 needs as long as the deadline.
@@ -158,13 +160,15 @@ def refuse_a_port_windows_would_share(host: str, port: int) -> None:
     Elsewhere SO_REUSEADDR never allows that, and waitress's own bind says so."""
     if sys.platform != "win32":
         return
-    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    try:
-        with socket.create_connection((target, port), timeout=PORT_PROBE_SECONDS):
-            pass
-    except OSError:
-        return           # refused, or no answer: nothing listens here that a bind could share
-    raise OSError(errno.EADDRINUSE, f"a program already accepts connections on port {port}")
+    # HOST=:: binds 0.0.0.0 too (serve), so a program on either family's port would be shared.
+    targets = {"": ("127.0.0.1",), "0.0.0.0": ("127.0.0.1",), "::": ("::1", "127.0.0.1")}.get(host, (host,))
+    for target in targets:
+        try:
+            with socket.create_connection((target, port), timeout=PORT_PROBE_SECONDS):
+                pass
+        except OSError:
+            continue         # refused, or no answer: nothing listens here that a bind could share
+        raise OSError(errno.EADDRINUSE, f"a program already accepts connections on port {port}")
 
 
 def _interrupt(signum, frame) -> None:

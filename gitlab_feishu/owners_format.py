@@ -17,7 +17,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .chats import bot_url_problem, mask_chat_url, quoted_value
 from .config_file import describe, element_lines, members_at, object_members, read_config_text
@@ -98,7 +98,7 @@ def _entries(text: str, path: Path, secrets: dict[str, tuple[str, int]]) -> Iter
         if isinstance(value, dict):
             yield _object_entry(key, line, text, value_at, where, path, secrets)
         else:
-            yield Entry(key, line, owners=_owners(value, where, _lines_of(text, value_at, value)))
+            yield Entry(key, line, owners=_owners(value, where, _line_of_item(text, value_at, value)))
 
 
 def _object_entry(key: str, line: int, text: str, start: int, where: str, path: Path,
@@ -118,7 +118,7 @@ def _object_entry(key: str, line: int, text: str, start: int, where: str, path: 
             raise ConfigError(f"{at}: the list is empty, so nothing would match; remove the field to mean "
                               f"every {'branch' if name == 'branches' else 'event'}")
         if name == "owners":
-            values[name] = _owners(value, at, _lines_of(text, value_at, value)) if value else ()
+            values[name] = _owners(value, at, _line_of_item(text, value_at, value)) if value else ()
         else:
             values[name] = _FIELD_CHECKS[name](value, at, field_line, secrets)
     if not values.get("owners") and not values.get("chats"):
@@ -128,11 +128,17 @@ def _object_entry(key: str, line: int, text: str, start: int, where: str, path: 
                  branches=values.get("branches"), events=values.get("events"))
 
 
-def _lines_of(text: str, start: int, value: Any) -> list[int]:
-    return element_lines(text, start) if isinstance(value, list) else []
+def _line_of_item(text: str, start: int, value: Any) -> Callable[[int], str]:
+    """Where item n of the list at `start` is, for an error message: its line when the list spans several.
+    Found only for an error: walking every list at every reload made a large owners.json several times
+    slower to read, and a webhook arriving during a reload waits for it."""
+    def line_of(n: int) -> str:
+        lines = element_lines(text, start) if isinstance(value, list) else []
+        return f" (line {lines[n]})" if len(set(lines)) > 1 else ""
+    return line_of
 
 
-def _owners(value: Any, where: str, lines: list[int]) -> tuple[str, ...]:
+def _owners(value: Any, where: str, line_of: Callable[[int], str]) -> tuple[str, ...]:
     """The owners of an entry; a bad one is named with its own line when the list spans several."""
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list):
@@ -141,12 +147,11 @@ def _owners(value: Any, where: str, lines: list[int]) -> tuple[str, ...]:
     if not values:
         raise ConfigError(f"{where}: the list of owners is empty; add an email or remove the key")
     for n, item in enumerate(values):
-        on_line = f" (line {lines[n]})" if len(set(lines)) > 1 else ""
         if not isinstance(item, str):
-            raise ConfigError(f"{where}: every owner must be an email in quotes, not {describe(item)}{on_line}")
+            raise ConfigError(f"{where}: every owner must be an email in quotes, not {describe(item)}{line_of(n)}")
         if not is_recipient(item):
             bot = ' (a group bot\'s webhook URL goes under "chats")' if "/open-apis/bot/" in item else ""
-            raise ConfigError(f"{where}: {quoted_value(item)}{on_line} is not an email address "
+            raise ConfigError(f"{where}: {quoted_value(item)}{line_of(n)} is not an email address "
                               f"(name@domain.tld, no spaces) or a Feishu open_id (ou_...){bot}")
     return tuple(values)
 
@@ -212,7 +217,7 @@ def _events(value: list, where: str, *_: Any) -> frozenset[str]:
     return frozenset(value)
 
 
-_FIELD_CHECKS = {"chats": _chats, "branches": _branches, "events": _events}   # and "owners": _owners, given lines
+_FIELD_CHECKS = {"chats": _chats, "branches": _branches, "events": _events}   # and "owners": _owners, given its items' lines
 _EXAMPLES = {"owners": '["lead@example.com"]', "chats": '["https://open.feishu.cn/open-apis/bot/v2/hook/…"]',
              "branches": '["main", "release/*"]', "events": '["push", "merge_request"]'}
 

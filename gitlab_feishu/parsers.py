@@ -154,15 +154,17 @@ def parse_pipeline(payload: dict) -> PipelineEvent | Ignored:
         ref_protected=optional_bool(attributes.get("protected_ref")),
         merge_request_iid=integer(merge_request.get("iid")),
         name=text(attributes.get("name")),
-        fork_merge_request_url=(text(merge_request.get("url")) or _merge_request_url(web_url, merge_request))
+        fork_merge_request_url=(text(merge_request.get("url")) or _merge_request_url(project, target, merge_request))
         if from_fork else "",
     )
 
 
-def _merge_request_url(web_url: str, merge_request: dict) -> str:
-    """A merge request's page when the payload leaves its URL out: it lives in the target project, this one."""
+def _merge_request_url(project: Project, target: int | None, merge_request: dict) -> str:
+    """A merge request's page when the payload leaves its URL out, if it lives in this project (the target).
+    A pipeline that ran in the fork (the source) is this project's: its branch is here, so "" links to it."""
     iid = integer(merge_request.get("iid"))
-    return f"{web_url}/-/merge_requests/{iid}" if web_url and iid is not None else ""
+    return f"{project.web_url}/-/merge_requests/{iid}" if project.web_url and iid is not None \
+        and project.id == target else ""
 
 
 def _commits(payload: dict) -> tuple[Commit, ...]:

@@ -102,9 +102,11 @@ def url_value(raw: str) -> str:
         raise ValueError("must start with http:// or https://")
     parts = urlsplit(raw)
     try:
-        parts.port                      # "https://host:443x" raises here
+        port = parts.port               # "https://host:443x" raises here; "https://host:0" does not
     except ValueError:
-        raise ValueError("the port after the host is not a number from 1 to 65535") from None
+        port = 0
+    if port == 0:
+        raise ValueError("the port after the host is not a number from 1 to 65535")
     if not parts.hostname or any(ch.isspace() for ch in raw):
         raise ValueError("write it as https://host[:port], with a host and no spaces")
     return raw.rstrip("/")

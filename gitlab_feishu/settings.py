@@ -20,6 +20,7 @@ from .setting_values import (EVENT_KINDS, PROJECT_DIR, admins_value, bool_value,
 
 log = logging.getLogger(__name__)
 
+
 class ConfigError(Exception):
     """A setting or configuration file a person has to fix; the message says how."""
 
@@ -172,4 +173,5 @@ _FIELDS = (
 )
 
 ENV_NAMES = tuple(name for name, _, _ in _FIELDS)
-SECRETS = frozenset({"FEISHU_APP_SECRET", "GITLAB_WEBHOOK_SECRET", "GITLAB_SIGNING_TOKEN", "GITLAB_API_TOKEN"})
+# The settings whose fields repr leaves out: a refusal names them without their value.
+SECRETS = frozenset(name for name, attr, _ in _FIELDS if not Settings.__dataclass_fields__[attr].repr)

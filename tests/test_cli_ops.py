@@ -103,7 +103,7 @@ def test_gunicorn_on_a_host_that_is_no_address_does_not_blame_another_program(tm
     assert "set HOST in .env" in stderr and "another program" not in stderr and "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::"])      # HOST=:: binds 0.0.0.0 too
 def test_on_windows_a_port_something_accepts_on_is_refused_before_waitress_shares_it(monkeypatch, host):
     """waitress's SO_REUSEADDR lets a second program bind a taken port on Windows: a connection probe finds it."""
     monkeypatch.setattr(cli.sys, "platform", "win32")

@@ -294,6 +294,8 @@ def test_old_minimal_pipeline_payload():
      lambda e: e.ref_url == "http://192.168.64.1:3005/gitlab-org/gitlab-test/merge_requests/1"),
     (lambda p: p["merge_request"].update(source_project_id=777, url=None),  # ... and no URL: built as GitLab does
      lambda e: e.ref_url == "http://192.168.64.1:3005/gitlab-org/gitlab-test/-/merge_requests/1"),
+    (lambda p: p["merge_request"].update(target_project_id=777, url=None),  # ran in the fork: its branch is here
+     lambda e: e.ref_url == "http://192.168.64.1:3005/gitlab-org/gitlab-test/-/tree/master"),
 ])
 def test_pipeline_missing_fields(change, check):
     payload = with_attributes("pipeline.json", status="failed")

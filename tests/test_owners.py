@@ -604,3 +604,14 @@ def test_a_bad_owner_in_a_list_over_several_lines_is_named_with_its_own_line(tmp
     with pytest.raises(ConfigError) as raised:
         load_owners(write_owners(tmp_path, text))
     assert named in str(raised.value)
+
+
+def test_the_lines_of_owners_are_looked_for_only_to_name_a_bad_one(tmp_path, monkeypatch):
+    """Walking every list again at every reload made a large owners.json several times slower to read."""
+    from gitlab_feishu import owners_format
+
+    def walked(*_):
+        raise AssertionError("element_lines called for a good list")
+    monkeypatch.setattr(owners_format, "element_lines", walked)
+    text = '{\n  "team": [\n    "a@example.com",\n    "b@example.com"\n  ],\n  "ops": {"owners": [\n    "c@example.com"]}\n}\n'
+    assert len(load_owners(write_owners(tmp_path, text))) == 2

@@ -82,6 +82,7 @@ def test_log_level_ignores_case():
     ("FEISHU_BASE_URL", "https://open.feishu.cn:443x", "the port after the host"),
     ("GITLAB_URL", "https://git.example.cn:80x", "the port after the host"),
     ("PUBLIC_URL", "https://", "with a host"),
+    ("PUBLIC_URL", "https://hooks.example.cn:0", "the port after the host"),
     ("ADMIN_EMAILS", "张三 <ops@example.com>", "neither an email address nor a Feishu open_id"),
     ("ADMIN_EMAILS", "ops@example", "neither an email address nor a Feishu open_id"),
     ("NOTIFY_EVENTS", ",", "name at least one of push"),
