@@ -217,7 +217,7 @@ def _events(value: list, where: str, *_: Any) -> frozenset[str]:
     return frozenset(value)
 
 
-_FIELD_CHECKS = {"chats": _chats, "branches": _branches, "events": _events}   # and "owners": _owners, given its items' lines
+_FIELD_CHECKS = {"chats": _chats, "branches": _branches, "events": _events}   # "owners": see _owners
 _EXAMPLES = {"owners": '["lead@example.com"]', "chats": '["https://open.feishu.cn/open-apis/bot/v2/hook/…"]',
              "branches": '["main", "release/*"]', "events": '["push", "merge_request"]'}
 
