@@ -69,3 +69,12 @@ def test_a_name_that_is_almost_a_setting_is_named_with_the_one_it_looks_like(tmp
         from_env_file(tmp_path, line + "\nHTTPS_PROXY=http://proxy:3128\n")
     [record] = caplog.records
     assert f"is not a setting, so it sets nothing; did you mean {meant}?" in record.getMessage()
+
+
+def test_a_line_without_an_equals_sign_is_named_by_its_line_without_quoting_it(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        settings = from_env_file(tmp_path, "FEISHU_APP_ID=cli_a\nFEISHU_APP_SECRET:s3cr3t\n")
+    assert settings.feishu_app_secret == ""
+    [record] = caplog.records
+    assert "line 2: there is no '=' on this line, so it sets nothing" in record.getMessage()
+    assert "s3cr3t" not in caplog.text
