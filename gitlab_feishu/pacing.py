@@ -9,9 +9,8 @@ than it took its turn (a loaded host, network jitter) without tipping a burst
 over the limit; with 0.1 s, a strict stand-in refused 2 of 1,100 cards.
 
 When Feishu refuses a send for a quota all the same (another program using the same app, a user's other
-bots), every send under that quota waits out Feishu's reset, not only the refused one. Refused again within
-a minute of resuming, it takes turns in half the quota (then a quarter...) until a minute passes without a
-refusal: the rest is someone else's. A single stray refusal costs only its reset.
+bots), every send under that quota waits out Feishu's reset, not only the refused one, and then for a minute
+takes turns in half the quota (a quarter after a second refusal...): the rest is someone else's.
 """
 from __future__ import annotations
 
@@ -110,7 +109,7 @@ class Pacer:
         with self._db.write(timeout=lock_wait) as conn:
             wait = 0.0
             for quota in quotas:
-                until, share, _ = _in_force(conn, quota.key, now)
+                until, share = _in_force(conn, quota.key, now)
                 wait = max(wait, until - now)
                 for count, seconds in quota.windows:
                     allowed = max(1, int(count * share))
@@ -129,14 +128,14 @@ class Pacer:
 
     def hold(self, quota: Quota, seconds: float | None) -> None:
         """Feishu refused a send under `quota`: no send under it takes a turn, in any process, for `seconds`
-        (Feishu's reset; at least a second, at most the longest window). Refused again within the longest
-        window after that, turns come in half of what they did (once per hold: one wave's refusals count once)."""
+        (Feishu's reset; at least a second, at most the longest window); then, for the longest window, turns
+        come in half of what they did (once per hold: the refusals of one wave halve it once)."""
         now = self.clock()
 
         def write() -> None:
             with self._db.write() as conn:
-                until, share, recent = _in_force(conn, quota.key, now)
-                if until <= now and recent:       # refused again after resuming, not one more of the same wave
+                until, share = _in_force(conn, quota.key, now)
+                if until <= now:                  # not held yet: a new refusal, not one more of the same wave
                     share = max(share / 2, MIN_SHARE)
                 until = max(until, now + min(max(seconds or 0.0, MIN_HOLD), MAX_HOLD))
                 conn.execute("INSERT OR REPLACE INTO quota_holds (key, until, share, share_until) VALUES (?, ?, ?, ?)",
@@ -144,13 +143,12 @@ class Pacer:
         self._db.use(write, None)
 
 
-def _in_force(conn, key: str, now: float) -> tuple[float, float, bool]:
-    """(held until, share of the quota, refused within the last window) for `key`; anything stamped further
-    ahead than a hold can reach is from before the clock was stepped back, and is not kept."""
+def _in_force(conn, key: str, now: float) -> tuple[float, float]:
+    """(held until, share of the quota) that refusals left for `key`; anything stamped further ahead than a
+    hold can reach is from before the clock was stepped back, and is not kept."""
     row = conn.execute("SELECT until, share, share_until FROM quota_holds WHERE key = ?", (key,)).fetchone()
     if row is None:
-        return now, 1.0, False
+        return now, 1.0
     until, share, share_until = row
     furthest = now + MAX_HOLD + LOG_SECONDS + CLOCK_SLACK
-    recent = now < share_until <= furthest
-    return (until if now < until <= furthest else now), (share if recent else 1.0), recent
+    return (until if now < until <= furthest else now), (share if now < share_until <= furthest else 1.0)
