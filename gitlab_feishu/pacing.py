@@ -9,8 +9,7 @@ than it took its turn (a loaded host, network jitter) without tipping a burst
 over the limit; with 0.1 s, a strict stand-in refused 2 of 1,100 cards.
 
 When Feishu refuses a send for a quota all the same (another program using the same app, a user's other
-bots), every send under that quota waits out Feishu's reset, not only the refused one, and then for a minute
-takes turns in half the quota (a quarter after a second refusal...): the rest is someone else's.
+bots), every send under that quota waits out Feishu's reset, not only the refused one.
 """
 from __future__ import annotations
 
@@ -40,7 +39,6 @@ LOG_SECONDS = 62.0                       # the longest window: older entries are
 CLOCK_SLACK = 1.0
 MIN_HOLD = 1.0                           # Feishu's reset is in whole seconds: "0" is under one
 MAX_HOLD = LOG_SECONDS                   # its longest window: a longer reset (a lie, a proxy's) is not believed
-MIN_SHARE = 0.2                          # of a quota left to this service after refusals (10 a second of 50)
 
 
 @dataclass(frozen=True)
@@ -82,8 +80,7 @@ class Pacer:
         self._db = HelperDatabase(self.path, (
             "CREATE TABLE IF NOT EXISTS sends (key TEXT NOT NULL, at REAL NOT NULL)",
             "CREATE INDEX IF NOT EXISTS sends_key_at ON sends (key, at)",
-            "CREATE TABLE IF NOT EXISTS quota_holds (key TEXT PRIMARY KEY, until REAL NOT NULL,"
-            " share REAL NOT NULL, share_until REAL NOT NULL)"),
+            "CREATE TABLE IF NOT EXISTS holds (key TEXT PRIMARY KEY, until REAL NOT NULL)"),
             log=log, meanwhile="sending without pacing meanwhile")
 
     def wait_turn(self, quotas: list[Quota], deadline: float) -> float:
@@ -109,46 +106,33 @@ class Pacer:
         with self._db.write(timeout=lock_wait) as conn:
             wait = 0.0
             for quota in quotas:
-                until, share = _in_force(conn, quota.key, now)
+                [until] = conn.execute("SELECT until FROM holds WHERE key = ? AND until <= ?",
+                                       (quota.key, now + LOG_SECONDS + CLOCK_SLACK)).fetchone() or [now]
                 wait = max(wait, until - now)
                 for count, seconds in quota.windows:
-                    allowed = max(1, int(count * share))
                     rows = conn.execute("SELECT at FROM sends WHERE key = ? AND at > ? AND at <= ?"
                                         " ORDER BY at DESC LIMIT ?",
-                                        (quota.key, now - seconds, now + CLOCK_SLACK, allowed)).fetchall()
-                    if len(rows) >= allowed:
+                                        (quota.key, now - seconds, now + CLOCK_SLACK, count)).fetchall()
+                    if len(rows) >= count:
                         wait = max(wait, rows[-1][0] + seconds - now)
             if wait > 0:
                 return wait
             conn.executemany("INSERT INTO sends (key, at) VALUES (?, ?)", [(q.key, now) for q in quotas])
             if random.random() < 0.01:
                 conn.execute("DELETE FROM sends WHERE at < ?", (now - LOG_SECONDS,))
-                conn.execute("DELETE FROM quota_holds WHERE max(until, share_until) < ?", (now,))
+                conn.execute("DELETE FROM holds WHERE until < ?", (now,))
         return 0.0
 
     def hold(self, quota: Quota, seconds: float | None) -> None:
         """Feishu refused a send under `quota`: no send under it takes a turn, in any process, for `seconds`
-        (Feishu's reset; at least a second, at most the longest window); then, for the longest window, turns
-        come in half of what they did (once per hold: the refusals of one wave halve it once)."""
+        (Feishu's reset; at least a second, at most the longest window)."""
         now = self.clock()
+        until = now + min(max(seconds or 0.0, MIN_HOLD), MAX_HOLD)
 
         def write() -> None:
             with self._db.write() as conn:
-                until, share = _in_force(conn, quota.key, now)
-                if until <= now:                  # not held yet: a new refusal, not one more of the same wave
-                    share = max(share / 2, MIN_SHARE)
-                until = max(until, now + min(max(seconds or 0.0, MIN_HOLD), MAX_HOLD))
-                conn.execute("INSERT OR REPLACE INTO quota_holds (key, until, share, share_until) VALUES (?, ?, ?, ?)",
-                             (quota.key, until, share, until + LOG_SECONDS))
+                # A longer hold stays; one from before the clock was stepped back does not.
+                conn.execute("INSERT OR IGNORE INTO holds (key, until) VALUES (?, ?)", (quota.key, until))
+                conn.execute("UPDATE holds SET until = CASE WHEN until > ? THEN ? ELSE max(until, ?) END"
+                             " WHERE key = ?", (now + LOG_SECONDS, until, until, quota.key))
         self._db.use(write, None)
-
-
-def _in_force(conn, key: str, now: float) -> tuple[float, float]:
-    """(held until, share of the quota) that refusals left for `key`; anything stamped further ahead than a
-    hold can reach is from before the clock was stepped back, and is not kept."""
-    row = conn.execute("SELECT until, share, share_until FROM quota_holds WHERE key = ?", (key,)).fetchone()
-    if row is None:
-        return now, 1.0
-    until, share, share_until = row
-    furthest = now + MAX_HOLD + LOG_SECONDS + CLOCK_SLACK
-    return (until if now < until <= furthest else now), (share if now < share_until <= furthest else 1.0)

@@ -147,34 +147,3 @@ def test_a_hold_from_before_the_clock_was_stepped_back_is_not_kept(pacer, clock)
     pacer.hold(app, 2)
     clock.advance(0.5)
     assert pacer.try_turn([app]) == pytest.approx(1.5)
-
-
-def turns_at_once(pacer, quotas) -> int:
-    """How many sends take a turn now, one after another, before one has to wait."""
-    taken = 0
-    while pacer.try_turn(quotas) == 0:
-        taken += 1
-    return taken
-
-
-@pytest.mark.parametrize(("refusals", "allowed"), [
-    ([1.0], 25),                      # someone else uses the app too: half of the 50 a second
-    ([1.0] * 5, 25),                  # the refusals of one wave halve it once
-    ([1.0, 2.0], 12),                 # refused again after resuming: a quarter
-    ([1.0, 2.0, 4.0, 6.0], 10),       # never below a fifth
-])
-def test_after_a_refusal_turns_come_in_a_share_of_the_quota(pacer, clock, refusals, allowed):
-    [app, _] = dm_quotas("ou_a")
-    start = clock()
-    for at in refusals:
-        clock.now = start + at
-        pacer.hold(app, 0)
-    clock.now = start + refusals[-1] + 1.5            # past the last hold and the sends of a second ago
-    assert turns_at_once(pacer, [app]) == allowed
-
-
-def test_the_whole_quota_comes_back_a_minute_after_the_hold(pacer, clock):
-    [app, _] = dm_quotas("ou_a")
-    pacer.hold(app, 1)
-    clock.advance(1 + 62 + 0.1)
-    assert turns_at_once(pacer, [app]) == 50
