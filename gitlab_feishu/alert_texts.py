@@ -1,4 +1,5 @@
 """The words of admin alert cards (alerts.py), in each card language."""
+from .feishu_errors import WRONG_CREDENTIALS
 
 RETRY_HINT = {"zh": "修复后运行 `python webhook_server.py --retry-failed` 重新发送失败的通知。",
               "en": "After fixing it, run `python webhook_server.py --retry-failed` to send the failed notifications."}
@@ -116,7 +117,7 @@ APP_ACTIONS = {
     230006: {"zh": "在飞书开发者后台「应用能力」中启用「机器人」，并发布新版本。",
              "en": "Enable the Bot (机器人) under Features (应用能力) in the Feishu developer console and publish a "
                    "new version."},
-    10003: _CREDENTIALS, 10014: _CREDENTIALS, 10015: _CREDENTIALS, 99991543: _CREDENTIALS,
+    **{code: _CREDENTIALS for code in WRONG_CREDENTIALS},
     99991401: {"zh": "在飞书开发者后台「安全设置」的 IP 白名单中加入本服务器的出口 IP。",
                "en": "Add this server's outgoing IP to the IP allow-list under Security Settings (安全设置) in the "
                      "Feishu developer console."},

@@ -28,6 +28,9 @@ _BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): se
 # it too), 99991663/99991664 invalid, 99991671 format, 99991677 expired.
 TOKEN_INVALID = frozenset({99991661, 99991663, 99991664, 99991671, 99991677})
 
+# Feishu refused the app id or secret itself: put right in .env, which takes a restart.
+WRONG_CREDENTIALS = frozenset({10003, 10014, 10015, 99991543})
+
 # Feishu's rate limits: the app's (99991400, HTTP 429) and one user's 5 a second (230020).
 USER_RATE_LIMITED = 230020
 RATE_LIMITS = frozenset({99991400, USER_RATE_LIMITED})

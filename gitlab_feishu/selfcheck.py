@@ -16,7 +16,7 @@ import threading
 from typing import Callable
 
 from .feishu import FeishuClient
-from .feishu_errors import FeishuError
+from .feishu_errors import WRONG_CREDENTIALS, FeishuError
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,6 @@ FIRST_RETRY = 10.0
 MAX_RETRY = 300.0
 
 OK, REJECTED, ERROR, UNKNOWN = "ok", "rejected", "error", "unknown"
-# A wrong app id or secret is put right in .env, which takes a restart: no point asking Feishu again.
-WRONG_CREDENTIALS = frozenset({10003, 10014, 10015, 99991543})
 _LOG_LEVELS = {OK: logging.INFO, REJECTED: logging.ERROR, ERROR: logging.ERROR, UNKNOWN: logging.WARNING}
 
 
