@@ -10,8 +10,9 @@ from __future__ import annotations
 import unicodedata
 from typing import Callable, Iterable, Protocol, TypeVar
 
-from .events import Event, Person, PipelineEvent
+from .events import Event, Person
 from .rows import person_key
+from .users import TRIGGERED
 
 # Compared after NFKC + casefold, so "[Skip Notify]" and the full-width "［通知跳过］" count too;
 # 【】 are the brackets a Chinese input method types for [ ].
@@ -82,17 +83,17 @@ def is_self(recipient: str, actor: Person, address_of: AddressOf | None = None) 
 
 
 def split_self(matches: list[R], event: Event, address_of: AddressOf | None = None) -> tuple[list[R], list[R]]:
-    """(kept, skipped): people who caused the event themselves are skipped; group chats never are.
+    """(kept, skipped): owners who caused the event themselves are skipped; group chats never are.
 
-    Nor is anyone for a failed pipeline: its actor is always whoever triggered it, owner or not, and the card
-    is news about their own pipeline (users.json sends it to them for that reason), not an echo of what they did.
+    Nor is whoever triggered a failed pipeline in that role (users.json's "triggered: ..."): they are always its
+    actor, and that card exists to tell them their own pipeline broke. An owner who triggered it is an owner who
+    caused an event, and skipped like one.
     """
-    if isinstance(event, PipelineEvent) and event.status == "failed":
-        return list(matches), []
     kept: list[R] = []
     skipped: list[R] = []
     for match in matches:
-        mine = match.channel == "dm" and is_self(match.recipient, event.actor, address_of)
+        spared = match.channel != "dm" or match.rule.startswith(f"{TRIGGERED}: ")
+        mine = not spared and is_self(match.recipient, event.actor, address_of)
         (skipped if mine else kept).append(match)
     return kept, skipped
 

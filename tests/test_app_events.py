@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from gitlab_feishu.app import create_app
+from gitlab_feishu.quiet import SELF_SKIPPED
 from gitlab_feishu.settings import ConfigError
 from tests.conftest import OWNERS, gitlab_headers, load_payload
 
@@ -100,7 +101,8 @@ def test_owner_who_triggered_the_failure_gets_one_card(client, feishu):
 
 
 def test_whoever_triggered_a_failed_pipeline_gets_its_card_even_with_notify_self_false(settings, feishu):
-    """NOTIFY_SELF=false spares owners what they did themselves; the trigger's card is about their own pipeline."""
+    """NOTIFY_SELF=false spares owners what they did themselves; the trigger's card (issue 6) is about their own
+    pipeline."""
     client = make_client(dataclasses.replace(settings, notify_self=False))
     response = post(client, pipeline(5031, "failed", name="李四", username="lisi"))
     assert response["deliveries"] == [ZHANGSAN, {"to": "lisi@example.com", "rule": "triggered: lisi",
@@ -108,9 +110,14 @@ def test_whoever_triggered_a_failed_pipeline_gets_its_card_even_with_notify_self
     assert sent_to(feishu) == ["lisi@example.com", "zhangsan@example.com"]
 
 
-def test_an_owner_who_triggered_a_failed_pipeline_gets_its_card_with_notify_self_false(settings, feishu):
+def test_an_owner_who_triggered_a_failed_pipeline_is_skipped_with_notify_self_false(settings, feishu):
+    """Issue 7: NOTIFY_SELF=false "stops notifying an owner about an event they caused themselves"; the `user` of a
+    pipeline event is who caused it."""
     client = make_client(dataclasses.replace(settings, notify_self=False))
-    assert post(client, pipeline(5031, "failed"))["deliveries"] == [ZHANGSAN]
+    response = post(client, pipeline(5031, "failed"))
+    assert response["status"] == "ignored"
+    assert response["deliveries"] == [{**ZHANGSAN, "result": "skipped", "error": SELF_SKIPPED}]
+    assert feishu.messages == []
 
 
 def test_reviewers_of_a_project_nobody_owns_get_nothing(client, feishu):

@@ -102,10 +102,11 @@ def test_split_self_keeps_group_chats():
     assert [m.channel for m in kept] == ["dm", "chat"]
 
 
-@pytest.mark.parametrize("status, spared", [("failed", True), ("success", False)])
-def test_split_self_spares_whoever_triggered_a_failed_pipeline_owner_or_not(status, spared):
-    """The failure is news about their own pipeline; a success (fixed) is what they did."""
-    event = PipelineEvent(project=Project("g/p", "p"), actor=JOHN, id=1, status=status, ref="main", tag=False, url="")
-    matches = [Match("john@example.com", "exact: p"), Match("mike@example.com", "exact: p")]
+@pytest.mark.parametrize("rule, spared", [("exact: p", False), ("triggered: jsmith", True)])
+def test_split_self_spares_the_trigger_of_a_failed_pipeline_only_in_that_role(rule, spared):
+    """users.json's trigger card tells them their pipeline broke; an owner who triggered it caused an event."""
+    event = PipelineEvent(project=Project("g/p", "p"), actor=JOHN, id=1, status="failed", ref="main", tag=False,
+                          url="")
+    matches = [Match("john@example.com", rule), Match("mike@example.com", "exact: p")]
     kept, skipped = split_self(matches, event)
     assert [m.recipient for m in skipped] == ([] if spared else ["john@example.com"])
