@@ -126,6 +126,12 @@ def word_list(raw: str) -> list[str]:
     return [word.strip() for word in raw.split(",") if word.strip()]
 
 
+def pushers_value(raw: str) -> frozenset[str]:
+    """IGNORE_PUSHERS: usernames and emails, neither of which holds a space; GitLab shows a username as
+    `@name`, which is how people copy it."""
+    return frozenset(word.lower().removeprefix("@") for words in word_list(raw) for word in words.split())
+
+
 def event_kinds_value(raw: str) -> frozenset[str]:
     kinds = frozenset(word.lower() for word in word_list(raw))
     if not kinds:         # only separators: every kind off would leave a service that notifies nobody

@@ -16,7 +16,7 @@ from typing import Mapping
 from .envfile import EnvFileError, read_env_file
 from .setting_values import (EVENT_KINDS, PROJECT_DIR, admins_value, bool_value, card_lang_value, count_value,
                              event_kinds_value, gitlab_url_value, log_level_value, networks_value, os_text,
-                             path_value, port_value, seconds_value, signing_token_value, url_value, word_list)
+                             path_value, port_value, pushers_value, seconds_value, signing_token_value, url_value)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ _FIELDS = (
     ("RETRY_BASE_SECONDS", "retry_base_seconds", seconds_value(0.01, 600)),
     ("FEISHU_PACING", "feishu_pacing", bool_value),
     ("NOTIFY_EVENTS", "notify_events", event_kinds_value),
-    ("IGNORE_PUSHERS", "ignore_pushers", lambda raw: frozenset(w.lower() for w in word_list(raw))),
+    ("IGNORE_PUSHERS", "ignore_pushers", pushers_value),
     ("NOTIFY_SELF", "notify_self", bool_value),
     ("CARD_LANG", "card_lang", card_lang_value),
     ("ALLOWED_SOURCES", "allowed_sources", networks_value),

@@ -121,3 +121,10 @@ def test_an_ipv6_host_may_be_written_in_brackets(host):
 @pytest.mark.parametrize("url", ["https://open.feishu.cn/", "http://127.0.0.1:8080", "http://[::1]:5000/sub/"])
 def test_a_url_with_host_and_port_is_taken(url):
     assert Settings.from_mapping({"FEISHU_BASE_URL": url}).feishu_base_url == url.rstrip("/")
+
+
+@pytest.mark.parametrize("raw", ["gitlab-ci-bot,Deploy@Example.com", "@gitlab-ci-bot, deploy@example.com",
+                                 "gitlab-ci-bot deploy@example.com", "gitlab-ci-bot，deploy@example.com"])
+def test_ignore_pushers_takes_usernames_as_gitlab_shows_them_and_any_separator(raw):
+    """GitLab shows a username as @name; neither a username nor an email holds a space or a comma."""
+    assert Settings.from_mapping({"IGNORE_PUSHERS": raw}).ignore_pushers == {"gitlab-ci-bot", "deploy@example.com"}
