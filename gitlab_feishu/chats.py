@@ -123,8 +123,15 @@ class BotClient:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
 
+    @property
+    def longest_post(self) -> float:
+        """Seconds a post may take at most when given no budget: its connect and read timeouts together."""
+        return self._connect_timeout + self._read_timeout
+
     def post_card(self, url: str, secret: str | None, card: dict, budget: float | None = None) -> None:
-        """Post `card` to the bot at `url`, signed when `secret` is given; FeishuError says what went wrong."""
+        """Post `card` to the bot at `url`, signed when `secret` is given; FeishuError says what went wrong.
+
+        Without a budget the whole post is bounded by `longest_post` (a read timeout bounds each read only)."""
         what = f"posting the card to {mask_chat_url(url)}"
         body: dict = {"msg_type": "interactive", "card": card}
         if secret:
@@ -140,7 +147,7 @@ class BotClient:
             (min(self._connect_timeout, budget), min(self._read_timeout, budget))
         posted = " (it may have been posted: a retry can show the card twice in the group)"
         failure = None
-        with CUTOFF.after(budget) as call:
+        with CUTOFF.after(self.longest_post if budget is None else budget) as call:
             try:
                 # No redirects: a card goes to the bot's URL or nowhere (a redirect could aim it anywhere).
                 rsp = self._session.post(url, data=data, timeout=timeout, allow_redirects=False,

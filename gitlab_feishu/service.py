@@ -30,7 +30,8 @@ from .watched import iso_time
 log = logging.getLogger(__name__)
 
 RETRY_WINDOW = 24 * 3600.0     # how long a queued delivery is retried before it is marked failed
-LEASE_SLACK = 10.0             # an inline attempt's lease outlives the deadline by this much
+LEASE_SLACK = 20.0             # an inline attempt's lease outlives the deadline by this much: longer than a group
+                               # post started just before it may take (BotClient.longest_post, 13 s)
 DEADLINE_MARGIN = 0.3          # answer GitLab this long before the deadline, for the reply itself
 CARD_LIMITS = {"dm": cards.MAX_CARD_BYTES, "chat": chats.MAX_CARD_BYTES}   # a bot's body holds its card
 # Webhooks that may try their cards inline at once, per process: fewer than the server's 32 threads

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,6 +14,7 @@ from gitlab_feishu.delivery import Deliverer
 from gitlab_feishu.feishu import FeishuError
 from gitlab_feishu.outbox import Outbox
 from gitlab_feishu.rows import NewDelivery
+from gitlab_feishu.service import LEASE_SLACK
 from gitlab_feishu.pacing import bot_quotas
 
 TOKEN = "7c1f0e2a-9b3d-4e5f-8a6b-0c1d2e3f4a5b"
@@ -187,10 +189,15 @@ def test_no_budget_left_sends_nothing():
 class StubBots:
     def __init__(self):
         self.posts: list[tuple[str, str | None, dict]] = []
+        self.budgets: list[float | None] = []
         self.answers: list[Exception] = []
+        self.answering = threading.Event()       # cleared: the bot takes its time until it is set
+        self.answering.set()
 
     def post_card(self, url, secret, card, budget=None):
         self.posts.append((url, secret, card))
+        self.budgets.append(budget)
+        self.answering.wait(timeout=10)
         if self.answers:
             raise self.answers.pop(0)
 
@@ -231,6 +238,24 @@ def test_a_chat_row_is_posted_to_its_bot_paced_by_the_bots_quota(chat_setup, clo
     assert outcome.status == "sent" and bots.posts == [(URL, "first", CARD)]
     assert pacer.quotas == [bot_quotas(URL)]
     assert outbox.event_rows("idem:chat")[0].status == "sent"
+
+
+def test_a_post_still_under_way_at_the_deadline_is_not_cut_off_and_its_answer_is_recorded(chat_setup, clock):
+    """A bot has no uuid: cutting its post off at the webhook's deadline and retrying showed the card twice
+    whenever the group's bot answered late, but within its own timeouts."""
+    deliverer, rows, bots, _, _, outbox = chat_setup
+    bots.answering.clear()
+    [outcome] = deliverer.deliver(rows, deadline=clock() + 0.3).values()
+    assert outcome.status == "queued" and "recorded when it comes" in outcome.error
+    assert bots.budgets == [None]              # bounded by the bot client's own timeouts, not the deadline
+    bots.answering.set()
+    deliverer.pool.shutdown(wait=True)
+    assert outbox.event_rows("idem:chat")[0].status == "sent" and len(bots.posts) == 1
+
+
+def test_an_inline_rows_lease_outlasts_a_post_started_just_before_the_deadline():
+    """Or the retry worker could claim the row and post again while the first post is still under way."""
+    assert LEASE_SLACK > BotClient().longest_post
 
 
 def test_the_secret_is_read_at_each_send_so_fixing_owners_json_fixes_the_retry(chat_setup, clock):

@@ -154,6 +154,23 @@ def test_feishu_hanging_past_the_deadline_still_makes_one_card(service, fake):
     assert len(fake.messages) == 1
 
 
+def test_a_group_bot_answering_after_the_deadline_posts_the_card_once(fake, tmp_path):
+    """A bot has no uuid: a post cut off at the deadline and retried showed the card twice in the group."""
+    owners = {"Y_野水发财": {"owners": [], "chats": [fake.add_bot("slow-bot")]}}
+    (tmp_path / "owners.json").write_text(json.dumps(owners, ensure_ascii=False), encoding="utf-8")
+    server = start_service(fake, tmp_path)
+    try:
+        fake.hang_sends(DEADLINE + 1.5)            # late, but well within the bot client's read timeout
+        response, waited = push(server)
+        assert response.status_code == 200 and waited < DEADLINE + 0.5
+        assert response.json()["deliveries"][0]["result"] == "queued"
+        fake.hang_sends(None)
+        assert wait_for(lambda: queue_is_empty(server) and fake.answering() == 0, timeout=20)
+        assert len(fake.bot_messages) == 1
+    finally:
+        server.stop()
+
+
 def test_resend_three_times_makes_one_card(service, fake):
     key = "3a427872-00df-429c-9bc9-a9475de2efe4"
     answers = [push(service, headers=gitlab_headers(key=key))[0] for _ in range(3)]
