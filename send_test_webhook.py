@@ -32,6 +32,7 @@ from gitlab_feishu.settings import ConfigError, Settings
 GITLAB_VERSION = "18.6.0"                # what the User-Agent claims; any GitLab/<version> is fine
 DEFAULT_PROJECT = ("demo/ceshi-xiangmu", "测试项目")   # named like the shipped owners.json's "测试项目"
 DEFAULT_INSTANCE = "https://gitlab.example.cn"
+GITLAB_WAITS = 10.0                      # seconds GitLab waits for a hook's answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url or local_url(settings)
     if not url.startswith(("http://", "https://")):
         print(f"error: --url {url!r} must start with http:// or https://", file=sys.stderr)
+        return 2
+    try:
+        urlsplit(url).port          # an unclosed [IPv6 bracket or a port out of range, before anything is sent
+    except ValueError as exc:
+        print(f"error: --url {url!r} is not a valid URL ({exc}): write it as http://host:port/gitlab-webhook",
+              file=sys.stderr)
         return 2
     token = settings.gitlab_webhook_secret if args.token is None else args.token
     path = (args.project or DEFAULT_PROJECT[0]).strip("/")
@@ -78,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--message", default="测试：确认 GitLab → 飞书 通知已接通",
                         help="the commit message (default: a Chinese test message)")
     parser.add_argument("--branch", default="main", help="the branch pushed to (default: main)")
-    parser.add_argument("--timeout", type=_seconds, default=10.0,
+    parser.add_argument("--timeout", type=_seconds, default=GITLAB_WAITS,
                         help="seconds to wait for the answer (default: 10, as long as GitLab waits)")
     return parser
 
@@ -184,9 +191,14 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
             # other servers answer 400, which the handshake takes for garbage.
             return False, [f"error: no HTTPS at {url}: the service there speaks plain HTTP; use {plain} (in GitLab's"
                            " hook URL too), or put nginx with TLS in front (README, HTTPS in front: nginx)"]
+        if isinstance(exc, requests.ConnectTimeout):
+            return False, [f"error: no connection to {url} within {timeout:g} s: a firewall drops the packets, or"
+                           " the address is not this service's"]
         if isinstance(exc, requests.Timeout):
-            return False, [f"error: no answer from {url} within {timeout:g} s (GitLab waits 10 s): the service is"
-                           " stuck, or a firewall drops the packets"]
+            # The service answers within its delivery deadline (DELIVERY_DEADLINE_SECONDS, 5 s by default).
+            why = " the service is stuck: look at its log" if timeout >= GITLAB_WAITS else \
+                f" the service may still have been sending (GitLab waits {GITLAB_WAITS:g} s): try --timeout 10"
+            return False, [f"error: no answer from {url} within {timeout:g} s:{why}"]
         return False, [f"error: cannot connect to {url} ({_why(exc)}): is the service running (start_server.bat"
                        " or python webhook_server.py) and are the address and port right?"]
     except requests.RequestException as exc:

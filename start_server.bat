@@ -19,6 +19,9 @@ echo Creating the Python environment in .venv (first run only) ...
 "%VENV_PY%" -c "import sys" >nul 2>&1 || goto :venv_broken
 rem Install requirements.txt on the first run and again whenever it changed since the last install.
 fc /b requirements.txt .venv\requirements.installed >nul 2>&1 && goto :requirements_ready
+rem A .venv cut short (the window closed while it was made) has python.exe but no pip: ensurepip adds it
+rem from the Python itself, without the network.
+"%VENV_PY%" -m pip --version >nul 2>&1 || "%VENV_PY%" -m ensurepip --default-pip || goto :venv_unfinished
 echo Installing requirements.txt into .venv ...
 "%VENV_PY%" -m pip install --disable-pip-version-check -r requirements.txt || goto :pip_failed
 copy /y requirements.txt .venv\requirements.installed >nul
@@ -54,6 +57,11 @@ goto :fail
 
 :venv_broken
 echo The Python in .venv does not run (was Python moved, upgraded or uninstalled?).
+echo Delete the .venv folder and double-click start_server.bat again.
+goto :fail
+
+:venv_unfinished
+echo .venv is unfinished: it has no pip (was the window closed while it was being created?).
 echo Delete the .venv folder and double-click start_server.bat again.
 goto :fail
 

@@ -60,6 +60,17 @@ def test_start_server_pauses_on_every_failure_path():
     assert 'set "VENV_PY=.venv\\Scripts\\python.exe"' in text
 
 
+def test_start_server_repairs_a_venv_cut_short_before_installing():
+    """A .venv whose creation was interrupted has python.exe but no pip: `pip install` would fail with "No module
+    named pip" and the mirror advice after it would not help. ensurepip restores pip offline, else the user is
+    told to delete .venv."""
+    text = read_bytes("start_server.bat").decode("ascii")
+    check = '"%VENV_PY%" -m pip --version >nul 2>&1 || "%VENV_PY%" -m ensurepip --default-pip || goto :venv_unfinished'
+    assert check in text
+    assert text.index(check) < text.index("-m pip install")
+    assert "Delete the .venv folder" in text.split("\r\n:venv_unfinished\r\n", 1)[1].split("\r\n\r\n", 1)[0]
+
+
 def test_send_test_webhook_bat_runs_the_script_with_the_venv_and_passes_arguments():
     text = read_bytes("send_test_webhook.bat").decode("ascii")
     assert '".venv\\Scripts\\python.exe" send_test_webhook.py %*' in text

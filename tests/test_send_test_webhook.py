@@ -13,6 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 from werkzeug.serving import make_server
 
 import send_test_webhook
@@ -130,6 +131,16 @@ def test_a_server_that_never_answers_times_out(run):
         code, _, err = run("--timeout", "0.3", port=listener.getsockname()[1])
     assert code == 1
     assert err.count("\n") == 1 and "no answer" in err and "0.3 s" in err
+    assert "may still have been sending" in err and "--timeout 10" in err   # not "stuck": within its deadline
+
+
+def test_a_server_silent_for_as_long_as_gitlab_waits_is_stuck(run, monkeypatch):
+    monkeypatch.setattr(send_test_webhook, "GITLAB_WAITS", 0.3)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        code, _, err = run("--timeout", "0.3", port=listener.getsockname()[1])
+    assert code == 1 and "the service is stuck: look at its log" in err
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan", "ten"])
@@ -208,6 +219,13 @@ def test_an_answer_that_is_not_json_fails(run):
 def test_a_url_that_is_not_http_is_refused(run):
     code, _, err = run("--url", "127.0.0.1:5000/gitlab-webhook")
     assert code == 2 and "http://" in err
+
+
+@pytest.mark.parametrize("url", ["http://[::1/gitlab-webhook", "http://[::1]:99999/gitlab-webhook",
+                                 "http://[not-an-address]:5000/gitlab-webhook"])
+def test_a_malformed_url_is_one_line_not_a_traceback(run, url):
+    code, out, err = run("--url", url)
+    assert code == 2 and err.startswith("error: --url") and err.count("\n") == 1 and "Traceback" not in out + err
 
 
 def test_headers_are_gitlabs_with_fresh_ids():
@@ -314,3 +332,11 @@ def test_a_json_answer_that_is_not_the_services_fails(run):
         server.server_close()
     assert code == 1, out
     assert "not this service's JSON answer" in err
+
+
+def test_no_connection_in_time_blames_the_network_not_the_service(run, monkeypatch):
+    def dropped(*args, **kwargs):
+        raise requests.ConnectTimeout("timed out")
+    monkeypatch.setattr(send_test_webhook.requests, "post", dropped)
+    code, _, err = run("--timeout", "0.3")
+    assert code == 1 and "no connection" in err and "firewall" in err
