@@ -18,13 +18,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 WRK_SCRIPT = r"""
-local threads_made = 0
+local threads = {}
 local counter = 0
 local body, token, run
+non_2xx = 0   -- global: done() reads each thread's count (wrk's own status count starts at 400)
 
 function setup(thread)
-  threads_made = threads_made + 1
-  thread:set("tid", threads_made)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
 end
 
 function init(args)
@@ -47,10 +48,20 @@ function request()
   }, body)
 end
 
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non_2xx = non_2xx + 1
+  end
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
+  local not_2xx = 0
+  for _, thread in ipairs(threads) do
+    not_2xx = not_2xx + thread:get("non_2xx")
+  end
   io.write(string.format("BENCH %d %d %d %d %d %f %f\n", summary.requests, summary.duration,
-    e.connect + e.read + e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(99)))
+    e.connect + e.read + e.write, not_2xx, e.timeout, latency:percentile(50), latency:percentile(99)))
 end
 """
 
