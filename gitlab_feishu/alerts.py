@@ -63,8 +63,11 @@ class Problem:
 def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Problem:
     """The problem behind a delivery that failed for good."""
     recipient = shown(row)           # a group bot's URL is a credential: never in a card or a key
+    # The key names a person as Feishu tells people apart: an email's case makes no one else (the card keeps
+    # it as written). An open_id's case does, as does a masked chat token's.
+    who = recipient.lower() if row.channel == "dm" and "@" in recipient else recipient
     if isinstance(error, str):
-        return Problem(f"unknown-email:{recipient}", "unknown_email", {"recipient": recipient, "file": _listed_in(row)},
+        return Problem(f"unknown-email:{who}", "unknown_email", {"recipient": recipient, "file": _listed_in(row)},
                        error, project)
     detail = str(error)
     if error.retryable:                                     # it was retried until the retry window closed
@@ -76,7 +79,7 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
     if row.channel == "chat" and error.code in BOT_SETTINGS_CODES:     # fixed in the group and owners.json
         return Problem(f"chat:{code}:{recipient}", "chat", values, said, project)
     if error.code == 230013:
-        return Problem(f"230013:{recipient}", "availability", values, said, project)
+        return Problem(f"230013:{who}", "availability", values, said, project)
     if error.code == 99991672:                              # every delivery is affected, not the recipient alone
         scopes = {"code": code, "scopes": missing_scopes(error.message), "scopes_zh": missing_scopes(error.message, "zh")}
         link = SCOPE_REQUEST.search(error.message)
@@ -89,10 +92,10 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
                        said, project)
     if error.code in PERSON_ACTIONS:
         actions = PERSON_ACTIONS[error.code]
-        return Problem(f"{code}:{recipient}", "person",
+        return Problem(f"{code}:{who}", "person",
                        {**values, "action_zh": actions["zh"], "action_en": actions["en"]}, said, project,
                        resend_helps=error.code not in GONE_CODES)
-    scope = "*" if error.code is None else recipient       # an HTTP status alone: not this recipient's doing
+    scope = "*" if error.code is None else who             # an HTTP status alone: not this recipient's doing
     return Problem(f"{code}:{scope}", "other", values, detail, project)
 
 

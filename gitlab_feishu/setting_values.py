@@ -154,6 +154,9 @@ def signing_token_value(raw: str) -> str:
 
 
 def networks_value(raw: str) -> tuple:
+    if raw.strip() and not word_list(raw):
+        # Only separators: for ALLOWED_SOURCES that would silently mean "anyone", the opposite of what was meant.
+        raise ValueError("it holds only separators; write addresses or networks (10.0.0.0/8), or leave it empty")
     try:
         return tuple(_unmapped(ipaddress.ip_network(word, strict=False)) for word in word_list(raw))
     except ValueError as exc:

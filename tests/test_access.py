@@ -226,3 +226,30 @@ def test_a_refused_caller_cannot_make_waitress_take_a_body_over_gitlabs_limit(tm
         except OSError:                           # it stopped reading (a timeout here) or closed the connection
             pass
     assert sent <= 40 << 20
+
+
+@pytest.mark.parametrize("server", ["waitress", "gunicorn"])
+def test_a_caller_behind_nginx_gets_the_allowlists_403_whatever_scheme_headers_it_adds(tmp_path, server):
+    """nginx (README) sets X-Forwarded-Proto and passes a caller's X-Forwarded-Ssl on: gunicorn, trusting 127.0.0.1
+    for the scheme, answered 400 "Contradictory scheme headers" before the app could refuse the caller."""
+    port = free_port()
+    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"),
+                      ALLOWED_SOURCES="10.20.0.0/16", TRUSTED_PROXIES="127.0.0.1")
+    command = [sys.executable, "webhook_server.py"] if server == "waitress" else None
+    with ServiceProcess(env, tmp_path / "service.log", port=port, command=command) as service:
+        responses = [requests.post(service.url + "/gitlab-webhook", json=load_payload("push.json"), timeout=10,
+                                   headers={**gitlab_headers(token=None), "X-Forwarded-For": f"{caller}, {caller}",
+                                            "X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"})
+                     for caller in ("198.51.100.7", "10.20.3.4")]
+        log = service.log()
+    assert [r.status_code for r in responses] == [403, 200], [r.text for r in responses]
+    assert "refused POST /gitlab-webhook from 198.51.100.7 via 127.0.0.1" in log
+
+
+@pytest.mark.parametrize("name", ["ALLOWED_SOURCES", "TRUSTED_PROXIES"])
+@pytest.mark.parametrize("written", [",", " , ", "；", ",,"])
+def test_a_list_of_only_separators_is_refused_not_read_as_anyone(name, written):
+    """ALLOWED_SOURCES=, read as empty would open the webhook to anyone while the operator meant to restrict it."""
+    with pytest.raises(ConfigError, match=f"{name}=.*only separators"):
+        Settings.from_env({name: written}, env_file=None)

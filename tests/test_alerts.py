@@ -109,6 +109,20 @@ def test_distinct_problems_are_alerted_separately(make_app, feishu, clock):
         "away@example.com 不在应用的可用范围内", "飞书中找不到 ghost@example.com"]
 
 
+def test_one_person_named_in_two_cases_is_one_problem(make_app, feishu, clock, owners_file):
+    # Emails are case-insensitive (Feishu finds Ghost@Example.com as ghost@example.com): one unknown person is
+    # one problem however owners.json and users.json spell them, in one project or in two.
+    app = make_app(owners=["Ghost@Example.com", "Away@Example.com"])
+    push(app)
+    run_worker(app)
+    owners_file.write_text(json.dumps({"mike/diaspora": ["ghost@example.com", "away@example.com"]}), encoding="utf-8")
+    clock.advance(MINUTE)
+    push(app)
+    run_worker(app)
+    assert sorted(title(card) for card in alert_cards(feishu)) == [
+        "Away@Example.com 不在应用的可用范围内", "飞书中找不到 Ghost@Example.com"]
+
+
 def test_a_missing_permission_is_one_problem_naming_the_scope(make_app, feishu, clock):
     app = make_app(owners=["mike@example.com", "lisi@example.com"])
     feishu.fail_next("send", status=400, code=99991672, msg=SCOPE_DENIED, times=2)
