@@ -79,6 +79,14 @@ class ClientAddress:
         return self.wsgi_app(environ, start_response)
 
 
+def refused(address: IPAddress | None, path: str, allowed: tuple[Network, ...]) -> bool:
+    """Whether a request for `path` from `address` is refused by ALLOWED_SOURCES (empty: anyone may call)."""
+    if not allowed or in_networks(address, allowed):
+        return False
+    # Local monitoring keeps working.
+    return not (path == "/healthz" and address is not None and address.is_loopback)
+
+
 def protect(app: Flask, settings: Settings) -> None:
     """Resolve client addresses and refuse sources outside ALLOWED_SOURCES before any other check."""
     app.wsgi_app = ClientAddress(app.wsgi_app, settings.trusted_proxies)
@@ -94,10 +102,8 @@ def protect(app: Flask, settings: Settings) -> None:
     def refuse_unknown_sources():
         # Runs before the view: nothing has been read from the body, no token or size checked.
         address = parse_address(request.remote_addr or "")
-        if in_networks(address, allowed):
+        if not refused(address, request.path, allowed):
             return None
-        if request.path == "/healthz" and address is not None and address.is_loopback:
-            return None                                    # local monitoring keeps working
         peer = request.environ.get(PEER_KEY, "")
         # A dual-stack listener names an IPv4 caller ::ffff:a.b.c.d: that is the caller, not a proxy.
         via = f" via {peer}" if peer and parse_address(peer) != address else ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import ipaddress
 import json
 import logging
@@ -253,3 +254,24 @@ def test_a_list_of_only_separators_is_refused_not_read_as_anyone(name, written):
     """ALLOWED_SOURCES=, read as empty would open the webhook to anyone while the operator meant to restrict it."""
     with pytest.raises(ConfigError, match=f"{name}=.*only separators"):
         Settings.from_env({name: written}, env_file=None)
+
+
+@pytest.mark.parametrize("server", ["waitress", "gunicorn"])
+@pytest.mark.parametrize("declared", [1000, 100 << 20], ids=["body-held-back", "body-over-the-limit"])
+def test_a_refused_caller_gets_the_allowlists_403_as_soon_as_its_headers_are_in(tmp_path, server, declared):
+    """Issue 8: "403 before anything else is checked or parsed". waitress read the body first: a caller holding
+    it back got no answer, one declaring more than 25 MB got waitress's own 413."""
+    port = free_port()
+    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"), ALLOWED_SOURCES="10.20.0.0/16")
+    command = [sys.executable, "webhook_server.py"] if server == "waitress" else None
+    with ServiceProcess(env, tmp_path / "service.log", port=port, command=command) as service, \
+            socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % declared)
+        answer = http.client.HTTPResponse(conn)
+        answer.begin()
+        body = json.loads(answer.read())
+        log = service.log()
+    assert answer.status == 403 and body["reason"].startswith("source address 127.0.0.1")
+    assert "refused POST /gitlab-webhook from 127.0.0.1" in log
