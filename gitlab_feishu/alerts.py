@@ -26,7 +26,7 @@ from .cards import card_content
 from .delivery import shown
 from .feishu_errors import FeishuError, missing_scopes
 from .outbox import Outbox
-from .rows import Delivery, NewDelivery, feishu_uuid
+from .rows import Delivery, NewDelivery, feishu_uuid, person_key
 from .service import RETRY_WINDOW
 from .settings import Settings
 from .users import ROLES
@@ -65,7 +65,7 @@ def classify(row: Delivery, error: FeishuError | str, project: str = "") -> Prob
     recipient = shown(row)           # a group bot's URL is a credential: never in a card or a key
     # The key names a person as Feishu tells people apart: an email's case makes no one else (the card keeps
     # it as written). An open_id's case does, as does a masked chat token's.
-    who = recipient.lower() if row.channel == "dm" and "@" in recipient else recipient
+    who = person_key(recipient) if row.channel == "dm" else recipient
     if isinstance(error, str):
         return Problem(f"unknown-email:{who}", "unknown_email", {"recipient": recipient, "file": _listed_in(row)},
                        error, project)

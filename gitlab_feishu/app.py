@@ -42,6 +42,7 @@ CUT_SHORT = "the body ended before its Content-Length: the client went away or w
 # A hook URL without the path is the usual mistake; werkzeug's own words would not say what the path is.
 NO_SUCH_PATH = "no such path: GitLab's hook URL ends with /gitlab-webhook (POST); /healthz answers GET"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
+POSTING_THREADS = 16           # concurrent group posts per process (a bot takes 5 a second)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
                         "will meet 429s (meant only for capacity runs against a fake without quotas)")
         deliverer = Deliverer(outbox, feishu, pool=pool, retry_base=settings.retry_base_seconds, pacer=pacer,
                               clock=clock, sleep=sleep, on_failed=alerter.delivery_failed if alerter else None,
-                              chats=BotClient(), chat_secret=lambda url: owners.current().chat_secret(url))
+                              chats=BotClient(), chat_secret=lambda url: owners.current().chat_secret(url),
+                              chat_pool=ThreadPoolExecutor(max_workers=POSTING_THREADS, thread_name_prefix="post"))
         worker = RetryWorker(outbox, deliverer, retry_base=settings.retry_base_seconds, clock=clock,
                              owner=lease_owner, watch_queue=alerter.watch_queue if alerter else None)
         deliverer.on_due = worker.wake

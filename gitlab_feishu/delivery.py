@@ -11,7 +11,7 @@ import copy
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -77,12 +77,17 @@ class Deliverer:
                  pacer: Pacer | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  on_failed: Callable[[Delivery, FeishuError | str], None] | None = None,
-                 chats: BotClient | None = None, chat_secret: Callable[[str], str | None] = lambda url: None):
+                 chats: BotClient | None = None, chat_secret: Callable[[str], str | None] = lambda url: None,
+                 chat_pool: ThreadPoolExecutor | None = None):
         self.outbox = outbox
         self.feishu = feishu
         self.chats = chats or BotClient()
         self.chat_secret = chat_secret       # looked up at each send, so fixing owners.json fixes a retry
         self.pool = pool
+        # Group posts, which may outlast the webhook (see _send), on threads of their own: a slow bot must not
+        # hold the threads that owners' DMs need.
+        self.chat_pool = chat_pool or pool
+        self._posting: set[int] = set()      # rows whose group post is under way
         self.retry_base = retry_base
         self.pacer = pacer
         self.clock = clock
@@ -106,6 +111,9 @@ class Deliverer:
         def attempt(row: Delivery, open_id: str) -> Outcome:
             return timed(self._attempt(row, open_id, deadline, retry_inline))
 
+        def submit(row: Delivery, open_id: str) -> Future:
+            return (self.chat_pool if row.channel == "chat" else self.pool).submit(attempt, row, open_id)
+
         lookups = [row for row in rows if needs_lookup(row)]
         if len(rows) == 1 and rows[0].channel == "dm":       # the common case: no thread hop
             [row] = rows
@@ -114,16 +122,16 @@ class Deliverer:
                 return {row.id: timed(self._record_failure(row, failures[row.id], attempts=_tried(failures[row.id])))}
             return {row.id: attempt(row, open_ids.get(row.id, row.recipient))}
         # Rows that need no lookup go at once; the others as soon as it has answered.
-        futures = {self.pool.submit(attempt, row, row.recipient): row for row in rows if not needs_lookup(row)}
+        futures = {submit(row, row.recipient): row for row in rows if not needs_lookup(row)}
         open_ids, failures = self._resolve(lookups, deadline, retry_inline)
         outcomes = {row.id: timed(self._record_failure(row, failures[row.id], attempts=_tried(failures[row.id])))
                     for row in lookups if row.id in failures}
-        futures.update({self.pool.submit(attempt, row, open_ids[row.id]): row for row in lookups if row.id in open_ids})
+        futures.update({submit(row, open_ids[row.id]): row for row in lookups if row.id in open_ids})
         done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
         for future, row in futures.items():
             if future in done:
                 outcomes[row.id] = future.result()
-            elif row.channel == "chat":
+            elif row.id in self._posting:
                 outcomes[row.id] = timed(Outcome(QUEUED, "the group's bot had not answered when the deadline came; "
                                                          "its answer is recorded when it comes"))
             else:
@@ -188,13 +196,17 @@ class Deliverer:
         error: FeishuError | None = None
         looked_up_again = False
         countdown = Countdown(deadline, self.clock)
+        # A retry round must not end with a group post under way (see _send; a stopping process waits for the
+        # round only): the worker starts one only while the whole of it still fits in the round.
+        start_by = deadline - self.chats.longest_post if row.channel == "chat" and not retry_inline else deadline
+        starting = Countdown(start_by, self.clock)
         while True:
-            if countdown.left() <= 0:
+            if starting.left() <= 0:
                 break
             quotas = bot_quotas(row.recipient) if row.channel == "chat" else dm_quotas(open_id)
             if self.pacer is not None:
                 try:
-                    self._take_turn(quotas, deadline, retry_inline)
+                    self._take_turn(quotas, start_by, retry_inline)
                 except TurnWait as waited:
                     # Come back when a turn may be free, not at once: a window that is full for longer than
                     # the retry worker's round (a minute's quota) would otherwise be claimed and put back
@@ -227,8 +239,11 @@ class Deliverer:
                 error = FeishuError(f"unexpected error: {exc}", retryable=True)
                 break
             self.outbox.finish(row.id, SENT, attempts=attempts, message_id=message_id)
-            if not retry_inline:     # the retry worker's: greppable by the webhook's key, as queued and failed are
+            # Greppable by the webhook's key, as queued and failed are, when its own line could not say it.
+            if not retry_inline:
                 log.info("delivery to %s for %s sent on retry", shown(row), row.event_key)
+            elif countdown.left() <= 0:
+                log.info("delivery to %s for %s sent after GitLab was answered", shown(row), row.event_key)
             return Outcome(SENT)
         if error is None:
             error = FeishuError("no time left before the deadline", retryable=True)
@@ -261,7 +276,11 @@ class Deliverer:
             # (the retry would show the card twice), but runs its course on a pool thread (deliver() sends chat
             # rows there), bounded by the client's own timeouts, which the row's lease outlasts (LEASE_SLACK).
             secret = self.chat_secret(row.recipient)
-            self.chats.post_card(row.recipient, secret, json.loads(row.content))
+            self._posting.add(row.id)
+            try:
+                self.chats.post_card(row.recipient, secret, json.loads(row.content))
+            finally:
+                self._posting.discard(row.id)
             return None
         # A row addressed by email sends under the uuid of the open_id it resolved to, so a person whom
         # owners.json or users.json names once by email and once by open_id gets the card once.

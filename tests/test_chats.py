@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -187,6 +188,8 @@ def test_no_budget_left_sends_nothing():
 # --- the Deliverer's chat path ----------------------------------------------------------------
 
 class StubBots:
+    longest_post = BotClient().longest_post
+
     def __init__(self):
         self.posts: list[tuple[str, str | None, dict]] = []
         self.budgets: list[float | None] = []
@@ -240,10 +243,11 @@ def test_a_chat_row_is_posted_to_its_bot_paced_by_the_bots_quota(chat_setup, clo
     assert outbox.event_rows("idem:chat")[0].status == "sent"
 
 
-def test_a_post_still_under_way_at_the_deadline_is_not_cut_off_and_its_answer_is_recorded(chat_setup, clock):
+def test_a_post_still_under_way_at_the_deadline_is_not_cut_off_and_its_answer_is_recorded(chat_setup, clock, caplog):
     """A bot has no uuid: cutting its post off at the webhook's deadline and retrying showed the card twice
     whenever the group's bot answered late, but within its own timeouts."""
     deliverer, rows, bots, _, _, outbox = chat_setup
+    caplog.set_level(logging.INFO)
     bots.answering.clear()
     [outcome] = deliverer.deliver(rows, deadline=clock() + 0.3).values()
     assert outcome.status == "queued" and "recorded when it comes" in outcome.error
@@ -251,6 +255,49 @@ def test_a_post_still_under_way_at_the_deadline_is_not_cut_off_and_its_answer_is
     bots.answering.set()
     deliverer.pool.shutdown(wait=True)
     assert outbox.event_rows("idem:chat")[0].status == "sent" and len(bots.posts) == 1
+    assert "for idem:chat sent after GitLab was answered" in caplog.text
+
+
+@pytest.mark.parametrize("left, posted", [(20.0, True), (10.0, False)])
+def test_a_retry_round_starts_a_group_post_only_while_all_of_it_fits(chat_setup, clock, left, posted):
+    """A stopping process waits for its retry round, not for a post the round left under way (killed, it would
+    be posted again by another process)."""
+    deliverer, rows, bots, _, _, outbox = chat_setup
+    [outcome] = deliverer.deliver(rows, deadline=clock() + left, retry_inline=False).values()
+    assert (len(bots.posts) == 1) is posted and outcome.status == ("sent" if posted else "queued")
+    if not posted:
+        [row] = outbox.event_rows("idem:chat")
+        assert row.attempts == 0 and row.next_attempt_at <= clock()     # the next round, at once
+
+
+class OneDM:
+    def resolve_open_ids(self, emails, budget=None, **kwargs):
+        return {email: "ou_" + email.split("@")[0] for email in emails}
+
+    def send_card(self, open_id, content, uuid, budget=None):
+        return "om_1"
+
+
+def test_a_slow_group_bot_does_not_hold_the_threads_owners_dms_need(tmp_path, clock):
+    outbox = Outbox(tmp_path / "outbox.sqlite3", clock=clock)
+    bots = StubBots()
+    bots.answering.clear()
+    planned = [NewDelivery("chat", URL, "exact: g", json.dumps(CARD), "u0"),
+               NewDelivery("chat", URL.replace("7c1f", "8d2e"), "exact: g", json.dumps(CARD), "u1")]
+    dms = [NewDelivery("dm", f"{name}@example.com", "exact: g", json.dumps(CARD), f"u-{name}") for name in "ab"]
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as chat_pool:
+        deliverer = Deliverer(outbox, OneDM(), pool=pool, retry_base=5.0, clock=clock, sleep=clock.sleep,
+                              chats=bots, chat_pool=chat_pool)
+        posts = outbox.begin_event("idem:g", "push", "g/p", planned, lease_owner="me", lease_seconds=15,
+                                   retry_window=86400)[0]
+        outcomes = deliverer.deliver(posts, deadline=clock() + 0.3)
+        # The first post holds the only posting thread; the second never started, and says so.
+        assert sorted(o.error.split(";")[0] for o in outcomes.values()) == [
+            "still sending when the deadline came", "the group's bot had not answered when the deadline came"]
+        rows = outbox.begin_event("idem:d", "push", "g/p", dms, lease_owner="me", lease_seconds=15,
+                                  retry_window=86400)[0]
+        assert [o.status for o in deliverer.deliver(rows, deadline=clock() + 5).values()] == ["sent", "sent"]
+        bots.answering.set()
 
 
 def test_an_inline_rows_lease_outlasts_a_post_started_just_before_the_deadline():
