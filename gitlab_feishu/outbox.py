@@ -216,8 +216,11 @@ class Outbox:
             row = conn.execute("SELECT pipeline_id, status FROM pipeline_refs WHERE project = ? AND ref = ?",
                                (project, ref)).fetchone()
             if row is None or row["pipeline_id"] <= pipeline_id:
+                # As GitLab's own ref status (Ci::Ref): a canceled pipeline is the newest on its ref (an older one
+                # finishing later is out of date) but leaves the ref failing or passing as it was.
+                kept = row["status"] if row is not None and status == "canceled" else status
                 conn.execute("INSERT OR REPLACE INTO pipeline_refs (project, ref, pipeline_id, status, updated_at)"
-                             " VALUES (?, ?, ?, ?, ?)", (project, ref, pipeline_id, status, self.clock()))
+                             " VALUES (?, ?, ?, ?, ?)", (project, ref, pipeline_id, kept, self.clock()))
         return (row["pipeline_id"], row["status"]) if row else None
 
     # -- operators -------------------------------------------------------------

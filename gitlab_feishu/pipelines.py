@@ -48,8 +48,9 @@ def pipeline_to_notify(event: PipelineEvent, outbox: Outbox, event_key: str) -> 
     if previous_id > event.id:
         return Ignored(f"{where} succeeded after the newer pipeline {previous_id} had finished: out of date")
     if previous_status != FAILED:
-        return Ignored(f"{where} succeeded; the previous one ({previous_id}) was {previous_status}, "
-                       f"so nothing was fixed{RULE}")
+        before = "only canceled pipelines came before it" if previous_status == "canceled" else \
+            f"the ref's last result before it was {previous_status} (canceled pipelines aside)"
+        return Ignored(f"{where} succeeded; {before}, so nothing was fixed{RULE}")
     return dataclasses.replace(event, fixed=True)
 
 

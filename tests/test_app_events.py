@@ -150,7 +150,7 @@ def test_success_after_a_failure_says_fixed(client, feishu):
 def test_success_after_a_success_is_ignored(client, feishu):
     post(client, pipeline(5031, "success"))
     response = post(client, pipeline(5032, "success"))
-    assert response["status"] == "ignored" and "previous one (5031) was success" in response["reason"]
+    assert response["status"] == "ignored" and "last result before it was success" in response["reason"]
     assert feishu.messages == []
 
 

@@ -42,7 +42,9 @@ def outcome(result) -> str:
     (["success"], "success", "ignored"),
     (["success"], "failed", "failed"),
     (["canceled"], "success", "ignored"),
-    (["failed", "canceled"], "success", "ignored"),     # the previous *finished* pipeline was canceled
+    (["failed", "canceled"], "success", "fixed"),       # a canceled pipeline leaves the ref failing (GitLab's Ci::Ref)
+    (["success", "canceled"], "success", "ignored"),
+    (["failed", "canceled", "canceled"], "success", "fixed"),   # e.g. auto-canceled redundant pipelines
     (["failed", "success"], "success", "ignored"),
     (["success", "failed"], "success", "fixed"),
 ])
@@ -53,9 +55,20 @@ def test_decision_table(outbox, history, status, expected):
 
 
 def test_ignored_reasons_say_why(outbox):
+    assert "was canceled" in decide(outbox, pipeline(1, "canceled")).reason
+    assert "only canceled pipelines came before it" in decide(outbox, pipeline(2, "success")).reason
+    decide(outbox, pipeline(3, "canceled"))
+    assert "last result before it was success (canceled pipelines aside)" in decide(outbox, pipeline(4, "success")).reason
+
+
+def test_a_first_success_says_no_earlier_pipeline_is_known(outbox):
     assert "no earlier finished pipeline" in decide(outbox, pipeline(1, "success")).reason
-    assert "was canceled" in decide(outbox, pipeline(2, "canceled")).reason
-    assert "previous one (2) was canceled" in decide(outbox, pipeline(3, "success")).reason
+
+
+def test_an_older_pipeline_finishing_after_a_newer_canceled_one_is_out_of_date(outbox):
+    decide(outbox, pipeline(1, "failed"))
+    decide(outbox, pipeline(3, "canceled"))
+    assert "out of date" in decide(outbox, pipeline(2, "success")).reason
 
 
 def test_a_retried_pipeline_that_now_passes_is_fixed(outbox):
