@@ -175,7 +175,8 @@ class GitLab:
         except _ProjectFailed as exc:
             url_refused = exc.code == 422 and "url" in exc.failure.lower()
             return Step(step.project, exc.action, f"{exc}; {URL_REFUSED_HINT}" if url_refused else str(exc))
-        if signing_token and answer.get("signing_token_present") is False:
+        # GitLab 19.0+ says it has the signing token; one that says nothing (before 19.0) cannot sign.
+        if signing_token and answer.get("signing_token_present") is not True:
             return Step(step.project, "failed", f"{step.why}; but {SIGNING_IGNORED}")
         return Step(step.project, DONE[step.action], step.why)
 
@@ -267,9 +268,9 @@ def _project(found) -> Project:
                    web_url=found.attributes.get("web_url", ""), id=found.id)
 
 
-SIGNING_IGNORED = ("GitLab ignored the signing token (webhook signing not enabled on this GitLab?), so the "
-                   "service will refuse this hook's deliveries: ask a GitLab administrator, or unset "
-                   "GITLAB_SIGNING_TOKEN")
+SIGNING_IGNORED = ("GitLab ignored the signing token (GitLab before 19.0 cannot sign; on 19.0+ the "
+                   "webhook_signing_token feature flag is off), so the service will refuse this hook's deliveries: "
+                   "ask a GitLab administrator, or unset GITLAB_SIGNING_TOKEN")
 
 
 def _answer(exc: gitlab.GitlabError) -> str:

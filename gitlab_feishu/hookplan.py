@@ -134,7 +134,10 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
     hints = _duplicates(ours)
     missing, extra = _missing_triggers(hook, desired), _extra_triggers(hook, desired)
     wrong = ([f"missing {_names(missing)}"] if missing else []) + ([f"extra {_names(extra)}"] if extra else [])
-    if hook.get("token_present") is False or _lacks_signing(hook, desired) or wrong:
+    if desired.signed and "signing_token_present" not in hook:
+        hints.append("this GitLab does not say whether hooks have a signing token: before 19.0 it cannot sign, "
+                     "and the service refuses its deliveries; unset GITLAB_SIGNING_TOKEN")
+    elif hook.get("token_present") is False or _lacks_signing(hook, desired) or wrong:
         hints.append("run --wire-hooks to fix it")
     # Shown, not to be fixed: cleared, it is how GitLab reaches a self-signed certificate.
     ssl_off = ["SSL verification off (right only for a self-signed certificate)"] \
@@ -207,8 +210,9 @@ def _differences(hook: Mapping, desired: DesiredHook) -> list[str]:
 
 
 def _lacks_signing(hook: Mapping, desired: DesiredHook) -> bool:
-    """Signatures are required but GitLab (19.0+, which says so) reports the hook has no signing token."""
-    return desired.signed and hook.get("signing_token_present") is False
+    """Signatures are required but GitLab does not say the hook has a signing token (19.0+ says so; a GitLab
+    that says nothing is older, and cannot sign)."""
+    return desired.signed and hook.get("signing_token_present") is not True
 
 
 def _missing_triggers(hook: Mapping, desired: DesiredHook) -> list[str]:

@@ -54,7 +54,8 @@ SIGNED = desired_hook("https://hooks.example.cn", frozenset(EVENT_KINDS), signed
 @pytest.mark.parametrize("hook, action, why", [
     (our_hook(token_present=True, signing_token_present=False), "update", "hook #12: set the signing token"),
     (our_hook(token_present=True, signing_token_present=True), "ok", "secret set, signing token set"),
-    (our_hook(), "ok", "up to date, secret unknown"),          # before 19.0 GitLab does not say: left alone
+    # Before 19.0 GitLab does not say, and cannot sign: the update is tried, and fails saying so (test_wiring).
+    (our_hook(), "update", "hook #12: set the signing token"),
 ])
 def test_plan_with_signing_required(hook, action, why):
     step = plan(Listing(PROJECT, (hook,)), SIGNED, NOW)
@@ -65,6 +66,12 @@ def test_check_flags_a_hook_without_the_signing_token_when_signing_is_required()
     status = check(Listing(PROJECT, (our_hook(token_present=True, signing_token_present=False),)), SIGNED, NOW)
     assert status.attention and status.secret == "set, no signing token"
     assert "run --wire-hooks to fix it" in status.hints
+
+
+def test_check_says_a_gitlab_that_reports_no_signing_tokens_cannot_sign():
+    status = check(Listing(PROJECT, (our_hook(),)), SIGNED, NOW)
+    assert status.attention and "before 19.0 it cannot sign" in " ".join(status.hints)
+    assert "run --wire-hooks to fix it" not in status.hints
 
 
 def test_plan_skips_a_project_whose_hooks_could_not_be_read():

@@ -217,6 +217,14 @@ def test_a_gitlab_that_ignores_the_signing_token_is_reported_not_updated_silentl
     assert "failed" in line and "GitLab ignored the signing token" in line
 
 
+def test_a_gitlab_before_19_given_a_signing_token_is_reported_failed_not_done(wiring_settings, rsps, capsys):
+    """It ignores the token and reports nothing about it: its unsigned deliveries would all be refused."""
+    FakeGitLab(rsps, [NAINA], reports_token=False, signs=False)
+    assert run(dataclasses.replace(wiring_settings, gitlab_signing_token=SIGNING_TOKEN)) == 1
+    line = row(capsys.readouterr().out, "grouptwogame/naina")
+    assert "failed" in line and "GitLab before 19.0 cannot sign" in line
+
+
 def test_check_reports_each_hook_and_exits_zero_when_all_is_well(wiring_settings, rsps, capsys):
     FakeGitLab(rsps, [NAINA], {2: [gitlab_hook(7, OURS, 2, **RIGHT, token="x")]}, reports_token=True)
     assert run(wiring_settings, check_only=True) == 0
