@@ -67,7 +67,8 @@ def _merge_request_card(event: MergeRequestEvent, labels: dict, detail: Detail) 
     for key, people in (("reviewers", event.reviewers), ("assignees", event.assignees)):
         if people:
             pairs.append((labels[key], _people(people, detail)))
-    title = f"{link(event.reference, event.url)} **{escape_markdown(cut(event.title, detail.title_chars))}**"
+    shown_title = escape_markdown(cut(event.title, detail.title_chars)).strip()
+    title = f"{link(event.reference, event.url)} **{shown_title}**" if shown_title else link(event.reference, event.url)
     elements = [_markdown(title), *fields(pairs)]
     description = _excerpt(event.description, detail.excerpt_chars)
     if description:

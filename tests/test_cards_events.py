@@ -200,6 +200,15 @@ def test_merge_request_without_description_reviewers_or_assignees():
     assert "评审人" not in text and "指派给" not in text and "改了什么" not in text
 
 
+@pytest.mark.parametrize("title", [None, "", "   "])
+def test_a_merge_request_without_a_title_shows_no_empty_bold(title):
+    payload = merge_request()
+    payload["object_attributes"]["title"] = title
+    text = markdown(card(payload))
+    assert "****" not in text and "** **" not in text
+    assert "[&#33;17](https://git.example.cn/grouptwogame/yeshui-client/-/merge_requests/17)" in text
+
+
 # --- pipelines -------------------------------------------------------------------------------
 
 def test_failed_pipeline_card():
