@@ -25,8 +25,10 @@ _TOKEN_REJECTED = ("Feishu rejected the tenant_access_token (expired or revoked)
 _BAD_CARD = "Feishu refused the card (bad card JSON or over the 30 KB limit): see the sub-code in the message"
 
 # Feishu refused the tenant token: refresh it and retry once. 99991661 "Need a token" (the Go SDK refreshes on
-# it too), 99991663/99991664 invalid, 99991671 format, 99991677 expired.
-TOKEN_INVALID = frozenset({99991661, 99991663, 99991664, 99991671, 99991677})
+# it too), 99991663/99991664 invalid, 99991668 "Invalid access token for authorization" (documented for user
+# tokens, but seen in the wild for an expired or revoked tenant token; a refresh is one bounded retry),
+# 99991671 format, 99991677 expired.
+TOKEN_INVALID = frozenset({99991661, 99991663, 99991664, 99991668, 99991671, 99991677})
 
 # Feishu refused the app id or secret itself: put right in .env, which takes a restart.
 WRONG_CREDENTIALS = frozenset({10003, 10014, 10015, 99991543})

@@ -137,7 +137,7 @@ def test_concurrent_cold_callers_share_one_token_request(client):
     assert rsp.call_count == 1
 
 
-@pytest.mark.parametrize("code", [99991661, 99991663, 99991664, 99991671, 99991677])
+@pytest.mark.parametrize("code", [99991661, 99991663, 99991664, 99991668, 99991671, 99991677])
 @responses.activate(registry=registries.OrderedRegistry)
 def test_rejected_token_is_refreshed_once_and_the_call_retried(client, code):
     old = token_ok("t-old")
