@@ -5,6 +5,7 @@ says, through `FeishuError.retryable` (feishu_errors.py), whether a retry can he
 """
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
 import json
@@ -54,6 +55,8 @@ class FeishuClient:
         self._unknown_ttl = unknown_ttl
         self._token: tuple[str, float] = ("", 0.0)  # (token, refresh at); replaced whole, so reads need no lock
         self._token_lock = threading.Lock()
+        self._token_fetches = 0        # fetches ended, so a thread that waited for one knows whether it failed
+        self._token_failure: tuple[FeishuError, float] | None = None   # the last fetch's error, refused until
         self._open_ids: dict[str, tuple[str | None, float]] = {}  # email.lower() -> (open_id or None, expires at)
         self._shared = shared          # the same answers, for the other processes
         # Shared answers belong to one app on one platform (open_ids differ per app); the secret's
@@ -158,7 +161,9 @@ class FeishuClient:
         token, refresh_at = self._token
         if token and self._clock() < refresh_at:
             return token
-        # Holding the lock through the HTTP call makes concurrent cold callers share one token request.
+        # Holding the lock through the HTTP call makes concurrent cold callers share one token request, and its
+        # failure: a token endpoint refusing for a quota was otherwise asked again by every waiting thread.
+        fetches = self._token_fetches
         with self._token_turn(deadline, "getting a tenant_access_token"):
             token, refresh_at = self._token
             if token and self._clock() < refresh_at:
@@ -169,7 +174,17 @@ class FeishuClient:
                     self._keep_token(token, left)
                     self.on_token_answer(None)      # another process of this app id and secret got it
                     return token
+            if self._token_failure is not None:
+                self._share_failure(*self._token_failure, waited=self._token_fetches != fetches)
             return self._fetch_token(deadline)
+
+    def _share_failure(self, error: FeishuError, refused_until: float, *, waited: bool) -> None:
+        """Raise the last fetch's error to a thread that waited for it, or while Feishu's quota reset lasts."""
+        left = refused_until - self._clock()
+        if waited or left > 0:
+            shared = copy.copy(error)
+            shared.retry_after = max(left, 0.0) if error.rate_limited else error.retry_after
+            raise shared
 
     @contextmanager
     def _token_turn(self, deadline: float | None, what: str) -> Iterator[None]:
@@ -183,6 +198,7 @@ class FeishuClient:
 
     def _fetch_token(self, deadline: float | None) -> str:
         what = "getting a tenant_access_token"
+        self._token_failure = None
         try:
             payload = self._post(what, "/open-apis/auth/v3/tenant_access_token/internal",
                                  {"app_id": self._app_id, "app_secret": self._app_secret}, deadline)
@@ -190,8 +206,11 @@ class FeishuClient:
             if not isinstance(token, str) or not token or not isinstance(expire, (int, float)):
                 raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
         except FeishuError as exc:
+            self._token_failure = (exc, self._clock() + ((exc.retry_after or 0.0) if exc.rate_limited else 0.0))
             self.on_token_answer(exc)
             raise
+        finally:
+            self._token_fetches += 1
         self.on_token_answer(None)
         self._keep_token(token, expire)
         if self._shared:

@@ -137,6 +137,48 @@ def test_concurrent_cold_callers_share_one_token_request(client):
     assert rsp.call_count == 1
 
 
+@pytest.mark.parametrize("status, body", [
+    (429, {"code": 99991400, "msg": "request trigger frequency limit"}),
+    (503, {"code": 1, "msg": "service unavailable"}),
+])
+@responses.activate
+def test_callers_waiting_for_a_token_request_that_fails_share_its_error(client, status, body):
+    """A token endpoint refusing for a quota was asked again by every thread queued behind the refused request."""
+    threads_in = threading.Barrier(8)
+
+    def slow_refusal(request):
+        threading.Event().wait(0.1)    # a slow answer, so the other threads pile up behind this request
+        return status, {"x-ogw-ratelimit-reset": "3"}, json.dumps(body)
+    rsp = responses.add_callback(responses.POST, TOKEN_URL, callback=slow_refusal)
+    errors = []
+
+    def call():
+        threads_in.wait()
+        try:
+            client.tenant_token()
+        except FeishuError as exc:
+            errors.append(exc.code)
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert rsp.call_count == 1 and errors == [body["code"]] * 8
+
+
+@responses.activate(registry=registries.OrderedRegistry)
+def test_a_rate_limited_token_request_is_not_repeated_before_feishus_reset(client, clock):
+    refused = responses.post(TOKEN_URL, status=429, headers={"x-ogw-ratelimit-reset": "3"},
+                             json={"code": 99991400, "msg": "request trigger frequency limit"})
+    granted = token_ok("t-2")
+    for _ in range(2):
+        with pytest.raises(FeishuError) as caught:
+            client.tenant_token()
+    assert refused.call_count == 1 and caught.value.retry_after == pytest.approx(3.0)
+    clock.now += 3
+    assert client.tenant_token() == "t-2" and granted.call_count == 1
+
+
 @pytest.mark.parametrize("code", [99991661, 99991663, 99991664, 99991668, 99991671, 99991677])
 @responses.activate(registry=registries.OrderedRegistry)
 def test_rejected_token_is_refreshed_once_and_the_call_retried(client, code):
