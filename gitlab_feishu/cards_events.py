@@ -76,8 +76,11 @@ def _merge_request_card(event: MergeRequestEvent, labels: dict, detail: Detail) 
     elements += button(labels["view_merge_request"], event.url)
     kind = f"mr_{event.action}"
     subtitle = f"{event.reference} · {cut(branches, HEADER_CHARS * 2)}"
-    return frame(MERGE_REQUEST_COLOURS[event.action], labels[f"{kind}_title"].format(**names), subtitle,
-                 labels[f"{kind}_summary"].format(**names), elements)
+    summary = labels[f"{kind}_summary"].format(**names)
+    if not names["title"].strip():            # not "…!17：" (or ": ") ending in nothing
+        summary = summary.rstrip().removesuffix(":").removesuffix("：")
+    return frame(MERGE_REQUEST_COLOURS[event.action], labels[f"{kind}_title"].format(**names), subtitle, summary,
+                 elements)
 
 
 def _people(people: tuple[Person, ...], detail: Detail) -> str:

@@ -88,6 +88,7 @@ class Deliverer:
         # hold the threads that owners' DMs need.
         self.chat_pool = chat_pool or pool
         self._posting: set[int] = set()      # rows whose group post is under way
+        self._answered_queued: set[int] = set()   # rows a webhook reported queued while their try went on
         self.retry_base = retry_base
         self.pacer = pacer
         self.clock = clock
@@ -128,6 +129,7 @@ class Deliverer:
                     for row in lookups if row.id in failures}
         futures.update({submit(row, open_ids[row.id]): row for row in lookups if row.id in open_ids})
         done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
+        self._answered_queued.update(row.id for future, row in futures.items() if future not in done)
         for future, row in futures.items():
             if future in done:
                 outcomes[row.id] = future.result()
@@ -192,6 +194,12 @@ class Deliverer:
 
     def _attempt(self, row: Delivery, open_id: str, deadline: float, retry_inline: bool) -> Outcome:
         """Send one card, retrying transient errors while the deadline allows (when asked to)."""
+        try:
+            return self._try(row, open_id, deadline, retry_inline)
+        finally:
+            self._answered_queued.discard(row.id)
+
+    def _try(self, row: Delivery, open_id: str, deadline: float, retry_inline: bool) -> Outcome:
         attempts = 0
         error: FeishuError | None = None
         looked_up_again = False
@@ -242,9 +250,12 @@ class Deliverer:
             # Greppable by the webhook's key, as queued and failed are, when its own line could not say it.
             if not retry_inline:
                 log.info("delivery to %s for %s sent on retry", shown(row), row.event_key)
-            elif countdown.left() <= 0:
+            elif row.id in self._answered_queued:
                 log.info("delivery to %s for %s sent after GitLab was answered", shown(row), row.event_key)
             return Outcome(SENT)
+        if error is None and start_by < deadline:      # a round with no posting thread free in time
+            error = FeishuError(row.last_error or "no thread free to post in time for this retry round",
+                                retryable=True)
         if error is None:
             error = FeishuError("no time left before the deadline", retryable=True)
         return self._record_failure(row, error, attempts=attempts)

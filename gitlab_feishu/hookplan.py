@@ -134,10 +134,11 @@ def check(listing: Listing, desired: DesiredHook, now: datetime) -> HookStatus:
     hints = _duplicates(ours)
     missing, extra = _missing_triggers(hook, desired), _extra_triggers(hook, desired)
     wrong = ([f"missing {_names(missing)}"] if missing else []) + ([f"extra {_names(extra)}"] if extra else [])
-    if desired.signed and "signing_token_present" not in hook:
+    unsignable = desired.signed and "signing_token_present" not in hook
+    if unsignable:
         hints.append("this GitLab does not say whether hooks have a signing token: before 19.0 it cannot sign, "
                      "and the service refuses its deliveries; unset GITLAB_SIGNING_TOKEN")
-    elif hook.get("token_present") is False or _lacks_signing(hook, desired) or wrong:
+    if hook.get("token_present") is False or (_lacks_signing(hook, desired) and not unsignable) or wrong:
         hints.append("run --wire-hooks to fix it")
     # Shown, not to be fixed: cleared, it is how GitLab reaches a self-signed certificate.
     ssl_off = ["SSL verification off (right only for a self-signed certificate)"] \

@@ -44,7 +44,8 @@ def pipeline_to_notify(event: PipelineEvent, outbox: Outbox, event_key: str) -> 
                        f"fixed{RULE}")
     previous_id, previous_status = previous
     if previous_id == event.id and previous_status == event.status:
-        return Ignored(f"{where} succeeded; GitLab sent its success before, which fixed nothing{RULE}")
+        # Its success sent again, or it was canceled (keeping the ref's status) and has passed on a retry.
+        return Ignored(f"{where} succeeded; the ref was passing already, so nothing was fixed{RULE}")
     if previous_id > event.id:
         return Ignored(f"{where} succeeded after the newer pipeline {previous_id} had finished: out of date")
     if previous_status != FAILED:

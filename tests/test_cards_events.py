@@ -207,6 +207,7 @@ def test_a_merge_request_without_a_title_shows_no_empty_bold(title):
     text = markdown(card(payload))
     assert "****" not in text and "** **" not in text
     assert "[&#33;17](https://git.example.cn/grouptwogame/yeshui-client/-/merge_requests/17)" in text
+    assert card(payload)["config"]["summary"]["content"] == "张三 发起了合并请求 !17"
 
 
 # --- pipelines -------------------------------------------------------------------------------

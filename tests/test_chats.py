@@ -268,6 +268,18 @@ def test_a_retry_round_starts_a_group_post_only_while_all_of_it_fits(chat_setup,
     if not posted:
         [row] = outbox.event_rows("idem:chat")
         assert row.attempts == 0 and row.next_attempt_at <= clock()     # the next round, at once
+        assert row.last_error == "no thread free to post in time for this retry round"
+
+
+def test_a_group_post_left_for_the_next_round_keeps_the_error_it_last_met(chat_setup, clock):
+    deliverer, rows, bots, _, _, outbox = chat_setup
+    bots.answers = [FeishuError("Feishu 11232: frequency limited", code=11232, retryable=True)]
+    deliverer.deliver(rows, deadline=clock() + 0.1)              # one inline try, then queued
+    clock.advance(60)
+    [row] = outbox.claim_due(owner="w", lease_seconds=60)
+    deliverer.deliver([row], deadline=clock() + 10, retry_inline=False)
+    [row] = outbox.event_rows("idem:chat")
+    assert row.last_error == "Feishu 11232: frequency limited" and len(bots.posts) == 1
 
 
 class OneDM:

@@ -220,6 +220,15 @@ def test_outage_longer_than_the_deadline_queues_with_backoff(outbox, deliverer, 
     assert row.attempts == len(feishu.sends) and row.next_attempt_at > clock()
 
 
+def test_a_send_ending_past_the_deadline_on_the_requests_own_thread_is_not_logged_as_late(outbox, deliverer, feishu,
+                                                                                           clock, caplog):
+    """GitLab is told "sent": it was answered after the send, not before."""
+    caplog.set_level(logging.INFO)
+    feishu.answers["ou_a"] = [lambda budget: (clock.advance(10), "om_late")[1]]
+    [outcome] = deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 5).values()
+    assert outcome.status == "sent" and "after GitLab was answered" not in caplog.text
+
+
 def test_several_owners_are_sent_concurrently(outbox, feishu, clock):
     """Three sends that each wait for the others can only finish if they run at the same time."""
     barrier = threading.Barrier(3, timeout=5)

@@ -74,6 +74,12 @@ def test_check_says_a_gitlab_that_reports_no_signing_tokens_cannot_sign():
     assert "run --wire-hooks to fix it" not in status.hints
 
 
+def test_check_on_a_gitlab_that_cannot_sign_still_says_what_wire_hooks_would_fix():
+    hook = {**our_hook(), "pipeline_events": False}
+    status = check(Listing(PROJECT, (hook,)), SIGNED, NOW)
+    assert "run --wire-hooks to fix it" in status.hints and "before 19.0 it cannot sign" in " ".join(status.hints)
+
+
 def test_plan_skips_a_project_whose_hooks_could_not_be_read():
     step = plan(Listing(PROJECT, problem="no permission: needs Maintainer"), DESIRED, NOW)
     assert (step.action, step.why) == ("skip", "no permission: needs Maintainer")

@@ -79,7 +79,14 @@ def test_a_retried_pipeline_that_now_passes_is_fixed(outbox):
 def test_a_success_gitlab_sends_again_says_it_fixed_nothing(outbox):
     decide(outbox, pipeline(7, "success"))
     again = decide(outbox, pipeline(7, "success"))
-    assert isinstance(again, Ignored) and "sent its success before" in again.reason
+    assert isinstance(again, Ignored) and "the ref was passing already" in again.reason
+
+
+def test_a_canceled_pipeline_retried_to_success_on_a_passing_ref_fixed_nothing(outbox):
+    decide(outbox, pipeline(4, "success"))
+    decide(outbox, pipeline(5, "canceled"))
+    again = decide(outbox, pipeline(5, "success"))
+    assert isinstance(again, Ignored) and "the ref was passing already" in again.reason
 
 
 def test_a_pipeline_failing_again_after_a_retried_job_is_another_event():
