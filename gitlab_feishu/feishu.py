@@ -5,16 +5,12 @@ says, through `FeishuError.retryable` (feishu_errors.py), whether a retry can he
 """
 from __future__ import annotations
 
-import copy
 import enum
 import hashlib
 import json
 import logging
-import os
-import threading
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterable, Literal
 
 import requests
 
@@ -22,13 +18,12 @@ from . import cutoff
 from .cutoff import CUTOFF
 from .feishu_errors import TOKEN_INVALID, FeishuError, code_error, logged, no_answer_error, status_error
 from .shared_cache import SharedCache
+from .tenant_token import TenantToken
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_EMAIL = "not found in Feishu or outside the app's contact scope"
 LOOKUP_CHUNK = 50                                   # batch_get_id takes at most 50 emails
-TOKEN_MIN_LEFT = 60.0                               # a shared token with less left is fetched afresh
-CHECK_SHARED_FOR = 60.0                             # seconds a token fetch also answers other processes' checks
 
 class NotCached(enum.Enum):
     """Answer of `cached_open_id` when only a lookup can tell."""
@@ -53,17 +48,15 @@ class FeishuClient:
         self._read_timeout = read_timeout
         self._open_id_ttl = open_id_ttl
         self._unknown_ttl = unknown_ttl
-        self._token: tuple[str, float] = ("", 0.0)  # (token, refresh at); replaced whole, so reads need no lock
-        self._token_lock = threading.Lock()
-        self._token_fetches = 0        # fetches ended, so a thread that waited for one knows whether it failed
-        self._token_failure: tuple[FeishuError, float] | None = None   # the last fetch's error, refused until
         self._open_ids: dict[str, tuple[str | None, float]] = {}  # email.lower() -> (open_id or None, expires at)
         self._shared = shared          # the same answers, for the other processes
         # Shared answers belong to one app on one platform (open_ids differ per app); the secret's
         # digest in the token's key: after a change of FEISHU_APP_SECRET no process uses the old token.
         self._scope = f"{self._base_url}|{app_id}"
-        self._token_key = f"token:{self._scope}:{hashlib.sha256(app_secret.encode('utf-8')).hexdigest()[:16]}"
-        self._checked_key = "checked:" + self._token_key
+        digest = hashlib.sha256(app_secret.encode("utf-8")).hexdigest()[:16]
+        self._token = TenantToken(self._request_token, clock=clock, remaining=self._remaining, shared=shared,
+                                  key=f"token:{self._scope}:{digest}",
+                                  on_answer=lambda error: self.on_token_answer(error))
         self._urls: dict[tuple[str, tuple], str] = {}   # (path, params) -> URL, encoded once
         # Told what every token fetch got (None: a token, this process's or another's), so the self-check sees
         # a secret reset in the console, and that it works again in every process.
@@ -74,7 +67,7 @@ class FeishuClient:
 
     def tenant_token(self, budget: float | None = None) -> str:
         """The cached tenant_access_token, fetched once (for all threads) when missing or near expiry."""
-        return self._tenant_token(self._deadline(budget))
+        return self._token.get(self._deadline(budget))
 
     def cached_open_id(self, email: str) -> str | None | Literal[NotCached.NOT_CACHED]:
         """The cached open_id, None if cached as unknown to Feishu, or NOT_CACHED; never calls Feishu."""
@@ -89,15 +82,9 @@ class FeishuClient:
 
     def check_credentials(self, budget: float | None = None) -> str:
         """Fetch a tenant token from Feishu whatever is cached, unless a process of this app (the same id and
-        secret) fetched one within CHECK_SHARED_FOR: workers starting a moment apart mostly ask once. Says
+        secret) fetched one within the last minute: workers starting a moment apart mostly ask once. Says
         which; a FeishuError says what is wrong."""
-        deadline = self._deadline(budget)
-        with self._token_turn(deadline, "getting a tenant_access_token"):
-            checked = self._shared.get([self._checked_key]) if self._shared else {}
-            if checked and checked[self._checked_key][0] != str(os.getpid()):
-                return "tenant token fetched by another process moments ago"
-            self._fetch_token(deadline)
-            return "tenant token fetched"
+        return self._token.check(self._deadline(budget))
 
     def resolve_open_ids(self, emails: Iterable[str], budget: float | None = None, *, recheck_unknown: bool = False,
                          before_lookup: Callable[[], None] | None = None) -> dict[str, str | None]:
@@ -157,87 +144,24 @@ class FeishuClient:
     def _open_id_key(self, email: str) -> str:
         return f"open_id:{self._scope}:{email.lower()}"
 
-    def _tenant_token(self, deadline: float | None) -> str:
-        token, refresh_at = self._token
-        if token and self._clock() < refresh_at:
-            return token
-        # Holding the lock through the HTTP call makes concurrent cold callers share one token request, and its
-        # failure: a token endpoint refusing for a quota was otherwise asked again by every waiting thread.
-        fetches = self._token_fetches
-        with self._token_turn(deadline, "getting a tenant_access_token"):
-            token, refresh_at = self._token
-            if token and self._clock() < refresh_at:
-                return token
-            if self._shared:
-                token, left = self._shared.get([self._token_key]).get(self._token_key, ("", 0.0))
-                if token and left > TOKEN_MIN_LEFT:
-                    self._keep_token(token, left)
-                    self.on_token_answer(None)      # another process of this app id and secret got it
-                    return token
-            if self._token_failure is not None:
-                self._share_failure(*self._token_failure, waited=self._token_fetches != fetches)
-            return self._fetch_token(deadline)
-
-    def _share_failure(self, error: FeishuError, refused_until: float, *, waited: bool) -> None:
-        """Raise the last fetch's error to a thread that waited for it, or while Feishu's quota reset lasts."""
-        left = refused_until - self._clock()
-        if waited or left > 0:
-            shared = copy.copy(error)
-            shared.retry_after = max(left, 0.0) if error.rate_limited else error.retry_after
-            raise shared
-
-    @contextmanager
-    def _token_turn(self, deadline: float | None, what: str) -> Iterator[None]:
-        remaining = self._remaining(deadline, what)
-        if not self._token_lock.acquire(timeout=-1 if remaining is None else remaining):
-            raise FeishuError(f"{what}: no time left before the deadline", retryable=True)
-        try:
-            yield
-        finally:
-            self._token_lock.release()
-
-    def _fetch_token(self, deadline: float | None) -> str:
+    def _request_token(self, deadline: float | None) -> tuple[str, float]:
         what = "getting a tenant_access_token"
-        self._token_failure = None
-        try:
-            payload = self._post(what, "/open-apis/auth/v3/tenant_access_token/internal",
-                                 {"app_id": self._app_id, "app_secret": self._app_secret}, deadline)
-            token, expire = payload.get("tenant_access_token"), payload.get("expire")
-            if not isinstance(token, str) or not token or not isinstance(expire, (int, float)):
-                raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
-        except FeishuError as exc:
-            self._token_failure = (exc, self._clock() + ((exc.retry_after or 0.0) if exc.rate_limited else 0.0))
-            self.on_token_answer(exc)
-            raise
-        finally:
-            self._token_fetches += 1
-        self.on_token_answer(None)
-        self._keep_token(token, expire)
-        if self._shared:
-            self._shared.put({self._token_key: (token, expire),
-                              self._checked_key: (str(os.getpid()), CHECK_SHARED_FOR)})
-        return token
-
-    def _keep_token(self, token: str, expire: float) -> None:
-        # `expire` is the token's remaining lifetime; refresh a little before it ends.
-        self._token = (token, self._clock() + expire - min(300.0, expire / 2))
-
-    def _forget_token(self, stale: str) -> None:
-        with self._token_lock:
-            if self._token[0] == stale:   # another thread may already have fetched a fresh one
-                self._token = ("", 0.0)
-            if self._shared:
-                self._shared.forget(self._token_key, stale)
+        payload = self._post(what, "/open-apis/auth/v3/tenant_access_token/internal",
+                             {"app_id": self._app_id, "app_secret": self._app_secret}, deadline)
+        token, expire = payload.get("tenant_access_token"), payload.get("expire")
+        if not isinstance(token, str) or not token or not isinstance(expire, (int, float)):
+            raise self._unexpected(what, "no tenant_access_token or expire in Feishu's answer")
+        return token, expire
 
     def _authed_post(self, what: str, path: str, body: dict, deadline: float | None, params: dict) -> dict:
-        token = self._tenant_token(deadline)
+        token = self._token.get(deadline)
         try:
             return self._post(what, path, body, deadline, params=params, token=token)
         except FeishuError as exc:
             if exc.code not in TOKEN_INVALID:
                 raise
-        self._forget_token(token)
-        return self._post(what, path, body, deadline, params=params, token=self._tenant_token(deadline))
+        self._token.forget(token)
+        return self._post(what, path, body, deadline, params=params, token=self._token.get(deadline))
 
     def _post(self, what: str, path: str, body: dict, deadline: float | None, *,
               params: dict | None = None, token: str = "") -> dict:
