@@ -23,10 +23,9 @@ from urllib.parse import unquote, urlsplit
 from .alert_texts import APP_ACTIONS, LABELS, PERSON_ACTIONS, RETRY_HINT, TEXTS
 from .card_parts import escape_markdown
 from .cards import card_content
-from .delivery import shown
 from .feishu_errors import FeishuError, missing_scopes
 from .outbox import Outbox
-from .rows import Delivery, NewDelivery, feishu_uuid, person_key
+from .rows import Delivery, NewDelivery, feishu_uuid, person_key, shown
 from .service import RETRY_WINDOW
 from .settings import Settings
 from .users import ROLES

@@ -15,13 +15,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .chats import BotClient, mask_chat_url
+from .chats import BotClient
 from .cutoff import Countdown
 from .feishu import UNKNOWN_EMAIL, FeishuClient
 from .feishu_errors import USER_RATE_LIMITED, FeishuError
 from .outbox import Outbox
 from .pacing import MAX_HOLD, Pacer, Quota, bot_quotas, dm_quotas, lookup_quotas, refused_quota
-from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid
+from .rows import FAILED, QUEUED, SENT, Delivery, feishu_uuid, is_open_id, needs_lookup, shown
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +44,6 @@ class Outcome:
     status: str                # sent | queued | failed
     error: str | None = None
     duration: float = 0.0      # seconds from the start of deliver() (the email lookup included) to this outcome
-
-
-def is_open_id(recipient: str) -> bool:
-    return recipient.startswith("ou_")
-
-
-def needs_lookup(row: Delivery) -> bool:
-    """A DM addressed by email: its open_id comes from Feishu's lookup (or the cache)."""
-    return row.channel == "dm" and not is_open_id(row.recipient)
-
-
-def shown(row: Delivery) -> str:
-    """A row's recipient as logs show it: a group bot's URL is a credential."""
-    return mask_chat_url(row.recipient) if row.channel == "chat" else row.recipient
 
 
 def _tried(failure: FeishuError | str) -> int:

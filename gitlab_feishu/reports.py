@@ -11,7 +11,7 @@ from .settings import Settings
 
 
 def show_outbox(settings: Settings) -> int:
-    from .delivery import shown
+    from .rows import shown
 
     outbox = _outbox(settings)
     rows = outbox.pending()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from .chats import mask_chat_url
+
 QUEUED, SENT, FAILED = "queued", "sent", "failed"
 
 
@@ -58,3 +60,17 @@ class Delivery:
         thread takes the row over. Not waiting, so Outbox.counts() leaves it out (its SQL says the same)."""
         return self.status == QUEUED and self.attempts == 0 and self.last_error is None \
             and (self.lease_until or 0) > now
+
+
+def is_open_id(recipient: str) -> bool:
+    return recipient.startswith("ou_")
+
+
+def needs_lookup(row: Delivery) -> bool:
+    """A DM addressed by email: its open_id comes from Feishu's lookup (or the cache)."""
+    return row.channel == "dm" and not is_open_id(row.recipient)
+
+
+def shown(row: Delivery) -> str:
+    """A row's recipient as logs show it: a group bot's URL is a credential."""
+    return mask_chat_url(row.recipient) if row.channel == "chat" else row.recipient

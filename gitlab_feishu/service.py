@@ -15,14 +15,14 @@ from typing import Any, Callable, Mapping
 from . import cards, chats
 from .cards import render_content
 from .db import is_locked, storage_failure, why_unwritable
-from .delivery import Deliverer, Outcome, shown
+from .delivery import Deliverer, Outcome
 from .events import Event, MergeRequestEvent, PipelineEvent
 from .gitlab import Ignored, parse_event
 from .outbox import LOCK_WAIT, Outbox
 from .owners import Match, OwnersFile
 from .pipelines import pipeline_to_notify
 from .quiet import SELF_SKIPPED, quiet_reason, split_self
-from .rows import QUEUED, SENT, Delivery, NewDelivery, feishu_uuid, recipient_identity
+from .rows import QUEUED, SENT, Delivery, NewDelivery, feishu_uuid, recipient_identity, shown
 from .settings import Settings
 from .users import UsersFile, with_people
 from .watched import iso_time
