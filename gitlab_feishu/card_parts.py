@@ -4,6 +4,7 @@ literally, links checked and percent-encoded, labelled fields, a button, the car
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -124,7 +125,30 @@ def plural(labels: dict, key: str, n: int) -> str:
 def cut(text: str, limit: int) -> str:
     """`text` on one line, at most `limit` characters, ending in "…" when shortened."""
     text = " ".join(clean_text(text).split())
-    return text if len(text) <= limit else text[:max(limit - 1, 0)].rstrip() + "…"
+    return text if len(text) <= limit else head(text, limit - 1).rstrip() + "…"
+
+
+# What continues the character before it: combining marks (a decomposed が is か + U+3099), the emoji
+# joiner, variation selectors (also the ideographic ones after a rare CJK character) and skin tones.
+_CONTINUES = re.compile("[\u200d\ufe00-\ufe0f\U000e0100-\U000e01ef\U0001f3fb-\U0001f3ff]")
+_FLAG_HALF = re.compile("[\U0001f1e6-\U0001f1ff]")
+_FLAG_RUN = re.compile("[\U0001f1e6-\U0001f1ff]+$")
+
+
+def head(text: str, n: int) -> str:
+    """At most the first `n` characters of `text`, never ending inside what a reader sees as one character:
+    a base letter without its combining mark, an emoji sequence without its end, half a flag."""
+    n = max(n, 0)
+    if len(text) <= n:
+        return text
+    floor = max(n - 16, 0)          # a pile of combining marks (zalgo text) is cut anyway, not dropped whole
+    while n > floor and (unicodedata.category(text[n]) in ("Mn", "Mc", "Me") or _CONTINUES.match(text[n])
+                         or text[n - 1] == "\u200d"):
+        n -= 1
+    if n > 0 and _FLAG_HALF.match(text[n - 1]):
+        run = n - len(_FLAG_RUN.sub("", text[:n]))
+        n -= run % 2
+    return text[:n]
 
 
 def plain(text: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from .card_parts import (HEADER_CHARS, Detail, button, clean_text, commit_line, cut, escape_markdown, fields, frame,
-                         link, note, plural, project_field, sha_link)
+                         head, link, note, plural, project_field, sha_link)
 from .events import MergeRequestEvent, Person, PipelineEvent, Project, TagPushEvent
 
 EXCERPT_LINES = 6               # lines of a description or tag message shown
@@ -159,7 +159,7 @@ def _excerpt(text: str, limit: int) -> str:
     if limit <= 0 or not text:
         return ""
     if len(text) > limit:
-        text = text[:limit - 1].rstrip() + "…"
+        text = head(text, limit - 1).rstrip() + "…"
     kept = text.split("\n")
     if len(kept) > EXCERPT_LINES:
         kept = kept[:EXCERPT_LINES - 1] + [kept[EXCERPT_LINES - 1] + " …"]

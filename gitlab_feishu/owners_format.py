@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from .chats import bot_url_problem, mask_chat_url, quoted_value
 from .config_file import describe, element_lines, members_at, object_members, read_config_text
-from .setting_values import EVENT_KINDS, is_recipient
+from .setting_values import EVENT_KINDS, is_recipient, recipient_hint
 from .settings import ConfigError
 
 log = logging.getLogger("gitlab_feishu.owners")
@@ -152,7 +152,7 @@ def _owners(value: Any, where: str, line_of: Callable[[int], str]) -> tuple[str,
         if not is_recipient(item):
             bot = ' (a group bot\'s webhook URL goes under "chats")' if "/open-apis/bot/" in item else ""
             raise ConfigError(f"{where}: {quoted_value(item)}{line_of(n)} is not an email address "
-                              f"(name@domain.tld, no spaces) or a Feishu open_id (ou_...){bot}")
+                              f"(name@domain.tld, no spaces) or a Feishu open_id (ou_...){bot}{recipient_hint(item)}")
     return tuple(values)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import unicodedata
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,7 +25,19 @@ _OPEN_ID = re.compile(r"ou_[A-Za-z0-9]+")
 
 def is_recipient(value: str) -> bool:
     """An email address or a Feishu open_id: what owners.json, users.json and ADMIN_EMAILS may name."""
-    return bool(_EMAIL.fullmatch(value) or _OPEN_ID.fullmatch(value))
+    return bool(_EMAIL.fullmatch(value) or _OPEN_ID.fullmatch(value)) and not input_method_typed(value)
+
+
+def input_method_typed(value: str) -> bool:
+    """Full-width letters (ｚｈａｎｇ), or an invisible character (a zero-width space): what a Chinese input method
+    leaves in text; no mailbox Feishu knows is spelled that way."""
+    return unicodedata.normalize("NFKC", value) != value or any(unicodedata.category(ch) == "Cf" for ch in value)
+
+
+def recipient_hint(value: str) -> str:
+    """What to add to 'is not an email address': why, when the cause is the input method."""
+    return "; it holds full-width or invisible characters: retype it with the input method in half-width " \
+        "(English) mode" if input_method_typed(value) else ""
 
 
 def os_text(value: str) -> str:
@@ -184,5 +197,5 @@ def admins_value(raw: str) -> tuple[str, ...]:
     for admin in admins:
         if not is_recipient(admin):
             raise ValueError(f"{admin!r} is neither an email address nor a Feishu open_id (ou_...); separate "
-                             "several with commas")
+                             f"several with commas{recipient_hint(admin)}")
     return admins

@@ -20,7 +20,7 @@ from .config_file import describe, object_members, read_config_text
 from .events import Event, MergeRequestEvent, Person, PipelineEvent
 from .owners import Match
 from .rows import person_key
-from .setting_values import is_recipient
+from .setting_values import is_recipient, recipient_hint
 from .settings import ConfigError
 from .watched import WatchedFile
 
@@ -69,7 +69,7 @@ def load_users(path: Path) -> Users:
                               f"(one person per username), not {describe(value)}")
         if not is_recipient(value):
             raise ConfigError(f"{where}: {quoted_value(value)} is not an email address "
-                              "(name@domain.tld, no spaces) or a Feishu open_id (ou_...)")
+                              f"(name@domain.tld, no spaces) or a Feishu open_id (ou_...){recipient_hint(value)}")
         lines[folded] = line
         recipients[folded] = value
     return Users(path, recipients, True, tuple(warnings))

@@ -365,3 +365,13 @@ def test_a_push_without_before_or_after_shows_no_empty_commit_link(change):
 def test_a_push_missing_one_side_links_the_branch_not_an_empty_comparison(side):
     payload = {**load("chinese_push.json"), "commits": [], "total_commits_count": 0, side: ""}
     assert "/-/compare/" not in json.dumps(card_for(payload)) and "/-/tree/" in json.dumps(card_for(payload))
+
+
+@pytest.mark.parametrize("whole", ["か\u3099", "👨\u200d👩\u200d👧", "🇨🇳", "👍🏽", "葛\U000e0100"])
+def test_a_shortened_line_never_splits_what_reads_as_one_character(whole):
+    from gitlab_feishu.card_parts import cut
+    for before in range(60, 75):
+        shown = cut("修" * before + whole + "尾巴" * 10, 72)
+        kept = shown[:-1]
+        assert shown.endswith("…")
+        assert kept.endswith(("修", "尾", "巴", whole)), repr(shown[-8:])

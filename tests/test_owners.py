@@ -177,6 +177,8 @@ def test_shipped_owners_file_loads_with_its_three_examples(tmp_path):
     ('{\n  "测试项目": "test@example"\n}', 2, ['"测试项目"', "test@example", "not an email"]),
     ('{\n  "a": "x@y.zz",\n  "测试项目": "te st@example.com"\n}', 3, ['"测试项目"', "te st@example.com"]),
     ('{\n  "测试项目": "ou_abc-123"\n}', 2, ['"测试项目"', "ou_abc-123"]),
+    ('{\n  "测试项目": "ｚｈａｎｇｓａｎ@example.com"\n}', 2, ["not an email", "full-width or invisible", "half-width"]),
+    ('{\n  "测试项目": "zhang\u200bsan@example.com"\n}', 2, ["not an email", "full-width or invisible"]),
     ('{\n  "N_奶奶的小农院": []\n}', 2, ['"N_奶奶的小农院"', "empty"]),
     ('{\n  "测试项目": "a@example.com",\n  "测试项目": "b@example.com"\n}', 3,
      ['"测试项目"', "twice", "first on line 2"]),

@@ -44,6 +44,7 @@ def test_shipped_users_file_is_an_empty_map(tmp_path):
 
 @pytest.mark.parametrize("text, line, words", [
     ('{\n  "zhangsan": "zhangsan@example"\n}', 2, ['"zhangsan"', "not an email address"]),
+    ('{\n  "zhangsan": "ｚｈａｎｇｓａｎ@example.com"\n}', 2, ['"zhangsan"', "full-width or invisible"]),
     ('{\n  "zhangsan": ["a@example.com"]\n}', 2, ['"zhangsan"', "one person per username", "not a list"]),
     ('{\n  "zhangsan": null\n}', 2, ['"zhangsan"', "not null"]),
     ('{\n  "@zhangsan": "a@example.com"\n}', 2, ['"@zhangsan"', "not a GitLab username"]),
