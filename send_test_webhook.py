@@ -210,7 +210,7 @@ def send(url: str, payload: dict, headers: dict[str, str | bytes], *, timeout: f
         answer = None
     if not isinstance(answer, dict) or (200 <= rsp.status_code < 300 and "status" not in answer):
         # Every answer of this service carries "status"; a 2xx without it is another program's.
-        text = " ".join(rsp.text.split())[:80]
+        text = " ".join(answer_text(rsp).split())[:80]
         return False, [f"error: HTTP {rsp.status_code} from {url}, but not this service's JSON answer ({text!r}):"
                        " is --url right? This service's URL ends with /gitlab-webhook"]
     if rsp.status_code == 401:
@@ -232,6 +232,19 @@ def direct_if_local(url: str) -> dict | None:
     except ValueError:
         local = False
     return {"no_proxy": host} if local else None
+
+
+def answer_text(rsp: requests.Response) -> str:
+    """The body as text. Without a charset requests reads text/* as Latin-1; a Chinese page (nginx's default
+    `charset off`) is UTF-8, or GBK from a Chinese Windows server."""
+    if "charset=" in rsp.headers.get("Content-Type", "").lower():
+        return rsp.text
+    for encoding in ("utf-8", "gb18030"):
+        try:
+            return rsp.content.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return rsp.content.decode("utf-8", "replace")
 
 
 def plain_http_instead(url: str, timeout: float) -> str | None:

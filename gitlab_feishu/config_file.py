@@ -203,4 +203,6 @@ def _syntax_hint(text: str, pos: int) -> str:
     nearby = text[max(pos - 1, 0):pos + 1]
     if any(ch in _FULL_WIDTH_PUNCTUATION for ch in nearby):
         return " (use ASCII quotes \" , : instead of the Chinese “ ” ， ：)"
+    if text.startswith(("//", "#", "/*"), pos):
+        return " (JSON has no comments: remove this one)"
     return " (check for a missing or extra comma and for double quotes around every key and email)"

@@ -191,6 +191,8 @@ def test_shipped_owners_file_loads_with_its_three_examples(tmp_path):
     ('{\n  "a": "x@example.com",\n  "b": "y@exa', 3, ["column 8", "never ends"]),         # saved mid-string
     ('{\n  "a": "x@example.com",\n  "b": "y@exa\n  ', 3, ["ends too soon", "closing double quote"]),
     ('{\n  “测试项目”: "a@example.com"\n}', 2, ["not valid JSON", "ASCII quotes"]),
+    ('{\n  // 游戏二组的项目\n  "测试项目": "a@example.com"\n}', 2, ["not valid JSON", "JSON has no comments"]),
+    ('{\n  "a": "x@example.com",\n  # 注释\n  "测试项目": "a@example.com"\n}', 3, ["JSON has no comments"]),
     ('["a@example.com"]', 1, ["top level must be a JSON object", "not a list"]),
     ('{\n  "client": 5\n}', 2, ['"client"', "the number 5"]),
     ('{\n  "client": ["a@example.com", null]\n}', 2, ['"client"', "null"]),

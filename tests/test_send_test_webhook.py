@@ -322,6 +322,33 @@ class _OtherJson(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.parametrize("body", ["<p>服务维护中，请稍后</p>".encode("utf-8"), "禁止访问".encode("gbk")],
+                         ids=["utf-8", "gbk"])
+def test_a_chinese_page_without_a_charset_is_quoted_readably(run, body):
+    """nginx's default `charset off` sends text/html with no charset, which requests would read as Latin-1."""
+    class Page(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    try:
+        code, _, err = run(port=server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    shown = body.decode("utf-8") if body.startswith(b"<p>") else body.decode("gbk")
+    assert code == 1 and shown in err
+
+
 def test_a_json_answer_that_is_not_the_services_fails(run):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherJson)
     threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
