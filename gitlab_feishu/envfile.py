@@ -46,8 +46,11 @@ def read_env_file(path: Path) -> dict[str, str]:
                                f"{_why_unreadable(binding.original.string)}")
         if binding.key is not None and binding.value is None:
             # "FEISHU_APP_SECRET:abc" sets nothing; the line is not quoted, as it may hold a secret.
-            log.warning("%s, line %d: there is no '=' on this line, so it sets nothing; write NAME=value",
-                        path, binding.original.line)
+            full_width = "＝" in binding.original.string     # an input method in full-width mode
+            log.warning("%s, line %d: there is no '=' on this line, so it sets nothing; write NAME=value%s",
+                        path, binding.original.line,
+                        " (its ＝ is full-width: retype it with the input method in half-width mode)" if full_width
+                        else "")
     # interpolate=False: a generated secret holding "${" is taken as written, not expanded to something else.
     return {k: v for k, v in dotenv_values(stream=io.StringIO(text), interpolate=False).items() if v is not None}
 

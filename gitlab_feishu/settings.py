@@ -9,6 +9,7 @@ import difflib
 import ipaddress
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -99,9 +100,12 @@ def _warn_of_near_misses(env_file: Path, values: Mapping[str, str]) -> None:
     looks like. (Other names, HTTPS_PROXY say, are the environment's business.)"""
     for name in values:
         if name not in ENV_NAMES:
-            near = difflib.get_close_matches(name.upper(), ENV_NAMES, n=1, cutoff=0.8)
+            typed = unicodedata.normalize("NFKC", name)      # ＦＥＩＳＨＵ_APP_ID: full-width letters
+            near = difflib.get_close_matches(typed.upper(), ENV_NAMES, n=1, cutoff=0.8)
             if near:
-                log.warning("%s: %s is not a setting, so it sets nothing; did you mean %s?", env_file, name, near[0])
+                how = " (typed with full-width letters: retype it in half-width mode)" if typed != name else ""
+                log.warning("%s: %s is not a setting, so it sets nothing; did you mean %s?%s", env_file, name,
+                            near[0], how)
 
 
 # In gunicorn's master, the settings it serves with and the address it listens on: gunicorn.conf.py sets them

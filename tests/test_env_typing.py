@@ -78,3 +78,19 @@ def test_a_line_without_an_equals_sign_is_named_by_its_line_without_quoting_it(t
     [record] = caplog.records
     assert "line 2: there is no '=' on this line, so it sets nothing" in record.getMessage()
     assert "s3cr3t" not in caplog.text
+
+
+def test_a_full_width_equals_sign_is_named_as_the_cause(tmp_path, caplog):
+    """A Chinese input method in full-width mode types ＝: the line sets nothing, and the warning says why."""
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        settings = from_env_file(tmp_path, "GITLAB_WEBHOOK_SECRET＝中文密钥\n")
+    assert settings.gitlab_webhook_secret == ""
+    [record] = caplog.records
+    assert "its ＝ is full-width" in record.getMessage() and "中文密钥" not in caplog.text
+
+
+def test_a_name_typed_in_full_width_letters_is_named_with_the_setting_it_means(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="gitlab_feishu"):
+        from_env_file(tmp_path, "ＦＥＩＳＨＵ_APP_ID=cli_a\n")
+    [record] = caplog.records
+    assert "did you mean FEISHU_APP_ID? (typed with full-width letters" in record.getMessage()
