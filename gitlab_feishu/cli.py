@@ -106,7 +106,7 @@ def serve(settings: Settings) -> int:
     from .app import create_app, stop_background
     from .watched import check_files
     from .logs import configure_logging
-    from .waitress_access import refuse_early
+    from .waitress_access import listeners, refuse_early
 
     configure_logging(settings, to_file=True)
     check_files(settings)
@@ -142,8 +142,16 @@ def serve(settings: Settings) -> int:
     # `kill`, `systemctl stop`, `docker stop`: finish the webhooks in flight and answer GitLab, as Ctrl+C does.
     # waitress's own wait is 5 s; a DELIVERY_DEADLINE_SECONDS of up to 8 needs as long as the deadline.
     signal.signal(signal.SIGTERM, _interrupt)
-    server.task_dispatcher.shutdown = functools.partial(server.task_dispatcher.shutdown,
-                                                        timeout=settings.delivery_deadline_seconds + 1)
+    finish_in_flight = functools.partial(server.task_dispatcher.shutdown,
+                                         timeout=settings.delivery_deadline_seconds + 1)
+
+    def stop(*args, **kwargs):
+        # New connections are refused at once, as under gunicorn, not taken into the backlog while the webhooks
+        # in flight finish and then reset: GitLab would wait seconds to learn the delivery failed.
+        for listener in listeners(server):
+            listener.close()
+        return finish_in_flight()
+    server.task_dispatcher.shutdown = stop
     try:
         server.run()                  # returns after Ctrl+C or SIGTERM, once the requests in flight are done
         stop_background(app)

@@ -17,14 +17,18 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 from .access import Network, client_address, refused
 
 
+def listeners(server) -> list[BaseWSGIServer]:
+    """The listening sockets of `server` (what waitress.create_server made): one, or one per address."""
+    found = server.map.values() if isinstance(server, MultiSocketServer) else [server]
+    return [listener for listener in found if isinstance(listener, BaseWSGIServer)]
+
+
 def refuse_early(server, allowed: tuple[Network, ...], trusted_proxies: tuple[Network, ...]) -> None:
-    """Make `server` (what waitress.create_server made) check the source of each request from its headers."""
+    """Make `server` check the source of each request from its headers."""
     if not allowed:
         return
-    listeners = server.map.values() if isinstance(server, MultiSocketServer) else [server]
-    for listener in list(listeners):
-        if isinstance(listener, BaseWSGIServer):
-            listener.channel_class = partial(SourceCheckingChannel, allowed=allowed, trusted_proxies=trusted_proxies)
+    for listener in listeners(server):
+        listener.channel_class = partial(SourceCheckingChannel, allowed=allowed, trusted_proxies=trusted_proxies)
 
 
 class SourceCheckingChannel(HTTPChannel):

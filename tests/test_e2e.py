@@ -69,6 +69,14 @@ def push(service, payload_name="chinese_push.json", headers=None, path="/gitlab-
     return response, time.monotonic() - started
 
 
+def port_accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def queue_is_empty(service):
     return requests.get(service.url + "/healthz", timeout=5).json()["outbox"]["queued"] == 0
 
@@ -330,6 +338,8 @@ def test_sigterm_to_waitress_answers_the_webhooks_in_flight_and_the_card_goes_af
     sender.start()
     assert wait_for(lambda: fake.answering() == 1, timeout=5)          # the send is hanging in Feishu
     waitress.process.send_signal(signal.SIGTERM)
+    # A delivery arriving now is refused at once, not taken into the backlog and reset once the wait is over.
+    assert wait_for(lambda: not port_accepts(port), timeout=2)
     sender.join(timeout=deadline + 5)
     assert [a.status_code for a in answers] == [200] and answers[0].json()["status"] == "queued"
     assert waitress.process.wait(timeout=10) == 0
