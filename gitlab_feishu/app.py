@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 TOO_LARGE = "body larger than GitLab's 25 MB limit"
 CUT_SHORT = "the body ended before its Content-Length: the client went away or went silent"
+BAD_CHUNKS = "the chunked body is malformed (Transfer-Encoding: chunked)"
 # A hook URL without the path is the usual mistake; werkzeug's own words would not say what the path is.
 NO_SUCH_PATH = "no such path: GitLab's hook URL ends with /gitlab-webhook (POST); /healthz answers GET"
 DELIVERY_THREADS = 32          # concurrent sends per process: many owners, or many webhooks at once
@@ -132,7 +133,14 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
         if settings.gitlab_webhook_secret and not token_matches(request.headers.get("X-Gitlab-Token"),
                                                                 settings.gitlab_webhook_secret):
             return _refused(401, "missing or wrong X-Gitlab-Token: set the hook's Secret token to GITLAB_WEBHOOK_SECRET")
-        body = request.get_data(cache=False)
+        try:
+            body = request.get_data(cache=False)
+        except Exception as exc:
+            # gunicorn parses a chunked body while the app reads it, and raises its own parse errors here
+            # (InvalidChunkSize, ChunkMissingTerminator, ...): the sender's mistake, not an internal error.
+            if not type(exc).__module__.startswith("gunicorn.http"):
+                raise
+            return _refused(400, BAD_CHUNKS)
         if len(body) > MAX_BODY_BYTES:
             return _refused(413, TOO_LARGE)
         if len(body) < (request.content_length or 0):     # gunicorn hands over what came before the client left

@@ -62,7 +62,7 @@ class _Target:
     """A project folded once for comparison."""
     path: str
     name: str
-    exact_forms: frozenset[str]   # the name and every run of consecutive path segments
+    slashed: str                  # "/" + path + "/": a run of whole segments is a "/run/" inside it
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class _Entry:
         """A glob key matches the whole path; another key is the name or a whole run of path segments."""
         if self.glob is not None:
             return bool(self.glob.fullmatch(target.path))
-        return len(self.folded) >= MIN_KEY and self.folded in target.exact_forms
+        return len(self.folded) >= MIN_KEY and (self.folded == target.name or f"/{self.folded}/" in target.slashed)
 
     def matches_fuzzily(self, target: _Target) -> bool:
         """The key, or a part of it split at `_` and spaces, occurs inside the path or the name."""
@@ -220,9 +220,9 @@ def _wildcard(pattern: str) -> re.Pattern:
 @lru_cache(maxsize=1024)
 def _target(path: str, name: str) -> _Target:
     folded_path, folded_name = fold(path).strip().strip("/"), fold(name).strip()
-    segments = folded_path.split("/")
-    runs = {"/".join(segments[i:j]) for i in range(len(segments)) for j in range(i + 1, len(segments) + 1)}
-    return _Target(folded_path, folded_name, frozenset(runs | {folded_name}))
+    # Not the set of every run of segments: that is quadratic in their number, and a path of a few thousand
+    # segments (GitLab allows 21; a forged payload any) took seconds and hundreds of MB, kept by the cache.
+    return _Target(folded_path, folded_name, f"/{folded_path}/")
 
 
 class OwnersFile(WatchedFile[Owners]):

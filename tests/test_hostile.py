@@ -155,3 +155,37 @@ def test_streamed_oversize_body_is_refused_at_the_limit(client):
                            environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": ""})
     assert response.status_code == 413
     assert stream.read_bytes <= MAX_BODY_BYTES + 64 * 1024
+
+
+class MalformedChunks(io.RawIOBase):
+    """gunicorn's chunked body reader meeting a bad chunk: it raises its own parse error mid-read."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:      # the test client measures the body by seeking
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def readinto(self, buffer) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", ["InvalidChunkSize", "ChunkMissingTerminator", "InvalidChunkExtension"])
+def test_a_malformed_chunked_body_is_a_400_not_an_internal_error(client, error, caplog):
+    """`Transfer-Encoding: chunked` with a chunk size of `zz` made gunicorn raise inside get_data(): a
+    traceback in the log and "internal error" in the answer."""
+    from gunicorn.http import errors
+    exc = getattr(errors, error)(b"zz")
+    response = client.post("/gitlab-webhook", input_stream=MalformedChunks(exc), headers=gitlab_headers(),
+                           environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": ""})
+    assert response.status_code == 400 and "chunked" in response.json["reason"]
+    assert "Traceback" not in caplog.text and "unexpected error" not in caplog.text

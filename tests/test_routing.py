@@ -288,3 +288,22 @@ def test_protected_filter_reads_a_pipelines_protected_ref(tmp_path, ref, protect
     owners = owners_of(tmp_path, {"gitlab-org/gitlab-test": {"owners": ["lead@example.com"],
                                                               "branches": [":protected"]}})
     assert notified(owners, parse_pipeline(payload)) == (["lead@example.com"] if hit else [])
+
+
+@pytest.mark.parametrize("key, hit", [("sub/deep", True), ("a", False), ("grp", True), ("grp/sub", True),
+                                      ("deep/tail", False), ("s/deep", False), ("grp/sub/deep/proj", True)])
+def test_a_key_is_an_exact_match_only_as_a_run_of_whole_segments(tmp_path, key, hit):
+    owners = owners_of(tmp_path, {key: "x@example.com"} if len(key) > 1 else {"zz": "x@example.com"})
+    matches = owners.match(push(path="grp/sub/deep/proj", name="项目"))
+    assert bool(matches) is hit and all(m.rule.startswith("exact") for m in matches)
+
+
+def test_a_path_of_thousands_of_segments_is_matched_at_once(tmp_path):
+    """GitLab allows 21 segments; a forged payload with thousands took seconds (all runs of segments were
+    built) and held hundreds of MB in the match cache: GitLab's 10 s ran out and the worker grew."""
+    import time
+    owners = owners_of(tmp_path, {"s/proj": "x@example.com"})
+    path = "grp/" + "s/" * 2000 + "proj"          # before: about 20 s
+    started = time.perf_counter()
+    assert [m.recipient for m in owners.match(push(path=path, name="n"))] == ["x@example.com"]
+    assert time.perf_counter() - started < 0.5
