@@ -60,8 +60,7 @@ preload_app = False            # each worker starts its own retry thread after t
 # gunicorn derives the scheme from X-Forwarded-Proto/-Ssl/-Protocol when the peer is 127.0.0.1 (its own
 # forwarded_allow_ips, whatever TRUSTED_PROXIES says), and answers 400 "Contradictory scheme headers" before the
 # app when they disagree: behind the README's nginx any caller could add X-Forwarded-Ssl: off and get that 400,
-# unlogged by the service, instead of ALLOWED_SOURCES' 403. The service never uses the scheme (only werkzeug's
-# redirect of a doubled slash names it, and GitLab counts any redirect as a failed delivery anyway).
+# unlogged by the service, instead of ALLOWED_SOURCES' 403. The service never uses the scheme.
 secure_scheme_headers = {}
 # gunicorn 25.1+ opens a control socket under $HOME/.gunicorn; the service user's home in the README's
 # systemd unit is not writable, so every start logged an ERROR for a feature this service does not use.

@@ -8,6 +8,7 @@ with a status.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from .worker import RetryWorker, process_owner
 
 log = logging.getLogger(__name__)
 
+_SLASHES = re.compile("/{2,}")
 TOO_LARGE = "body larger than GitLab's 25 MB limit"
 CUT_SHORT = "the body ended before its Content-Length: the client went away or went silent"
 BAD_CHUNKS = "the chunked body is malformed (Transfer-Encoding: chunked)"
@@ -122,6 +124,7 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
     # One byte over the limit lets a chunked body (no Content-Length) show that it is too large.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
     app.extensions["gitlab_feishu"] = Service(settings, owners, users, outbox, notifier, worker, credentials, watcher)
+    app.wsgi_app = one_slash(app.wsgi_app)
     protect(app, settings)
 
     # strict_slashes=False: a hook URL ending in "/gitlab-webhook/" is delivered too, not answered 404.
@@ -185,6 +188,16 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
             return jsonify({"status": "failed", "reason": "internal error; see the service log", "deliveries": []})
         return _error(500, "internal error; see the service log")
 
+    return app
+
+
+def one_slash(wsgi_app):
+    """WSGI: repeated slashes in a path count as one. werkzeug answers them with a 308 redirect, which GitLab
+    counts as a delivery without following it: a hook URL written "https://host/" + "/gitlab-webhook" lost every
+    event while the hook looked healthy."""
+    def app(environ, start_response):
+        environ["PATH_INFO"] = _SLASHES.sub("/", environ.get("PATH_INFO", ""))
+        return wsgi_app(environ, start_response)
     return app
 
 
