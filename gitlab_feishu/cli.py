@@ -106,7 +106,7 @@ def serve(settings: Settings) -> int:
     from .app import create_app, stop_background
     from .watched import check_files
     from .logs import configure_logging
-    from .waitress_access import listeners, refuse_early
+    from .waitress_channel import listeners, take_over
 
     configure_logging(settings, to_file=True)
     check_files(settings)
@@ -127,7 +127,7 @@ def serve(settings: Settings) -> int:
             app, **where, threads=WAITRESS_THREADS, ident="gitlab-feishu",
             channel_timeout=20, connection_limit=400, max_request_body_size=MAX_BODY_BYTES + 1,
             clear_untrusted_proxy_headers=False)
-        refuse_early(server, settings.allowed_sources, settings.trusted_proxies)
+        take_over(server, settings.allowed_sources, settings.trusted_proxies)
     except (socket.gaierror, UnicodeError):      # a HOST that is no address and no name this machine resolves
         print(f"error: HOST={settings.host!r} is not an address of this machine: write 0.0.0.0 (every address), "
               "127.0.0.1 (behind a proxy) or one of this machine's IPs", file=sys.stderr)

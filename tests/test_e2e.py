@@ -95,6 +95,35 @@ def test_a_request_gunicorn_cannot_parse_is_answered_in_json_not_html(service, h
     assert head.split()[1] in (b"400", b"431") and b"Content-Type: application/json" in head
     assert json.loads(body)["status"] == "error"
 
+@pytest.fixture(scope="module")
+def waitress_service(fake, service_dir):
+    port = free_port()
+    env = {**settings_for(fake, service_dir), "HOST": "127.0.0.1", "PORT": str(port)}
+    server = ServiceProcess(env, service_dir / "waitress.log", port=port,
+                            command=[sys.executable, "webhook_server.py"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"X-Gitlab-Token: abc\x00def\r\n\r\n", b"400"),
+    (b"Content-Length: abc\r\n\r\n", b"400"),
+    (b"Content-Length: %d\r\n\r\n" % (26 << 20), b"413"),
+    (b"Transfer-Encoding: gzip\r\n\r\n", b"501"),
+], ids=["nul-in-header", "bad-length", "over-25-mb", "unknown-coding"])
+def test_a_request_waitress_refuses_itself_is_answered_in_json(waitress_service, request_bytes, status):
+    """As under gunicorn: every answer of this service is JSON, waitress's own refusals included."""
+    with socket.create_connection(("127.0.0.1", waitress_service.port), timeout=5) as conn:
+        conn.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: x\r\n" + request_bytes)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == status and b"Content-Type: application/json" in head
+    reason = json.loads(body)["reason"]
+    assert reason == "body larger than GitLab's 25 MB limit" if status == b"413" else reason
+
+
 def test_chinese_push_reaches_the_owner_intact(service, fake):
     response, waited = push(service)
     assert response.status_code == 200 and response.json()["status"] == "sent"
