@@ -129,8 +129,9 @@ def cut(text: str, limit: int) -> str:
 
 
 # What continues the character before it: combining marks (a decomposed が is か + U+3099), the emoji
-# joiner, variation selectors (also the ideographic ones after a rare CJK character) and skin tones.
-_CONTINUES = re.compile("[\u200d\ufe00-\ufe0f\U000e0100-\U000e01ef\U0001f3fb-\U0001f3ff]")
+# joiner, variation selectors (also the ideographic ones after a rare CJK character), a subdivision flag's tag
+# characters (🏴 England) and skin tones.
+_CONTINUES = re.compile("[\u200d\ufe00-\ufe0f\U000e0020-\U000e007f\U000e0100-\U000e01ef\U0001f3fb-\U0001f3ff]")
 _FLAG_HALF = re.compile("[\U0001f1e6-\U0001f1ff]")
 _FLAG_RUN = re.compile("[\U0001f1e6-\U0001f1ff]+$")
 

@@ -102,6 +102,7 @@ def _printed(report: Callable[[], int]) -> int:
 def serve(settings: Settings) -> int:
     """Serve with waitress, which runs on Windows and Linux alike."""
     import waitress
+    from waitress import wasyncore
 
     from .app import create_app, stop_background
     from .watched import check_files
@@ -149,7 +150,9 @@ def serve(settings: Settings) -> int:
         # New connections are refused at once, as under gunicorn, not taken into the backlog while the webhooks
         # in flight finish and then reset: GitLab would wait seconds to learn the delivery failed.
         for listener in listeners(server):
-            listener.close()
+            # The socket only: a listener's own close() also closes waitress's wake-up pipe, which each request
+            # still in flight writes to when it ends (an error, or a byte into a file opened meanwhile).
+            wasyncore.dispatcher.close(listener)
         return finish_in_flight()
     server.task_dispatcher.shutdown = stop
     try:

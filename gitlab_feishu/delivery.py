@@ -115,7 +115,10 @@ class Deliverer:
                     for row in lookups if row.id in failures}
         futures.update({submit(row, open_ids[row.id]): row for row in lookups if row.id in open_ids})
         done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
-        self._answered_queued.update(row.id for future, row in futures.items() if future not in done)
+        late = {future: row.id for future, row in futures.items() if future not in done}
+        self._answered_queued.update(late.values())
+        # One that ended in between has discarded its id already: it must not stay in the set for good.
+        self._answered_queued.difference_update(row_id for future, row_id in late.items() if future.done())
         for future, row in futures.items():
             if future in done:
                 outcomes[row.id] = future.result()

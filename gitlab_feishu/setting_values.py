@@ -31,7 +31,8 @@ def is_recipient(value: str) -> bool:
 def input_method_typed(value: str) -> bool:
     """Full-width letters (ｚｈａｎｇ), or an invisible character (a zero-width space): what a Chinese input method
     leaves in text; no mailbox Feishu knows is spelled that way."""
-    return unicodedata.normalize("NFKC", value) != value or any(unicodedata.category(ch) == "Cf" for ch in value)
+    return unicodedata.normalize("NFKC", value) != unicodedata.normalize("NFC", value) \
+        or any(unicodedata.category(ch) == "Cf" for ch in value)
 
 
 def recipient_hint(value: str) -> str:

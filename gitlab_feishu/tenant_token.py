@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from .feishu_errors import FeishuError
+from .pacing import MAX_HOLD
 from .shared_cache import SharedCache
 
 WHAT = "getting a tenant_access_token"
@@ -99,7 +100,11 @@ class TenantToken:
         try:
             token, expire = self._fetch_from_feishu(deadline)
         except FeishuError as exc:
-            self._failure = (exc, self._clock() + ((exc.retry_after or 0.0) if exc.rate_limited else 0.0))
+            # Only Feishu's own answer is shared: a timeout or "no time left" came of this caller's deadline, and
+            # a waiting caller may have more time. A quota's reset is believed as far as the pacer believes it.
+            if exc.http_status is not None:
+                hold = min(exc.retry_after or 0.0, MAX_HOLD) if exc.rate_limited else 0.0
+                self._failure = (exc, self._clock() + hold)
             self._on_answer(exc)
             raise
         finally:

@@ -367,7 +367,8 @@ def test_a_push_missing_one_side_links_the_branch_not_an_empty_comparison(side):
     assert "/-/compare/" not in json.dumps(card_for(payload)) and "/-/tree/" in json.dumps(card_for(payload))
 
 
-@pytest.mark.parametrize("whole", ["か\u3099", "👨\u200d👩\u200d👧", "🇨🇳", "👍🏽", "葛\U000e0100"])
+@pytest.mark.parametrize("whole", ["か\u3099", "👨\u200d👩\u200d👧", "🇨🇳", "👍🏽", "葛\U000e0100",
+                                   "🏴\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"])
 def test_a_shortened_line_never_splits_what_reads_as_one_character(whole):
     from gitlab_feishu.card_parts import cut
     for before in range(60, 75):

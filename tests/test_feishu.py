@@ -12,6 +12,7 @@ import responses
 from responses import matchers, registries
 
 from gitlab_feishu.feishu import NOT_CACHED, FeishuClient, FeishuError
+from gitlab_feishu.pacing import MAX_HOLD
 
 BASE = "http://127.0.0.1:9"
 TOKEN_URL = f"{BASE}/open-apis/auth/v3/tenant_access_token/internal"
@@ -164,6 +165,43 @@ def test_callers_waiting_for_a_token_request_that_fails_share_its_error(client, 
     for thread in threads:
         thread.join()
     assert rsp.call_count == 1 and errors == [body["code"]] * 8
+
+
+@responses.activate(registry=registries.OrderedRegistry)
+def test_a_waiting_caller_tries_itself_when_the_fetch_it_waited_for_ran_out_of_its_own_time(client):
+    """A timeout is the fetching caller's deadline, not Feishu's answer: a caller with more time asks again."""
+    threads_in = threading.Barrier(4)
+
+    def slow_timeout(request):
+        threading.Event().wait(0.1)    # the other callers pile up behind this request
+        raise requests.ReadTimeout("read timed out")
+    responses.add_callback(responses.POST, TOKEN_URL, callback=slow_timeout)
+    token_ok("t-2")
+    results = []
+
+    def call():
+        threads_in.wait()
+        try:
+            results.append(client.tenant_token())
+        except FeishuError as exc:
+            results.append(exc.retryable)
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(map(str, results)) == ["True", "t-2", "t-2", "t-2"]
+
+
+@responses.activate(registry=registries.OrderedRegistry)
+def test_a_token_quota_reset_is_believed_no_longer_than_a_minute(client, clock):
+    responses.post(TOKEN_URL, status=429, headers={"x-ogw-ratelimit-reset": "3600"},
+                   json={"code": 99991400, "msg": "request trigger frequency limit"})
+    token_ok("t-2")
+    with pytest.raises(FeishuError):
+        client.tenant_token()
+    clock.now += MAX_HOLD
+    assert client.tenant_token() == "t-2"
 
 
 @responses.activate(registry=registries.OrderedRegistry)

@@ -128,3 +128,9 @@ def test_a_url_with_host_and_port_is_taken(url):
 def test_ignore_pushers_takes_usernames_as_gitlab_shows_them_and_any_separator(raw):
     """GitLab shows a username as @name; neither a username nor an email holds a space or a comma."""
     assert Settings.from_mapping({"IGNORE_PUSHERS": raw}).ignore_pushers == {"gitlab-ci-bot", "deploy@example.com"}
+
+
+@pytest.mark.parametrize("email", ["zhangsan+ci@example.com", "张三@例子.中国", "müller@bücher.de",
+                                   "jose\u0301@example.com", "ou_7d8a6e6df7621556ce0d21922b676706ccs"])
+def test_addresses_real_companies_use_are_not_taken_for_input_method_typing(email):
+    assert Settings.from_mapping({"ADMIN_EMAILS": email}).admin_emails == (email,)
