@@ -91,12 +91,17 @@ class Deliverer:
         pauses to the outbox's backoff, so a recovered Feishu is used at once.
         """
         started = self.clock()
+        countdown = Countdown(deadline, self.clock)
+
+        def due() -> float:
+            # The deadline on the wall clock as it reads now: stepped back (NTP) since, `deadline` would be later.
+            return self.clock() + countdown.left()
 
         def timed(outcome: Outcome) -> Outcome:
             return replace(outcome, duration=self.clock() - started)
 
         def attempt(row: Delivery, open_id: str) -> Outcome:
-            return timed(self._attempt(row, open_id, deadline, retry_inline))
+            return timed(self._attempt(row, open_id, due(), retry_inline))
 
         def submit(row: Delivery, open_id: str) -> Future:
             return (self.chat_pool if row.channel == "chat" else self.pool).submit(attempt, row, open_id)
@@ -104,17 +109,17 @@ class Deliverer:
         lookups = [row for row in rows if needs_lookup(row)]
         if len(rows) == 1 and rows[0].channel == "dm":       # the common case: no thread hop
             [row] = rows
-            open_ids, failures = self._resolve(lookups, deadline, retry_inline)
+            open_ids, failures = self._resolve(lookups, due(), retry_inline)
             if row.id in failures:
                 return {row.id: timed(self._record_failure(row, failures[row.id], attempts=_tried(failures[row.id])))}
             return {row.id: attempt(row, open_ids.get(row.id, row.recipient))}
         # Rows that need no lookup go at once; the others as soon as it has answered.
         futures = {submit(row, row.recipient): row for row in rows if not needs_lookup(row)}
-        open_ids, failures = self._resolve(lookups, deadline, retry_inline)
+        open_ids, failures = self._resolve(lookups, due(), retry_inline)
         outcomes = {row.id: timed(self._record_failure(row, failures[row.id], attempts=_tried(failures[row.id])))
                     for row in lookups if row.id in failures}
         futures.update({submit(row, open_ids[row.id]): row for row in lookups if row.id in open_ids})
-        done, _ = wait(futures, timeout=max(deadline - self.clock(), 0))
+        done, _ = wait(futures, timeout=max(countdown.left(), 0))
         late = {future: row.id for future, row in futures.items() if future not in done}
         self._answered_queued.update(late.values())
         # One that ended in between has discarded its id already: it must not stay in the set for good.
@@ -292,17 +297,21 @@ class Deliverer:
         if isinstance(error, str) or not error.retryable:
             return self._fail(row, error, str(error), attempts)
         now = self.clock()
-        if now >= row.give_up_at:
+        # Overdue far beyond any backoff: this service was stopped or asleep (a VM resumed), and its first try
+        # after that may meet a network not up yet: one more, after the longest backoff, before giving up.
+        away = now - row.next_attempt_at > 2 * MAX_BACKOFF
+        if now >= row.give_up_at and not away:
             return self._fail(row, error, f"gave up after retrying until the retry window closed; "
                                           f"last error: {error}", attempts)
-        next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
+        next_at = now + (MAX_BACKOFF if away else backoff(row.rounds + 1, self.retry_base)) if attempts else now
         if error.retry_after is not None:       # Feishu's rate-limit reset, at most the longest backoff
             # A quota's reset is believed as far as the pacer's hold believes it (Feishu's longest window is a
             # minute): a reset of 3600 must not keep this card back for ten minutes while every other card under
             # the same quota goes after the hold.
             cap = MAX_HOLD if error.rate_limited else MAX_BACKOFF
             next_at = max(next_at, now + min(error.retry_after, cap))
-        next_at = min(next_at, row.give_up_at)      # one last try as the window closes
+        if not away:
+            next_at = min(next_at, row.give_up_at)  # one last try as the window closes
         self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)
         if next_at <= now:
             self.on_due()

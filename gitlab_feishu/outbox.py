@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 # Seconds an outbox write waits for a lock another program holds (an sqlite3 shell in a transaction):
 # meanwhile it holds up every writer of the service behind it, webhooks included.
 LOCK_WAIT = 2.0
-# Seconds ahead no next try (backoff at most 10 minutes, or Feishu's rate-limit reset) or lease is ever set.
-FURTHEST_AHEAD = 1800.0
+# Seconds ahead no next try (backoff at most 10 minutes, or Feishu's rate-limit reset) is ever set, and no
+# lease (a retry round's is a minute): anything further ahead was set before the clock was stepped back.
+NEXT_TRY_FURTHEST = 660.0
+LEASE_FURTHEST = 90.0
 
 # A sent card is never sent again: its content (most of a row) is dropped, so eight days of a busy GitLab's
 # deliveries take a third of the disk.
@@ -180,21 +182,22 @@ class Outbox:
                 f" AND lease_owner IN ({', '.join('?' * len(owners))})", owners).rowcount
 
     def undo_clock_step(self) -> int:
-        """Make due now the queued rows whose next try or lease lies further ahead than any is ever set: they
-        were set before the clock was stepped back (an NTP correction), and would wait the size of the step."""
+        """Put right the queued rows whose next try or lease lies further ahead than any is ever set: they were
+        set before the clock was stepped back (an NTP correction), and would wait the size of the step. The next
+        try is due at once; a lease is cut to the longest there is, its owner kept: that process may still be
+        sending (a group post, which no uuid makes harmless to repeat, takes up to 13 s)."""
         now = self.clock()
-        stepped = now + FURTHEST_AHEAD
+        try_by, lease_by = now + NEXT_TRY_FURTHEST, now + LEASE_FURTHEST
         ahead = ("SELECT 1 FROM deliveries WHERE status = 'queued' AND (next_attempt_at > ? OR lease_until > ?)"
                  " LIMIT 1")
-        if self._connect().execute(ahead, (stepped, stepped)).fetchone() is None:    # a read: no lock taken
+        if self._connect().execute(ahead, (try_by, lease_by)).fetchone() is None:    # a read: no lock taken
             return 0
         with self._write() as conn:
             return conn.execute(
-                "UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?),"
-                " lease_owner = CASE WHEN lease_until > ? THEN NULL ELSE lease_owner END,"
-                " lease_until = CASE WHEN lease_until > ? THEN NULL ELSE lease_until END"
-                " WHERE status = 'queued' AND (next_attempt_at > ? OR lease_until > ?)",
-                (now, stepped, stepped, stepped, stepped)).rowcount
+                "UPDATE deliveries SET next_attempt_at = CASE WHEN next_attempt_at > ?1 THEN ?3 ELSE next_attempt_at"
+                " END, lease_until = MIN(lease_until, ?2)"
+                " WHERE status = 'queued' AND (next_attempt_at > ?1 OR lease_until > ?2)",
+                (try_by, lease_by, now)).rowcount
 
     def next_due_at(self) -> float | None:
         """When the earliest queued delivery becomes due (its lease included), or None."""

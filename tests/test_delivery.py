@@ -323,6 +323,22 @@ def test_a_clock_stepped_back_during_a_send_does_not_stretch_the_webhooks_deadli
     assert len(budgets) > 1 and max(budgets) <= 4.7     # each try's time, and the pauses, within the 4.7 s there were
 
 
+def test_a_clock_stepped_back_during_the_email_lookup_does_not_stretch_the_webhooks_deadline(outbox, deliverer,
+                                                                                              feishu, clock):
+    """The sends after the lookup used to take the wall deadline afresh: an hour's step gave them an hour."""
+    lookup = feishu.resolve_open_ids
+
+    def stepping(*args, **kwargs):
+        clock.advance(-3600)
+        return lookup(*args, **kwargs)
+    feishu.resolve_open_ids = stepping
+    budgets = []
+    feishu.answers["ou_a"] = [lambda budget: (budgets.append(budget), "om_1")[1]]
+    feishu.answers["ou_b"] = [lambda budget: (budgets.append(budget), "om_2")[1]]
+    deliverer.deliver(record(outbox, "a@example.com", "b@example.com"), deadline=clock() + 4.7)
+    assert len(budgets) == 2 and max(budgets) <= 4.7
+
+
 def test_worker_picks_up_what_a_crashed_process_left(tmp_path, outbox, feishu, clock):
     record(outbox, "a@example.com")            # recorded, leased, never attempted: the process died
     clock.advance(16)
@@ -379,6 +395,20 @@ def test_worker_gives_up_after_the_retry_window(outbox, deliverer, feishu, clock
     [row] = outbox.event_rows("idem:1")
     assert row.status == "failed" and "gave up" in row.last_error
     assert clock() - row.created_at >= DAY
+
+
+def test_a_card_overdue_after_a_resume_gets_another_try_before_it_is_given_up(outbox, deliverer, feishu, clock):
+    """A VM resumed a day later: its first try may meet a network not up yet; the retry window passed asleep."""
+    feishu.answers["ou_a"] = [transient()] * 1000
+    deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 1)
+    worker = RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock, owner="w")
+    clock.advance(DAY + 3600)
+    worker.run_once()
+    [row] = outbox.event_rows("idem:1")
+    assert row.status == "queued" and row.next_attempt_at == pytest.approx(clock() + 600)
+    clock.advance(600)
+    worker.run_once()                              # on time now: the window has closed, so this was the last
+    assert outbox.event_rows("idem:1")[0].status == "failed"
 
 
 def test_a_card_waiting_for_a_full_minute_window_is_not_claimed_again_and_again(tmp_path, outbox, feishu, clock):

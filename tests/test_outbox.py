@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gitlab_feishu.outbox import Outbox
+from gitlab_feishu.outbox import LEASE_FURTHEST, Outbox
 from gitlab_feishu.schema import SCHEMA_VERSION
 from gitlab_feishu.rows import NewDelivery
 from gitlab_feishu.settings import ConfigError
@@ -142,10 +142,20 @@ def test_a_clock_stepped_back_does_not_hold_a_queued_row_back_by_the_step(outbox
 
 
 def test_a_clock_stepped_back_does_not_stretch_a_lease_by_the_step(outbox, clock):
+    """Cut to the longest lease there is, not cleared: its owner may still be sending (a group post)."""
     begin(outbox)                                  # leased to the inline process for 10 s
     clock.advance(-3600)
     assert outbox.undo_clock_step() == 1
+    assert outbox.claim_due(owner="worker", lease_seconds=60) == []
+    clock.advance(LEASE_FURTHEST)
     assert [r.recipient for r in outbox.claim_due(owner="worker", lease_seconds=60)] == ["a@example.com"]
+
+
+def test_a_clock_stepped_back_minutes_does_not_hold_a_retry_for_them(outbox, clock):
+    [row], _ = begin(outbox)
+    outbox.finish(row.id, "queued", attempts=1, error="503", next_attempt_at=clock() + 5)
+    clock.advance(-25 * 60)
+    assert outbox.undo_clock_step() == 1 and len(outbox.claim_due(owner="w", lease_seconds=60)) == 1
 
 
 def test_rows_waiting_their_turn_are_left_alone_when_the_clock_was_not_stepped(outbox, clock):
