@@ -106,6 +106,10 @@ class Pacer:
         with self._db.write(timeout=lock_wait) as conn:
             wait = 0.0
             for quota in quotas:
+                # Sends stamped ahead of now were made before the clock was stepped back: they count as made
+                # now (ignored, a burst could go past Feishu's quota; as stamped, they would hold turns back by
+                # the size of the step).
+                conn.execute("UPDATE sends SET at = ? WHERE key = ? AND at > ?", (now, quota.key, now + CLOCK_SLACK))
                 [until] = conn.execute("SELECT until FROM holds WHERE key = ? AND until <= ?",
                                        (quota.key, now + LOG_SECONDS + CLOCK_SLACK)).fetchone() or [now]
                 wait = max(wait, until - now)
