@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from .access import protect
 from .alerts import Alerter
 from .chats import BotClient
+from .db import storage_failure, why_unwritable
 from .watched import FileWatcher, iso_time
 from .delivery import Deliverer
 from .feishu import FeishuClient
@@ -159,15 +161,24 @@ def create_app(settings: Settings | Mapping[str, str] | None = None, *, clock: C
 
     @app.get("/healthz")
     def healthz():
+        write_error = notifier.write_error
+        try:
+            counts, last_sent_at = outbox.counts(), outbox.last_sent_at()
+        except sqlite3.DatabaseError as exc:
+            if not storage_failure(exc):
+                raise
+            counts, last_sent_at = None, None
+            write_error = {"at": iso_time(clock()), "error": f"DATA_DIR/{outbox.path.name} cannot be read ({exc}: "
+                                                             f"{why_unwritable(exc)}); see README, Troubleshooting"}
         return jsonify({
-            "status": "degraded" if notifier.write_error or (credentials and credentials.refused) else "ok",
+            "status": "degraded" if write_error or (credentials and credentials.refused) else "ok",
             "mode": "dry-run" if settings.dry_run else "live",
             "owners": owners.state(),
             "users": users.state(),
-            "outbox": outbox.counts(),
-            "outbox_write_error": notifier.write_error,
+            "outbox": counts,
+            "outbox_write_error": write_error,
             "feishu_credentials": credentials.describe() if credentials else "not checked: dry run",
-            "last_delivery_at": iso_time(outbox.last_sent_at()),
+            "last_delivery_at": iso_time(last_sent_at),
         })
 
     @app.errorhandler(ClientDisconnected)

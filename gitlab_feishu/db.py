@@ -31,6 +31,7 @@ except ImportError:        # Windows: one waitress process, so the thread lock i
 
 CHECKPOINT_INTERVAL = 1.0  # seconds between background checkpoints while there are writes
 BUSY_TIMEOUT = 30.0        # seconds a write waits for a lock another program holds, unless told less
+SETUP_WAIT = 2.0           # seconds a new connection waits to set itself up (reads wait as long)
 HELPER_LOCK_WAIT = 1.0     # the same for a database that only helps (HelperDatabase): a webhook must not wait
 
 
@@ -59,6 +60,8 @@ def why_unwritable(exc: sqlite3.Error) -> str:
     text = str(exc)
     if name == "SQLITE_READONLY_DBMOVED":
         return "the file was deleted or moved while the service ran: restart the service"
+    if "no such table" in text:                               # a new, empty file where the outbox was
+        return "the file was emptied, deleted or replaced while the service ran: restart the service"
     if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")) or "readonly" in text:
         return ("the service's user cannot write DATA_DIR or the files in it (made by root, say?): give them "
                 "back to that user")
@@ -127,7 +130,11 @@ class Database:
         if conn is None:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so a
             # writer takes the lock up front instead of failing on upgrade.
-            conn = sqlite3.connect(self.path, timeout=self.lock_wait, isolation_level=None, check_same_thread=False)
+            # A short wait for the settings below, whatever lock_wait is: they need a lock only when the file is
+            # new or was emptied under the other processes (then a long wait held a webhook past GitLab's 10 s);
+            # write() sets each transaction's own wait.
+            conn = sqlite3.connect(self.path, timeout=min(self.lock_wait, SETUP_WAIT), isolation_level=None,
+                                   check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")

@@ -472,3 +472,14 @@ def test_a_damaged_helper_database_delays_no_card_and_is_named_once(settings, fe
     assert answers == ["sent", "sent"] and len(feishu.messages) == 2
     named = [r.getMessage() for r in caplog.records if database in r.getMessage()]
     assert len(named) == 1 and "delete it" in named[0]
+
+
+def test_healthz_says_degraded_not_500_when_the_outbox_cannot_be_read(client, monkeypatch):
+    outbox = client.application.extensions["gitlab_feishu"].outbox
+
+    def damaged():
+        raise sqlite3.DatabaseError("file is not a database")
+    monkeypatch.setattr(outbox, "counts", damaged)
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json["status"] == "degraded"
+    assert "outbox.sqlite3 cannot be read (file is not a database" in response.json["outbox_write_error"]["error"]

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from gitlab_feishu import db as db_module
 from gitlab_feishu.db import Database, why_unwritable
 
 
@@ -94,6 +96,20 @@ def failed_write(tmp_path, how: str) -> sqlite3.Error:
     (lambda tmp: failed_write(tmp, "deleted"), "deleted or moved while the service ran"),
     (lambda tmp: sqlite3.OperationalError("database or disk is full"), "the disk is full"),
     (lambda tmp: sqlite3.DatabaseError("database disk image is malformed"), "damaged or deleted file"),
+    (lambda tmp: sqlite3.OperationalError("no such table: events"), "emptied, deleted or replaced"),
 ])
 def test_a_failed_write_says_its_likely_cause(tmp_path, error, words):
     assert words in why_unwritable(error(tmp_path))
+
+
+def test_a_new_connection_waits_only_briefly_for_a_file_another_connection_locks(tmp_path, monkeypatch):
+    """An outbox emptied under a running service: setting up WAL waited 30 s for the lock, past GitLab's 10 s."""
+    monkeypatch.setattr(db_module, "SETUP_WAIT", 0.2)
+    path = tmp_path / "outbox.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")                 # a new (non-WAL) file, locked
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError):
+        Database(path).connection()
+    assert time.monotonic() - started < 2
+    holder.execute("ROLLBACK")
