@@ -15,7 +15,7 @@ import uuid
 from typing import Callable
 
 from .delivery import Deliverer
-from .db import is_locked
+from .db import Complaint, is_locked, storage_failure, why_unwritable
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class RetryWorker:
         self._thread: threading.Thread | None = None
         self._next: dict[str, float] = {}   # housekeeping task -> when it is next due
         self.watch_queue = watch_queue      # told the queued count now and then (the backlog alert)
+        self._storage_trouble = Complaint(log)
 
     def run_once(self) -> int:
         """Attempt every delivery that is due now; returns how many were attempted."""
@@ -139,8 +140,10 @@ class RetryWorker:
         if self._stop.is_set() and isinstance(exc, RuntimeError) and "shutdown" in str(exc):   # Python's, at exit
             log.info("retry worker %s cut short by the stop (%s); its cards are tried again after the next start",
                      what, exc)
-        elif isinstance(exc, sqlite3.OperationalError) and is_locked(exc):
-            log.warning("retry worker %s: %s is locked by another program; trying again", what, self.outbox.path)
+        elif isinstance(exc, sqlite3.Error) and storage_failure(exc):
+            # One line until the trouble changes, not a traceback from every round of every worker.
+            why = "is locked by another program" if is_locked(exc) else f"cannot be used ({exc}: {why_unwritable(exc)})"
+            self._storage_trouble(f"retry worker: {self.outbox.path} {why}; trying again")
         else:
             log.exception("retry worker %s failed", what)
 
@@ -153,6 +156,7 @@ class RetryWorker:
             try:
                 while self.run_once() and not self._stop.is_set():
                     pass
+                self._storage_trouble.resolved()
             except Exception as exc:   # keep retrying; a bad round must not end the thread
                 self._report(exc, "round")
             self._wake.wait(self.poll_interval)

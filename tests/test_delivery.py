@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -278,6 +279,23 @@ def test_an_error_in_a_round_while_stopping_is_reported_as_what_it_is(outbox, cl
         worker._run()
     assert logged in caplog.text
     assert ("Traceback" in caplog.text) is (logged == "retry worker round failed")
+
+
+def test_a_damaged_outbox_is_one_line_not_a_traceback_every_round(outbox, clock, caplog):
+    class Damaged:
+        def claim_due(self, **kwargs):
+            raise sqlite3.DatabaseError("file is not a database")
+        path = outbox.path
+    worker = RetryWorker(Damaged(), None, retry_base=5.0, clock=clock, owner="w")
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
+        for _ in range(3):
+            try:
+                worker.run_once()
+            except sqlite3.DatabaseError as exc:
+                worker._report(exc, "round")
+    assert "Traceback" not in caplog.text
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "cannot be used (file is not a database" in line
 
 
 def test_each_delivery_the_worker_sends_is_logged_with_its_webhooks_key(outbox, deliverer, feishu, clock, caplog):
