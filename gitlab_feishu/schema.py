@@ -57,6 +57,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
+def newer_schema(path: Path, version: int) -> ConfigError:
+    return ConfigError(f"{path} was written by a newer release (schema {version}); upgrade this service, or move "
+                       "the file aside once that release has sent what it queued (--outbox)")
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
@@ -73,8 +78,7 @@ def migrate(db: Database, path: Path, *, lock_wait: float) -> None:
     with db.write(lock_wait) as conn:
         version = schema_version(conn)
         if version > SCHEMA_VERSION:
-            raise ConfigError(f"{path} was written by a newer release (schema {version}); "
-                              f"upgrade this service or move the file aside")
+            raise newer_schema(path, version)
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[target]:
                 conn.execute(statement)

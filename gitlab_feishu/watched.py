@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
@@ -45,6 +46,25 @@ def check_files(settings: Settings) -> None:
     if not writable:
         raise ConfigError(f"DATA_DIR={settings.data_dir} is not writable by this user: the outbox lives there; "
                           "give the service's user that folder (or set DATA_DIR to one it owns)")
+    _refuse_a_newer_outbox(settings.data_dir / "outbox.sqlite3")
+
+
+def _refuse_a_newer_outbox(path: Path) -> None:
+    """An outbox a newer release wrote stops every worker at boot; said here once instead, before gunicorn's own
+    tracebacks. (A connection opened and closed here: none may outlive the master's fork.)"""
+    from .schema import SCHEMA_VERSION, newer_schema
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(path, timeout=1.0)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return                        # damaged or locked: the workers say how, in their own words
+    if version > SCHEMA_VERSION:
+        raise newer_schema(path, version)
 
 
 class WatchedFile(Generic[Loaded]):

@@ -11,8 +11,10 @@ import pytest
 from gitlab_feishu.outbox import LEASE_FURTHEST, Outbox
 from gitlab_feishu.schema import SCHEMA_VERSION
 from gitlab_feishu.rows import NewDelivery
-from gitlab_feishu.settings import ConfigError
+from gitlab_feishu.settings import ConfigError, Settings
+from gitlab_feishu.watched import check_files
 from tests.conftest import another_program_locks
+from tests.servers import ROOT
 
 DAY = 24 * 3600.0
 
@@ -40,6 +42,16 @@ def test_database_from_a_newer_release_is_refused(tmp_path):
     sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}").connection.close()
     with pytest.raises(ConfigError, match="newer release"):
         Outbox(path)
+
+
+def test_a_newer_releases_outbox_is_refused_before_any_worker_starts(tmp_path):
+    """gunicorn's master checks the files once: each worker refusing at boot ended in gunicorn's tracebacks."""
+    settings = Settings(data_dir=tmp_path, owners_file=ROOT / "config" / "owners.json")
+    newer = sqlite3.connect(tmp_path / "outbox.sqlite3")
+    newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    newer.close()
+    with pytest.raises(ConfigError, match="newer release .* once that release has sent what it queued"):
+        check_files(settings)
 
 
 def test_a_damaged_outbox_is_refused_naming_the_file_and_how_to_save_its_cards(tmp_path):
