@@ -46,6 +46,14 @@ def storage_failure(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
+def is_file_trouble(exc: sqlite3.Error) -> bool:
+    """The file itself is in trouble (locked, full, read-only, unopenable, damaged, replaced by an empty one), as
+    opposed to a statement SQLite refused (a bug), which storage_failure also counts."""
+    name = getattr(exc, "sqlite_errorname", "")               # Python 3.11+
+    return is_locked(exc) or is_damaged(exc) or "no such table" in str(exc) or name.startswith(
+        ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR"))
+
+
 def is_damaged(exc: sqlite3.Error) -> bool:
     """The file is not a database, or a damaged one."""
     name = getattr(exc, "sqlite_errorname", None)             # Python 3.11+

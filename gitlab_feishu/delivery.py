@@ -297,22 +297,25 @@ class Deliverer:
         if isinstance(error, str) or not error.retryable:
             return self._fail(row, error, str(error), attempts)
         now = self.clock()
-        # Overdue far beyond any backoff: this service was stopped or asleep (a VM resumed), and its first try
-        # after that may meet a network not up yet: one more, after the longest backoff, before giving up.
-        away = now - row.next_attempt_at > 2 * MAX_BACKOFF
-        if now >= row.give_up_at and not away:
-            return self._fail(row, error, f"gave up after retrying until the retry window closed; "
-                                          f"last error: {error}", attempts)
-        next_at = now + (MAX_BACKOFF if away else backoff(row.rounds + 1, self.retry_base)) if attempts else now
+        give_up_at = row.give_up_at
+        if now >= give_up_at:
+            if now - row.next_attempt_at <= 2 * MAX_BACKOFF:
+                return self._fail(row, error, f"gave up after retrying until the retry window closed; "
+                                              f"last error: {error}", attempts)
+            # Overdue far beyond any backoff when its window closed: this service was stopped or asleep (a VM
+            # resumed), and its first try since may meet a network not up yet. The window reopens for the
+            # longest backoff, kept in the row, so a round that only waits for a turn does not use it up.
+            give_up_at = now + MAX_BACKOFF
+        next_at = now + backoff(row.rounds + 1, self.retry_base) if attempts else now
         if error.retry_after is not None:       # Feishu's rate-limit reset, at most the longest backoff
             # A quota's reset is believed as far as the pacer's hold believes it (Feishu's longest window is a
             # minute): a reset of 3600 must not keep this card back for ten minutes while every other card under
             # the same quota goes after the hold.
             cap = MAX_HOLD if error.rate_limited else MAX_BACKOFF
             next_at = max(next_at, now + min(error.retry_after, cap))
-        if not away:
-            next_at = min(next_at, row.give_up_at)  # one last try as the window closes
-        self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at)
+        next_at = min(next_at, give_up_at)          # one last try as the window closes
+        self.outbox.finish(row.id, QUEUED, attempts=attempts, error=str(error), next_attempt_at=next_at,
+                           give_up_at=give_up_at if give_up_at != row.give_up_at else None)
         if next_at <= now:
             self.on_due()
         log.warning("delivery to %s for %s queued for retry in %.3g s: %s", shown(row), row.event_key,

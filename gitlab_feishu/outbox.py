@@ -37,6 +37,7 @@ LEASE_FURTHEST = 90.0
 _FINISH = ("UPDATE deliveries SET status = ?1, attempts = attempts + ?2, rounds = rounds + (?2 > 0 AND ?1 != 'sent'),"
            " last_error = ?3, message_id = COALESCE(?4, message_id), next_attempt_at = COALESCE(?5, next_attempt_at),"
            " content = CASE WHEN ?1 = 'sent' THEN '' ELSE content END,"
+           " give_up_at = COALESCE(?8, give_up_at),"
            " lease_owner = NULL, lease_until = NULL, updated_at = ?6 WHERE id = ?7 AND status != 'sent'")
 
 
@@ -127,9 +128,10 @@ class Outbox:
     # -- outcomes --------------------------------------------------------------
 
     def finish(self, delivery_id: int, status: str, *, attempts: int, error: str | None = None,
-               message_id: str | None = None, next_attempt_at: float | None = None) -> None:
+               message_id: str | None = None, next_attempt_at: float | None = None,
+               give_up_at: float | None = None) -> None:
         """Record the outcome of a round of attempts and release the lease; a sent row never changes again."""
-        values = (status, attempts, error, message_id, next_attempt_at, self.clock(), delivery_id)
+        values = (status, attempts, error, message_id, next_attempt_at, self.clock(), delivery_id, give_up_at)
         try:
             with self._write() as conn:
                 conn.execute(_FINISH, values)

@@ -15,7 +15,7 @@ import uuid
 from typing import Callable
 
 from .delivery import Deliverer
-from .db import Complaint, is_locked, storage_failure, why_unwritable
+from .db import Complaint, is_file_trouble, is_locked, why_unwritable
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class RetryWorker:
         if self._stop.is_set() and isinstance(exc, RuntimeError) and "shutdown" in str(exc):   # Python's, at exit
             log.info("retry worker %s cut short by the stop (%s); its cards are tried again after the next start",
                      what, exc)
-        elif isinstance(exc, sqlite3.Error) and storage_failure(exc):
+        elif isinstance(exc, sqlite3.Error) and is_file_trouble(exc):
             # One line until the trouble changes, not a traceback from every round of every worker.
             why = "is locked by another program" if is_locked(exc) else f"cannot be used ({exc}: {why_unwritable(exc)})"
             self._storage_trouble(f"retry worker: {self.outbox.path} {why}; trying again")
@@ -149,15 +149,19 @@ class RetryWorker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            worked = True
             try:
                 self.housekeeping()
             except Exception as exc:   # a housekeeping failure must not hold up the retries
+                worked = False
                 self._report(exc, "housekeeping")
             try:
                 while self.run_once() and not self._stop.is_set():
                     pass
-                self._storage_trouble.resolved()
             except Exception as exc:   # keep retrying; a bad round must not end the thread
+                worked = False
                 self._report(exc, "round")
+            if worked:                 # said again if it comes back
+                self._storage_trouble.resolved()
             self._wake.wait(self.poll_interval)
             self._wake.clear()

@@ -298,6 +298,13 @@ def test_a_damaged_outbox_is_one_line_not_a_traceback_every_round(outbox, clock,
     assert "cannot be used (file is not a database" in line
 
 
+def test_a_statement_sqlite_refuses_is_a_bug_and_keeps_its_traceback(outbox, clock, caplog):
+    worker = RetryWorker(outbox, None, retry_base=5.0, clock=clock, owner="w")
+    with caplog.at_level(logging.INFO, logger="gitlab_feishu"):
+        worker._report(sqlite3.OperationalError("no such column: nosuchcol"), "round")
+    assert "Traceback" in caplog.text or caplog.records[0].exc_info
+
+
 def test_each_delivery_the_worker_sends_is_logged_with_its_webhooks_key(outbox, deliverer, feishu, clock, caplog):
     """The webhook's own line said queued; grepping its key shows whether the card went out after all."""
     feishu.answers["ou_a"] = [transient()] * 2
@@ -423,10 +430,22 @@ def test_a_card_overdue_after_a_resume_gets_another_try_before_it_is_given_up(ou
     clock.advance(DAY + 3600)
     worker.run_once()
     [row] = outbox.event_rows("idem:1")
-    assert row.status == "queued" and row.next_attempt_at == pytest.approx(clock() + 600)
-    clock.advance(600)
-    worker.run_once()                              # on time now: the window has closed, so this was the last
-    assert outbox.event_rows("idem:1")[0].status == "failed"
+    assert row.status == "queued" and row.give_up_at == pytest.approx(clock() + 600)    # the window reopened
+    while outbox.counts()["queued"]:               # retried with its backoff until the reopened window closes
+        clock.advance(max(outbox.next_due_at() - clock(), 0))
+        worker.run_once()
+    [row] = outbox.event_rows("idem:1")
+    assert row.status == "failed" and row.attempts > 3 and clock() == pytest.approx(row.give_up_at)
+
+
+def test_a_card_in_its_window_after_a_restart_keeps_its_backoff(outbox, deliverer, feishu, clock):
+    """A stop of half an hour is no reason to wait ten minutes for the next try."""
+    feishu.answers["ou_a"] = [transient()] * 1000
+    deliverer.deliver(record(outbox, "a@example.com"), deadline=clock() + 1)
+    clock.advance(1800)
+    RetryWorker(outbox, deliverer, retry_base=5.0, clock=clock, owner="w").run_once()
+    [row] = outbox.event_rows("idem:1")
+    assert row.next_attempt_at - clock() <= backoff(row.rounds, 5.0) and row.give_up_at == row.created_at + DAY
 
 
 def test_a_card_waiting_for_a_full_minute_window_is_not_claimed_again_and_again(tmp_path, outbox, feishu, clock):
