@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Generic, Sized, TypeVar
@@ -52,15 +53,12 @@ def check_files(settings: Settings) -> None:
 def _refuse_a_newer_outbox(path: Path) -> None:
     """An outbox a newer release wrote stops every worker at boot; said here once instead, before gunicorn's own
     tracebacks. (A connection opened and closed here: none may outlive the master's fork.)"""
-    from .schema import SCHEMA_VERSION, newer_schema
+    from .schema import SCHEMA_VERSION, newer_schema, schema_version
     if not path.exists():
         return
     try:
-        conn = sqlite3.connect(path, timeout=1.0)
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            conn.close()
+        with closing(sqlite3.connect(path, timeout=1.0)) as conn:
+            version = schema_version(conn)
     except sqlite3.Error:
         return                        # damaged or locked: the workers say how, in their own words
     if version > SCHEMA_VERSION:

@@ -194,15 +194,19 @@ def test_an_ipv4_mapped_network_means_its_ipv4_network(written, meant):
     assert settings.allowed_sources == networks(meant)
 
 
+def serving(tmp_path, server: str, **settings: str) -> ServiceProcess:
+    """The service under `server` ("waitress" or "gunicorn") on a free port, routing by the shipped owners.json."""
+    port = free_port()
+    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
+                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"), **settings)
+    command = [sys.executable, "webhook_server.py"] if server == "waitress" else None
+    return ServiceProcess(env, tmp_path / "service.log", port=port, command=command)
+
+
 @pytest.mark.parametrize("server", ["waitress", "gunicorn"])
 def test_either_server_hands_x_forwarded_for_from_a_trusted_proxy_to_the_allowlist(tmp_path, server):
     """waitress drops X-Forwarded-For unless told not to: behind nginx every caller looked like the proxy."""
-    port = free_port()
-    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
-                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"),
-                      ALLOWED_SOURCES="10.20.0.0/16", TRUSTED_PROXIES="127.0.0.1")
-    command = [sys.executable, "webhook_server.py"] if server == "waitress" else None
-    with ServiceProcess(env, tmp_path / "service.log", port=port, command=command) as service:
+    with serving(tmp_path, server, ALLOWED_SOURCES="10.20.0.0/16", TRUSTED_PROXIES="127.0.0.1") as service:
         headers = {**gitlab_headers(token=None), "X-Forwarded-For": "10.20.3.4"}
         response = requests.post(service.url + "/gitlab-webhook", json=load_payload("push.json"), headers=headers,
                                  timeout=10)
@@ -212,12 +216,9 @@ def test_either_server_hands_x_forwarded_for_from_a_trusted_proxy_to_the_allowli
 def test_a_refused_caller_cannot_make_waitress_take_a_body_over_gitlabs_limit(tmp_path):
     """waitress reads a body before the app runs (up to 1 GiB by default): it must stop at 25 MB itself.
     (gunicorn hands the app the socket, which refuses before reading.)"""
-    port = free_port()
-    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
-                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"), ALLOWED_SOURCES="10.20.0.0/16")
     sent = 0
-    with ServiceProcess(env, tmp_path / "service.log", port=port, command=[sys.executable, "webhook_server.py"]), \
-            socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+    with serving(tmp_path, "waitress", ALLOWED_SOURCES="10.20.0.0/16") as service, \
+            socket.create_connection(("127.0.0.1", service.port), timeout=3) as conn:
         conn.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % (100 << 20))
         try:
@@ -233,12 +234,7 @@ def test_a_refused_caller_cannot_make_waitress_take_a_body_over_gitlabs_limit(tm
 def test_a_caller_behind_nginx_gets_the_allowlists_403_whatever_scheme_headers_it_adds(tmp_path, server):
     """nginx (README) sets X-Forwarded-Proto and passes a caller's X-Forwarded-Ssl on: gunicorn, trusting 127.0.0.1
     for the scheme, answered 400 "Contradictory scheme headers" before the app could refuse the caller."""
-    port = free_port()
-    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
-                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"),
-                      ALLOWED_SOURCES="10.20.0.0/16", TRUSTED_PROXIES="127.0.0.1")
-    command = [sys.executable, "webhook_server.py"] if server == "waitress" else None
-    with ServiceProcess(env, tmp_path / "service.log", port=port, command=command) as service:
+    with serving(tmp_path, server, ALLOWED_SOURCES="10.20.0.0/16", TRUSTED_PROXIES="127.0.0.1") as service:
         responses = [requests.post(service.url + "/gitlab-webhook", json=load_payload("push.json"), timeout=10,
                                    headers={**gitlab_headers(token=None), "X-Forwarded-For": f"{caller}, {caller}",
                                             "X-Forwarded-Proto": "https", "X-Forwarded-Ssl": "off"})
@@ -261,12 +257,8 @@ def test_a_list_of_only_separators_is_refused_not_read_as_anyone(name, written):
 def test_a_refused_caller_gets_the_allowlists_403_as_soon_as_its_headers_are_in(tmp_path, server, declared):
     """Issue 8: "403 before anything else is checked or parsed". waitress read the body first: a caller holding
     it back got no answer, one declaring more than 25 MB got waitress's own 413."""
-    port = free_port()
-    env = service_env(HOST="127.0.0.1", PORT=str(port), OWNERS_FILE=str(ROOT / "config" / "owners.json"),
-                      DATA_DIR=str(tmp_path / "data"), LOG_DIR=str(tmp_path / "logs"), ALLOWED_SOURCES="10.20.0.0/16")
-    command = [sys.executable, "webhook_server.py"] if server == "waitress" else None
-    with ServiceProcess(env, tmp_path / "service.log", port=port, command=command) as service, \
-            socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+    with serving(tmp_path, server, ALLOWED_SOURCES="10.20.0.0/16") as service, \
+            socket.create_connection(("127.0.0.1", service.port), timeout=5) as conn:
         conn.sendall(b"POST /gitlab-webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % declared)
         answer = http.client.HTTPResponse(conn)

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import threading
+from typing import Callable
 
 import pytest
 import requests
@@ -116,25 +117,33 @@ def test_token_server_error_is_retryable(client):
     assert caught.value.retryable and caught.value.http_status == 503
 
 
-@responses.activate
-def test_concurrent_cold_callers_share_one_token_request(client):
-    threads_in = threading.Barrier(8)
+def at_once(count: int, call: Callable[[], object]) -> list:
+    """What `call` returned, or the FeishuError it raised, in each of `count` threads started together."""
+    threads_in, results, lock = threading.Barrier(count), [], threading.Lock()
 
-    def slow_token(request):
-        threading.Event().wait(0.1)    # a slow answer, so the other threads pile up behind this request
-        return 200, {}, json.dumps({"code": 0, "tenant_access_token": "t-1", "expire": 7200})
-    rsp = responses.add_callback(responses.POST, TOKEN_URL, callback=slow_token)
-    tokens = []
-
-    def call():
+    def run():
         threads_in.wait()
-        tokens.append(client.tenant_token())
-    threads = [threading.Thread(target=call) for _ in range(8)]
+        try:
+            result = call()
+        except FeishuError as exc:
+            result = exc
+        with lock:
+            results.append(result)
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert tokens == ["t-1"] * 8
+    return results
+
+
+@responses.activate
+def test_concurrent_cold_callers_share_one_token_request(client):
+    def slow_token(request):
+        threading.Event().wait(0.1)    # a slow answer, so the other threads pile up behind this request
+        return 200, {}, json.dumps({"code": 0, "tenant_access_token": "t-1", "expire": 7200})
+    rsp = responses.add_callback(responses.POST, TOKEN_URL, callback=slow_token)
+    assert at_once(8, client.tenant_token) == ["t-1"] * 8
     assert rsp.call_count == 1
 
 
@@ -145,52 +154,25 @@ def test_concurrent_cold_callers_share_one_token_request(client):
 @responses.activate
 def test_callers_waiting_for_a_token_request_that_fails_share_its_error(client, status, body):
     """A token endpoint refusing for a quota was asked again by every thread queued behind the refused request."""
-    threads_in = threading.Barrier(8)
-
     def slow_refusal(request):
         threading.Event().wait(0.1)    # a slow answer, so the other threads pile up behind this request
         return status, {"x-ogw-ratelimit-reset": "3"}, json.dumps(body)
     rsp = responses.add_callback(responses.POST, TOKEN_URL, callback=slow_refusal)
-    errors = []
-
-    def call():
-        threads_in.wait()
-        try:
-            client.tenant_token()
-        except FeishuError as exc:
-            errors.append(exc.code)
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert rsp.call_count == 1 and errors == [body["code"]] * 8
+    errors = at_once(8, client.tenant_token)
+    assert rsp.call_count == 1 and [getattr(e, "code", e) for e in errors] == [body["code"]] * 8
 
 
 @responses.activate(registry=registries.OrderedRegistry)
 def test_a_waiting_caller_tries_itself_when_the_fetch_it_waited_for_ran_out_of_its_own_time(client):
     """A timeout is the fetching caller's deadline, not Feishu's answer: a caller with more time asks again."""
-    threads_in = threading.Barrier(4)
-
     def slow_timeout(request):
         threading.Event().wait(0.1)    # the other callers pile up behind this request
         raise requests.ReadTimeout("read timed out")
     responses.add_callback(responses.POST, TOKEN_URL, callback=slow_timeout)
     token_ok("t-2")
-    results = []
-
-    def call():
-        threads_in.wait()
-        try:
-            results.append(client.tenant_token())
-        except FeishuError as exc:
-            results.append(exc.retryable)
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(map(str, results)) == ["True", "t-2", "t-2", "t-2"]
+    results = at_once(4, client.tenant_token)
+    assert sorted(r if isinstance(r, str) else f"retryable={r.retryable}" for r in results) == [
+        "retryable=True", "t-2", "t-2", "t-2"]
 
 
 @responses.activate(registry=registries.OrderedRegistry)

@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
 
 import pytest
 import requests
@@ -193,25 +195,33 @@ def test_requests_ca_bundle_trusts_a_self_signed_certificate(run, https_service,
     assert "HTTP 200" in out and "test@example.com  [exact: 测试项目]  sent" in out
 
 
-class _HtmlPage(BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.end_headers()
-        self.wfile.write(b"<html><body>Welcome to nginx!</body></html>")
+@contextmanager
+def another_server(status: int, content_type: str, body: bytes) -> Iterator[int]:
+    """A local program that is not this service, answering every POST the same way; yields its port."""
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def log_message(self, *args):
-        pass
+        def log_message(self, *args):
+            pass
 
-
-def test_an_answer_that_is_not_json_fails(run):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _HtmlPage)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     try:
-        code, _, err = run(port=server.server_address[1])
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_answer_that_is_not_json_fails(run):
+    with another_server(200, "text/html", b"<html><body>Welcome to nginx!</body></html>") as port:
+        code, _, err = run(port=port)
     assert code == 1
     assert err.count("\n") == 1 and "HTTP 200" in err and "not this service's JSON answer" in err
 
@@ -306,57 +316,20 @@ def test_a_proxy_that_fails_for_a_remote_url_is_named(run, monkeypatch):
     assert "through the proxy" in err and "NO_PROXY" in err and "Traceback" not in err
 
 
-class _OtherJson(BaseHTTPRequestHandler):
-    """Another program's JSON API at the URL (a different webhook receiver): 200 with JSON, not the service's."""
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = b'{"ok": true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.mark.parametrize("body", ["<p>服务维护中，请稍后</p>".encode("utf-8"), "禁止访问".encode("gbk")],
                          ids=["utf-8", "gbk"])
 def test_a_chinese_page_without_a_charset_is_quoted_readably(run, body):
     """nginx's default `charset off` sends text/html with no charset, which requests would read as Latin-1."""
-    class Page(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(502)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
-    try:
-        code, _, err = run(port=server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with another_server(502, "text/html", body) as port:
+        code, _, err = run(port=port)
     shown = body.decode("utf-8") if body.startswith(b"<p>") else body.decode("gbk")
     assert code == 1 and shown in err
 
 
 def test_a_json_answer_that_is_not_the_services_fails(run):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherJson)
-    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
-    try:
-        code, out, err = run(port=server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    """Another program's JSON API at the URL (a different webhook receiver): 200 with JSON, not the service's."""
+    with another_server(200, "application/json", b'{"ok": true}') as port:
+        code, out, err = run(port=port)
     assert code == 1, out
     assert "not this service's JSON answer" in err
 
